@@ -1,0 +1,1 @@
+//! The test_vmalloc runner, the legacy baseline allocator and shared benchmark code.

@@ -1,0 +1,2 @@
+//! Loom models of the vmalloc crate live in `tests/`; run them with
+//! `cargo test --features loom` at the workspace root.
