@@ -1,0 +1,164 @@
+//! `vread` / `vwrite`: copy bytes from / to the vmalloc range "in a safe way", as Linux 3.7's
+//! `/dev/kmem` helpers do.
+//!
+//! # How it works
+//!
+//! The live areas intersecting `[addr, addr + len)` are found (one `Kva::find` when the
+//! range lies inside one area, the common case; otherwise a walk of every live area in
+//! address order). If there is none, the call returns 0 and copies nothing. Otherwise it
+//! returns `len` and, page piece by page piece:
+//!
+//! * bytes in no area, in a guard page, in an `ioremap` area (device memory: reading it has
+//!   side effects), in an unmapped page of an area, or in a page of a vmap block that belongs
+//!   to no live `vm_map_ram` piece are holes: `vread` zero-fills them, `vwrite` skips them;
+//! * other bytes are copied through the [`TlbModel`](pagetable::TlbModel) as the calling CPU
+//!   (`pagetable::cpu::this_cpu()`), so a translation that CPU still caches is used exactly
+//!   as hardware would; a write to a read-only page is skipped like a hole. Without a model
+//!   ([`TlbChoice::Counting`](crate::instance::TlbChoice) / `Custom`) the page tables are
+//!   walked instead.
+//!
+//! # Concurrency
+//!
+//! Like any access to vmalloc memory, `vread`/`vwrite` of an area that another thread frees
+//! at the same time is a use after free by the caller: it is memory safe (arena accesses are
+//! atomic words) but may read zeros or write into the freed frames. No lock is taken beyond
+//! the `Kva`'s lookups and the TLB model's per-CPU lock.
+
+use pagetable::{PAGE_SIZE, VirtAddr, cpu};
+
+use crate::alloc::usable_end;
+use crate::area::VmArea;
+use crate::flags::VmFlags;
+use crate::instance::{Inner, Vmalloc};
+use crate::vmap_block::VMAP_BLOCK_SIZE;
+
+/// The buffer of a copy: read into or write from.
+enum Buf<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+impl Buf<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Buf::Read(b) => b.len(),
+            Buf::Write(b) => b.len(),
+        }
+    }
+
+    /// A hole at `[from, to)` of the buffer: zeros when reading, nothing when writing.
+    fn hole(&mut self, from: usize, to: usize) {
+        if let Buf::Read(b) = self {
+            b[from..to].fill(0);
+        }
+    }
+}
+
+impl Vmalloc {
+    /// `vread(addr, buf)`: read `buf.len()` bytes at `addr` from the vmalloc range; holes read
+    /// as zeros (see the module documentation). Returns `buf.len()`, or 0 (buffer untouched)
+    /// if the range intersects no live area.
+    pub fn vread(&self, addr: VirtAddr, buf: &mut [u8]) -> usize {
+        self.v().access(addr, Buf::Read(buf))
+    }
+
+    /// `vwrite(addr, data)`: write `data` at `addr` in the vmalloc range; holes are skipped
+    /// (see the module documentation). Returns `data.len()`, or 0 (nothing written) if the
+    /// range intersects no live area.
+    pub fn vwrite(&self, addr: VirtAddr, data: &[u8]) -> usize {
+        self.v().access(addr, Buf::Write(data))
+    }
+}
+
+impl Inner {
+    fn access(&self, addr: VirtAddr, mut buf: Buf<'_>) -> usize {
+        let a = addr.as_u64();
+        // Never run past the end of the address space (3.7: `count = -(unsigned long)addr`).
+        let len = (buf.len() as u64).min(u64::MAX - a);
+        if len == 0 {
+            return 0;
+        }
+        let end = a + len;
+        if let Some(area) = self.kva.find(a) {
+            if a >= area.start && end <= usable_end(&area) {
+                self.copy_area(&area, a, end, a, &mut buf);
+                return len as usize;
+            }
+        }
+        let mut areas = Vec::new();
+        self.kva.for_each_busy(|ar| {
+            if ar.start < end && a < usable_end(ar) {
+                areas.push(*ar);
+            }
+        });
+        if areas.is_empty() {
+            return 0;
+        }
+        let mut pos = a;
+        for ar in &areas {
+            let s = ar.start.max(pos);
+            let e = usable_end(ar).min(end);
+            if s >= e {
+                continue;
+            }
+            buf.hole((pos - a) as usize, (s - a) as usize);
+            self.copy_area(ar, s, e, a, &mut buf);
+            pos = e;
+        }
+        buf.hole((pos - a) as usize, len as usize);
+        len as usize
+    }
+
+    /// Copy `[s, e)` (inside `area`'s usable part); `base` is the address of `buf[0]`.
+    fn copy_area(&self, area: &VmArea, s: u64, e: u64, base: u64, buf: &mut Buf<'_>) {
+        let f = area.info.flags;
+        if f.contains(VmFlags::IOREMAP) {
+            buf.hole((s - base) as usize, (e - base) as usize);
+            return;
+        }
+        let block = f.contains(VmFlags::MAP_RAM | VmFlags::UNLIST);
+        let cpu = cpu::this_cpu();
+        let mut p = s;
+        while p < e {
+            let piece_end = ((p / PAGE_SIZE + 1) * PAGE_SIZE).min(e);
+            let (from, to) = ((p - base) as usize, (piece_end - base) as usize);
+            let ok = (!block || self.blocks.page_live(p & !(VMAP_BLOCK_SIZE - 1), p))
+                && self.copy_piece(cpu, p, buf, from, to);
+            if !ok {
+                buf.hole(from, to);
+            }
+            p = piece_end;
+        }
+    }
+
+    /// Copy one piece within a page through the TLB model (or a page walk); false = hole.
+    fn copy_piece(&self, cpu: usize, va: u64, buf: &mut Buf<'_>, from: usize, to: usize) -> bool {
+        let v = VirtAddr::new_truncate(va);
+        match &self.model {
+            Some(m) => {
+                let cpu = cpu % m.nr_cpus();
+                let r = match buf {
+                    Buf::Read(b) => m.read(cpu, &self.space, v, &mut b[from..to]),
+                    Buf::Write(b) => m.write(cpu, &self.space, v, &b[from..to]),
+                };
+                // Not mapped, read-only, or outside the arena: a hole.
+                r.is_ok()
+            }
+            None => {
+                let Some(t) = self.space.translate(v) else {
+                    return false;
+                };
+                if matches!(buf, Buf::Write(_))
+                    && !t.flags.contains(pagetable::PageTableFlags::WRITABLE)
+                {
+                    return false;
+                }
+                let arena = self.frames.arena();
+                match buf {
+                    Buf::Read(b) => arena.read(t.pa, &mut b[from..to]).is_ok(),
+                    Buf::Write(b) => arena.write(t.pa, &b[from..to]).is_ok(),
+                }
+            }
+        }
+    }
+}

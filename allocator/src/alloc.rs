@@ -1,0 +1,655 @@
+//! The vmalloc family (`vmalloc`, `vzalloc`, `vmalloc_user`, `vmalloc_32`, `vmalloc_32_user`,
+//! `vmalloc_exec`, `vmalloc_node`, `vzalloc_node`, `__vmalloc`, `__vmalloc_node_range`),
+//! `vfree` and `vfree_atomic`, plus the release path shared by every kind of area.
+//!
+//! # How it works
+//!
+//! `__vmalloc_node_range` (here [`Vmalloc::vmalloc_node_range`]): the size is rounded up to
+//! pages; the area is `pages + 1` pages (the guard page) unless `VmFlags::NO_GUARD`; the
+//! [`Kva`](crate::kva::Kva) hands out the VA with the area's [`AreaInfo`] already set
+//! (`ALLOC`, `nr_pages`, the caller from `#[track_caller]`); frames come from the
+//! [`FrameAllocator`](pagetable::frame::FrameAllocator) in the requested zone (zeroed for
+//! `Gfp::ZERO`; never-touched frames are known zero and not written) and are mapped with ONE
+//! [`AddressSpace::map`](pagetable::AddressSpace::map) call, which walks each page-table page
+//! once. Up to [`STACK_FRAMES`] pages (the common case) the frame list lives on the stack and
+//! each frame comes from the CPU's frame cache: no heap allocation at all. Bigger areas get a
+//! heap frame list (Linux's `area->pages`) filled by one bulk allocation.
+//!
+//! Setup is all or nothing: the bulk allocation and the map call each either succeed or
+//! change nothing (the map undoes its own page tables), so on any failure the frames are
+//! freed and the VA goes back with `free_unused` (never mapped: no flush needed) before the
+//! typed error is returned. Nothing leaks, not even a page table.
+//!
+//! `vfree`: look the area up and check it is the start of a live `ALLOC` area (else a typed
+//! error and nothing changes), take it out of the busy lookup (`Kva::remove`), clear its
+//! PTEs handing every frame back to the allocator (one walk, no allocation), then
+//! `Kva::free_lazy`: NO TLB flush here; the lazy purge flushes the union of thousands of
+//! areas at once, before any of them is reused.
+//!
+//! # Invariants
+//!
+//! * The frames of an `ALLOC` area are referenced only by its PTEs: `vfree` frees exactly the
+//!   frames it unmaps.
+//! * A VA range goes back to the `Kva` through `free_unused` only if no PTE of it was ever
+//!   written (failed setups); otherwise through `free_lazy`.
+//!
+//! # Locking
+//!
+//! No lock of this module: the `Kva` locks its shards and CPU slots, the frame allocator its
+//! caches, and page-table updates are lock-free under the ownership rule (only the owner of
+//! an area maps or unmaps inside it).
+
+use core::panic::Location;
+
+use pagetable::frame::{FrameError, Zone};
+use pagetable::{PAGE_SIZE, PageTableFlags, PhysAddr, PhysFrame, VirtAddr};
+
+use crate::area::{AreaInfo, RemovedArea, VmArea};
+use crate::error::VmallocError;
+use crate::flags::VmFlags;
+use crate::instance::{Inner, Vmalloc};
+
+bitflags::bitflags! {
+    /// Page-allocator flags of the vmalloc family (the part of Linux's `gfp_t` that matters
+    /// here).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct Gfp: u32 {
+        /// Zero the pages (`__GFP_ZERO`).
+        const ZERO = 1 << 0;
+        /// Take pages below 4 GiB physical (`GFP_DMA32`).
+        const DMA32 = 1 << 1;
+    }
+}
+
+impl Gfp {
+    /// `GFP_KERNEL`: any page, contents unspecified.
+    pub const KERNEL: Gfp = Gfp::empty();
+}
+
+/// x86_64's `PAGE_KERNEL`: present, writable, global, non-executable (accessed and dirty
+/// preset, as Linux does for kernel mappings).
+pub const PAGE_KERNEL: PageTableFlags = PageTableFlags::PRESENT
+    .union(PageTableFlags::WRITABLE)
+    .union(PageTableFlags::ACCESSED)
+    .union(PageTableFlags::DIRTY)
+    .union(PageTableFlags::GLOBAL)
+    .union(PageTableFlags::NO_EXECUTE);
+
+/// `PAGE_KERNEL_EXEC`: [`PAGE_KERNEL`] without `NO_EXECUTE`.
+pub const PAGE_KERNEL_EXEC: PageTableFlags = PAGE_KERNEL.difference(PageTableFlags::NO_EXECUTE);
+
+/// `PAGE_KERNEL_RO`: [`PAGE_KERNEL`] without `WRITABLE`.
+pub const PAGE_KERNEL_RO: PageTableFlags = PAGE_KERNEL.difference(PageTableFlags::WRITABLE);
+
+/// `PAGE_KERNEL_IO` as `ioremap` uses it: [`PAGE_KERNEL`] with caching disabled.
+pub const PAGE_KERNEL_IO: PageTableFlags = PAGE_KERNEL.union(PageTableFlags::NO_CACHE);
+
+/// Largest area (in pages) whose frame list lives on the stack.
+pub const STACK_FRAMES: usize = 16;
+
+/// Flags that name another kind of area and may not be passed to the vmalloc family.
+const NOT_FOR_VMALLOC: VmFlags = VmFlags::IOREMAP
+    .union(VmFlags::MAP)
+    .union(VmFlags::MAP_RAM)
+    .union(VmFlags::EARLY)
+    .union(VmFlags::UNINITIALIZED)
+    .union(VmFlags::UNLIST);
+
+/// A frame value used to fill unused stack slots (never mapped).
+const NO_FRAME: PhysFrame = PhysFrame::containing_address(PhysAddr::zero());
+
+/// `size` in whole pages (`InvalidSize` for 0 or overflow).
+#[inline]
+pub(crate) fn size_to_pages(size: u64) -> Result<u64, VmallocError> {
+    if size == 0 {
+        return Err(VmallocError::InvalidSize { size });
+    }
+    size.checked_next_multiple_of(PAGE_SIZE)
+        .map(|s| s / PAGE_SIZE)
+        .ok_or(VmallocError::InvalidSize { size })
+}
+
+/// The part of an area that may hold mappings: the area minus its guard page.
+#[inline]
+pub(crate) fn usable_end(area: &VmArea) -> u64 {
+    if area.info.flags.contains(VmFlags::NO_GUARD) || area.end - area.start < PAGE_SIZE {
+        area.end
+    } else {
+        area.end - PAGE_SIZE
+    }
+}
+
+/// What a vmalloc-family call asks for (`__vmalloc_node_range`'s arguments).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request {
+    pub(crate) size: u64,
+    pub(crate) align: u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) gfp: Gfp,
+    pub(crate) prot: PageTableFlags,
+    pub(crate) flags: VmFlags,
+    pub(crate) node: Option<usize>,
+    pub(crate) caller: &'static Location<'static>,
+}
+
+impl Vmalloc {
+    /// The common request: the whole vmalloc range, page alignment, no node.
+    #[inline]
+    fn req(
+        &self,
+        size: u64,
+        gfp: Gfp,
+        prot: PageTableFlags,
+        flags: VmFlags,
+        caller: &'static Location<'static>,
+    ) -> Request {
+        let v = self.v();
+        Request {
+            size,
+            align: PAGE_SIZE,
+            start: v.start,
+            end: v.end,
+            gfp,
+            prot,
+            flags,
+            node: None,
+            caller,
+        }
+    }
+
+    /// `vmalloc(size)`: `size` bytes (rounded up to pages) of virtually contiguous memory,
+    /// contents unspecified, mapped [`PAGE_KERNEL`], followed by a guard page.
+    #[track_caller]
+    #[inline]
+    pub fn vmalloc(&self, size: u64) -> Result<VirtAddr, VmallocError> {
+        let r = self.req(
+            size,
+            Gfp::KERNEL,
+            PAGE_KERNEL,
+            VmFlags::empty(),
+            Location::caller(),
+        );
+        self.v().vmalloc_area(&r)
+    }
+
+    /// `vzalloc(size)`: [`Vmalloc::vmalloc`] with the memory zeroed.
+    #[track_caller]
+    pub fn vzalloc(&self, size: u64) -> Result<VirtAddr, VmallocError> {
+        let r = self.req(
+            size,
+            Gfp::ZERO,
+            PAGE_KERNEL,
+            VmFlags::empty(),
+            Location::caller(),
+        );
+        self.v().vmalloc_area(&r)
+    }
+
+    /// `vmalloc_user(size)`: zeroed memory marked `VM_USERMAP`, so that
+    /// [`Vmalloc::remap_vmalloc_range`] may map it into user space without leaking data.
+    #[track_caller]
+    pub fn vmalloc_user(&self, size: u64) -> Result<VirtAddr, VmallocError> {
+        let r = self.req(
+            size,
+            Gfp::ZERO,
+            PAGE_KERNEL,
+            VmFlags::USERMAP,
+            Location::caller(),
+        );
+        self.v().vmalloc_area(&r)
+    }
+
+    /// `vmalloc_32(size)`: memory whose frames all lie below 4 GiB physical.
+    #[track_caller]
+    pub fn vmalloc_32(&self, size: u64) -> Result<VirtAddr, VmallocError> {
+        let r = self.req(
+            size,
+            Gfp::DMA32,
+            PAGE_KERNEL,
+            VmFlags::empty(),
+            Location::caller(),
+        );
+        self.v().vmalloc_area(&r)
+    }
+
+    /// `vmalloc_32_user(size)`: zeroed, 32-bit addressable, `VM_USERMAP` memory.
+    #[track_caller]
+    pub fn vmalloc_32_user(&self, size: u64) -> Result<VirtAddr, VmallocError> {
+        let r = self.req(
+            size,
+            Gfp::DMA32 | Gfp::ZERO,
+            PAGE_KERNEL,
+            VmFlags::USERMAP,
+            Location::caller(),
+        );
+        self.v().vmalloc_area(&r)
+    }
+
+    /// `vmalloc_exec(size)`: memory mapped executable ([`PAGE_KERNEL_EXEC`]).
+    #[track_caller]
+    pub fn vmalloc_exec(&self, size: u64) -> Result<VirtAddr, VmallocError> {
+        let r = self.req(
+            size,
+            Gfp::KERNEL,
+            PAGE_KERNEL_EXEC,
+            VmFlags::empty(),
+            Location::caller(),
+        );
+        self.v().vmalloc_area(&r)
+    }
+
+    /// `vmalloc_node(size, node)`: [`Vmalloc::vmalloc`] preferring the KVA shard `node` (the
+    /// "NUMA node" of this model; taken modulo the shard count).
+    #[track_caller]
+    pub fn vmalloc_node(&self, size: u64, node: usize) -> Result<VirtAddr, VmallocError> {
+        let mut r = self.req(
+            size,
+            Gfp::KERNEL,
+            PAGE_KERNEL,
+            VmFlags::empty(),
+            Location::caller(),
+        );
+        r.node = Some(node);
+        self.v().vmalloc_area(&r)
+    }
+
+    /// `vzalloc_node(size, node)`: [`Vmalloc::vmalloc_node`] with the memory zeroed.
+    #[track_caller]
+    pub fn vzalloc_node(&self, size: u64, node: usize) -> Result<VirtAddr, VmallocError> {
+        let mut r = self.req(
+            size,
+            Gfp::ZERO,
+            PAGE_KERNEL,
+            VmFlags::empty(),
+            Location::caller(),
+        );
+        r.node = Some(node);
+        self.v().vmalloc_area(&r)
+    }
+
+    /// Linux's `__vmalloc(size, gfp_mask, prot)`: the page-allocator flags and protection are
+    /// the caller's.
+    #[track_caller]
+    pub fn vmalloc_with(
+        &self,
+        size: u64,
+        gfp: Gfp,
+        prot: PageTableFlags,
+    ) -> Result<VirtAddr, VmallocError> {
+        let r = self.req(size, gfp, prot, VmFlags::empty(), Location::caller());
+        self.v().vmalloc_area(&r)
+    }
+
+    /// Linux's `__vmalloc_node_range`: `size` bytes aligned to `align` (a power of two; below
+    /// a page means a page) inside `[start, end)` (clipped to the vmalloc range), frames per
+    /// `gfp`, mapped with `prot` (`PRESENT` is added), with the extra `vm_flags` (e.g.
+    /// `NO_GUARD`, `USERMAP`; flags naming another kind of area are
+    /// [`VmallocError::InvalidFlags`]), preferring KVA shard `node`.
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)] // Linux's signature, argument for argument.
+    pub fn vmalloc_node_range(
+        &self,
+        size: u64,
+        align: u64,
+        start: VirtAddr,
+        end: VirtAddr,
+        gfp: Gfp,
+        prot: PageTableFlags,
+        vm_flags: VmFlags,
+        node: Option<usize>,
+    ) -> Result<VirtAddr, VmallocError> {
+        let r = Request {
+            size,
+            align,
+            start: start.as_u64(),
+            end: end.as_u64(),
+            gfp,
+            prot,
+            flags: vm_flags,
+            node,
+            caller: Location::caller(),
+        };
+        self.v().vmalloc_area(&r)
+    }
+
+    /// `vfree(addr)`: release an area from the vmalloc family. A null address is a no-op.
+    /// Its PTEs are cleared and its frames freed at once; the VA is freed lazily (reused only
+    /// after a purge flushed the TLB).
+    ///
+    /// Errors (nothing is changed): [`VmallocError::NotStartOfArea`] (inside an area),
+    /// [`VmallocError::DoubleFree`] (freed already, not purged yet),
+    /// [`VmallocError::NotAllocated`], [`VmallocError::WrongKind`] (a `vmap`, `ioremap`,
+    /// `vm_map_ram` or reserved area: use its own release call).
+    #[inline]
+    pub fn vfree(&self, addr: VirtAddr) -> Result<(), VmallocError> {
+        if addr.is_null() {
+            return Ok(());
+        }
+        self.v().vfree_now(addr.as_u64())
+    }
+
+    /// `vfree_atomic(addr)`: never blocks: the free is queued on this CPU's deferred list and
+    /// run later (by a purge worker, an explicit purge, or in `PurgeMode::Synchronous` by the
+    /// next allocation) exactly as [`Vmalloc::vfree`]. Errors cannot be returned that late:
+    /// they are counted in [`VmallocStats::deferred_errors`](crate::info::VmallocStats).
+    pub fn vfree_atomic(&self, addr: VirtAddr) {
+        if !addr.is_null() {
+            self.v().kva.defer(addr.as_u64());
+        }
+    }
+}
+
+impl Inner {
+    /// `__vmalloc_node_range` proper (see the module documentation).
+    pub(crate) fn vmalloc_area(&self, r: &Request) -> Result<VirtAddr, VmallocError> {
+        if r.flags.intersects(NOT_FOR_VMALLOC) {
+            return Err(VmallocError::InvalidFlags {
+                flags: r.flags & NOT_FOR_VMALLOC,
+            });
+        }
+        let pages = size_to_pages(r.size)?;
+        let guard = if r.flags.contains(VmFlags::NO_GUARD) {
+            0
+        } else {
+            PAGE_SIZE
+        };
+        let area_size = (pages * PAGE_SIZE)
+            .checked_add(guard)
+            .ok_or(VmallocError::InvalidSize { size: r.size })?;
+        let nr_pages =
+            usize::try_from(pages).map_err(|_| VmallocError::InvalidSize { size: r.size })?;
+        let zone = if r.gfp.contains(Gfp::DMA32) {
+            Zone::Dma32
+        } else {
+            Zone::Normal
+        };
+        let mut flags = r.flags | VmFlags::ALLOC;
+        if zone == Zone::Dma32 {
+            flags |= VmFlags::DMA32;
+        }
+        if !r.prot.contains(PageTableFlags::NO_EXECUTE) {
+            flags |= VmFlags::EXEC;
+        }
+        let info = AreaInfo {
+            flags,
+            nr_pages,
+            caller: r.caller,
+            phys_addr: None,
+        };
+        let addr = self
+            .kva
+            .alloc(area_size, r.align, r.start, r.end, r.node, info)?;
+        let va = VirtAddr::new_truncate(addr);
+        match self.fill_area(va, pages, zone, r) {
+            Ok(()) => Ok(va),
+            Err(e) => {
+                // Nothing was mapped: the VA goes straight back, no flush needed.
+                self.drop_unused(addr);
+                Err(e)
+            }
+        }
+    }
+
+    /// Allocate and map the frames of a fresh area, all or nothing: on error every frame is
+    /// already freed and nothing is mapped (a map call undoes its own page tables).
+    #[inline]
+    fn fill_area(
+        &self,
+        va: VirtAddr,
+        pages: u64,
+        zone: Zone,
+        r: &Request,
+    ) -> Result<(), VmallocError> {
+        let zero = r.gfp.contains(Gfp::ZERO);
+        let oom = |e| VmallocError::OutOfMemory {
+            size: r.size,
+            source: e,
+        };
+        if pages <= STACK_FRAMES as u64 {
+            let n = pages as usize;
+            let mut buf = [NO_FRAME; STACK_FRAMES];
+            for i in 0..n {
+                let f = if zero {
+                    self.frames.alloc_zeroed(zone)
+                } else {
+                    self.frames.alloc(zone)
+                };
+                match f {
+                    Ok(f) => buf[i] = f,
+                    Err(e) => {
+                        self.free_frames(&buf[..i]);
+                        return Err(oom(e));
+                    }
+                }
+            }
+            if let Err(e) = self.space.map(va, &buf[..n], r.prot) {
+                self.free_frames(&buf[..n]);
+                return Err(e.into());
+            }
+            return Ok(());
+        }
+        // The frame list on the heap (Linux's `area->pages`), filled in one bulk allocation
+        // and mapped in one call: one walk per page-table page.
+        let n = usize::try_from(pages).map_err(|_| VmallocError::InvalidSize { size: r.size })?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(n).map_err(|_| {
+            oom(FrameError::OutOfFrames {
+                zone,
+                injected: false,
+            })
+        })?;
+        let got = if zero {
+            self.frames.alloc_bulk_zeroed(n, zone, &mut buf)
+        } else {
+            self.frames.alloc_bulk(n, zone, &mut buf)
+        };
+        got.map_err(oom)?;
+        if let Err(e) = self.space.map(va, &buf, r.prot) {
+            self.free_frames(&buf);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Drop our references to `frames` (all ours: the error is impossible and ignored).
+    #[inline]
+    fn free_frames(&self, frames: &[PhysFrame]) {
+        if !frames.is_empty() {
+            let r = self.frames.free_bulk(frames);
+            debug_assert!(r.is_ok(), "freeing our own frames failed: {r:?}");
+        }
+    }
+
+    /// The live area starting at `addr`, or why there is none. Nothing is changed unless the
+    /// area appeared between the lookup and the error path (then it is returned removed).
+    pub(crate) fn lookup_start(&self, addr: u64) -> Result<Lookup, VmallocError> {
+        match self.kva.find(addr) {
+            Some(a) if a.start == addr => Ok(Lookup::Live(a)),
+            Some(a) => Err(VmallocError::NotStartOfArea {
+                addr,
+                start: a.start,
+            }),
+            // `remove` tells a double free from a wild pointer (it looks at the lazy lists);
+            // it succeeds only if an area starting at `addr` was allocated meanwhile.
+            None => self.kva.remove(addr).map(Lookup::Removed),
+        }
+    }
+
+    /// Release the area starting at `addr` if `ok(flags)`, else `WrongKind` with `expected`.
+    pub(crate) fn free_kind(
+        &self,
+        addr: u64,
+        expected: VmFlags,
+        ok: fn(VmFlags) -> bool,
+    ) -> Result<(), VmallocError> {
+        let removed = match self.lookup_start(addr)? {
+            Lookup::Live(a) => {
+                if !ok(a.info.flags) {
+                    return Err(VmallocError::WrongKind {
+                        addr,
+                        expected,
+                        found: a.info.flags,
+                    });
+                }
+                self.kva.remove(addr)?
+            }
+            Lookup::Removed(r) => r,
+        };
+        let found = removed.info().flags;
+        // Re-checked on the removed token: a racing free + reallocation (a caller bug) may
+        // have put another kind of area here. It is released by its own rules either way.
+        self.release(removed)?;
+        if ok(found) {
+            Ok(())
+        } else {
+            Err(VmallocError::WrongKind {
+                addr,
+                expected,
+                found,
+            })
+        }
+    }
+
+    /// `vfree` (also run for deferred frees).
+    #[inline]
+    pub(crate) fn vfree_now(&self, addr: u64) -> Result<(), VmallocError> {
+        self.free_kind(addr, VmFlags::ALLOC, |f| f.contains(VmFlags::ALLOC))
+    }
+
+    /// Unmap a removed area by its kind (frames freed for `ALLOC`, kept otherwise) and free
+    /// its VA lazily.
+    pub(crate) fn release(&self, removed: RemovedArea) -> Result<(), VmallocError> {
+        let area = *removed.area();
+        let va = VirtAddr::new_truncate(area.start);
+        let len = usable_end(&area) - area.start;
+        let unmapped = if area.info.flags.contains(VmFlags::ALLOC) {
+            if area.info.nr_pages <= STACK_FRAMES {
+                // Few frames: hand each back as its PTE is cleared (no batch buffer).
+                let frames = &self.frames;
+                self.space.unmap(va, len, |pa, size| {
+                    for off in (0..size).step_by(PAGE_SIZE as usize) {
+                        // Refused only for a frame outside the arena (never ours): skipped,
+                        // as `unmap_and_free` does.
+                        let _ = frames.free(PhysFrame::containing_address(pa + off));
+                    }
+                })
+            } else {
+                self.space.unmap_and_free(va, len)
+            }
+        } else {
+            self.space.unmap(va, len, |_, _| {})
+        };
+        match unmapped {
+            Ok(flush) => {
+                self.kva.free_lazy(removed, flush.pages() as usize);
+                Ok(())
+            }
+            Err(e) => {
+                // Cannot happen for our own areas; never recycle a range whose PTEs may live.
+                drop(removed);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// What [`Inner::lookup_start`] found.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// A live area starting at the address.
+    Live(VmArea),
+    /// An area that appeared meanwhile, already removed.
+    Removed(RemovedArea),
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+    use crate::instance::VmallocConfig;
+
+    fn vm() -> Vmalloc {
+        Vmalloc::new(VmallocConfig::small_heap(8 << 20)).unwrap()
+    }
+
+    #[test]
+    fn sizes_round_to_pages() {
+        assert_eq!(size_to_pages(1).unwrap(), 1);
+        assert_eq!(size_to_pages(PAGE_SIZE).unwrap(), 1);
+        assert_eq!(size_to_pages(PAGE_SIZE + 1).unwrap(), 2);
+        assert!(matches!(
+            size_to_pages(0),
+            Err(VmallocError::InvalidSize { size: 0 })
+        ));
+        assert!(matches!(
+            size_to_pages(u64::MAX),
+            Err(VmallocError::InvalidSize { .. })
+        ));
+    }
+
+    #[test]
+    fn prot_constants_are_x86() {
+        assert!(PAGE_KERNEL.contains(PageTableFlags::NO_EXECUTE | PageTableFlags::WRITABLE));
+        assert!(!PAGE_KERNEL_EXEC.contains(PageTableFlags::NO_EXECUTE));
+        assert!(!PAGE_KERNEL_RO.contains(PageTableFlags::WRITABLE));
+        assert!(PAGE_KERNEL_IO.contains(PageTableFlags::NO_CACHE));
+    }
+
+    #[test]
+    fn one_page_round_trip() {
+        let vm = vm();
+        let before = vm.frame_stats().used;
+        let a = vm.vmalloc(100).unwrap();
+        let area = vm.find_vm_area(a).unwrap();
+        assert_eq!(area.size(), 2 * PAGE_SIZE);
+        assert_eq!(area.info.nr_pages, 1);
+        assert!(area.info.caller.file().ends_with("alloc.rs"));
+        let t = vm.kernel_space().translate(a).unwrap();
+        assert_eq!(t.flags & PAGE_KERNEL, PAGE_KERNEL);
+        assert!(
+            vm.kernel_space().translate(a + PAGE_SIZE).is_none(),
+            "guard page mapped"
+        );
+        vm.vfree(a).unwrap();
+        assert!(vm.kernel_space().translate(a).is_none());
+        vm.purge_vmap_area_lazy();
+        // Page tables stay; the data frame is back.
+        assert!(vm.frame_stats().used <= before + 3);
+        assert_eq!(
+            vm.vfree(a),
+            Err(VmallocError::NotAllocated { addr: a.as_u64() })
+        );
+    }
+
+    #[test]
+    fn bulk_path_crosses_leaf_tables() {
+        let vm = vm();
+        let a = vm.vzalloc(700 * PAGE_SIZE).unwrap();
+        let maps: Vec<_> = vm.kernel_space().mappings(a, 701 * PAGE_SIZE).collect();
+        assert_eq!(maps.len(), 700);
+        vm.vfree(a).unwrap();
+        assert_eq!(vm.kernel_space().mappings(a, 701 * PAGE_SIZE).count(), 0);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        let vm = vm();
+        let (s, e) = vm.range();
+        let r = vm.vmalloc_node_range(
+            PAGE_SIZE,
+            PAGE_SIZE,
+            s,
+            e,
+            Gfp::KERNEL,
+            PAGE_KERNEL,
+            VmFlags::IOREMAP,
+            None,
+        );
+        assert_eq!(
+            r,
+            Err(VmallocError::InvalidFlags {
+                flags: VmFlags::IOREMAP
+            })
+        );
+    }
+}

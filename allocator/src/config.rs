@@ -1,0 +1,280 @@
+//! [`KvaConfig`]: how a [`Kva`](crate::kva::Kva) is built (range, shards, lazy threshold,
+//! purge scheduling, per-CPU caches).
+//!
+//! Zero / `None` fields mean "as Linux would do it on this machine": one shard and one purge
+//! worker per CPU slot (`pagetable::cpu::nr_cpu_ids()`), and
+//! `lazy_max_pages = fls(nr_cpu_ids) * 32 MiB / PAGE_SIZE`. [`KvaConfig::single_lock`] gives
+//! the Linux 5.x design (one free tree under one lock, no per-CPU caches), kept for comparison.
+//! A configuration is checked once by [`KvaConfig::resolve`]; nothing here holds state.
+
+use crate::error::VmallocError;
+use pagetable::VirtAddr;
+use pagetable::cpu;
+use pagetable::page::PAGE_SIZE;
+
+/// Who runs the merge work of a lazy purge, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PurgeMode {
+    /// `free_lazy` never purges itself: past the threshold it wakes a purge worker and
+    /// returns. The workers split the merge work between them. (Default.)
+    #[default]
+    Background,
+    /// The freeing thread that crosses the threshold runs the purge itself (one flush), with
+    /// the workers helping on other shards, and waits for them (Linux 6.9's
+    /// `purge_vmap_node` split with the caller doing its share).
+    Inline,
+    /// No threads at all: the freeing thread that crosses the threshold runs the whole purge
+    /// alone; deferred frees are drained by `purge()` and by the next allocation. For loom
+    /// models and for kernels that run their own workers.
+    Synchronous,
+}
+
+/// Construction parameters of a [`Kva`](crate::kva::Kva).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvaConfig {
+    /// First address of the KVA range (page aligned).
+    pub start: u64,
+    /// End (exclusive) of the KVA range (page aligned, above `start`).
+    pub end: u64,
+    /// Number of shards the range is split into; `0` = one per CPU slot. Clamped so that each
+    /// shard holds at least one page.
+    pub shards: usize,
+    /// Lazily freed pages tolerated before a purge is kicked; `None` = Linux's
+    /// `fls(nr_cpu_ids) * 32 MiB / PAGE_SIZE`.
+    pub lazy_max_pages: Option<usize>,
+    /// How purges are scheduled.
+    pub purge_mode: PurgeMode,
+    /// Keep per-CPU caches of small free areas (Linux 6.9's node pools).
+    pub pcpu_cache: bool,
+    /// Number of purge worker threads (Background / Inline modes); `0` = one per CPU slot.
+    pub purge_workers: usize,
+}
+
+/// x86_64 Linux's `VMALLOC_START` (4-level paging).
+pub const VMALLOC_START: u64 = 0xffff_c900_0000_0000;
+/// x86_64 Linux's `VMALLOC_END` + 1 (32 TiB after `VMALLOC_START`).
+pub const VMALLOC_END: u64 = 0xffff_e900_0000_0000;
+
+impl Default for KvaConfig {
+    /// The x86_64 vmalloc range, one shard per CPU, Linux's lazy threshold, background purge
+    /// workers, per-CPU caches on.
+    fn default() -> Self {
+        Self {
+            start: VMALLOC_START,
+            end: VMALLOC_END,
+            shards: 0,
+            lazy_max_pages: None,
+            purge_mode: PurgeMode::Background,
+            pcpu_cache: true,
+            purge_workers: 0,
+        }
+    }
+}
+
+/// Linux's `fls`: index (1-based) of the most significant set bit, 0 for 0.
+pub(crate) fn fls(x: usize) -> usize {
+    (usize::BITS - x.leading_zeros()) as usize
+}
+
+/// Linux's `lazy_max_pages()` for `nr_cpus` online CPUs.
+pub fn linux_lazy_max_pages(nr_cpus: usize) -> usize {
+    fls(nr_cpus.max(1)) * (32 * 1024 * 1024 / PAGE_SIZE as usize)
+}
+
+/// Whether `[start, end)` (non-empty) lies inside one canonical half of the x86_64 address
+/// space, so that its flush ranges are expressible as [`VirtAddr`]s (the lower half's
+/// exclusive end is `1 << 47`).
+fn canonical_range(start: u64, end: u64) -> bool {
+    const LOWER_END: u64 = 1 << 47;
+    let canon = |a: u64| VirtAddr::try_new(a).is_ok();
+    canon(start)
+        && (canon(end) || end == LOWER_END)
+        && (end <= LOWER_END || start >= VirtAddr::UPPER_HALF_START)
+}
+
+/// A configuration with every default resolved and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub start: u64,
+    pub end: u64,
+    pub shards: usize,
+    pub shard_size: u64,
+    pub lazy_max_pages: usize,
+    pub purge_mode: PurgeMode,
+    pub pcpu_cache: bool,
+    pub purge_workers: usize,
+}
+
+impl KvaConfig {
+    /// The Linux 5.x design over `[start, end)`: one shard (one free-tree lock, one busy lock),
+    /// no per-CPU caches, Linux's lazy threshold, background purge.
+    pub fn single_lock(start: u64, end: u64) -> Self {
+        Self {
+            start,
+            end,
+            shards: 1,
+            pcpu_cache: false,
+            purge_workers: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The default configuration over `[start, end)`.
+    pub fn with_range(start: u64, end: u64) -> Self {
+        Self {
+            start,
+            end,
+            ..Self::default()
+        }
+    }
+
+    /// Check the configuration and fill in the machine-dependent defaults.
+    pub(crate) fn resolve(&self) -> Result<Resolved, VmallocError> {
+        let (start, end) = (self.start, self.end);
+        if start >= end
+            || start % PAGE_SIZE != 0
+            || end % PAGE_SIZE != 0
+            || !canonical_range(start, end)
+        {
+            return Err(VmallocError::InvalidRange { start, end });
+        }
+        let pages = (end - start) / PAGE_SIZE;
+        let want = if self.shards == 0 {
+            cpu::nr_cpu_ids()
+        } else {
+            self.shards
+        };
+        let shards = (want as u64).clamp(1, pages) as usize;
+        // Round the shard size up to whole pages; the last shard takes what is left, and the
+        // count shrinks if rounding left some shard empty.
+        let shard_size = pages.div_ceil(shards as u64) * PAGE_SIZE;
+        let shards = (end - start).div_ceil(shard_size) as usize;
+        let lazy_max_pages = self
+            .lazy_max_pages
+            .unwrap_or_else(|| linux_lazy_max_pages(cpu::nr_cpu_ids()))
+            .max(1);
+        let purge_workers = match self.purge_mode {
+            PurgeMode::Synchronous => 0,
+            _ if self.purge_workers == 0 => cpu::nr_cpu_ids(),
+            _ => self.purge_workers,
+        };
+        Ok(Resolved {
+            start,
+            end,
+            shards,
+            shard_size,
+            lazy_max_pages,
+            purge_mode: self.purge_mode,
+            pcpu_cache: self.pcpu_cache,
+            purge_workers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linux_threshold() {
+        assert_eq!(fls(0), 0);
+        assert_eq!(fls(1), 1);
+        assert_eq!(fls(2), 2);
+        assert_eq!(fls(3), 2);
+        assert_eq!(fls(64), 7);
+        // 1 CPU: 32 MiB of 4 KiB pages.
+        assert_eq!(linux_lazy_max_pages(1), 8192);
+        assert_eq!(linux_lazy_max_pages(4), 3 * 8192);
+    }
+
+    #[test]
+    fn resolve_checks_range() {
+        let bad = |s, e| {
+            KvaConfig {
+                start: s,
+                end: e,
+                ..KvaConfig::default()
+            }
+            .resolve()
+        };
+        assert!(matches!(
+            bad(0x2000, 0x1000),
+            Err(VmallocError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bad(0x1000, 0x1000),
+            Err(VmallocError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bad(0x1001, 0x3000),
+            Err(VmallocError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bad(0x1000, 0x3001),
+            Err(VmallocError::InvalidRange { .. })
+        ));
+        // Non-canonical, or straddling the hole between the halves.
+        assert!(matches!(
+            bad(0x1000, 0x8000_0000_1000),
+            Err(VmallocError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bad(0x1000, VMALLOC_START),
+            Err(VmallocError::InvalidRange { .. })
+        ));
+        assert!(
+            KvaConfig::with_range(0x7fff_ffff_0000, 1 << 47)
+                .resolve()
+                .is_ok()
+        );
+        assert!(KvaConfig::default().resolve().is_ok());
+    }
+
+    #[test]
+    fn resolve_splits_into_page_multiples() {
+        let r = KvaConfig {
+            start: 0x10000,
+            end: 0x10000 + 10 * PAGE_SIZE,
+            shards: 3,
+            ..KvaConfig::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(r.shards, 3);
+        assert_eq!(r.shard_size, 4 * PAGE_SIZE);
+        // More shards than pages: one page each.
+        let r = KvaConfig {
+            start: 0,
+            end: 2 * PAGE_SIZE,
+            shards: 8,
+            ..KvaConfig::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((r.shards, r.shard_size), (2, PAGE_SIZE));
+        // Rounding that would leave the last shard empty shrinks the count.
+        let r = KvaConfig {
+            start: 0,
+            end: 5 * PAGE_SIZE,
+            shards: 4,
+            ..KvaConfig::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((r.shards, r.shard_size), (3, 2 * PAGE_SIZE));
+    }
+
+    #[test]
+    fn presets() {
+        let c = KvaConfig::single_lock(0x1000, 0x100000);
+        assert_eq!((c.shards, c.pcpu_cache), (1, false));
+        let r = c.resolve().unwrap();
+        assert_eq!(r.shards, 1);
+        assert_eq!(r.lazy_max_pages, linux_lazy_max_pages(cpu::nr_cpu_ids()));
+        let s = KvaConfig {
+            purge_mode: PurgeMode::Synchronous,
+            ..KvaConfig::default()
+        };
+        assert_eq!(s.resolve().unwrap().purge_workers, 0);
+    }
+}

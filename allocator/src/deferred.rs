@@ -1,0 +1,235 @@
+//! Deferred frees (`vfree_atomic`) and allocation-failure notifiers (`vmap_notify_list`).
+//!
+//! # How it works
+//!
+//! [`Kva::defer`](crate::kva::Kva::defer) boxes `{ link, addr }` and pushes it on the calling
+//! CPU's lock-free list; if that list was empty it wakes a purge worker (Background and
+//! Inline modes). Whoever drains ([`Inner::drain_deferred`]: a worker, `Kva::purge`, or the
+//! next allocation in Synchronous mode) takes each CPU's list with one `del_all`, oldest
+//! first, and calls the handler per address with no lock held. The default handler removes
+//! the area and frees it lazily (no page tables at this layer); the vmalloc layer installs
+//! one that unmaps and frees pages too.
+//!
+//! Notifiers are called, with no lock held, by an allocation that failed even after a
+//! purge; the sum of what they report freed decides whether it retries.
+//!
+//! # Locking and ordering
+//!
+//! Pushing takes no lock (llist `Release` push; `del_all` `Acquire`). The `pending` hint is a
+//! `Relaxed` flag (set after a push, cleared before a drain, so a push after the clear sets it
+//! again). Handler and notifier lists sit behind their own mutexes, held only to clone an
+//! `Arc` out or to edit the list; callbacks always run unlocked, so they may call back into
+//! the allocator.
+
+use core::ptr::NonNull;
+use std::sync::Arc as StdArc;
+
+use crossbeam_utils::CachePadded;
+use pagetable::page::PAGE_SIZE;
+
+use crate::kva::Inner;
+use crate::llist::{Intrusive, LlistHead, LlistNode};
+use crate::sync::{AtomicBool, Mutex, Ordering};
+
+/// A deferred free waiting on a CPU's list.
+struct DeferredNode {
+    link: LlistNode,
+    addr: u64,
+}
+
+crate::impl_llist_intrusive!(DeferredNode, link);
+
+/// A deferred-free handler (std `Arc`: shared ownership of an immutable closure).
+type Handler = StdArc<dyn Fn(u64) + Send + Sync>;
+/// A failure notifier.
+type Notifier = StdArc<dyn Fn(u64) -> usize + Send + Sync>;
+
+/// Per-CPU lists of deferred frees and their handler.
+pub(crate) struct Deferred {
+    lists: Box<[CachePadded<LlistHead>]>,
+    pending: AtomicBool,
+    handler: Mutex<Option<Handler>>,
+}
+
+impl core::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Deferred")
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
+
+impl Deferred {
+    pub(crate) fn new(nr_cpus: usize) -> Self {
+        Self {
+            lists: (0..nr_cpus.max(1))
+                .map(|_| CachePadded::new(LlistHead::new()))
+                .collect(),
+            pending: AtomicBool::new(false),
+            handler: Mutex::new(None),
+        }
+    }
+
+    /// Whether deferred frees may be waiting (a hint).
+    #[inline]
+    pub(crate) fn pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_handler(&self, h: Box<dyn Fn(u64) + Send + Sync>) {
+        *self.handler.lock() = Some(StdArc::from(h));
+    }
+
+    /// Queue `addr` on CPU `cpu`'s list; `true` if the list was empty.
+    fn push(&self, cpu: usize, addr: u64) -> bool {
+        let node = NonNull::from(Box::leak(Box::new(DeferredNode {
+            link: LlistNode::new(),
+            addr,
+        })));
+        // SAFETY: a fresh heap node on no list; it stays live until a drain (or `Drop`) takes
+        // it off and frees it with `Box::from_raw`.
+        let was_empty =
+            unsafe { self.lists[cpu % self.lists.len()].add(DeferredNode::to_node(node)) };
+        self.pending.store(true, Ordering::Relaxed);
+        was_empty
+    }
+
+    /// Take every queued address, oldest first per CPU.
+    fn take_all(&self) -> Vec<u64> {
+        self.pending.store(false, Ordering::Relaxed);
+        let mut out = Vec::new();
+        for list in self.lists.iter() {
+            for node in list.del_all().reverse_order() {
+                // SAFETY: every node on these lists was made by `push` from a leaked box and
+                // is now owned by us (detached); rebuilding the box frees it exactly once.
+                let b = unsafe { Box::from_raw(DeferredNode::from_node(node).as_ptr()) };
+                out.push(b.addr);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        // Frees still queued when the allocator goes away: release the nodes.
+        let _ = self.take_all();
+    }
+}
+
+/// A registered notifier's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NotifierId(u64);
+
+/// The failure notifiers.
+#[derive(Default)]
+pub(crate) struct Notifiers {
+    list: Mutex<(u64, Vec<(u64, Notifier)>)>,
+}
+
+impl core::fmt::Debug for Notifiers {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Notifiers")
+            .field("count", &self.list.lock().1.len())
+            .finish()
+    }
+}
+
+impl Notifiers {
+    pub(crate) fn register(&self, f: Box<dyn Fn(u64) -> usize + Send + Sync>) -> NotifierId {
+        let mut l = self.list.lock();
+        l.0 += 1;
+        let id = l.0;
+        l.1.push((id, StdArc::from(f)));
+        NotifierId(id)
+    }
+
+    pub(crate) fn unregister(&self, id: NotifierId) -> bool {
+        let mut l = self.list.lock();
+        let before = l.1.len();
+        l.1.retain(|(i, _)| *i != id.0);
+        l.1.len() != before
+    }
+
+    /// Call every notifier with `size` (unlocked); the pages they freed.
+    pub(crate) fn call(&self, size: u64) -> usize {
+        let snapshot: Vec<Notifier> = self
+            .list
+            .lock()
+            .1
+            .iter()
+            .map(|(_, f)| StdArc::clone(f))
+            .collect();
+        snapshot
+            .iter()
+            .map(|f| f(size))
+            .fold(0usize, usize::saturating_add)
+    }
+}
+
+impl Inner {
+    pub(crate) fn defer(&self, addr: u64) {
+        let was_empty = self.deferred.push(pagetable::cpu::this_cpu(), addr);
+        if was_empty {
+            if let Some(s) = &self.sched {
+                s.kick_deferred();
+            }
+        }
+    }
+
+    /// Run every queued deferred free; returns how many ran.
+    pub(crate) fn drain_deferred(&self) -> usize {
+        let addrs = self.deferred.take_all();
+        if addrs.is_empty() {
+            return 0;
+        }
+        let handler = self.deferred.handler.lock().clone();
+        for &addr in &addrs {
+            match &handler {
+                Some(h) => h(addr),
+                None => {
+                    if let Ok(area) = self.remove(addr) {
+                        let pages = (area.size() / PAGE_SIZE) as usize;
+                        self.free_lazy(area, pages);
+                    }
+                }
+            }
+        }
+        addrs.len()
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferred_addresses_come_out_oldest_first_per_cpu() {
+        let d = Deferred::new(2);
+        assert!(!d.pending());
+        assert!(d.push(0, 1));
+        assert!(!d.push(0, 2));
+        assert!(d.push(1, 10));
+        assert!(!d.push(5, 3)); // slot 5 wraps to list 1
+        assert!(d.pending());
+        assert_eq!(d.take_all(), vec![1, 2, 10, 3]);
+        assert!(!d.pending());
+        assert!(d.take_all().is_empty());
+        // Nodes still queued at drop are freed (checked under Miri / leak sanitizers).
+        d.push(0, 7);
+    }
+
+    #[test]
+    fn notifiers_register_call_and_unregister() {
+        let n = Notifiers::default();
+        assert_eq!(n.call(4096), 0);
+        let a = n.register(Box::new(|size| (size / 4096) as usize));
+        let b = n.register(Box::new(|_| usize::MAX));
+        assert_ne!(a, b);
+        assert_eq!(n.call(8192), usize::MAX);
+        assert!(n.unregister(b));
+        assert!(!n.unregister(b));
+        assert_eq!(n.call(8192), 2);
+        assert!(format!("{n:?}").contains("count: 1"));
+    }
+}

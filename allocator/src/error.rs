@@ -1,0 +1,186 @@
+//! The one error type of the crate, [`VmallocError`].
+//!
+//! Every fallible operation of the KVA allocator (and of the vmalloc API built on it) returns a
+//! `VmallocError`; nothing panics on bad input. The enum is `#[non_exhaustive]` so that layers
+//! above (page mapping) can add variants without breaking matches downstream. Addresses and
+//! sizes are in bytes.
+
+use crate::flags::VmFlags;
+
+/// What went wrong in a vmalloc / KVA operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VmallocError {
+    /// No free range of `size` bytes aligned to `align` exists in `[start, end)`, even after a
+    /// synchronous purge of the lazily freed areas and the registered notifiers.
+    #[error(
+        "vmap allocation for size {size:#x} (align {align:#x}) failed in [{start:#x}, {end:#x}): \
+         no space left (use a larger KVA range)"
+    )]
+    NoSpace {
+        /// Requested size in bytes (guard page included).
+        size: u64,
+        /// Requested alignment in bytes.
+        align: u64,
+        /// Lower bound of the searched range.
+        start: u64,
+        /// Upper bound (exclusive) of the searched range.
+        end: u64,
+    },
+    /// The size is zero, not a whole number of pages, or too large to represent.
+    #[error("invalid size {size:#x}: must be a non-zero multiple of the page size")]
+    InvalidSize {
+        /// The rejected size in bytes.
+        size: u64,
+    },
+    /// The alignment is not a power of two at least the page size.
+    #[error("invalid alignment {align:#x}: must be a power of two >= the page size")]
+    InvalidAlign {
+        /// The rejected alignment in bytes.
+        align: u64,
+    },
+    /// The range is empty, unaligned, or outside the allocator's range.
+    #[error("invalid range [{start:#x}, {end:#x})")]
+    InvalidRange {
+        /// Start of the rejected range.
+        start: u64,
+        /// End (exclusive) of the rejected range.
+        end: u64,
+    },
+    /// No live area contains `addr`.
+    #[error("no allocated area at {addr:#x}")]
+    NotAllocated {
+        /// The address looked up.
+        addr: u64,
+    },
+    /// `addr` lies inside a live area but is not its start.
+    #[error("address {addr:#x} is inside the area starting at {start:#x}, not its start")]
+    NotStartOfArea {
+        /// The address passed in.
+        addr: u64,
+        /// Start of the area containing it.
+        start: u64,
+    },
+    /// `addr` is the start of an area that was already freed and waits on a lazy list.
+    #[error("double free of the area at {addr:#x} (already freed, waiting for a purge)")]
+    DoubleFree {
+        /// The address freed twice.
+        addr: u64,
+    },
+    /// The area at `addr` was created by another kind of allocation (e.g. `vunmap` on a
+    /// `vmalloc` area).
+    #[error("area at {addr:#x} has flags {found:?}, expected {expected:?}")]
+    WrongKind {
+        /// Start of the area.
+        addr: u64,
+        /// Flags the operation requires.
+        expected: VmFlags,
+        /// Flags the area has.
+        found: VmFlags,
+    },
+    // Variants of the vmalloc layer (page tables, frames, argument checks).
+    /// A page-table operation failed (e.g. no frame left for a page table).
+    #[error("page tables: {0}")]
+    Map(#[from] pagetable::MapError),
+    /// A frame-allocator operation failed.
+    #[error("frames: {0}")]
+    Frame(#[from] pagetable::FrameError),
+    /// The physical arena could not be created or accessed.
+    #[error("arena: {0}")]
+    Arena(#[from] pagetable::ArenaError),
+    /// No frames for the pages of a `size`-byte allocation.
+    #[error("vmalloc: allocation failure: {size} bytes: {source}")]
+    OutOfMemory {
+        /// The requested size in bytes.
+        size: u64,
+        /// Why the frame allocator refused.
+        source: pagetable::FrameError,
+    },
+    /// Flags that name another kind of area (or are reserved) were passed in.
+    #[error("flags {flags:?} are not allowed here")]
+    InvalidFlags {
+        /// The offending flags.
+        flags: VmFlags,
+    },
+    /// An address that must be page aligned is not.
+    #[error("address {addr:#x} is not aligned to {align:#x}")]
+    Misaligned {
+        /// The address.
+        addr: u64,
+        /// The required alignment.
+        align: u64,
+    },
+    /// `remap_vmalloc_range` of an area not marked `VM_USERMAP`.
+    #[error("area at {addr:#x} is not user-mappable (not VM_USERMAP)")]
+    NotUserMappable {
+        /// Start of the area.
+        addr: u64,
+    },
+    /// `remap_vmalloc_range` asks for more than the area holds.
+    #[error(
+        "remap of {len:#x} bytes at offset {offset:#x} exceeds the {size:#x}-byte area at {addr:#x}"
+    )]
+    RemapTooLarge {
+        /// Start of the area.
+        addr: u64,
+        /// Offset into the area where the remap starts.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// Usable size of the area.
+        size: u64,
+    },
+    /// `ioremap` of physical memory that is RAM (the arena), as Linux refuses.
+    #[error("ioremap of RAM at {phys:#x} (+{size:#x}) refused")]
+    IoremapOfRam {
+        /// Physical start.
+        phys: u64,
+        /// Length in bytes.
+        size: u64,
+    },
+    /// `vm_unmap_ram` with a page count other than the one mapped.
+    #[error("vm_unmap_ram of {count} pages at {addr:#x}, but {expected} were mapped there")]
+    WrongCount {
+        /// The address.
+        addr: u64,
+        /// The count passed.
+        count: usize,
+        /// The count (rounded as allocated) of the mapping.
+        expected: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_numbers() {
+        let e = VmallocError::NoSpace {
+            size: 0x2000,
+            align: 0x1000,
+            start: 0x10000,
+            end: 0x20000,
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("0x2000") && s.contains("0x10000") && s.contains("0x20000"),
+            "{s}"
+        );
+        let e = VmallocError::NotStartOfArea {
+            addr: 0x1234,
+            start: 0x1000,
+        };
+        assert!(e.to_string().contains("0x1234"));
+        let e = VmallocError::WrongKind {
+            addr: 0x1000,
+            expected: VmFlags::MAP,
+            found: VmFlags::ALLOC,
+        };
+        assert!(e.to_string().contains("MAP"), "{e}");
+        assert_eq!(
+            VmallocError::DoubleFree { addr: 1 },
+            VmallocError::DoubleFree { addr: 1 }
+        );
+    }
+}

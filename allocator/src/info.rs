@@ -1,0 +1,193 @@
+//! `/proc/vmallocinfo` ([`Vmalloc::vmallocinfo`]) and the `/proc/meminfo` vmalloc lines plus
+//! allocator counters ([`Vmalloc::stats`], [`VmallocStats`]).
+//!
+//! # How it works
+//!
+//! Both walk the live areas with `Kva::for_each_busy` (ascending addresses, snapshots taken
+//! shard by shard, the callback running unlocked) and read the counters of the `Kva`, the TLB
+//! and the frame allocator. Each figure is exact at some instant; together they are
+//! consistent only when nothing is allocated or freed meanwhile. The fast paths keep no
+//! counter of their own for this: `VmallocUsed` is summed from the areas, as Linux 3.7's
+//! `get_vmalloc_info` walked the `vmlist`.
+
+use core::fmt;
+use core::fmt::Write as _;
+
+use pagetable::{FrameStats, PAGE_SIZE, TlbStats};
+
+use crate::area::VmArea;
+use crate::flags::VmFlags;
+use crate::instance::Vmalloc;
+use crate::kva::KvaStats;
+use crate::sync::Ordering;
+
+/// The vmalloc figures of `/proc/meminfo` and the counters behind them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmallocStats {
+    /// `VmallocTotal`: size of the vmalloc range, kB.
+    pub vmalloc_total_kb: u64,
+    /// `VmallocUsed`: pages of `vmalloc`-family areas, kB (Linux 4.x+ meaning).
+    pub vmalloc_used_kb: u64,
+    /// `VmallocChunk`: the largest free range, kB (Linux 3.7's meaning).
+    pub vmalloc_chunk_kb: u64,
+    /// Live areas (of every kind, vmap blocks included).
+    pub nr_areas: usize,
+    /// Bytes of live areas, guard pages included.
+    pub area_bytes: u64,
+    /// Live vmap blocks (`vm_map_ram`).
+    pub vmap_blocks: usize,
+    /// Pages waiting on the lazy lists for a purge.
+    pub lazy_pages: usize,
+    /// Purges done so far.
+    pub purges: u64,
+    /// TLB shootdowns requested (lazy purges and `vm_unmap_aliases`).
+    pub tlb_flushes: u64,
+    /// Of those, full flushes (ranges over the single-page ceiling).
+    pub tlb_full_flushes: u64,
+    /// Pages covered by the lazy purges' flushes (their union ranges).
+    pub pages_flushed: u64,
+    /// Frames allocated (data pages and page tables).
+    pub frames_used: u64,
+    /// Frames in the arena.
+    pub frames_total: u64,
+    /// `vfree_atomic` frees that failed when run (bad address).
+    pub deferred_errors: u64,
+    /// Everything the KVA allocator counts.
+    pub kva: KvaStats,
+    /// Everything the TLB counts.
+    pub tlb: TlbStats,
+    /// Everything the frame allocator counts.
+    pub frames: FrameStats,
+}
+
+impl fmt::Display for VmallocStats {
+    /// The three `/proc/meminfo` lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "VmallocTotal:   {:>8} kB", self.vmalloc_total_kb)?;
+        writeln!(f, "VmallocUsed:    {:>8} kB", self.vmalloc_used_kb)?;
+        writeln!(f, "VmallocChunk:   {:>8} kB", self.vmalloc_chunk_kb)
+    }
+}
+
+/// One `/proc/vmallocinfo` line for `a` (without the newline).
+pub fn vmallocinfo_line(a: &VmArea) -> String {
+    let mut s = String::with_capacity(96);
+    let f = a.info.flags;
+    // Writing into a String cannot fail.
+    let _ = write!(s, "0x{:016x}-0x{:016x} {:7}", a.start, a.end, a.size());
+    if f.contains(VmFlags::MAP_RAM) {
+        s.push_str(" vm_map_ram");
+        return s;
+    }
+    let _ = write!(s, " {}:{}", a.info.caller.file(), a.info.caller.line());
+    if a.info.nr_pages != 0 {
+        let _ = write!(s, " pages={}", a.info.nr_pages);
+    }
+    if let Some(p) = a.info.phys_addr {
+        let _ = write!(s, " phys=0x{p:x}");
+    }
+    for (flag, name) in [
+        (VmFlags::IOREMAP, " ioremap"),
+        (VmFlags::ALLOC, " vmalloc"),
+        (VmFlags::MAP, " vmap"),
+        (VmFlags::USERMAP, " user"),
+        (VmFlags::VPAGES, " vpages"),
+    ] {
+        if f.contains(flag) {
+            s.push_str(name);
+        }
+    }
+    s
+}
+
+impl Vmalloc {
+    /// `/proc/vmallocinfo`: one line per live area in address order,
+    /// `0x<start>-0x<end> <size> <file>:<line> [pages=N] [phys=0x..] [ioremap] [vmalloc]
+    /// [vmap] [user] [vpages]`, sizes including the guard page; `vm_map_ram` areas and vmap
+    /// blocks print `0x<start>-0x<end> <size> vm_map_ram`, as in Linux.
+    pub fn vmallocinfo(&self) -> String {
+        let mut out = String::new();
+        self.v().kva.for_each_busy(|a| {
+            out.push_str(&vmallocinfo_line(a));
+            out.push('\n');
+        });
+        out
+    }
+
+    /// The `/proc/meminfo` vmalloc figures and the counters of every layer (see
+    /// [`VmallocStats`]).
+    pub fn stats(&self) -> VmallocStats {
+        let v = self.v();
+        let (mut nr_areas, mut area_bytes, mut vmalloc_pages) = (0usize, 0u64, 0u64);
+        v.kva.for_each_busy(|a| {
+            nr_areas += 1;
+            area_bytes += a.size();
+            if a.info.flags.contains(VmFlags::ALLOC) {
+                vmalloc_pages += a.info.nr_pages as u64;
+            }
+        });
+        let kva = v.kva.stats();
+        let tlb = v.tlb.stats();
+        let frames = v.frames.stats();
+        VmallocStats {
+            vmalloc_total_kb: (v.end - v.start) >> 10,
+            vmalloc_used_kb: vmalloc_pages * (PAGE_SIZE >> 10),
+            vmalloc_chunk_kb: kva.largest_free >> 10,
+            nr_areas,
+            area_bytes,
+            vmap_blocks: v.blocks.count(),
+            lazy_pages: kva.lazy_pages,
+            purges: kva.purges,
+            tlb_flushes: tlb.flushes,
+            tlb_full_flushes: tlb.full_flushes,
+            pages_flushed: kva.pages_flushed,
+            frames_used: frames.used,
+            frames_total: frames.total,
+            deferred_errors: v.deferred_errors.load(Ordering::Relaxed),
+            kva,
+            tlb,
+            frames,
+        }
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+    use crate::area::AreaInfo;
+
+    #[test]
+    fn line_format_matches_proc() {
+        let mut info = AreaInfo::new(VmFlags::ALLOC | VmFlags::USERMAP);
+        info.nr_pages = 2;
+        let a = VmArea {
+            start: 0xffff_c900_0000_0000,
+            end: 0xffff_c900_0000_3000,
+            info,
+        };
+        let l = vmallocinfo_line(&a);
+        let expect = format!(
+            "0xffffc90000000000-0xffffc90000003000   12288 {}:{} pages=2 vmalloc user",
+            info.caller.file(),
+            info.caller.line()
+        );
+        assert_eq!(l, expect);
+        let mut io = AreaInfo::new(VmFlags::IOREMAP);
+        io.phys_addr = Some(0xfee0_0000);
+        let l = vmallocinfo_line(&VmArea {
+            start: 0x1000,
+            end: 0x3000,
+            info: io,
+        });
+        assert!(l.ends_with(" phys=0xfee00000 ioremap"), "{l}");
+        let ram = VmArea {
+            start: 0x1000,
+            end: 0x2000,
+            info: AreaInfo::new(VmFlags::MAP_RAM),
+        };
+        assert_eq!(
+            vmallocinfo_line(&ram),
+            "0x0000000000001000-0x0000000000002000    4096 vm_map_ram"
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! Looking at a [`Kva`](crate::kva::Kva) from outside: [`KvaStats`], `for_each_busy` and
+//! `check_invariants`.
+//!
+//! # How it works
+//!
+//! Statistics are sums over shards and CPU slots taken one lock (or one `Relaxed` load) at a
+//! time: each figure is exact at some instant, the set is only consistent when the allocator
+//! is quiescent. `check_invariants` takes the purge lock (no purge can hold a detached
+//! chain), then each structure's lock in turn, detaches each lazy list to walk it and puts it
+//! back, and checks that every byte of the range is accounted for exactly once.
+//!
+//! # Locking
+//!
+//! Purge lock (invariant check only) -> one busy, free or slot lock at a time. Callbacks of
+//! `for_each_busy` run with no lock held (snapshots are taken shard by shard).
+
+use crate::area::{Desc, VmArea};
+use crate::kva::Inner;
+use crate::shard::ShardSet;
+use crate::sync::Ordering;
+
+/// Counters and occupancy of a [`Kva`](crate::kva::Kva).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvaStats {
+    /// Bytes managed.
+    pub total: u64,
+    /// Bytes in live areas.
+    pub used: u64,
+    /// Bytes free: in the trees plus in per-CPU caches.
+    pub free: u64,
+    /// Of `free`, bytes held by per-CPU caches.
+    pub cached: u64,
+    /// Bytes removed but not free yet (tokens outstanding, lazy lists, purge in progress).
+    pub pending: u64,
+    /// Pages on the lazy lists (the purge trigger's counter).
+    pub lazy_pages: usize,
+    /// Live areas.
+    pub nr_busy: usize,
+    /// Free areas in the trees (fragmentation).
+    pub nr_free_areas: usize,
+    /// Largest free area in any tree.
+    pub largest_free: u64,
+    /// Purges that found something to purge.
+    pub purges: u64,
+    /// Areas purged in total.
+    pub purged_areas: u64,
+    /// Pages purged in total.
+    pub purged_pages: u64,
+    /// Of the purged areas, those returned to per-CPU caches.
+    pub purged_to_caches: u64,
+    /// TLB flushes issued by purges (one per purge).
+    pub flushes: u64,
+    /// Pages covered by those flushes (union ranges).
+    pub pages_flushed: u64,
+    /// Times the threshold was crossed and a purge kicked (or tried).
+    pub kicks: u64,
+    /// Pages callers reported unmapped when freeing lazily (cumulative).
+    pub unmapped_pages: usize,
+    /// Merges refused by a tree (always 0 unless something freed an area twice).
+    pub merge_errors: usize,
+    /// Tokens of another allocator passed to `free_lazy`/`free_unused` (refused, ignored).
+    pub foreign_tokens: usize,
+    /// Descriptors created by the pool.
+    pub descriptors: usize,
+    /// The lazy threshold in pages.
+    pub lazy_max_pages: usize,
+    /// Number of shards.
+    pub nr_shards: usize,
+}
+
+impl Inner {
+    pub(crate) fn stats(&self) -> KvaStats {
+        let mut s = KvaStats {
+            total: self.cfg.end - self.cfg.start,
+            lazy_max_pages: self.cfg.lazy_max_pages,
+            nr_shards: self.shards.len(),
+            descriptors: self.pool.capacity(),
+            ..KvaStats::default()
+        };
+        for sh in self.shards.all() {
+            {
+                let b = sh.busy.lock();
+                s.used += b.bytes;
+                s.nr_busy += b.tree.len();
+            }
+            {
+                let t = sh.free.lock();
+                s.free += t.free_bytes();
+                s.nr_free_areas += t.len();
+                s.largest_free = s.largest_free.max(t.largest());
+            }
+            s.pending += sh.pending();
+            s.lazy_pages += sh.lazy.pages.load(Ordering::Relaxed);
+            s.unmapped_pages += sh.lazy.unmapped.load(Ordering::Relaxed);
+        }
+        for c in 0..self.pcpu.len() {
+            s.cached += self.pcpu.lock(c).bytes();
+        }
+        s.free += s.cached;
+        let p = &self.pstats;
+        s.purges = p.purges.load(Ordering::Relaxed);
+        s.purged_areas = p.areas.load(Ordering::Relaxed);
+        s.purged_pages = p.pages.load(Ordering::Relaxed);
+        s.purged_to_caches = p.to_caches.load(Ordering::Relaxed);
+        s.flushes = p.flushes.load(Ordering::Relaxed);
+        s.pages_flushed = p.pages_flushed.load(Ordering::Relaxed);
+        s.kicks = p.kicks.load(Ordering::Relaxed);
+        s.merge_errors = p.merge_errors.load(Ordering::Relaxed);
+        s.foreign_tokens = p.foreign_tokens.load(Ordering::Relaxed);
+        s
+    }
+
+    pub(crate) fn for_each_busy(&self, mut f: impl FnMut(&VmArea)) {
+        let mut snap = Vec::new();
+        for sh in self.shards.all() {
+            snap.clear();
+            {
+                let b = sh.busy.lock();
+                snap.extend(b.tree.iter().map(|(_, _, d)| {
+                    // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+                    unsafe { d.read() }
+                }));
+            }
+            snap.iter().for_each(&mut f);
+        }
+    }
+
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let _purging = self.purge_lock.lock();
+        // (start, end, what) of every range we can see.
+        let mut ranges: Vec<(u64, u64, &'static str)> = Vec::new();
+        let (mut busy, mut free, mut cached, mut pending, mut lazy_listed) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        for (i, sh) in self.shards.all().iter().enumerate() {
+            {
+                let b = sh.busy.lock();
+                b.tree
+                    .check_invariants()
+                    .map_err(|e| format!("shard {i} busy tree: {e}"))?;
+                let mut sum = 0;
+                for (s, e, d) in b.tree.iter() {
+                    // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+                    let a = unsafe { d.read() };
+                    if (a.start, a.end) != (s, e) {
+                        return Err(format!(
+                            "shard {i}: busy entry [{s:#x}, {e:#x}) has descriptor {a:?}"
+                        ));
+                    }
+                    if s < sh.base || s >= sh.end {
+                        return Err(format!(
+                            "shard {i}: busy area at {s:#x} starts outside the shard"
+                        ));
+                    }
+                    sum += e - s;
+                    ranges.push((s, e, "busy"));
+                }
+                if sum != b.bytes {
+                    return Err(format!(
+                        "shard {i}: busy bytes {} but areas sum to {sum}",
+                        b.bytes
+                    ));
+                }
+                busy += sum;
+            }
+            {
+                let t = sh.free.lock();
+                t.check_invariants()
+                    .map_err(|e| format!("shard {i} free tree: {e}"))?;
+                for (s, e) in t.iter() {
+                    if s < sh.base || e > sh.end {
+                        return Err(format!(
+                            "shard {i}: free area [{s:#x}, {e:#x}) outside the shard"
+                        ));
+                    }
+                    ranges.push((s, e, "free"));
+                }
+                free += t.free_bytes();
+            }
+            let chain = sh.lazy.head.del_all();
+            let mut pages = 0;
+            for node in chain.iter() {
+                // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the chain
+                // we detached (under the purge lock, so no purger races with us).
+                let a = unsafe { Desc::from_node(node).read() };
+                pages += ShardSet::pages(a.start, a.end);
+                lazy_listed += a.end - a.start;
+                ranges.push((a.start, a.end, "lazy"));
+            }
+            sh.lazy.head.add_chain(chain);
+            let counted = sh.lazy.pages.load(Ordering::Relaxed);
+            if counted < pages {
+                return Err(format!(
+                    "shard {i}: lazy counter {counted} below the {pages} pages listed"
+                ));
+            }
+            pending += sh.pending();
+        }
+        for c in 0..self.pcpu.len() {
+            let slot = self.pcpu.lock(c);
+            let mut sum = 0;
+            for (s, e) in slot.chunks() {
+                let home = self.shards.get(self.home[c % self.home.len()]);
+                if s < home.base || e > home.end {
+                    return Err(format!(
+                        "cpu {c}: cached chunk [{s:#x}, {e:#x}) outside its home shard"
+                    ));
+                }
+                sum += e - s;
+                ranges.push((s, e, "cached"));
+            }
+            if sum != slot.bytes() {
+                return Err(format!(
+                    "cpu {c}: cache bytes {} but chunks sum to {sum}",
+                    slot.bytes()
+                ));
+            }
+            cached += sum;
+        }
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            let ((s0, e0, k0), (s1, e1, k1)) = (w[0], w[1]);
+            if e0 > s1 {
+                return Err(format!(
+                    "{k0} [{s0:#x}, {e0:#x}) overlaps {k1} [{s1:#x}, {e1:#x})"
+                ));
+            }
+        }
+        if let (Some(f), Some(l)) = (ranges.first(), ranges.last()) {
+            if f.0 < self.cfg.start || l.1 > self.cfg.end {
+                return Err(format!(
+                    "a range lies outside [{:#x}, {:#x})",
+                    self.cfg.start, self.cfg.end
+                ));
+            }
+        }
+        if lazy_listed > pending {
+            return Err(format!(
+                "{lazy_listed} bytes on lazy lists but only {pending} pending"
+            ));
+        }
+        let total = self.cfg.end - self.cfg.start;
+        if free + cached + busy + pending != total {
+            return Err(format!(
+                "free {free:#x} + cached {cached:#x} + busy {busy:#x} + pending {pending:#x} != total {total:#x}"
+            ));
+        }
+        let merge_errors = self.pstats.merge_errors.load(Ordering::Relaxed);
+        if merge_errors != 0 {
+            return Err(format!(
+                "{merge_errors} purged areas were refused by a free tree"
+            ));
+        }
+        Ok(())
+    }
+}

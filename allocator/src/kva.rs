@@ -1,0 +1,763 @@
+//! [`Kva`]: the kernel-virtual-address allocator over all shards (Linux's
+//! `alloc_vmap_area` / `free_vmap_area_noflush` / `find_vmap_area`), without page tables.
+//!
+//! # How it works
+//!
+//! * **alloc** (`alloc_vmap_area`): a small request (at most [`MAX_CLASS_PAGES`] pages, page
+//!   alignment, a window covering the home shard) pops a chunk and a descriptor from the
+//!   calling CPU's slot under one uncontended lock, refilling an empty class with one batch
+//!   carved from the home shard's tree. Otherwise the home shard's free tree is searched
+//!   (lowest fit), then the other shards the `[vstart, vend)` window intersects, then runs of
+//!   free space crossing shard boundaries (see [`crate::shard`]). The area is then inserted
+//!   into the busy tree of the shard containing its start. No space: drain every per-CPU
+//!   cache into the trees, purge synchronously and retry once; then call the notifiers and
+//!   retry while they free something (bounded); then fail with
+//!   [`VmallocError::NoSpace`].
+//! * **remove** takes the area out of its busy tree and returns a [`RemovedArea`] token;
+//!   **free_lazy** raises the shard's lazy-page counter and pushes the descriptor on the
+//!   shard's lock-free lazy list, and past `lazy_max_pages` kicks a purge (see
+//!   [`crate::purge`]); **free_unused** returns a never-mapped area straight to the trees.
+//! * **find** looks in the busy tree of the shard containing the address, then (only while
+//!   some live area crosses a shard boundary) in the lower shards' trees.
+//!
+//! # Invariants
+//!
+//! * A range leaves the lazy lists only through a purge, and a purge merges it back into a
+//!   tree or a per-CPU cache only after its one TLB flush has returned: no range is handed
+//!   out again before a flush covering its last unmapping.
+//! * Every byte of the range is in exactly one of: a free tree, a per-CPU cache, a busy tree,
+//!   or "pending" (removed: in a token, on a lazy list, or in a purge in progress); checked
+//!   by [`Kva::check_invariants`] when no operation is in flight.
+//!
+//! # Locking and ordering
+//!
+//! Lock order: purge lock -> per-CPU slot -> shard free lock(s) (ascending) -> descriptor
+//! pool; shard busy locks are leaves (never held with another allocator lock). The fast paths
+//! take the caller's CPU slot and the home shard's busy lock: with one shard per CPU nothing
+//! they write is shared with another CPU. Counters are `Relaxed` atomics per shard, summed
+//! when read; the lazy list's `Release` push / `Acquire` `del_all` hands descriptors to the
+//! purger.
+
+use std::sync::Arc as StdArc;
+
+use pagetable::cpu;
+use pagetable::page::PAGE_SIZE;
+use pagetable::tlb::TlbFlush;
+
+use crate::area::{AreaInfo, Desc, RemovedArea, VmArea};
+use crate::config::{KvaConfig, PurgeMode, Resolved};
+use crate::deferred::{Deferred, Notifiers};
+use crate::error::VmallocError;
+use crate::pcpu::{self, Pcpu, Slot};
+use crate::purge::{PurgeCounters, PurgeReport};
+use crate::purge_worker::{self, Sched};
+use crate::shard::ShardSet;
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, MutexGuard, Ordering, thread};
+
+pub use crate::deferred::NotifierId;
+pub use crate::inspect::KvaStats;
+pub use crate::pcpu::MAX_CLASS_PAGES;
+
+/// Rounds of "notifiers freed something, retry" before an allocation gives up.
+const MAX_NOTIFIER_ROUNDS: usize = 8;
+
+/// Source of allocator ids (tokens carry their allocator's id). A plain std atomic: ids only
+/// need to be unique, nothing is ordered by them, so loom need not see it.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// State shared by the allocator's handle and its purge workers.
+pub(crate) struct Inner {
+    pub(crate) id: u64,
+    pub(crate) cfg: Resolved,
+    pub(crate) shards: ShardSet,
+    pub(crate) pcpu: Pcpu,
+    pub(crate) pool: crate::area::DescPool,
+    /// The TLB shootdown hook (std `Arc`: an immutable shared hook, not a sync primitive).
+    pub(crate) flush: StdArc<dyn TlbFlush>,
+    /// CPU slot -> home shard.
+    pub(crate) home: Box<[usize]>,
+    /// Shard -> the CPU slots whose home it is.
+    pub(crate) shard_cpus: Box<[Box<[usize]>]>,
+    /// A shard's lazy counter crossing a multiple of `1 << lazy_step_shift` pages (about a
+    /// quarter of the threshold divided among the shards) triggers a global backlog check.
+    pub(crate) lazy_step_shift: u32,
+    /// Serialises purgers (Linux's `vmap_purge_lock`).
+    pub(crate) purge_lock: Mutex<()>,
+    /// A kick arrived that may have found the purge lock taken (see `Inner::try_purge`).
+    pub(crate) purge_again: AtomicBool,
+    pub(crate) pstats: PurgeCounters,
+    /// Purge workers' shared state (`None` in [`PurgeMode::Synchronous`]).
+    pub(crate) sched: Option<Sched>,
+    pub(crate) deferred: Deferred,
+    pub(crate) notifiers: Notifiers,
+    /// Live areas crossing a shard boundary (lookups of lower shards are needed only then).
+    pub(crate) nr_spanning: AtomicUsize,
+}
+
+/// The KVA allocator; see the module documentation.
+pub struct Kva {
+    inner: Arc<Inner>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+impl core::fmt::Debug for Kva {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Kva")
+            .field("range", &self.range())
+            .field("shards", &self.nr_shards())
+            .field("lazy_max_pages", &self.lazy_max_pages())
+            .field("purge_mode", &self.inner.cfg.purge_mode)
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+impl Kva {
+    /// Build an allocator over `cfg.start .. cfg.end`, flushing TLBs through `flush`.
+    /// Spawns `cfg.purge_workers` purge threads unless the mode is
+    /// [`PurgeMode::Synchronous`].
+    pub fn new(cfg: KvaConfig, flush: StdArc<dyn TlbFlush>) -> Result<Kva, VmallocError> {
+        let cfg = cfg.resolve()?;
+        let nr_cpus = cpu::nr_cpu_ids().max(1);
+        let shards = ShardSet::new(cfg.start, cfg.end, cfg.shards, cfg.shard_size);
+        let nr = shards.len();
+        let home: Box<[usize]> = (0..nr_cpus).map(|c| c * nr / nr_cpus).collect();
+        let shard_cpus = (0..nr)
+            .map(|s| (0..nr_cpus).filter(|&c| home[c] == s).collect())
+            .collect();
+        let pcpu = Pcpu::new(nr_cpus, cfg.pcpu_cache, cfg.shard_size);
+        let sched = (cfg.purge_mode != PurgeMode::Synchronous).then(Sched::new);
+        let inner = Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            lazy_step_shift: (cfg.lazy_max_pages / (4 * nr)).max(1).ilog2(),
+            shards,
+            pcpu,
+            pool: crate::area::DescPool::new(),
+            flush,
+            home,
+            shard_cpus,
+            purge_lock: Mutex::new(()),
+            purge_again: AtomicBool::new(false),
+            pstats: PurgeCounters::default(),
+            sched,
+            deferred: Deferred::new(nr_cpus),
+            notifiers: Notifiers::default(),
+            nr_spanning: AtomicUsize::new(0),
+            cfg,
+        });
+        let workers = if inner.sched.is_some() {
+            (0..inner.cfg.purge_workers)
+                .map(|i| {
+                    let inner = Arc::clone(&inner);
+                    thread::spawn(move || purge_worker::worker_main(&inner, i))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Kva { inner, workers })
+    }
+
+    /// Allocate `size` bytes (whole pages, guard page included) aligned to `align` (a power
+    /// of two; below a page means a page) inside `[vstart, vend)` (clipped to the allocator's
+    /// range), preferring shard `node` (modulo the shard count) or the calling CPU's home
+    /// shard. Returns the start; the area is live (findable) with `info`.
+    pub fn alloc(
+        &self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+        node: Option<usize>,
+        info: AreaInfo,
+    ) -> Result<u64, VmallocError> {
+        self.inner.alloc(size, align, vstart, vend, node, info)
+    }
+
+    /// Reserve exactly `[start, end)` (Linux's `vm_area_add_early`); page aligned, inside the
+    /// range, and free (after a purge if need be), else an error.
+    pub fn alloc_at(&self, start: u64, end: u64, info: AreaInfo) -> Result<(), VmallocError> {
+        self.inner.alloc_at(start, end, info)
+    }
+
+    /// The live area containing `addr`.
+    pub fn find(&self, addr: u64) -> Option<VmArea> {
+        self.inner.find(addr)
+    }
+
+    /// Change the info of the live area starting at `start`. `f` runs under the shard's busy
+    /// lock: it must not call back into this allocator.
+    pub fn set_info(&self, start: u64, f: impl FnOnce(&mut AreaInfo)) -> Result<(), VmallocError> {
+        self.inner.set_info(start, f)
+    }
+
+    /// Detach the live area starting at `addr` from the busy lookup (it is no longer found);
+    /// the token must go back through [`Kva::free_lazy`] or [`Kva::free_unused`].
+    ///
+    /// Errors: [`VmallocError::NotStartOfArea`] if `addr` is inside a live area,
+    /// [`VmallocError::DoubleFree`] if it starts an area still waiting on a lazy list,
+    /// [`VmallocError::NotAllocated`] otherwise.
+    pub fn remove(&self, addr: u64) -> Result<RemovedArea, VmallocError> {
+        self.inner.remove(addr)
+    }
+
+    /// Free a removed area whose pages the caller has unmapped WITHOUT flushing the TLB: the
+    /// area goes on its shard's lazy list and is reused only after a purge flushed it.
+    /// `unmapped_pages` is recorded in the statistics; the lazy counter counts the area's
+    /// pages (guard included), as Linux does. Past [`Kva::lazy_max_pages`] a purge is kicked
+    /// according to the [`PurgeMode`].
+    pub fn free_lazy(&self, area: RemovedArea, unmapped_pages: usize) {
+        self.inner.free_lazy(area, unmapped_pages);
+    }
+
+    /// Free a removed area that was never mapped (nothing to flush): straight back to the
+    /// free space.
+    pub fn free_unused(&self, area: RemovedArea) {
+        self.inner.free_unused(area);
+    }
+
+    /// Purge every lazily freed area now: drains the deferred frees, waits for a purge in
+    /// progress, then takes all lazy lists, flushes their union once and merges them back.
+    pub fn purge(&self) -> PurgeReport {
+        self.inner.drain_deferred();
+        self.inner.purge_blocking(true)
+    }
+
+    /// Defer `free(addr)` to a purge worker (`vfree_atomic`): pushes on the calling CPU's
+    /// deferred list (allocates one small node); never takes an allocator lock, never purges.
+    /// In [`PurgeMode::Synchronous`] the list is drained by [`Kva::purge`],
+    /// [`Kva::drain_deferred`] and the next allocation.
+    pub fn defer(&self, addr: u64) {
+        self.inner.defer(addr);
+    }
+
+    /// Set what a drained deferred free does with its address (default: `remove` then
+    /// `free_lazy` of the whole area, no unmapping). The handler runs with no allocator lock
+    /// held and may call any method of this allocator.
+    pub fn set_deferred_handler(&self, h: Box<dyn Fn(u64) + Send + Sync>) {
+        self.inner.deferred.set_handler(h);
+    }
+
+    /// Run the deferred frees queued so far on this thread; returns how many ran.
+    pub fn drain_deferred(&self) -> usize {
+        self.inner.drain_deferred()
+    }
+
+    /// Register a callback for allocation failures (Linux's `vmap_notify_list`): called with
+    /// the failing size, it returns the pages it freed (non-zero means "retry").
+    pub fn register_notifier(&self, f: Box<dyn Fn(u64) -> usize + Send + Sync>) -> NotifierId {
+        self.inner.notifiers.register(f)
+    }
+
+    /// Remove a notifier; `false` if it was not registered.
+    pub fn unregister_notifier(&self, id: NotifierId) -> bool {
+        self.inner.notifiers.unregister(id)
+    }
+
+    /// Call `f` with a snapshot of every live area, ascending by address. `f` runs with no
+    /// lock held.
+    pub fn for_each_busy(&self, f: impl FnMut(&VmArea)) {
+        self.inner.for_each_busy(f);
+    }
+
+    /// Counters and occupancy, summed over shards and CPUs.
+    pub fn stats(&self) -> KvaStats {
+        self.inner.stats()
+    }
+
+    /// The lazy threshold in pages.
+    pub fn lazy_max_pages(&self) -> usize {
+        self.inner.cfg.lazy_max_pages
+    }
+
+    /// `(start, end)` of the managed range.
+    pub fn range(&self) -> (u64, u64) {
+        (self.inner.cfg.start, self.inner.cfg.end)
+    }
+
+    /// Number of shards.
+    pub fn nr_shards(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// The purge scheduling mode.
+    pub fn purge_mode(&self) -> PurgeMode {
+        self.inner.cfg.purge_mode
+    }
+
+    /// Verify every structure and the byte accounting (free + cached + busy + pending ==
+    /// total, no overlap). Exact only when no allocation or free is in flight.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.inner.check_invariants()
+    }
+}
+
+#[cfg(test)]
+impl Kva {
+    /// The shared state, for white-box tests.
+    pub(crate) fn inner_for_tests(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Drop for Kva {
+    fn drop(&mut self) {
+        if let Some(sched) = &self.inner.sched {
+            sched.shutdown();
+        }
+        for w in self.workers.drain(..) {
+            // A worker that panicked has nothing left to clean up; its panic was reported.
+            let _ = w.join();
+        }
+    }
+}
+
+/// `x` rounded up to `align` (a power of two), `None` on overflow.
+#[inline]
+fn align_up(x: u64, align: u64) -> Option<u64> {
+    Some(x.checked_add(align - 1)? & !(align - 1))
+}
+
+impl Inner {
+    /// Check a request; returns the effective alignment and window.
+    fn check_request(
+        &self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+    ) -> Result<(u64, u64, u64), VmallocError> {
+        if size == 0 || size % PAGE_SIZE != 0 {
+            return Err(VmallocError::InvalidSize { size });
+        }
+        if !align.is_power_of_two() {
+            return Err(VmallocError::InvalidAlign { align });
+        }
+        let align = align.max(PAGE_SIZE);
+        if vstart >= vend {
+            return Err(VmallocError::InvalidRange {
+                start: vstart,
+                end: vend,
+            });
+        }
+        let lo = align_up(vstart.max(self.cfg.start), PAGE_SIZE).unwrap_or(u64::MAX);
+        let hi = vend.min(self.cfg.end) & !(PAGE_SIZE - 1);
+        if lo >= hi {
+            return Err(VmallocError::InvalidRange {
+                start: vstart,
+                end: vend,
+            });
+        }
+        if size > hi - lo {
+            return Err(VmallocError::NoSpace {
+                size,
+                align,
+                start: lo,
+                end: hi,
+            });
+        }
+        Ok((align, lo, hi))
+    }
+
+    #[inline]
+    fn home_of(&self, cpu: usize) -> usize {
+        match self.home.get(cpu) {
+            Some(&h) => h,
+            None => self.home[cpu % self.home.len()],
+        }
+    }
+
+    pub(crate) fn alloc(
+        &self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+        node: Option<usize>,
+        info: AreaInfo,
+    ) -> Result<u64, VmallocError> {
+        let (align, lo, hi) = self.check_request(size, align, vstart, vend)?;
+        if self.cfg.purge_mode == PurgeMode::Synchronous && self.deferred.pending() {
+            self.drain_deferred();
+        }
+        let cpu = cpu::this_cpu();
+        let mut purged = false;
+        let mut rounds = 0;
+        loop {
+            if let Some((addr, desc)) = self.find_space(cpu, size, align, lo, hi, node) {
+                return self.publish(cpu, addr, size, desc, info);
+            }
+            if !purged {
+                purged = true;
+                self.reclaim();
+                continue;
+            }
+            if rounds < MAX_NOTIFIER_ROUNDS && self.notifiers.call(size) > 0 {
+                rounds += 1;
+                purged = false;
+                continue;
+            }
+            return Err(VmallocError::NoSpace {
+                size,
+                align,
+                start: lo,
+                end: hi,
+            });
+        }
+    }
+
+    /// Find free VA for a request and a descriptor for it (nothing published yet).
+    fn find_space(
+        &self,
+        cpu: usize,
+        size: u64,
+        align: u64,
+        lo: u64,
+        hi: u64,
+        node: Option<usize>,
+    ) -> Option<(u64, Desc)> {
+        let cpu_home = self.home_of(cpu);
+        let home = node.map_or(cpu_home, |n| n % self.shards.len());
+        if let Some(class) = pcpu::class_of(size, align) {
+            let sh = self.shards.get(home);
+            if home == cpu_home && self.pcpu.enabled() && lo <= sh.base && sh.end <= hi {
+                let mut slot = self.pcpu.lock(cpu);
+                let chunk = match slot.pop(class) {
+                    Some(c) => Some(c),
+                    None => self.refill(&mut slot, home, class),
+                };
+                if let Some(c) = chunk {
+                    let d = slot.descs.get(&self.pool);
+                    return Some((c, d));
+                }
+            }
+        }
+        let addr = self.search_trees(home, size, align, lo, hi)?;
+        let d = self.pcpu.lock(cpu).descs.get(&self.pool);
+        Some((addr, d))
+    }
+
+    /// Refill class `class` of `slot` from shard `shard` with one batch carved in one go;
+    /// returns one chunk for the caller.
+    fn refill(&self, slot: &mut MutexGuard<'_, Slot>, shard: usize, class: usize) -> Option<u64> {
+        let bytes = pcpu::class_bytes(class);
+        let batch = self.pcpu.batch(class).max(1);
+        let s = self.shards.get(shard);
+        let mut tree = s.free.lock();
+        if batch > 1 {
+            if let Some(a) = tree.alloc(bytes * batch as u64, PAGE_SIZE, s.base, s.end) {
+                for k in 1..batch as u64 {
+                    let c = a + k * bytes;
+                    if !slot.push(class, c) {
+                        // Cannot happen (the class was empty and holds 2 * batch), but never
+                        // lose VA: give the chunk back to the tree.
+                        let _ = tree.insert_merge(c, c + bytes);
+                    }
+                }
+                return Some(a);
+            }
+        }
+        tree.alloc(bytes, PAGE_SIZE, s.base, s.end)
+    }
+
+    /// Lowest fit in the home shard, then in the other shards of the window, then across
+    /// shard boundaries.
+    fn search_trees(&self, home: usize, size: u64, align: u64, lo: u64, hi: u64) -> Option<u64> {
+        let (first, last) = self.shards.window(lo, hi);
+        let home_in = (first..=last).contains(&home);
+        if home_in {
+            if let Some(a) = self.shards.alloc_in(home, size, align, lo, hi) {
+                return Some(a);
+            }
+        }
+        for i in first..=last {
+            if home_in && i == home {
+                continue;
+            }
+            if let Some(a) = self.shards.alloc_in(i, size, align, lo, hi) {
+                return Some(a);
+            }
+        }
+        self.shards.alloc_spanning(size, align, lo, hi)
+    }
+
+    /// Fill the descriptor and insert it into the busy tree of the shard of `addr`.
+    fn publish(
+        &self,
+        cpu: usize,
+        addr: u64,
+        size: u64,
+        desc: Desc,
+        info: AreaInfo,
+    ) -> Result<u64, VmallocError> {
+        let end = addr + size;
+        // SAFETY: `desc` was just taken from a free list: this thread owns it.
+        unsafe { desc.write(addr, end, info) };
+        let Some(i) = self.shards.index_of(addr).filter(|_| end <= self.cfg.end) else {
+            // Unreachable: the space came from our trees. Keep the descriptor, lose nothing.
+            // SAFETY: still ours.
+            unsafe { self.pcpu.lock(cpu).descs.put(&self.pool, desc) };
+            return Err(VmallocError::InvalidRange { start: addr, end });
+        };
+        let shard = self.shards.get(i);
+        let inserted = {
+            let mut busy = shard.busy.lock();
+            let r = busy.tree.insert(addr, end, desc);
+            if r.is_ok() {
+                busy.bytes += size;
+            }
+            r
+        };
+        match inserted {
+            Ok(()) => {
+                if end > shard.end {
+                    self.nr_spanning.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(addr)
+            }
+            Err(_) => {
+                // Only an exhausted node arena can get here (the range was free): undo.
+                self.shards.free_range(addr, end);
+                // SAFETY: the insertion failed, so the descriptor is still ours.
+                unsafe { self.pcpu.lock(cpu).descs.put(&self.pool, desc) };
+                Err(VmallocError::NoSpace {
+                    size,
+                    align: PAGE_SIZE,
+                    start: addr,
+                    end,
+                })
+            }
+        }
+    }
+
+    /// Give everything cached back to the trees and purge synchronously (allocation failure).
+    pub(crate) fn reclaim(&self) {
+        self.drain_caches();
+        self.purge_blocking(false);
+    }
+
+    /// Move every per-CPU cached chunk back into the trees.
+    pub(crate) fn drain_caches(&self) {
+        if !self.pcpu.enabled() {
+            return;
+        }
+        let mut chunks = Vec::new();
+        for c in 0..self.pcpu.len() {
+            self.pcpu.lock(c).drain(|a, b| chunks.push((a, b)));
+        }
+        for (a, b) in chunks {
+            self.shards.free_range(a, b);
+        }
+    }
+
+    pub(crate) fn alloc_at(
+        &self,
+        start: u64,
+        end: u64,
+        info: AreaInfo,
+    ) -> Result<(), VmallocError> {
+        let bad = VmallocError::InvalidRange { start, end };
+        if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+            return Err(bad);
+        }
+        if start < self.cfg.start || end > self.cfg.end {
+            return Err(bad);
+        }
+        if !self.shards.alloc_exact(start, end) {
+            self.reclaim();
+            if !self.shards.alloc_exact(start, end) {
+                return Err(VmallocError::NoSpace {
+                    size: end - start,
+                    align: PAGE_SIZE,
+                    start,
+                    end,
+                });
+            }
+        }
+        let cpu = cpu::this_cpu();
+        let desc = self.pcpu.lock(cpu).descs.get(&self.pool);
+        self.publish(cpu, start, end - start, desc, info).map(drop)
+    }
+
+    pub(crate) fn find(&self, addr: u64) -> Option<VmArea> {
+        let i = self.shards.index_of(addr)?;
+        self.find_in(i, addr)
+            .or_else(|| self.find_spanning(i, addr))
+    }
+
+    /// The area containing `addr` among those starting in shard `i`.
+    fn find_in(&self, i: usize, addr: u64) -> Option<VmArea> {
+        let busy = self.shards.get(i).busy.lock();
+        let (_, _, d) = busy.tree.find_containing(addr)?;
+        // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+        Some(unsafe { d.read() })
+    }
+
+    /// The area containing `addr` that starts in a shard below `i` (only boundary-crossing
+    /// areas can; skipped while there is none).
+    fn find_spanning(&self, i: usize, addr: u64) -> Option<VmArea> {
+        if self.nr_spanning.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        (0..i).rev().find_map(|k| self.find_in(k, addr))
+    }
+
+    pub(crate) fn set_info(
+        &self,
+        start: u64,
+        f: impl FnOnce(&mut AreaInfo),
+    ) -> Result<(), VmallocError> {
+        if let Some(i) = self.shards.index_of(start) {
+            let busy = self.shards.get(i).busy.lock();
+            if let Some((_, _, d)) = busy.tree.get(start) {
+                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+                unsafe { d.update_info(f) };
+                return Ok(());
+            }
+        }
+        Err(self.miss_error(start, false))
+    }
+
+    /// Why `addr` is not the start of a live area.
+    fn miss_error(&self, addr: u64, check_lazy: bool) -> VmallocError {
+        let Some(i) = self.shards.index_of(addr) else {
+            return VmallocError::NotAllocated { addr };
+        };
+        if let Some(a) = self.find(addr) {
+            if a.start != addr {
+                return VmallocError::NotStartOfArea {
+                    addr,
+                    start: a.start,
+                };
+            }
+        }
+        if check_lazy && self.lazy_holds(i, addr) {
+            return VmallocError::DoubleFree { addr };
+        }
+        VmallocError::NotAllocated { addr }
+    }
+
+    /// Whether an area starting at `addr` waits on shard `i`'s lazy list. Error path only:
+    /// takes the purge lock (so no purger holds a detached chain), detaches the list, walks it
+    /// and puts it back.
+    fn lazy_holds(&self, i: usize, addr: u64) -> bool {
+        let _purging = self.purge_lock.lock();
+        let lazy = &self.shards.get(i).lazy.head;
+        let chain = lazy.del_all();
+        let found = chain.iter().any(|n| {
+            // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the detached
+            // chain we hold.
+            let d = unsafe { Desc::from_node(n) };
+            // SAFETY: as above: the chain (us) owns the descriptor.
+            unsafe { d.read() }.start == addr
+        });
+        lazy.add_chain(chain);
+        found
+    }
+
+    pub(crate) fn remove(&self, addr: u64) -> Result<RemovedArea, VmallocError> {
+        let Some(i) = self.shards.index_of(addr) else {
+            return Err(VmallocError::NotAllocated { addr });
+        };
+        let shard = self.shards.get(i);
+        let removed = {
+            let mut busy = shard.busy.lock();
+            let r = busy.tree.remove(addr);
+            if let Some((s, e, _)) = r {
+                busy.bytes -= e - s;
+                busy.removed += e - s;
+            }
+            r
+        };
+        let Some((_, end, desc)) = removed else {
+            return Err(self.miss_error(addr, true));
+        };
+        if end > shard.end {
+            self.nr_spanning.fetch_sub(1, Ordering::Relaxed);
+        }
+        // SAFETY: removed from the busy tree under its lock: the descriptor is ours now.
+        let area = unsafe { desc.read() };
+        Ok(RemovedArea {
+            desc,
+            area,
+            owner: self.id,
+        })
+    }
+
+    /// Whether `area` was issued by this allocator. A foreign token is a caller bug: it is
+    /// refused and counted (`KvaStats::foreign_tokens`), leaking its range in its own
+    /// allocator rather than corrupting this one.
+    fn owns(&self, area: &RemovedArea) -> bool {
+        let ok = area.owner == self.id;
+        if !ok {
+            self.pstats.foreign_tokens.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    pub(crate) fn free_lazy(&self, area: RemovedArea, unmapped_pages: usize) {
+        if !self.owns(&area) {
+            return;
+        }
+        let Some(i) = self.shards.index_of(area.area.start) else {
+            return;
+        };
+        let lazy = &self.shards.get(i).lazy;
+        let pages = ShardSet::pages(area.area.start, area.area.end);
+        // Counter first, then the push: the counter never lags behind the list, so the
+        // purger's subtraction can never underflow it.
+        let old = lazy.pages.fetch_add(pages, Ordering::Relaxed);
+        if unmapped_pages != 0 {
+            lazy.unmapped.fetch_add(unmapped_pages, Ordering::Relaxed);
+        }
+        // SAFETY: the token owned the descriptor; pushing hands it to the lazy list (the pool
+        // keeps it live). The Release push publishes its fields to the purger.
+        unsafe { lazy.head.add(area.desc.node()) };
+        let shift = self.lazy_step_shift;
+        if old >> shift != (old + pages) >> shift && self.lazy_backlog() >= self.cfg.lazy_max_pages
+        {
+            self.kick_purge();
+        }
+    }
+
+    pub(crate) fn free_unused(&self, area: RemovedArea) {
+        if !self.owns(&area) {
+            return;
+        }
+        let (start, end) = (area.area.start, area.area.end);
+        self.shards.free_range(start, end);
+        if let Some(i) = self.shards.index_of(start) {
+            self.shards
+                .get(i)
+                .lazy
+                .returned
+                .fetch_add(end - start, Ordering::Relaxed);
+        }
+        // SAFETY: the token owned the descriptor.
+        unsafe {
+            self.pcpu
+                .lock(cpu::this_cpu())
+                .descs
+                .put(&self.pool, area.desc)
+        };
+    }
+
+    /// Sum of the shards' lazy pages (`Relaxed`: a heuristic).
+    pub(crate) fn lazy_backlog(&self) -> usize {
+        self.shards.all().iter().map(|s| s.lazy_pages()).sum()
+    }
+
+    /// Past the threshold: hand the purge to a worker (Background) or run it here unless
+    /// somebody already purges (Inline, Synchronous).
+    pub(crate) fn kick_purge(&self) {
+        match (&self.sched, self.cfg.purge_mode) {
+            (Some(s), PurgeMode::Background) => s.request_purge(),
+            _ => {
+                let _ = self.try_purge();
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests;

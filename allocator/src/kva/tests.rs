@@ -1,0 +1,199 @@
+//! Unit tests of `Kva` internals: home shards, the per-CPU fast path, the lazy trigger,
+//! foreign tokens, invariant checking against deliberate corruption.
+
+use std::sync::Arc as StdArc;
+
+use pagetable::page::PAGE_SIZE;
+use pagetable::tlb::CountingFlush;
+
+use super::*;
+use crate::flags::VmFlags;
+
+const P: u64 = PAGE_SIZE;
+const BASE: u64 = 0x4000_0000;
+
+fn sync_cfg(pages: u64, shards: usize, lazy: usize) -> KvaConfig {
+    KvaConfig {
+        start: BASE,
+        end: BASE + pages * P,
+        shards,
+        lazy_max_pages: Some(lazy),
+        purge_mode: PurgeMode::Synchronous,
+        pcpu_cache: true,
+        purge_workers: 0,
+    }
+}
+
+fn new(cfg: KvaConfig) -> Kva {
+    Kva::new(cfg, StdArc::new(CountingFlush::new())).unwrap()
+}
+
+fn info() -> AreaInfo {
+    AreaInfo::new(VmFlags::ALLOC)
+}
+
+#[test]
+fn homes_cover_every_cpu_and_shard_lists_agree() {
+    let k = new(sync_cfg(1024, 3, 64));
+    let inner = &k.inner;
+    assert_eq!(inner.home.len(), cpu::nr_cpu_ids());
+    for (c, &h) in inner.home.iter().enumerate() {
+        assert!(h < k.nr_shards());
+        assert!(inner.shard_cpus[h].contains(&c));
+    }
+    let listed: usize = inner.shard_cpus.iter().map(|l| l.len()).sum();
+    assert_eq!(listed, cpu::nr_cpu_ids());
+    assert!(k.workers.is_empty());
+    assert!(inner.sched.is_none());
+}
+
+#[test]
+fn lazy_step_is_a_power_of_two_fraction_of_the_threshold() {
+    let k = new(sync_cfg(1024, 2, 1000));
+    // 1000 / (4 * 2) = 125 -> 64.
+    assert_eq!(k.inner.lazy_step_shift, 6);
+    let k = new(sync_cfg(1024, 4, 1));
+    assert_eq!(k.inner.lazy_step_shift, 0);
+}
+
+#[test]
+fn purged_small_areas_come_back_through_the_cache() {
+    let k = new(sync_cfg(4096, 1, 1 << 20));
+    let (s, e) = k.range();
+    let a = k.alloc(2 * P, P, s, e, None, info()).unwrap();
+    // The refill carved a batch: the rest of it sits in this CPU's cache.
+    let batch = k.inner.pcpu.batch(1) as u64;
+    assert_eq!(k.stats().cached, (batch - 1) * 2 * P);
+    let r = k.remove(a).unwrap();
+    k.free_lazy(r, 1);
+    let rep = k.purge();
+    assert_eq!((rep.areas, rep.to_caches), (1, 1));
+    assert_eq!(k.stats().cached, batch * 2 * P);
+    k.check_invariants().unwrap();
+    // The purged chunk sits in the cache of one of the shard's CPUs.
+    let inner = &k.inner;
+    let holder = (0..inner.pcpu.len()).find(|&c| inner.pcpu.lock(c).chunks().any(|(x, _)| x == a));
+    let holder = holder.expect("purged chunk not cached");
+    // LIFO: a thread on that CPU gets it back first.
+    let k = &k;
+    std::thread::scope(|sc| {
+        sc.spawn(move || {
+            cpu::set_this_cpu(holder);
+            assert_eq!(k.alloc(2 * P, P, s, e, None, info()).unwrap(), a);
+        });
+    });
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn restricted_windows_and_other_nodes_bypass_the_cache() {
+    let k = new(sync_cfg(4096, 2, 1 << 20));
+    let (s, e) = k.range();
+    let half = s + 2048 * P;
+    // A window not covering the home shard never takes a cached chunk.
+    let a = k.alloc(P, P, half + 10 * P, e, None, info()).unwrap();
+    assert!(a >= half + 10 * P);
+    assert_eq!(k.stats().cached, 0);
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn foreign_tokens_are_refused() {
+    let k1 = new(sync_cfg(64, 1, 1024));
+    let k2 = new(sync_cfg(64, 1, 1024));
+    let (s, e) = k1.range();
+    let a = k1.alloc(P, P, s, e, None, info()).unwrap();
+    let r = k1.remove(a).unwrap();
+    k2.free_lazy(r, 1);
+    assert_eq!(k2.stats().foreign_tokens, 1);
+    k2.check_invariants().unwrap();
+    let b = k1.alloc(P, P, s, e, None, info()).unwrap();
+    let r = k1.remove(b).unwrap();
+    k2.free_unused(r);
+    assert_eq!(k2.stats().foreign_tokens, 2);
+    assert_eq!(k2.stats().free, 64 * P);
+}
+
+#[test]
+fn sequential_frees_merge_into_one_free_area() {
+    let mut c = sync_cfg(1024, 1, 1 << 20);
+    c.pcpu_cache = false;
+    let k = new(c);
+    let (s, e) = k.range();
+    let v: Vec<u64> = (0..100)
+        .map(|_| k.alloc(3 * P, P, s, e, None, info()).unwrap())
+        .collect();
+    for a in v.iter().rev().chain(v.iter()).take(100) {
+        let r = k.remove(*a).unwrap();
+        k.free_lazy(r, 2);
+    }
+    assert_eq!(k.stats().unmapped_pages, 200);
+    let rep = k.purge();
+    assert_eq!((rep.areas, rep.pages), (100, 300));
+    let st = k.stats();
+    assert_eq!((st.nr_free_areas, st.largest_free), (1, 1024 * P));
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn boundary_crossing_areas_purge_into_both_shards() {
+    let k = new(sync_cfg(64, 4, 1 << 20));
+    let (s, e) = k.range();
+    let a = k.alloc(40 * P, P, s, e, None, info()).unwrap();
+    assert_eq!(k.inner.nr_spanning.load(Ordering::Relaxed), 1);
+    let r = k.remove(a).unwrap();
+    assert_eq!(k.inner.nr_spanning.load(Ordering::Relaxed), 0);
+    k.free_lazy(r, 40);
+    k.purge();
+    k.check_invariants().unwrap();
+    for sh in k.inner.shards.all() {
+        let t = sh.free.lock();
+        assert_eq!(
+            t.free_bytes(),
+            sh.end - sh.base,
+            "shard at {:#x} not whole again",
+            sh.base
+        );
+    }
+}
+
+#[test]
+fn check_invariants_catches_corruption() {
+    let k = new(sync_cfg(64, 2, 1024));
+    let (s, e) = k.range();
+    let a = k.alloc(4 * P, P, s, e, None, info()).unwrap();
+    k.check_invariants().unwrap();
+    // Pretend the live area is also free.
+    let i = k.inner.shards.index_of(a).unwrap();
+    k.inner
+        .shards
+        .get(i)
+        .free
+        .lock()
+        .insert_merge(a, a + P)
+        .unwrap();
+    let err = k.check_invariants().unwrap_err();
+    assert!(err.contains("overlaps"), "{err}");
+    k.inner
+        .shards
+        .get(i)
+        .free
+        .lock()
+        .alloc_at(a, a + P)
+        .unwrap();
+    k.check_invariants().unwrap();
+    // Lose a page from the accounting.
+    let j = (i + 1) % 2;
+    let sh = k.inner.shards.get(j);
+    let top = sh.end - P;
+    sh.free.lock().alloc_at(top, sh.end).unwrap();
+    let err = k.check_invariants().unwrap_err();
+    assert!(err.contains("!= total"), "{err}");
+}
+
+#[test]
+fn debug_output_names_the_configuration() {
+    let k = new(sync_cfg(64, 2, 1024));
+    let s = format!("{k:?}");
+    assert!(s.contains("Synchronous") && s.contains("shards: 2"), "{s}");
+}

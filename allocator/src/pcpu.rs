@@ -1,0 +1,230 @@
+//! Per-CPU caches of small free areas (Linux 6.9's per-node pools, vmem's quantum caches)
+//! and per-CPU descriptor lists.
+//!
+//! # How it works
+//!
+//! Each CPU slot (`pagetable::cpu::this_cpu()`) owns one [`Slot`] behind its own
+//! cache-padded mutex. A slot holds, per size class (1 ..= [`MAX_CLASS_PAGES`] pages, guard
+//! page included, default page alignment), a stack of free chunk starts of exactly that size,
+//! all inside the slot's home shard; and a [`DescList`] of free descriptors. The allocator
+//! takes a chunk and a descriptor under ONE uncontended lock; it refills an empty class with
+//! a batch carved from the home shard's free tree (one tree lock per batch), and the purge
+//! pushes purged small areas back here instead of merging them into the tree (bounded: a
+//! class holds at most `2 * batch` chunks, the rest goes to the tree). When an allocation
+//! finds no space anywhere, every slot is drained back into the trees and the search retried.
+//!
+//! # Invariants
+//!
+//! * A cached chunk is free VA: in no tree, no busy lookup, no lazy list; it was flushed (it
+//!   came from a tree or from a purge after its flush).
+//! * Every chunk of a slot lies inside the slot's home shard; `Slot::bytes` is the sum of its
+//!   chunks' sizes.
+//! * A class never holds more than its capacity (its stack never reallocates).
+//!
+//! # Locking
+//!
+//! A slot's mutex protects the whole slot. Lock order: a slot lock may be held while taking a
+//! shard's free-tree lock (batch refill); never the reverse. The purge pushes into slots and
+//! merges into trees in separate critical sections. Correctness never depends on a thread
+//! staying on its CPU: a migrated thread just uses another slot's lock.
+
+use crossbeam_utils::CachePadded;
+use pagetable::page::PAGE_SIZE;
+
+use crate::area::DescList;
+use crate::sync::{Mutex, MutexGuard};
+
+/// Largest cached size class, in pages (guard page included).
+pub const MAX_CLASS_PAGES: usize = 16;
+/// Largest number of chunks carved per refill.
+const MAX_BATCH: usize = 16;
+
+/// The class index of a request of `size` bytes aligned to `align`, if cacheable.
+#[inline]
+pub(crate) fn class_of(size: u64, align: u64) -> Option<usize> {
+    let pages = size / PAGE_SIZE;
+    (align <= PAGE_SIZE && pages >= 1 && pages as usize <= MAX_CLASS_PAGES)
+        .then(|| pages as usize - 1)
+}
+
+/// Bytes of a chunk of class `class`.
+#[inline]
+pub(crate) fn class_bytes(class: usize) -> u64 {
+    (class as u64 + 1) * PAGE_SIZE
+}
+
+/// One CPU's cache.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// Free descriptors of this CPU.
+    pub(crate) descs: DescList,
+    /// Free chunk starts per class; capacity fixed at construction.
+    classes: Box<[Vec<u64>]>,
+    /// Bytes of VA held in `classes`.
+    bytes: u64,
+}
+
+impl Slot {
+    fn new(caps: &[usize]) -> Self {
+        Self {
+            descs: DescList::default(),
+            classes: caps.iter().map(|&c| Vec::with_capacity(c)).collect(),
+            bytes: 0,
+        }
+    }
+
+    /// Take a chunk of class `class`.
+    #[inline]
+    pub(crate) fn pop(&mut self, class: usize) -> Option<u64> {
+        let start = self.classes.get_mut(class)?.pop()?;
+        self.bytes -= class_bytes(class);
+        Some(start)
+    }
+
+    /// Cache a chunk of class `class`; `false` (nothing done) if the class is full.
+    #[inline]
+    pub(crate) fn push(&mut self, class: usize, start: u64) -> bool {
+        let Some(stack) = self.classes.get_mut(class) else {
+            return false;
+        };
+        if stack.len() == stack.capacity() {
+            return false;
+        }
+        stack.push(start);
+        self.bytes += class_bytes(class);
+        true
+    }
+
+    /// Room left in class `class`.
+    #[cfg(test)]
+    pub(crate) fn room(&self, class: usize) -> usize {
+        self.classes
+            .get(class)
+            .map_or(0, |s| s.capacity() - s.len())
+    }
+
+    /// Bytes of VA cached.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Empty every class, calling `f(start, end)` per chunk.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(u64, u64)) {
+        for (class, stack) in self.classes.iter_mut().enumerate() {
+            for start in stack.drain(..) {
+                f(start, start + class_bytes(class));
+            }
+        }
+        self.bytes = 0;
+    }
+
+    /// Every cached chunk `(start, end)` (for invariant checks).
+    pub(crate) fn chunks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.classes
+            .iter()
+            .enumerate()
+            .flat_map(|(c, s)| s.iter().map(move |&a| (a, a + class_bytes(c))))
+    }
+}
+
+/// All CPU slots plus the per-class batch sizes.
+#[derive(Debug)]
+pub(crate) struct Pcpu {
+    slots: Box<[CachePadded<Mutex<Slot>>]>,
+    /// Chunks carved per refill, per class (0 when caching is off).
+    batch: [usize; MAX_CLASS_PAGES],
+}
+
+impl Pcpu {
+    /// `nr_cpus` slots; with `enabled`, classes sized for shards of `shard_bytes`: a refill
+    /// carves at most 1/64 of a shard, so caches never hold more than a small fraction of the
+    /// space (tiny test ranges get batches of one).
+    pub(crate) fn new(nr_cpus: usize, enabled: bool, shard_bytes: u64) -> Self {
+        let shard_pages = (shard_bytes / PAGE_SIZE) as usize;
+        let mut batch = [0; MAX_CLASS_PAGES];
+        if enabled {
+            for (c, b) in batch.iter_mut().enumerate() {
+                *b = (shard_pages / (64 * (c + 1))).clamp(1, MAX_BATCH);
+            }
+        }
+        let caps: Vec<usize> = batch.iter().map(|b| 2 * b).collect();
+        let slots = (0..nr_cpus.max(1))
+            .map(|_| CachePadded::new(Mutex::new(Slot::new(&caps))))
+            .collect();
+        Self { slots, batch }
+    }
+
+    /// Number of slots.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether small areas are cached at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.batch[0] != 0
+    }
+
+    /// Chunks to carve when refilling class `class`.
+    pub(crate) fn batch(&self, class: usize) -> usize {
+        self.batch.get(class).copied().unwrap_or(0)
+    }
+
+    /// Lock slot `cpu` (taken modulo the slot count; `this_cpu()` is always in range, so the
+    /// division is off the fast path).
+    #[inline]
+    pub(crate) fn lock(&self, cpu: usize) -> MutexGuard<'_, Slot> {
+        match self.slots.get(cpu) {
+            Some(s) => s.lock(),
+            None => self.slots[cpu % self.slots.len()].lock(),
+        }
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        assert_eq!(class_of(PAGE_SIZE, PAGE_SIZE), Some(0));
+        assert_eq!(class_of(16 * PAGE_SIZE, 1), Some(15));
+        assert_eq!(class_of(17 * PAGE_SIZE, PAGE_SIZE), None);
+        assert_eq!(class_of(2 * PAGE_SIZE, 2 * PAGE_SIZE), None);
+        assert_eq!(class_of(0, PAGE_SIZE), None);
+        assert_eq!(class_bytes(1), 2 * PAGE_SIZE);
+    }
+
+    #[test]
+    fn bounded_stacks_and_byte_count() {
+        // 128 pages per shard: class 0 batches 2 chunks, capacity 4.
+        let p = Pcpu::new(2, true, 128 * PAGE_SIZE);
+        assert!(p.enabled());
+        assert_eq!(p.batch(0), 2);
+        assert_eq!(p.batch(15), 1);
+        let mut s = p.lock(3);
+        assert_eq!(s.room(0), 4);
+        for i in 0..4 {
+            assert!(s.push(0, i * PAGE_SIZE));
+        }
+        assert!(!s.push(0, 0x100000));
+        assert!(s.push(1, 0x200000));
+        assert_eq!(s.bytes(), 6 * PAGE_SIZE);
+        assert_eq!(s.pop(0), Some(3 * PAGE_SIZE));
+        assert_eq!(s.chunks().count(), 4);
+        let mut got = Vec::new();
+        s.drain(|a, b| got.push((a, b)));
+        assert_eq!(got.len(), 4);
+        assert!(got.contains(&(0x200000, 0x200000 + 2 * PAGE_SIZE)));
+        assert_eq!(s.bytes(), 0);
+        assert_eq!(s.pop(0), None);
+    }
+
+    #[test]
+    fn disabled_caches_hold_nothing() {
+        let p = Pcpu::new(1, false, 1 << 30);
+        assert!(!p.enabled());
+        let mut s = p.lock(0);
+        assert!(!s.push(0, 0));
+        assert_eq!(s.room(0), 0);
+    }
+}

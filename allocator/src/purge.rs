@@ -1,0 +1,433 @@
+//! The lazy purge (Linux's `__purge_vmap_area_lazy`, split across shards as in 6.9's
+//! `purge_vmap_node`).
+//!
+//! # How it works
+//!
+//! 1. One purger at a time holds the purge lock: a kick past the threshold only `try_lock`s
+//!    it (somebody already purging means the work is being done: skip), an explicit
+//!    [`Kva::purge`](crate::kva::Kva::purge) or an allocation that found no space waits for it.
+//! 2. Every shard's lazy list is taken with one `del_all` (lock-free against concurrent
+//!    `free_lazy` pushes); walking the detached chains gives the union range
+//!    `[min start, max end)`.
+//! 3. ONE flush of that range through the [`TlbFlush`](pagetable::tlb::TlbFlush) hook. Only
+//!    after it returns does any purged range become allocatable again.
+//! 4. Each shard's chain is one work item: its small areas go back to the per-CPU caches of
+//!    the CPUs whose home is that shard (bounded; when the purge comes from an allocation
+//!    failure everything goes to the trees), the rest is merged into the shard's free tree
+//!    under its lock. With workers, `helpers = clamp(backlog / lazy_max_pages, 1, shards with
+//!    work) - 1` of them are woken to take items while the purger takes its share and then
+//!    waits for the rest ([`crate::purge_worker`]).
+//! 5. While merging, every [`RESCHED_EVERY`] areas the purger lowers the shard's lazy counter
+//!    by what it merged and, if the global backlog is below `resched_threshold =
+//!    lazy_max_pages << 1`, yields the free-tree lock to waiting allocators (`cond_resched_lock`);
+//!    above it, it keeps the lock and finishes first.
+//!
+//! # Locking and ordering
+//!
+//! Purge lock -> (per-CPU slot, released) -> shard free lock -> descriptor pool. The
+//! `del_all` `Acquire` pairs with the `Release` push of each `free_lazy`, so the purger sees
+//! every descriptor's bounds. Counters are `Relaxed` and written only by the purger.
+
+use pagetable::VirtAddr;
+use pagetable::page::PAGE_SIZE;
+
+use crate::area::{BATCH, Desc, DescList};
+use crate::free_tree::FreeTree;
+use crate::kva::Inner;
+use crate::llist::Chain;
+use crate::pcpu;
+use crate::sync::{AtomicU64, AtomicUsize, MutexGuard, Ordering, fence};
+
+/// Areas merged between two `cond_resched_lock` points.
+pub const RESCHED_EVERY: usize = 32;
+
+/// What one purge did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Areas taken off the lazy lists.
+    pub areas: usize,
+    /// Their pages (guard pages included).
+    pub pages: usize,
+    /// The range flushed, if anything was purged: `(start, end)`.
+    pub flushed: Option<(u64, u64)>,
+    /// Workers woken to help with the merge.
+    pub helpers: usize,
+    /// Areas that went back to per-CPU caches rather than the trees.
+    pub to_caches: usize,
+}
+
+/// Cumulative purge statistics (written only by the purger).
+#[derive(Debug, Default)]
+pub(crate) struct PurgeCounters {
+    pub(crate) purges: AtomicU64,
+    pub(crate) areas: AtomicU64,
+    pub(crate) pages: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) pages_flushed: AtomicU64,
+    pub(crate) to_caches: AtomicU64,
+    /// Kicks past the threshold (any mode).
+    pub(crate) kicks: AtomicU64,
+    /// Merges refused by a tree (would be a bug: an area freed twice).
+    pub(crate) merge_errors: AtomicUsize,
+    /// `RemovedArea`s of another allocator handed to this one (refused).
+    pub(crate) foreign_tokens: AtomicUsize,
+}
+
+/// One shard's detached lazy chain, with the bounds of its areas read once.
+#[derive(Debug)]
+pub(crate) struct Work {
+    pub(crate) shard: usize,
+    /// The detached descriptors (recycled as a whole, never relinked).
+    pub(crate) chain: Chain,
+    /// `(start, end)` of every area on `chain`, in chain order.
+    pub(crate) ranges: Vec<(u64, u64)>,
+    /// Whether small areas may go to per-CPU caches.
+    pub(crate) to_caches: bool,
+}
+
+/// Linux 6.9's helper count: one per `lazy_max_pages` of backlog, at most one per shard with
+/// work, minus the purger itself.
+pub(crate) fn helpers_for(
+    backlog_pages: usize,
+    lazy_max_pages: usize,
+    shards_with_work: usize,
+) -> usize {
+    (backlog_pages / lazy_max_pages.max(1)).clamp(1, shards_with_work.max(1)) - 1
+}
+
+impl Inner {
+    /// Purge unless somebody already is (a kick past the threshold).
+    ///
+    /// A kick must not be lost when it finds the lock taken by a purger whose `del_all` ran
+    /// before the kicker's push. So the kicker raises `purge_again` before trying the lock,
+    /// and a purger, after releasing the lock, looks at the flag again and purges once more if
+    /// it is set. Both sides put a `SeqCst` fence between their write (flag / unlock) and
+    /// their read (lock / flag): the store-buffering outcome where the kicker sees the lock
+    /// held AND the purger misses the flag is then impossible. A purger takes the flag with
+    /// an `Acquire` swap once it holds the lock, which makes every flagged kicker's push
+    /// visible to its `del_all`.
+    pub(crate) fn try_purge(&self) -> Option<PurgeReport> {
+        self.pstats.kicks.fetch_add(1, Ordering::Relaxed);
+        self.purge_again.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
+        let guard = self.purge_lock.try_lock()?;
+        Some(self.purge_until_quiet(guard, true))
+    }
+
+    /// Purge, waiting for a purge in progress first (so that everything freed before the call
+    /// is flushed and reusable when it returns).
+    pub(crate) fn purge_blocking(&self, to_caches: bool) -> PurgeReport {
+        let guard = self.purge_lock.lock();
+        self.purge_until_quiet(guard, to_caches)
+    }
+
+    /// Purge with the lock held, release it, and purge again as long as kicks were flagged
+    /// meanwhile and the lock is free (see [`Inner::try_purge`]).
+    fn purge_until_quiet(&self, guard: MutexGuard<'_, ()>, to_caches: bool) -> PurgeReport {
+        let mut total = self.purge_locked(guard, to_caches);
+        loop {
+            fence(Ordering::SeqCst);
+            if !self.purge_again.load(Ordering::Relaxed) {
+                return total;
+            }
+            let Some(guard) = self.purge_lock.try_lock() else {
+                return total;
+            };
+            let r = self.purge_locked(guard, true);
+            total = PurgeReport {
+                areas: total.areas + r.areas,
+                pages: total.pages + r.pages,
+                flushed: r.flushed.or(total.flushed),
+                helpers: total.helpers.max(r.helpers),
+                to_caches: total.to_caches + r.to_caches,
+            };
+        }
+    }
+
+    fn purge_locked(&self, _guard: MutexGuard<'_, ()>, to_caches: bool) -> PurgeReport {
+        // Serve every kick flagged so far (see `try_purge`): Acquire pairs with the kickers'
+        // Release store, so their pushes precede the `del_all`s below.
+        self.purge_again.swap(false, Ordering::Acquire);
+        let mut work = Vec::new();
+        let (mut lo, mut hi) = (u64::MAX, 0u64);
+        let (mut areas, mut pages) = (0usize, 0usize);
+        for (i, s) in self.shards.all().iter().enumerate() {
+            let chain = s.lazy.head.del_all();
+            if chain.is_empty() {
+                continue;
+            }
+            // The only pass over the descriptors: their bounds are copied out, and the merge
+            // works on the copy (one cache miss per descriptor at most, no writes to them).
+            let mut ranges = Vec::new();
+            for node in chain.iter() {
+                // SAFETY: lazy-list nodes are links of pooled descriptors; the detached chain
+                // (the purger) owns them.
+                let a = unsafe { Desc::from_node(node).read() };
+                lo = lo.min(a.start);
+                hi = hi.max(a.end);
+                pages += ((a.end - a.start) / PAGE_SIZE) as usize;
+                ranges.push((a.start, a.end));
+            }
+            areas += ranges.len();
+            work.push(Work {
+                shard: i,
+                chain,
+                ranges,
+                to_caches: to_caches && self.pcpu.enabled(),
+            });
+        }
+        if work.is_empty() {
+            return PurgeReport::default();
+        }
+        // The one shootdown. Ranges are canonical (checked at construction), so truncation
+        // is exact; the lower half's end 1 << 47 reads as its exclusive end.
+        self.flush
+            .flush_range(VirtAddr::new_truncate(lo), VirtAddr::new_truncate(hi));
+        let st = &self.pstats;
+        st.purges.fetch_add(1, Ordering::Relaxed);
+        st.flushes.fetch_add(1, Ordering::Relaxed);
+        st.pages_flushed
+            .fetch_add((hi - lo) / PAGE_SIZE, Ordering::Relaxed);
+        st.areas.fetch_add(areas as u64, Ordering::Relaxed);
+        st.pages.fetch_add(pages as u64, Ordering::Relaxed);
+
+        let helpers = helpers_for(pages, self.cfg.lazy_max_pages, work.len());
+        let cached = match &self.sched {
+            Some(sched) if helpers > 0 => sched.run(self, work, helpers),
+            _ => work.into_iter().map(|w| self.merge(w)).sum(),
+        };
+        st.to_caches.fetch_add(cached as u64, Ordering::Relaxed);
+        PurgeReport {
+            areas,
+            pages,
+            flushed: Some((lo, hi)),
+            helpers,
+            to_caches: cached,
+        }
+    }
+
+    /// Insert the purged run `[s, e)` into the locked `tree` of a shard ending at `shard_end`;
+    /// the part above the shard (a boundary-crossing area) is queued in `spill`.
+    fn merge_run(
+        &self,
+        tree: &mut FreeTree,
+        shard_end: u64,
+        s: u64,
+        e: u64,
+        spill: &mut Vec<(u64, u64)>,
+    ) {
+        let top = e.min(shard_end);
+        if tree.insert_merge(s, top).is_err() {
+            self.pstats.merge_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if top < e {
+            spill.push((top, e));
+        }
+    }
+
+    /// Merge one shard's purged areas back (caches first, then the tree) and recycle its
+    /// descriptors; returns how many areas went to caches.
+    pub(crate) fn merge(&self, w: Work) -> usize {
+        let Work { shard: si, chain, mut ranges, to_caches } = w;
+        let shard = self.shards.get(si);
+        let lazy = &shard.lazy;
+        let nr_descs = ranges.len();
+        let (mut done_pages, mut done_bytes) = (0usize, 0u64);
+        let mut cached = 0;
+        let cpus = &self.shard_cpus[si];
+        if to_caches && !cpus.is_empty() {
+            let c = cpus[(self.pstats.purges.load(Ordering::Relaxed) as usize) % cpus.len()];
+            let mut slot = self.pcpu.lock(c);
+            ranges.retain(|&(s, e)| match pcpu::class_of(e - s, PAGE_SIZE) {
+                Some(class) if e <= shard.end && slot.push(class, s) => {
+                    cached += 1;
+                    done_pages += ((e - s) / PAGE_SIZE) as usize;
+                    done_bytes += e - s;
+                    false
+                }
+                _ => true,
+            });
+        }
+        if cached > 0 {
+            lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
+            lazy.pages.fetch_sub(done_pages, Ordering::Relaxed);
+            (done_pages, done_bytes) = (0, 0);
+        }
+
+        let resched_threshold = self.cfg.lazy_max_pages << 1;
+        let mut spill = Vec::new();
+        {
+            let mut tree = shard.free.lock();
+            // Adjacent areas (consecutive on the chain, as sequential frees are) are merged
+            // into one run before touching the tree: one tree update per run, not per area.
+            let mut run: Option<(u64, u64)> = None;
+            for (k, &(s, e)) in ranges.iter().enumerate() {
+                run = match run {
+                    Some((rs, re)) if e == rs => Some((s, re)),
+                    Some((rs, re)) if s == re => Some((rs, e)),
+                    prev => {
+                        if let Some((rs, re)) = prev {
+                            self.merge_run(&mut tree, shard.end, rs, re, &mut spill);
+                        }
+                        Some((s, e))
+                    }
+                };
+                done_pages += ((e - s) / PAGE_SIZE) as usize;
+                done_bytes += e - s;
+                if k % RESCHED_EVERY == RESCHED_EVERY - 1 {
+                    if let Some((rs, re)) = run.take() {
+                        self.merge_run(&mut tree, shard.end, rs, re, &mut spill);
+                    }
+                    lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
+                    lazy.pages.fetch_sub(done_pages, Ordering::Relaxed);
+                    (done_pages, done_bytes) = (0, 0);
+                    if self.lazy_backlog() < resched_threshold {
+                        MutexGuard::bump(&mut tree);
+                    }
+                }
+            }
+            if let Some((rs, re)) = run {
+                self.merge_run(&mut tree, shard.end, rs, re, &mut spill);
+            }
+        }
+        // Pieces of boundary-crossing areas above this shard go to their own trees.
+        for (a, b) in spill {
+            if !self.shards.free_range(a, b) {
+                self.pstats.merge_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
+        lazy.pages.fetch_sub(done_pages, Ordering::Relaxed);
+        self.recycle(cpus, chain, nr_descs);
+        cached
+    }
+
+    /// Give a purged chain of `n` descriptors to the first CPU of the shard (the CPU that
+    /// allocated them, when shards match CPUs: its next allocations reuse them while their
+    /// lines are still in its cache), spilling to the pool past a bound.
+    fn recycle(&self, cpus: &[usize], chain: Chain, n: usize) {
+        let Some(&c) = cpus.first() else {
+            // SAFETY: the chain's nodes are pooled descriptors whose areas were just merged:
+            // the purger owns them and hands them over.
+            unsafe { self.pool.give_back_chain(chain, n) };
+            return;
+        };
+        let bound = 2 * self.cfg.lazy_max_pages.max(BATCH);
+        let mut slot = self.pcpu.lock(c);
+        // SAFETY: as above.
+        unsafe { slot.descs.splice(chain, n) };
+        if slot.descs.len() > bound {
+            let mut spill = DescList::default();
+            let excess = slot.descs.len() - bound / 2;
+            slot.descs.move_to(&mut spill, excess);
+            drop(slot);
+            self.pool.give_back(&mut spill);
+        }
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use std::sync::Arc as StdArc;
+
+    use pagetable::tlb::CountingFlush;
+
+    use super::*;
+    use crate::area::{AreaInfo, RemovedArea};
+    use crate::config::{KvaConfig, PurgeMode};
+    use crate::flags::VmFlags;
+    use crate::kva::Kva;
+    use crate::shard::ShardSet;
+
+    const P: u64 = PAGE_SIZE;
+
+    #[test]
+    fn helper_count_follows_linux() {
+        assert_eq!(helpers_for(10, 100, 4), 0);
+        assert_eq!(helpers_for(250, 100, 4), 1);
+        assert_eq!(helpers_for(1000, 100, 4), 3);
+        assert_eq!(helpers_for(1000, 100, 1), 0);
+        assert_eq!(helpers_for(0, 0, 0), 0);
+    }
+
+    /// `free_lazy` without the threshold check, to build a big backlog by hand.
+    fn push_lazy(inner: &Inner, r: RemovedArea) {
+        let i = inner.shards.index_of(r.start()).unwrap();
+        let lazy = &inner.shards.get(i).lazy;
+        lazy.pages
+            .fetch_add(ShardSet::pages(r.start(), r.end()), Ordering::Relaxed);
+        // SAFETY: the token owns the descriptor; the list takes it over.
+        unsafe { lazy.head.add(r.desc.node()) };
+    }
+
+    #[test]
+    fn purge_with_helpers_merges_every_shard() {
+        for mode in [PurgeMode::Inline, PurgeMode::Background] {
+            let cfg = KvaConfig {
+                start: 0x8000_0000,
+                end: 0x8000_0000 + 1024 * P,
+                shards: 4,
+                lazy_max_pages: Some(8),
+                purge_mode: mode,
+                pcpu_cache: true,
+                purge_workers: 3,
+            };
+            let k = Kva::new(cfg, StdArc::new(CountingFlush::new())).unwrap();
+            let inner = k.inner_for_tests();
+            let (s, e) = k.range();
+            let mut areas = Vec::new();
+            for node in 0..4 {
+                for _ in 0..40 {
+                    areas.push(
+                        k.alloc(4 * P, P, s, e, Some(node), AreaInfo::new(VmFlags::ALLOC))
+                            .unwrap(),
+                    );
+                }
+            }
+            for a in areas {
+                push_lazy(inner, k.remove(a).unwrap());
+            }
+            let rep = inner.purge_blocking(true);
+            assert_eq!((rep.areas, rep.pages), (160, 640), "{mode:?}");
+            assert_eq!(rep.helpers, 3, "{mode:?}");
+            assert_eq!(rep.flushed, Some((s, s + (768 + 160) * P)));
+            k.check_invariants().unwrap();
+            let st = k.stats();
+            assert_eq!(
+                (st.lazy_pages, st.pending, st.free),
+                (0, 0, st.total),
+                "{mode:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cache_feeding_is_bounded() {
+        let cfg = KvaConfig {
+            start: 0x8000_0000,
+            end: 0x8000_0000 + 4096 * P,
+            shards: 1,
+            lazy_max_pages: Some(1 << 20),
+            purge_mode: PurgeMode::Synchronous,
+            pcpu_cache: true,
+            purge_workers: 0,
+        };
+        let k = Kva::new(cfg, StdArc::new(CountingFlush::new())).unwrap();
+        let (s, e) = k.range();
+        let v: Vec<u64> = (0..200)
+            .map(|_| {
+                k.alloc(P, P, s, e, None, AreaInfo::new(VmFlags::MAP))
+                    .unwrap()
+            })
+            .collect();
+        for a in v {
+            let r = k.remove(a).unwrap();
+            k.free_lazy(r, 1);
+        }
+        let rep = k.purge();
+        let cap = 2 * k.inner_for_tests().pcpu.batch(0);
+        assert!(rep.to_caches <= cap, "{rep:?}");
+        assert!(k.stats().cached <= (cap * k.inner_for_tests().pcpu.len()) as u64 * P);
+        k.check_invariants().unwrap();
+    }
+}

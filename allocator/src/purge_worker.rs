@@ -1,0 +1,166 @@
+//! The per-CPU purge workers: persistent threads that run background purges, help split a
+//! purge's merge work, and drain deferred frees (Linux's `drain_vmap_work`, the
+//! `purge_vmap_node` work items of 6.9, and `vfree_atomic`'s `free_work`).
+//!
+//! # How it works
+//!
+//! Worker `i` pins itself to CPU slot `i` and sleeps on a condition variable. It wakes for:
+//! queued merge items (a purge in progress: it pops items until none is left, the purger
+//! doing the same, and the last one to finish an item signals the purger), a purge request
+//! (Background mode: it becomes the purger with `try_purge`, skipping if a purge runs), a
+//! deferred-free kick (it drains the deferred lists), or shutdown (after the queue is empty;
+//! `Kva`'s `Drop` joins the threads). Nothing here runs in `PurgeMode::Synchronous`: no
+//! `Sched` exists and no thread is spawned.
+//!
+//! # Locking and ordering
+//!
+//! One `Mutex<SchedState>` with two condition variables (`wake` for workers, `done` for the
+//! purger). Work items are processed with the state lock released. A purger holds the purge
+//! lock while waiting on `done`; workers never take the purge lock while holding an item, so
+//! the wait always ends (the purger itself also drains the queue). `requested` is an atomic
+//! hint so that repeated kicks past the threshold do not all take the state lock.
+
+use crate::kva::Inner;
+use crate::purge::Work;
+use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
+
+#[derive(Debug, Default)]
+struct SchedState {
+    /// Merge items not yet taken.
+    work: Vec<Work>,
+    /// Items queued by the current purge and not finished yet.
+    outstanding: usize,
+    /// Areas those finished items sent to per-CPU caches.
+    cached: usize,
+    /// A background purge was requested.
+    purge: bool,
+    /// Deferred frees are waiting.
+    deferred: bool,
+    /// The allocator is being dropped.
+    shutdown: bool,
+}
+
+/// Shared state of the purge workers.
+#[derive(Debug, Default)]
+pub(crate) struct Sched {
+    state: Mutex<SchedState>,
+    wake: Condvar,
+    done: Condvar,
+    requested: AtomicBool,
+}
+
+impl Sched {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ask a worker to purge (Background mode); cheap when already asked.
+    pub(crate) fn request_purge(&self) {
+        // Relaxed: a hint; the state lock orders the real hand-over.
+        if self.requested.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.state.lock().purge = true;
+        self.wake.notify_one();
+    }
+
+    /// Ask a worker to drain the deferred frees.
+    pub(crate) fn kick_deferred(&self) {
+        self.state.lock().deferred = true;
+        self.wake.notify_one();
+    }
+
+    /// Stop every worker once the queue is empty.
+    pub(crate) fn shutdown(&self) {
+        self.state.lock().shutdown = true;
+        self.wake.notify_all();
+    }
+
+    /// Queue `work`, wake `helpers` workers, take items until none is left, wait for the
+    /// helpers' items; returns the areas sent to per-CPU caches.
+    pub(crate) fn run(&self, inner: &Inner, work: Vec<Work>, helpers: usize) -> usize {
+        {
+            let mut st = self.state.lock();
+            st.outstanding += work.len();
+            st.work.extend(work);
+        }
+        for _ in 0..helpers {
+            self.wake.notify_one();
+        }
+        while let Some(w) = self.take() {
+            let cached = inner.merge(w);
+            self.finish(cached);
+        }
+        let mut st = self.state.lock();
+        while st.outstanding > 0 {
+            self.done.wait(&mut st);
+        }
+        core::mem::take(&mut st.cached)
+    }
+
+    fn take(&self) -> Option<Work> {
+        self.state.lock().work.pop()
+    }
+
+    fn finish(&self, cached: usize) {
+        let mut st = self.state.lock();
+        st.outstanding -= 1;
+        st.cached += cached;
+        if st.outstanding == 0 {
+            self.done.notify_all();
+        }
+    }
+}
+
+/// What a woken worker does next.
+enum Job {
+    Merge(Work),
+    Purge,
+    Deferred,
+    Exit,
+}
+
+/// Body of purge worker `i`.
+pub(crate) fn worker_main(inner: &Inner, i: usize) {
+    pagetable::cpu::set_this_cpu(i);
+    let Some(sched) = inner.sched.as_ref() else {
+        return;
+    };
+    loop {
+        let job = {
+            let mut st = sched.state.lock();
+            loop {
+                if let Some(w) = st.work.pop() {
+                    break Job::Merge(w);
+                }
+                if st.shutdown {
+                    break Job::Exit;
+                }
+                if st.deferred {
+                    st.deferred = false;
+                    break Job::Deferred;
+                }
+                if st.purge {
+                    st.purge = false;
+                    // Cleared under the state lock: a kick from now on queues a new request.
+                    sched.requested.store(false, Ordering::Relaxed);
+                    break Job::Purge;
+                }
+                sched.wake.wait(&mut st);
+            }
+        };
+        match job {
+            Job::Merge(w) => {
+                let cached = inner.merge(w);
+                sched.finish(cached);
+            }
+            Job::Purge => {
+                let _ = inner.try_purge();
+            }
+            Job::Deferred => {
+                inner.drain_deferred();
+            }
+            Job::Exit => return,
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `remap_vmalloc_range`: map the pages of a `VM_USERMAP` vmalloc area into a user address
+//! space (what a driver's `mmap` does with a `vmalloc_user` buffer).
+//!
+//! # How it works
+//!
+//! As Linux's `remap_vmalloc_range_partial`: the kernel address must be page aligned and
+//! inside a live area marked `VM_USERMAP` (from [`Vmalloc::vmalloc_user`] /
+//! [`Vmalloc::vmalloc_32_user`]); the window `[kaddr + pgoff pages, + len)` must fit in the
+//! area's usable part (guard page excluded). Each page of the window is translated in the
+//! kernel space, its frame gets one more reference
+//! ([`FrameAllocator::get`](pagetable::FrameAllocator::get), Linux's `vm_insert_page`), and
+//! all of them are mapped with one map call at `uaddr` with [`PAGE_USER`] permissions. On a
+//! failure the references are dropped again and nothing stays mapped.
+//!
+//! The user mapping keeps the frames alive after a `vfree` of the area; unmapping it with
+//! [`AddressSpace::unmap_and_free`] drops those references.
+//!
+//! # Locking
+//!
+//! None of its own. Remapping an area that another thread frees at the same time is a use
+//! after free by the caller (as in Linux).
+
+use pagetable::{AddressSpace, PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr};
+
+use crate::alloc::usable_end;
+use crate::error::VmallocError;
+use crate::flags::VmFlags;
+use crate::instance::Vmalloc;
+
+/// Permissions of a remapped page in user space: present, writable, user, non-executable.
+pub const PAGE_USER: PageTableFlags = PageTableFlags::PRESENT
+    .union(PageTableFlags::WRITABLE)
+    .union(PageTableFlags::USER_ACCESSIBLE)
+    .union(PageTableFlags::NO_EXECUTE);
+
+/// First address above the user (lower) half.
+const USER_END: u64 = 1 << 47;
+
+impl Vmalloc {
+    /// `remap_vmalloc_range(vma, addr, pgoff)`: map `len` bytes of the `VM_USERMAP` area at
+    /// `kaddr`, starting `pgoff` pages in, at `uaddr` of `user` (a space from
+    /// [`Vmalloc::new_user_space`], or any space over this instance's frame allocator).
+    ///
+    /// Errors: `kaddr`, `uaddr` or `len` not page aligned ([`VmallocError::Misaligned`]), a
+    /// zero `len` ([`VmallocError::InvalidSize`]), a user range outside the lower half
+    /// ([`VmallocError::InvalidRange`]), no live area ([`VmallocError::NotAllocated`]), not
+    /// `VM_USERMAP` ([`VmallocError::NotUserMappable`]), too large
+    /// ([`VmallocError::RemapTooLarge`]), or the user map failing (already mapped, out of
+    /// frames for tables: [`VmallocError::Map`]).
+    pub fn remap_vmalloc_range(
+        &self,
+        user: &AddressSpace,
+        uaddr: VirtAddr,
+        len: u64,
+        kaddr: VirtAddr,
+        pgoff: u64,
+    ) -> Result<(), VmallocError> {
+        let v = self.v();
+        let (u, k) = (uaddr.as_u64(), kaddr.as_u64());
+        for x in [k, u, len] {
+            if x % PAGE_SIZE != 0 {
+                return Err(VmallocError::Misaligned {
+                    addr: x,
+                    align: PAGE_SIZE,
+                });
+            }
+        }
+        if len == 0 {
+            return Err(VmallocError::InvalidSize { size: 0 });
+        }
+        if u.checked_add(len).is_none_or(|e| e > USER_END) {
+            return Err(VmallocError::InvalidRange {
+                start: u,
+                end: u.saturating_add(len),
+            });
+        }
+        let area = v
+            .kva
+            .find(k)
+            .ok_or(VmallocError::NotAllocated { addr: k })?;
+        if !area.info.flags.contains(VmFlags::USERMAP) {
+            return Err(VmallocError::NotUserMappable { addr: area.start });
+        }
+        let size = usable_end(&area) - area.start;
+        let too_large = VmallocError::RemapTooLarge {
+            addr: area.start,
+            offset: u64::MAX,
+            len,
+            size,
+        };
+        let offset = pgoff
+            .checked_mul(PAGE_SIZE)
+            .and_then(|o| o.checked_add(k - area.start))
+            .ok_or(too_large)?;
+        if offset.checked_add(len).is_none_or(|e| e > size) {
+            return Err(VmallocError::RemapTooLarge {
+                addr: area.start,
+                offset,
+                len,
+                size,
+            });
+        }
+        let first = area.start + offset;
+        let mut frames: Vec<PhysFrame> = Vec::with_capacity((len / PAGE_SIZE) as usize);
+        let mut fail = None;
+        for va in (first..first + len).step_by(PAGE_SIZE as usize) {
+            let Some(t) = v.space.translate(VirtAddr::new_truncate(va)) else {
+                fail = Some(VmallocError::Map(pagetable::MapError::NotMapped {
+                    va: VirtAddr::new_truncate(va),
+                }));
+                break;
+            };
+            let f = PhysFrame::containing_address(t.pa);
+            if let Err(e) = v.frames.get(f) {
+                fail = Some(e.into());
+                break;
+            }
+            frames.push(f);
+        }
+        let result = match fail {
+            Some(e) => Err(e),
+            None => user
+                .map(uaddr, &frames, PAGE_USER)
+                .map_err(VmallocError::from),
+        };
+        if result.is_err() {
+            let dropped = v.frames.free_bulk(&frames);
+            debug_assert!(dropped.is_ok(), "{dropped:?}");
+        }
+        result
+    }
+}

@@ -1,0 +1,435 @@
+//! Shards: the KVA range cut into contiguous slices, each with its own free tree, busy lookup
+//! and lazy list behind its own locks (Linux 6.9's vmap nodes, but contiguous, so a free
+//! range never has to be looked up in another shard's tree).
+//!
+//! # How it works
+//!
+//! Shard `i` covers `[base + i * shard_size, min(base + (i + 1) * shard_size, end))`. Its
+//! [`FreeTree`] holds only free space inside those bounds; its [`BusyTree`] holds the live
+//! areas that START inside them (an area may run on into later shards: see "spanning"
+//! below); its lazy llist holds the lazily freed areas that start inside them.
+//!
+//! Spanning allocations. A request that no single shard can satisfy (larger than a shard, or
+//! only satisfiable across a boundary) takes the free-tree locks of every shard its
+//! `[vstart, vend)` window intersects, in ascending order, and looks for a run of free space
+//! crossing boundaries: the free area touching the top of shard `k`, then whole free shards,
+//! then the free area at the bottom of the next one. The chosen block is carved piecewise
+//! from each tree it crosses. Freeing such an area ([`ShardSet::free_range`]) returns each
+//! piece to its own tree, one shard lock at a time: no atomicity across trees is needed,
+//! since each piece is free space on its own.
+//!
+//! # Invariants
+//!
+//! * Free-tree areas of shard `i` lie inside shard `i`.
+//! * A live area is in exactly one busy tree: that of the shard containing its start.
+//! * `Lazy::pages` >= the pages of the areas on the lazy list (the counter is raised before
+//!   the push and lowered after the purge merged them), so it never underflows.
+//! * "Pending" bytes, `BusyState::removed - Lazy::returned`, are those of areas removed from
+//!   the busy tree and not yet back in a tree or a per-CPU cache (held by a `RemovedArea`, on
+//!   a lazy list, or being purged). Two monotonic counters rather than one up-down counter so
+//!   that `remove` adds under the busy lock it holds anyway, with no extra atomic.
+//!
+//! # Locking
+//!
+//! `free` and `busy` are separate mutexes (as in Linux 6.9) and are never held together by
+//! the allocator. Several free locks are taken only in ascending shard order (spanning
+//! allocation, invariant checks); a per-CPU slot lock may be held while taking a free lock,
+//! never the reverse. The lazy list is lock-free (llist); its counters are `Relaxed` atomics
+//! (heuristics and statistics: the list itself orders the descriptors).
+
+use crossbeam_utils::CachePadded;
+use pagetable::page::PAGE_SIZE;
+
+use crate::area::Desc;
+use crate::busy::BusyTree;
+use crate::free_tree::FreeTree;
+use crate::llist::LlistHead;
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+
+/// The live areas starting in a shard, with their total size.
+#[derive(Debug, Default)]
+pub(crate) struct BusyState {
+    /// start -> (end, descriptor).
+    pub(crate) tree: BusyTree<Desc>,
+    /// Sum of the live areas' sizes.
+    pub(crate) bytes: u64,
+    /// Bytes ever removed from this tree (monotonic; `pending = removed - Lazy::returned`).
+    pub(crate) removed: u64,
+}
+
+/// A shard's lazy list and counters (one cache line, written by the freeing CPUs of this
+/// shard and by the purger).
+#[derive(Debug, Default)]
+pub(crate) struct Lazy {
+    /// Lazily freed areas (descriptors), newest first.
+    pub(crate) head: LlistHead,
+    /// Pages of the areas on `head` (raised before the push, lowered after the merge).
+    pub(crate) pages: AtomicUsize,
+    /// Bytes ever given back to the free space after a removal from this shard's busy tree
+    /// (monotonic; see `BusyState::removed`).
+    pub(crate) returned: AtomicU64,
+    /// Pages the callers reported unmapped (statistics).
+    pub(crate) unmapped: AtomicUsize,
+}
+
+/// One shard.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    /// First address.
+    pub(crate) base: u64,
+    /// End (exclusive).
+    pub(crate) end: u64,
+    /// Free space inside `[base, end)`.
+    pub(crate) free: CachePadded<Mutex<FreeTree>>,
+    /// Live areas starting inside `[base, end)`.
+    pub(crate) busy: CachePadded<Mutex<BusyState>>,
+    /// Lazily freed areas starting inside `[base, end)`.
+    pub(crate) lazy: CachePadded<Lazy>,
+}
+
+impl Shard {
+    fn new(base: u64, end: u64) -> Self {
+        let mut tree = FreeTree::with_capacity(16);
+        // `base < end` by construction; an error here would mean an empty shard, which
+        // `ShardSet::new` never builds, and leaves the tree empty (no space) rather than panic.
+        let _ = tree.insert_merge(base, end);
+        Self {
+            base,
+            end,
+            free: CachePadded::new(Mutex::new(tree)),
+            busy: CachePadded::new(Mutex::new(BusyState {
+                tree: BusyTree::with_capacity(16),
+                bytes: 0,
+                removed: 0,
+            })),
+            lazy: CachePadded::new(Lazy::default()),
+        }
+    }
+
+    /// Pages currently on the lazy list (approximately: `Relaxed`).
+    #[inline]
+    pub(crate) fn lazy_pages(&self) -> usize {
+        self.lazy.pages.load(Ordering::Relaxed)
+    }
+
+    /// Bytes removed and not yet free again (exact when quiescent; `returned` is read first
+    /// so that a concurrent free cannot make the difference negative in practice).
+    pub(crate) fn pending(&self) -> u64 {
+        let returned = self.lazy.returned.load(Ordering::Relaxed);
+        self.busy.lock().removed.saturating_sub(returned)
+    }
+}
+
+/// The shards of one KVA range.
+#[derive(Debug)]
+pub(crate) struct ShardSet {
+    shards: Box<[Shard]>,
+    start: u64,
+    end: u64,
+    shard_size: u64,
+    /// `log2(shard_size)` when it is a power of two (index by shift, not division).
+    shift: Option<u32>,
+}
+
+/// `x` rounded up to `align` (a power of two), `None` on overflow.
+#[inline]
+fn align_up(x: u64, align: u64) -> Option<u64> {
+    Some(x.checked_add(align - 1)? & !(align - 1))
+}
+
+impl ShardSet {
+    /// `nr` shards of `shard_size` bytes (the last one takes the remainder) over
+    /// `[start, end)`; the caller has checked that `nr * shard_size` covers the range and no
+    /// shard is empty.
+    pub(crate) fn new(start: u64, end: u64, nr: usize, shard_size: u64) -> Self {
+        let shards = (0..nr as u64)
+            .map(|i| {
+                let b = start + i * shard_size;
+                Shard::new(b, (b + shard_size).min(end))
+            })
+            .collect();
+        let shift = shard_size
+            .is_power_of_two()
+            .then(|| shard_size.trailing_zeros());
+        Self {
+            shards,
+            start,
+            end,
+            shard_size,
+            shift,
+        }
+    }
+
+    /// Number of shards.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// All shards, ascending.
+    #[inline]
+    pub(crate) fn all(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// Shard `i`.
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> &Shard {
+        &self.shards[i]
+    }
+
+    /// The shard containing `addr`, if `addr` is in the range.
+    #[inline]
+    pub(crate) fn index_of(&self, addr: u64) -> Option<usize> {
+        (self.start <= addr && addr < self.end).then(|| self.offset_index(addr - self.start))
+    }
+
+    /// The shard index of an offset from the range start.
+    #[inline]
+    fn offset_index(&self, off: u64) -> usize {
+        match self.shift {
+            Some(s) => (off >> s) as usize,
+            None => (off / self.shard_size) as usize,
+        }
+    }
+
+    /// The shards intersecting `[vstart, vend)` (a non-empty window inside the range), as an
+    /// inclusive index range.
+    pub(crate) fn window(&self, vstart: u64, vend: u64) -> (usize, usize) {
+        let first = self.offset_index(vstart - self.start);
+        let last = self.offset_index(vend - 1 - self.start);
+        (first, last.min(self.len() - 1))
+    }
+
+    /// Lowest fit inside shard `i`'s part of `[vstart, vend)`.
+    pub(crate) fn alloc_in(
+        &self,
+        i: usize,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+    ) -> Option<u64> {
+        let s = &self.shards[i];
+        let (lo, hi) = (vstart.max(s.base), vend.min(s.end));
+        if lo >= hi || hi - lo < size {
+            return None;
+        }
+        let mut tree = s.free.lock();
+        if tree.largest() < size {
+            return None;
+        }
+        tree.alloc(size, align, lo, hi)
+    }
+
+    /// Lock the free trees of shards `first..=last`, ascending.
+    fn lock_free_run(&self, first: usize, last: usize) -> Vec<MutexGuard<'_, FreeTree>> {
+        self.shards[first..=last]
+            .iter()
+            .map(|s| s.free.lock())
+            .collect()
+    }
+
+    /// A block of `size` bytes aligned to `align` inside `[vstart, vend)` that crosses at
+    /// least one shard boundary (see the module documentation); carved from every tree it
+    /// crosses.
+    pub(crate) fn alloc_spanning(
+        &self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+    ) -> Option<u64> {
+        let (first, last) = self.window(vstart, vend);
+        if first == last {
+            return None;
+        }
+        let mut trees = self.lock_free_run(first, last);
+        let g = |k: usize| k - first;
+        let mut k = first;
+        while k < last {
+            let s = &self.shards[k];
+            // The free area touching the top of shard k, if any.
+            let Some((tail_start, _)) = trees[g(k)].find_containing(s.end - 1) else {
+                k += 1;
+                continue;
+            };
+            // Extend through wholly free shards, then the free head of the next one.
+            let mut run_end = s.end;
+            let mut j = k + 1;
+            while j <= last {
+                let sj = &self.shards[j];
+                match trees[g(j)].find_containing(sj.base) {
+                    Some((_, e)) if e == sj.end => {
+                        run_end = e;
+                        j += 1;
+                    }
+                    Some((_, e)) => {
+                        run_end = e;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let lo = tail_start.max(vstart);
+            let hi = run_end.min(vend);
+            if let Some(a) = align_up(lo, align) {
+                if a.checked_add(size).is_some_and(|e| e <= hi) {
+                    return self
+                        .carve_locked(&mut trees, first, a, a + size)
+                        .then_some(a);
+                }
+            }
+            k = j.max(k + 1);
+        }
+        None
+    }
+
+    /// Carve `[a, b)` out of the locked trees `trees` (shard `first` onwards), piece by piece;
+    /// all or nothing.
+    fn carve_locked(
+        &self,
+        trees: &mut [MutexGuard<'_, FreeTree>],
+        first: usize,
+        a: u64,
+        b: u64,
+    ) -> bool {
+        let (lo, hi) = match (self.index_of(a), self.index_of(b - 1)) {
+            (Some(lo), Some(hi)) if lo >= first && hi - first < trees.len() => (lo, hi),
+            _ => return false,
+        };
+        for i in lo..=hi {
+            let s = &self.shards[i];
+            let (ps, pe) = (a.max(s.base), b.min(s.end));
+            if trees[i - first].alloc_at(ps, pe).is_err() {
+                // Put back what was taken so far: those pieces were free a moment ago, so the
+                // merge cannot overlap anything.
+                for j in lo..i {
+                    let sj = &self.shards[j];
+                    let _ = trees[j - first].insert_merge(a.max(sj.base), b.min(sj.end));
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Take the exact range `[a, b)` (inside the range, page aligned) out of the free space of
+    /// every shard it crosses; `false` (nothing taken) if any part of it is not free.
+    pub(crate) fn alloc_exact(&self, a: u64, b: u64) -> bool {
+        let (first, last) = self.window(a, b);
+        let mut trees = self.lock_free_run(first, last);
+        self.carve_locked(&mut trees, first, a, b)
+    }
+
+    /// Return `[a, b)` to the free trees, one shard (and one lock) per piece. An overlap with
+    /// free space (a bug) is refused by the tree and reported as `false`.
+    pub(crate) fn free_range(&self, a: u64, b: u64) -> bool {
+        let mut ok = true;
+        let (first, last) = self.window(a, b);
+        for s in &self.shards[first..=last] {
+            ok &= s
+                .free
+                .lock()
+                .insert_merge(a.max(s.base), b.min(s.end))
+                .is_ok();
+        }
+        ok
+    }
+
+    /// Pages in `[a, b)`.
+    #[inline]
+    pub(crate) fn pages(a: u64, b: u64) -> usize {
+        ((b - a) / PAGE_SIZE) as usize
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+
+    const P: u64 = PAGE_SIZE;
+
+    fn set(nr: usize, pages_each: u64) -> ShardSet {
+        ShardSet::new(
+            0x100000,
+            0x100000 + nr as u64 * pages_each * P,
+            nr,
+            pages_each * P,
+        )
+    }
+
+    #[test]
+    fn indexing_and_windows() {
+        let s = set(4, 8);
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.index_of(0x100000), Some(0));
+        assert_eq!(s.index_of(0x100000 + 8 * P), Some(1));
+        assert_eq!(s.index_of(0x100000 + 32 * P), None);
+        assert_eq!(s.index_of(0), None);
+        assert_eq!(s.window(0x100000 + 7 * P, 0x100000 + 9 * P), (0, 1));
+        assert_eq!(s.window(0x100000, 0x100000 + 32 * P), (0, 3));
+        assert_eq!(s.get(3).end, 0x100000 + 32 * P);
+    }
+
+    #[test]
+    fn per_shard_alloc_respects_bounds() {
+        let s = set(2, 8);
+        let a = s.alloc_in(1, 2 * P, P, 0, u64::MAX).unwrap();
+        assert_eq!(a, 0x100000 + 8 * P);
+        assert_eq!(s.alloc_in(0, 9 * P, P, 0, u64::MAX), None);
+        assert_eq!(s.alloc_in(0, P, P, 0x100000 + 8 * P, u64::MAX), None);
+    }
+
+    #[test]
+    fn spanning_alloc_crosses_boundaries_and_frees_piecewise() {
+        let s = set(4, 8);
+        // Larger than a shard: takes shards 0, 1 and part of 2.
+        let a = s
+            .alloc_spanning(20 * P, P, 0x100000, 0x100000 + 32 * P)
+            .unwrap();
+        assert_eq!(a, 0x100000);
+        assert_eq!(s.get(0).free.lock().free_bytes(), 0);
+        assert_eq!(s.get(1).free.lock().free_bytes(), 0);
+        assert_eq!(s.get(2).free.lock().free_bytes(), 4 * P);
+        // Now only [20, 32) pages are free: a 10-page block fits across the 2/3 boundary.
+        let b = s
+            .alloc_spanning(10 * P, P, 0x100000, 0x100000 + 32 * P)
+            .unwrap();
+        assert_eq!(b, 0x100000 + 20 * P);
+        assert_eq!(
+            s.alloc_spanning(3 * P, P, 0x100000, 0x100000 + 32 * P),
+            None
+        );
+        assert!(s.free_range(a, a + 20 * P));
+        assert!(s.free_range(b, b + 10 * P));
+        let total: u64 = s.all().iter().map(|x| x.free.lock().free_bytes()).sum();
+        assert_eq!(total, 32 * P);
+        // Double free is refused by the trees.
+        assert!(!s.free_range(a, a + P));
+    }
+
+    #[test]
+    fn spanning_alloc_honours_alignment_and_window() {
+        let s = set(4, 8);
+        let a = s
+            .alloc_spanning(9 * P, 16 * P, 0x100000 + P, 0x100000 + 32 * P)
+            .unwrap();
+        assert_eq!(a, 0x100000 + 16 * P);
+        assert_eq!(
+            s.alloc_spanning(9 * P, 16 * P, 0x100000 + P, 0x100000 + 24 * P),
+            None
+        );
+    }
+
+    #[test]
+    fn exact_allocation_is_all_or_nothing() {
+        let s = set(2, 8);
+        assert!(s.alloc_exact(0x100000 + 6 * P, 0x100000 + 10 * P));
+        assert!(!s.alloc_exact(0x100000 + 2 * P, 0x100000 + 7 * P));
+        // Nothing was taken by the failed attempt.
+        assert_eq!(s.get(0).free.lock().free_bytes(), 6 * P);
+        assert!(s.free_range(0x100000 + 6 * P, 0x100000 + 10 * P));
+        assert_eq!(s.get(1).free.lock().free_bytes(), 8 * P);
+    }
+}

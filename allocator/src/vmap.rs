@@ -1,0 +1,231 @@
+//! `vmap` / `vunmap` (caller-owned frames mapped contiguously), `get_vm_area` /
+//! `alloc_vm_area` / `free_vm_area` (reservations) and `find_vm_area`.
+//!
+//! # How it works
+//!
+//! Every call here goes through `Inner::get_vm_area_node` (Linux's `__get_vm_area_node`):
+//! the size is rounded up to pages, a guard page is added unless `VmFlags::NO_GUARD`, an
+//! `IOREMAP` area gets the ioremap alignment (the size rounded up to a power of two, clamped
+//! to `[PAGE_SIZE, 128 pages]`, `IOREMAP_MAX_ORDER`), and the [`Kva`](crate::kva::Kva)
+//! allocates the range with the area's info already set.
+//!
+//! * `vmap` maps the caller's frames with one map call; the frames stay the caller's: no
+//!   reference is taken, `vunmap` clears the PTEs and leaves the frames alone.
+//! * `alloc_vm_area` reserves a range and builds its page tables down to the leaf tables
+//!   ([`AddressSpace::populate`](pagetable::AddressSpace::populate)) without mapping
+//!   anything; the kernel half being shared, there is nothing to sync.
+//! * `free_vm_area` releases any reservation (`get_vm_area`, `alloc_vm_area`, early areas,
+//!   `vmap`, `ioremap`): whatever is mapped inside is unmapped, frames are not freed. It
+//!   refuses `vmalloc` and `vm_map_ram` areas, whose release must free frames or blocks.
+//!
+//! Every release frees the VA lazily, like `vfree`.
+//!
+//! # Locking
+//!
+//! None of its own (see [`crate::alloc`]).
+
+use core::panic::Location;
+
+use pagetable::{PAGE_SHIFT, PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr};
+
+use crate::area::{AreaInfo, VmArea};
+use crate::error::VmallocError;
+use crate::flags::VmFlags;
+use crate::instance::{Inner, Vmalloc};
+
+/// Linux 3.7's `IOREMAP_MAX_ORDER`: `7 + PAGE_SHIFT` (ioremap alignment tops at 128 pages).
+pub const IOREMAP_MAX_ORDER: u32 = 7 + PAGE_SHIFT;
+
+/// Flags that only the vmalloc layer itself sets.
+const RESERVED_KINDS: VmFlags = VmFlags::ALLOC
+    .union(VmFlags::MAP_RAM)
+    .union(VmFlags::EARLY)
+    .union(VmFlags::UNINITIALIZED);
+
+/// The alignment of an `IOREMAP` area of `size` bytes: `size` rounded up to a power of two,
+/// clamped to `[PAGE_SIZE, 1 << IOREMAP_MAX_ORDER]`.
+pub fn ioremap_align(size: u64) -> u64 {
+    let order = size.max(1).next_power_of_two().trailing_zeros();
+    1u64 << order.clamp(PAGE_SHIFT, IOREMAP_MAX_ORDER)
+}
+
+impl Vmalloc {
+    /// `vmap(pages, flags, prot)`: map `pages` (frames of this instance's arena, owned by the
+    /// caller) at consecutive addresses with `prot`, followed by a guard page. The area gets
+    /// `flags | VM_MAP`; `ALLOC`, `IOREMAP`, `MAP_RAM` and `EARLY` are
+    /// [`VmallocError::InvalidFlags`]. No reference is taken on the frames: the caller keeps
+    /// them alive until [`Vmalloc::vunmap`].
+    #[track_caller]
+    pub fn vmap(
+        &self,
+        pages: &[PhysFrame],
+        flags: VmFlags,
+        prot: PageTableFlags,
+    ) -> Result<VirtAddr, VmallocError> {
+        let v = self.v();
+        let bad = flags & (RESERVED_KINDS | VmFlags::IOREMAP);
+        if !bad.is_empty() {
+            return Err(VmallocError::InvalidFlags { flags: bad });
+        }
+        if let Some(&f) = pages.iter().find(|&&f| !v.frames.owns(f)) {
+            return Err(pagetable::FrameError::NotOwned {
+                frame: f.start_address(),
+            }
+            .into());
+        }
+        let size = (pages.len() as u64)
+            .checked_mul(PAGE_SIZE)
+            .ok_or(VmallocError::InvalidSize { size: u64::MAX })?;
+        let area = v.get_vm_area_node(
+            size,
+            PAGE_SIZE,
+            flags | VmFlags::MAP,
+            pages.len(),
+            None,
+            None,
+            Location::caller(),
+        )?;
+        if let Err(e) = v.space.map(VirtAddr::new_truncate(area.start), pages, prot) {
+            v.drop_unused(area.start);
+            return Err(e.into());
+        }
+        Ok(VirtAddr::new_truncate(area.start))
+    }
+
+    /// `vunmap(addr)`: unmap a `vmap` area (frames untouched) and free its VA lazily. Null is
+    /// a no-op. Errors as for [`Vmalloc::vfree`]; a non-`vmap` area is
+    /// [`VmallocError::WrongKind`].
+    pub fn vunmap(&self, addr: VirtAddr) -> Result<(), VmallocError> {
+        if addr.is_null() {
+            return Ok(());
+        }
+        self.v()
+            .free_kind(addr.as_u64(), VmFlags::MAP, |f| f.contains(VmFlags::MAP))
+    }
+
+    /// `get_vm_area(size, flags)`: reserve `size` bytes (rounded up to pages; plus a guard
+    /// page unless `NO_GUARD`) of the vmalloc range, nothing mapped, no page tables built.
+    /// `IOREMAP` in `flags` selects the ioremap alignment. `ALLOC`, `MAP_RAM`, `EARLY` and
+    /// `UNINITIALIZED` are [`VmallocError::InvalidFlags`]. Release with
+    /// [`Vmalloc::free_vm_area`].
+    #[track_caller]
+    pub fn get_vm_area(&self, size: u64, flags: VmFlags) -> Result<VmArea, VmallocError> {
+        let bad = flags & RESERVED_KINDS;
+        if !bad.is_empty() {
+            return Err(VmallocError::InvalidFlags { flags: bad });
+        }
+        self.v()
+            .get_vm_area_node(size, PAGE_SIZE, flags, 0, None, None, Location::caller())
+    }
+
+    /// `alloc_vm_area(size)`: reserve an `IOREMAP` area as Linux 3.7 does and build its page
+    /// tables down to the leaf tables, mapping nothing (the kernel half is shared by every
+    /// address space, so nothing needs syncing). Release with [`Vmalloc::free_vm_area`].
+    #[track_caller]
+    pub fn alloc_vm_area(&self, size: u64) -> Result<VmArea, VmallocError> {
+        let v = self.v();
+        let area = v.get_vm_area_node(
+            size,
+            PAGE_SIZE,
+            VmFlags::IOREMAP,
+            0,
+            None,
+            None,
+            Location::caller(),
+        )?;
+        let len = crate::alloc::usable_end(&area) - area.start;
+        if let Err(e) = v.space.populate(VirtAddr::new_truncate(area.start), len) {
+            v.drop_unused(area.start);
+            return Err(e.into());
+        }
+        Ok(area)
+    }
+
+    /// `free_vm_area(area)`: release a reservation (see the module documentation): whatever
+    /// is mapped inside is unmapped, frames are not freed, the VA is freed lazily. Errors:
+    /// no live area starts at `area.start` (as for [`Vmalloc::vfree`]), or a `vmalloc` /
+    /// `vm_map_ram` area ([`VmallocError::WrongKind`]).
+    pub fn free_vm_area(&self, area: &VmArea) -> Result<(), VmallocError> {
+        self.v().free_kind(area.start, VmFlags::empty(), |f| {
+            !f.intersects(VmFlags::ALLOC | VmFlags::MAP_RAM)
+        })
+    }
+
+    /// `find_vm_area(addr)`: the live area containing `addr` (guard page included), if it has
+    /// a `vm_struct` in Linux's sense: `vm_map_ram` areas and vmap blocks are not reported.
+    pub fn find_vm_area(&self, addr: VirtAddr) -> Option<VmArea> {
+        self.v()
+            .kva
+            .find(addr.as_u64())
+            .filter(|a| !a.info.flags.contains(VmFlags::MAP_RAM))
+    }
+}
+
+impl Inner {
+    /// `__get_vm_area_node`: reserve an area of `size` bytes (rounded up to pages) plus a
+    /// guard page unless `NO_GUARD`, anywhere in the vmalloc range.
+    #[allow(clippy::too_many_arguments)] // the fields of the area, one by one
+    pub(crate) fn get_vm_area_node(
+        &self,
+        size: u64,
+        align: u64,
+        flags: VmFlags,
+        nr_pages: usize,
+        phys_addr: Option<u64>,
+        node: Option<usize>,
+        caller: &'static Location<'static>,
+    ) -> Result<VmArea, VmallocError> {
+        let pages = crate::alloc::size_to_pages(size)?;
+        let bytes = pages * PAGE_SIZE;
+        let align = if flags.contains(VmFlags::IOREMAP) {
+            ioremap_align(bytes)
+        } else {
+            align
+        };
+        let guard = if flags.contains(VmFlags::NO_GUARD) {
+            0
+        } else {
+            PAGE_SIZE
+        };
+        let total = bytes
+            .checked_add(guard)
+            .ok_or(VmallocError::InvalidSize { size })?;
+        let info = AreaInfo {
+            flags,
+            nr_pages,
+            caller,
+            phys_addr,
+        };
+        let start = self
+            .kva
+            .alloc(total, align, self.start, self.end, node, info)?;
+        Ok(VmArea {
+            start,
+            end: start + total,
+            info,
+        })
+    }
+
+    /// Give back an area we just reserved and never mapped anything in.
+    pub(crate) fn drop_unused(&self, start: u64) {
+        match self.kva.remove(start) {
+            Ok(r) => self.kva.free_unused(r),
+            Err(_) => debug_assert!(false, "our fresh area at {start:#x} vanished"),
+        }
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioremap_alignment_is_clamped() {
+        assert_eq!(ioremap_align(1), PAGE_SIZE);
+        assert_eq!(ioremap_align(PAGE_SIZE), PAGE_SIZE);
+        assert_eq!(ioremap_align(PAGE_SIZE + 1), 2 * PAGE_SIZE);
+        assert_eq!(ioremap_align(5 * PAGE_SIZE), 8 * PAGE_SIZE);
+        assert_eq!(ioremap_align(128 * PAGE_SIZE), 128 * PAGE_SIZE);
+        assert_eq!(ioremap_align(1 << 30), 128 * PAGE_SIZE);
+    }
+}

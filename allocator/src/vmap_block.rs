@@ -1,0 +1,606 @@
+//! `vm_map_ram` / `vm_unmap_ram` / `vm_unmap_aliases`: small mappings carved from per-CPU
+//! vmap blocks (Linux's `vb_alloc` / `vb_free` / `_vm_unmap_aliases`).
+//!
+//! # How it works
+//!
+//! A vmap block is one [`VMAP_BLOCK_SIZE`] area ([`VMAP_BBMAP_BITS`] = 1024 pages, aligned to
+//! its size, no guard page, flags `MAP_RAM | UNLIST`) taken from the [`Kva`](crate::kva::Kva).
+//! A request of up to [`VMAP_MAX_ALLOC`] (64) pages is rounded up to a power of two and
+//! carved from a block on the calling CPU's queue by bumping the block's free offset (the
+//! first `VMAP_BBMAP_BITS - free` pages have been handed out). Two bitmaps record the start of
+//! every piece ever handed out and which pieces are live, so a bad `vm_unmap_ram` (wrong
+//! address, wrong count, second free) is a typed error that changes nothing.
+//!
+//! Freeing a piece only clears its PTEs and marks it dirty: `dirty += pages`,
+//! `[dirty_min, dirty_max)` grows to cover it; nothing is flushed and the piece is never
+//! handed out again. When a block is all dirty it leaves every list and its whole range goes
+//! to the `Kva`'s lazy list (`free_lazy`): the next purge flushes it before reuse.
+//!
+//! `vm_unmap_aliases` (under one mutex, as Linux's `vmap_purge_lock`): every block without a
+//! live piece but with free space left ("fragmented") is retired to the lazy list; of the
+//! others, the dirty ranges are collected (and reset) into ONE union range; the `Kva`'s lazy
+//! lists are purged (one flush of their union, none when empty), and the dirty union is
+//! flushed once unless that flush already covered it. After it returns, no CPU holds a
+//! translation of a page this layer unmapped before the call.
+//!
+//! Requests above 64 pages get an ordinary `MAP_RAM` area of exactly `count` pages (no guard
+//! page), freed with the usual lazy path.
+//!
+//! # Invariants
+//!
+//! * `free + dirty + (pages of live pieces) == VMAP_BBMAP_BITS` for every block.
+//! * A block is on its CPU's queue iff it is not dead and `free > 0`; it is in the block map
+//!   iff it is not dead (or dying: marked dead, being handed to the `Kva`).
+//! * Pages `[0, VMAP_BBMAP_BITS - free)` of a block were handed out exactly once; a page is
+//!   mapped only while its piece is live.
+//!
+//! # Locking
+//!
+//! Lock order: aliases mutex -> CPU queue -> block; block-map shard -> block. A block lock is
+//! never held while taking a queue or map lock, and the `Kva` is never called with any of
+//! these held (its failure notifier, `purge_fragmented_blocks`, takes them). The
+//! unmap of a piece happens under its block's lock, so a block cannot die (and its range be
+//! recycled) while one of its pieces is being unmapped.
+
+use core::panic::Location;
+use std::collections::HashMap;
+use std::sync::Arc as StdArc;
+
+use crossbeam_utils::CachePadded;
+use pagetable::{PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr, cpu};
+
+use crate::area::AreaInfo;
+use crate::error::VmallocError;
+use crate::flags::VmFlags;
+use crate::instance::{Inner, Vmalloc};
+use crate::sync::{AtomicUsize, Mutex, Ordering};
+
+/// Largest `vm_map_ram` served from a vmap block, in pages (Linux: `BITS_PER_LONG`).
+pub const VMAP_MAX_ALLOC: usize = 64;
+/// Pages per vmap block (Linux's `VMAP_BBMAP_BITS_MAX`).
+pub const VMAP_BBMAP_BITS: usize = 1024;
+/// Bytes per vmap block (4 MiB).
+pub const VMAP_BLOCK_SIZE: u64 = VMAP_BBMAP_BITS as u64 * PAGE_SIZE;
+
+const BITS: u32 = VMAP_BBMAP_BITS as u32;
+const WORDS: usize = VMAP_BBMAP_BITS / 64;
+/// Flags of a vmap block area.
+const BLOCK_FLAGS: VmFlags = VmFlags::MAP_RAM
+    .union(VmFlags::UNLIST)
+    .union(VmFlags::NO_GUARD);
+
+/// A fixed bitmap of [`VMAP_BBMAP_BITS`] bits.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bitmap([u64; WORDS]);
+
+impl Bitmap {
+    fn set(&mut self, i: u32) {
+        self.0[i as usize / 64] |= 1 << (i % 64);
+    }
+    fn clear(&mut self, i: u32) {
+        self.0[i as usize / 64] &= !(1 << (i % 64));
+    }
+    fn test(&self, i: u32) -> bool {
+        self.0[i as usize / 64] & (1 << (i % 64)) != 0
+    }
+    /// First set bit at or after `from`.
+    fn next_set(&self, from: u32) -> Option<u32> {
+        let mut w = from as usize / 64;
+        if w >= WORDS {
+            return None;
+        }
+        let mut bits = self.0[w] & (!0u64 << (from % 64));
+        loop {
+            if bits != 0 {
+                return Some(w as u32 * 64 + bits.trailing_zeros());
+            }
+            w += 1;
+            if w == WORDS {
+                return None;
+            }
+            bits = self.0[w];
+        }
+    }
+    /// Last set bit at or before `upto`.
+    fn prev_set(&self, upto: u32) -> Option<u32> {
+        let mut w = upto as usize / 64;
+        let shift = 63 - upto % 64;
+        let mut bits = (self.0[w] << shift) >> shift;
+        loop {
+            if bits != 0 {
+                return Some(w as u32 * 64 + 63 - bits.leading_zeros());
+            }
+            if w == 0 {
+                return None;
+            }
+            w -= 1;
+            bits = self.0[w];
+        }
+    }
+}
+
+/// The mutable part of a block.
+#[derive(Debug)]
+struct BlockState {
+    /// Pages never handed out (the bump offset is `BITS - free`).
+    free: u32,
+    /// Pages freed (unmapped, maybe not flushed).
+    dirty: u32,
+    /// Dirty pages not flushed yet: `[dirty_min, dirty_max)` (empty when `dirty_max == 0`).
+    dirty_min: u32,
+    dirty_max: u32,
+    /// Start of every piece handed out.
+    starts: Bitmap,
+    /// Start of every live piece.
+    live: Bitmap,
+    /// Retired: on no list; its range belongs to the `Kva` again.
+    dead: bool,
+}
+
+impl BlockState {
+    fn new() -> Self {
+        Self {
+            free: BITS,
+            dirty: 0,
+            dirty_min: BITS,
+            dirty_max: 0,
+            starts: Bitmap::default(),
+            live: Bitmap::default(),
+            dead: false,
+        }
+    }
+
+    /// Hand out `pages` pages at the bump offset; returns the offset.
+    fn take(&mut self, pages: u32) -> u32 {
+        let off = BITS - self.free;
+        self.free -= pages;
+        self.starts.set(off);
+        self.live.set(off);
+        off
+    }
+
+    /// Length in pages of the piece starting at `off` (which must be a piece start).
+    fn piece_len(&self, off: u32) -> u32 {
+        let used = BITS - self.free;
+        self.starts
+            .next_set(off + 1)
+            .filter(|&n| n < used)
+            .unwrap_or(used)
+            - off
+    }
+
+    /// Whether page `off` belongs to a live piece.
+    fn page_live(&self, off: u32) -> bool {
+        if self.dead || off >= BITS - self.free {
+            return false;
+        }
+        self.starts.prev_set(off).is_some_and(|s| self.live.test(s))
+    }
+
+    /// Fragmented: no live piece, but not all dirty (some space never handed out).
+    fn fragmented(&self) -> bool {
+        !self.dead && self.free + self.dirty == BITS && self.dirty != BITS
+    }
+}
+
+/// One vmap block.
+#[derive(Debug)]
+struct VmapBlock {
+    start: u64,
+    st: Mutex<BlockState>,
+}
+
+/// One CPU's queue of blocks with free space.
+type Queue = CachePadded<Mutex<Vec<StdArc<VmapBlock>>>>;
+/// One shard of the block map: block index -> block.
+type MapShard = CachePadded<Mutex<HashMap<u64, StdArc<VmapBlock>>>>;
+
+/// Every vmap block of an instance: per-CPU queues of blocks with free space, and a sharded
+/// map from block index to block (for `vm_unmap_ram`, `vm_unmap_aliases` and `vread`).
+#[derive(Debug)]
+pub(crate) struct VmapBlocks {
+    queues: Box<[Queue]>,
+    map: Box<[MapShard]>,
+    /// Serialises `vm_unmap_aliases` (Linux's `vmap_purge_lock`).
+    aliases: Mutex<()>,
+    nr_blocks: AtomicUsize,
+}
+
+impl VmapBlocks {
+    pub(crate) fn new() -> Self {
+        let n = cpu::nr_cpu_ids().max(1);
+        Self {
+            queues: (0..n)
+                .map(|_| CachePadded::new(Mutex::new(Vec::new())))
+                .collect(),
+            map: (0..n.next_power_of_two())
+                .map(|_| CachePadded::new(Mutex::new(HashMap::new())))
+                .collect(),
+            aliases: Mutex::new(()),
+            nr_blocks: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, block_start: u64) -> &Mutex<HashMap<u64, StdArc<VmapBlock>>> {
+        let idx = block_start / VMAP_BLOCK_SIZE;
+        &self.map[(idx as usize) & (self.map.len() - 1)]
+    }
+
+    fn lookup(&self, block_start: u64) -> Option<StdArc<VmapBlock>> {
+        self.shard(block_start)
+            .lock()
+            .get(&(block_start / VMAP_BLOCK_SIZE))
+            .cloned()
+    }
+
+    fn unlist(&self, block_start: u64) {
+        if self
+            .shard(block_start)
+            .lock()
+            .remove(&(block_start / VMAP_BLOCK_SIZE))
+            .is_some()
+        {
+            self.nr_blocks.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Live (not retired) blocks.
+    pub(crate) fn count(&self) -> usize {
+        self.nr_blocks.load(Ordering::Relaxed)
+    }
+
+    /// Whether page `addr` of the block starting at `block_start` belongs to a live piece.
+    pub(crate) fn page_live(&self, block_start: u64, addr: u64) -> bool {
+        self.lookup(block_start).is_some_and(|vb| {
+            vb.st
+                .lock()
+                .page_live(((addr - block_start) / PAGE_SIZE) as u32)
+        })
+    }
+}
+
+impl Vmalloc {
+    /// `vm_map_ram(pages, node, prot)`: map `pages` (frames of this arena, owned by the
+    /// caller) contiguously. Up to [`VMAP_MAX_ALLOC`] pages come from the calling CPU's vmap
+    /// blocks (a new block is taken from the `Kva`, preferring shard `node`, when none has
+    /// room); more get their own area. No reference is taken on the frames.
+    #[track_caller]
+    pub fn vm_map_ram(
+        &self,
+        pages: &[PhysFrame],
+        node: Option<usize>,
+        prot: PageTableFlags,
+    ) -> Result<VirtAddr, VmallocError> {
+        let v = self.v();
+        let count = pages.len();
+        if count == 0 {
+            return Err(VmallocError::InvalidSize { size: 0 });
+        }
+        if let Some(&f) = pages.iter().find(|&&f| !v.frames.owns(f)) {
+            return Err(pagetable::FrameError::NotOwned {
+                frame: f.start_address(),
+            }
+            .into());
+        }
+        if count <= VMAP_MAX_ALLOC {
+            let addr = v.vb_alloc(count, node)?;
+            let va = VirtAddr::new_truncate(addr);
+            if let Err(e) = v.space.map(va, pages, prot) {
+                // The piece becomes dirty and is never reused, as in Linux.
+                let freed = v.vb_free(addr, count);
+                debug_assert!(freed.is_ok(), "{freed:?}");
+                return Err(e.into());
+            }
+            return Ok(va);
+        }
+        let size = count as u64 * PAGE_SIZE;
+        let flags = VmFlags::MAP_RAM | VmFlags::NO_GUARD;
+        let area = v.get_vm_area_node(
+            size,
+            PAGE_SIZE,
+            flags,
+            count,
+            None,
+            node,
+            Location::caller(),
+        )?;
+        let va = VirtAddr::new_truncate(area.start);
+        if let Err(e) = v.space.map(va, pages, prot) {
+            v.drop_unused(area.start);
+            return Err(e.into());
+        }
+        Ok(va)
+    }
+
+    /// `vm_unmap_ram(addr, count)`: unmap what [`Vmalloc::vm_map_ram`] mapped at `addr` with
+    /// `count` pages. Frames are not freed. Errors (nothing changed): not a live mapping
+    /// start ([`VmallocError::NotAllocated`], [`VmallocError::NotStartOfArea`],
+    /// [`VmallocError::DoubleFree`]), another count ([`VmallocError::WrongCount`]), another
+    /// kind of area ([`VmallocError::WrongKind`]).
+    pub fn vm_unmap_ram(&self, addr: VirtAddr, count: usize) -> Result<(), VmallocError> {
+        let v = self.v();
+        let a = addr.as_u64();
+        if count == 0 {
+            return Err(VmallocError::InvalidSize { size: 0 });
+        }
+        if a % PAGE_SIZE != 0 {
+            return Err(VmallocError::Misaligned {
+                addr: a,
+                align: PAGE_SIZE,
+            });
+        }
+        if count <= VMAP_MAX_ALLOC {
+            return v.vb_free(a, count);
+        }
+        let removed = match v.lookup_start(a)? {
+            crate::alloc::Lookup::Live(area) => {
+                let f = area.info.flags;
+                if !f.contains(VmFlags::MAP_RAM) || f.contains(VmFlags::UNLIST) {
+                    return Err(VmallocError::WrongKind {
+                        addr: a,
+                        expected: VmFlags::MAP_RAM,
+                        found: f,
+                    });
+                }
+                if area.info.nr_pages != count {
+                    return Err(VmallocError::WrongCount {
+                        addr: a,
+                        count,
+                        expected: area.info.nr_pages,
+                    });
+                }
+                v.kva.remove(a)?
+            }
+            crate::alloc::Lookup::Removed(r) => r,
+        };
+        v.release(removed)
+    }
+
+    /// `vm_unmap_aliases()`: make sure no CPU holds a stale translation of any page this
+    /// layer has unmapped: retire fragmented vmap blocks, flush the union of every block's
+    /// dirty range once, and purge the lazy lists (see the module documentation).
+    pub fn vm_unmap_aliases(&self) {
+        self.v().unmap_aliases();
+    }
+}
+
+impl Inner {
+    /// `vb_alloc`: a piece of `count.next_power_of_two()` pages from this CPU's blocks.
+    fn vb_alloc(&self, count: usize, node: Option<usize>) -> Result<u64, VmallocError> {
+        let pages = count.next_power_of_two() as u32;
+        let b = &self.blocks;
+        let cpu = cpu::this_cpu() % b.queues.len();
+        {
+            let mut q = b.queues[cpu].lock();
+            let mut i = 0;
+            while i < q.len() {
+                let mut st = q[i].st.lock();
+                if !st.dead && st.free >= pages {
+                    let off = st.take(pages);
+                    let full = st.free == 0;
+                    drop(st);
+                    let addr = q[i].start + u64::from(off) * PAGE_SIZE;
+                    if full {
+                        q.swap_remove(i);
+                    }
+                    return Ok(addr);
+                }
+                i += 1;
+            }
+        }
+        self.new_vmap_block(cpu, pages, node)
+    }
+
+    /// `new_vmap_block`: take a block from the `Kva` (no lock of ours held: the `Kva` may call
+    /// our failure notifier), hand out its first piece, publish it.
+    fn new_vmap_block(
+        &self,
+        cpu: usize,
+        pages: u32,
+        node: Option<usize>,
+    ) -> Result<u64, VmallocError> {
+        let info = AreaInfo {
+            flags: BLOCK_FLAGS,
+            nr_pages: 0,
+            caller: Location::caller(),
+            phys_addr: None,
+        };
+        let start = self.kva.alloc(
+            VMAP_BLOCK_SIZE,
+            VMAP_BLOCK_SIZE,
+            self.start,
+            self.end,
+            node,
+            info,
+        )?;
+        let mut st = BlockState::new();
+        st.take(pages);
+        let vb = StdArc::new(VmapBlock {
+            start,
+            st: Mutex::new(st),
+        });
+        let b = &self.blocks;
+        b.shard(start)
+            .lock()
+            .insert(start / VMAP_BLOCK_SIZE, StdArc::clone(&vb));
+        b.nr_blocks.fetch_add(1, Ordering::Relaxed);
+        b.queues[cpu].lock().push(vb);
+        Ok(start)
+    }
+
+    /// `vb_free`: unmap a piece and mark it dirty; retire the block once all of it is dirty.
+    fn vb_free(&self, addr: u64, count: usize) -> Result<(), VmallocError> {
+        let pages = count.next_power_of_two() as u32;
+        let bstart = addr & !(VMAP_BLOCK_SIZE - 1);
+        let Some(vb) = self.blocks.lookup(bstart) else {
+            return Err(self.not_a_piece(addr, count));
+        };
+        let off = ((addr - bstart) / PAGE_SIZE) as u32;
+        let mut st = vb.st.lock();
+        if st.dead {
+            return Err(VmallocError::NotAllocated { addr });
+        }
+        if !st.live.test(off) {
+            return Err(if st.starts.test(off) {
+                VmallocError::DoubleFree { addr }
+            } else if off < BITS - st.free {
+                let s = st.starts.prev_set(off).unwrap_or(0);
+                VmallocError::NotStartOfArea {
+                    addr,
+                    start: bstart + u64::from(s) * PAGE_SIZE,
+                }
+            } else {
+                VmallocError::NotAllocated { addr }
+            });
+        }
+        let len = st.piece_len(off);
+        if len != pages {
+            return Err(VmallocError::WrongCount {
+                addr,
+                count,
+                expected: len as usize,
+            });
+        }
+        // Caller-owned frames: nothing to free; the flush is deferred (dirty range).
+        let unmapped = self.space.unmap(
+            VirtAddr::new_truncate(addr),
+            u64::from(len) * PAGE_SIZE,
+            |_, _| {},
+        );
+        debug_assert!(unmapped.is_ok(), "{unmapped:?}");
+        st.live.clear(off);
+        st.dirty += len;
+        st.dirty_min = st.dirty_min.min(off);
+        st.dirty_max = st.dirty_max.max(off + len);
+        if st.dirty == BITS {
+            // Fully dirty implies free == 0: the block is on no queue.
+            st.dead = true;
+            drop(st);
+            self.retire_block(&vb);
+        }
+        Ok(())
+    }
+
+    /// Why `addr` is not a block piece: a large `vm_map_ram` area (wrong count) or nothing.
+    fn not_a_piece(&self, addr: u64, count: usize) -> VmallocError {
+        match self.kva.find(addr) {
+            Some(a) if a.info.flags.contains(VmFlags::MAP_RAM) && a.start == addr => {
+                VmallocError::WrongCount {
+                    addr,
+                    count,
+                    expected: a.info.nr_pages,
+                }
+            }
+            Some(a) if a.start != addr => VmallocError::NotStartOfArea {
+                addr,
+                start: a.start,
+            },
+            Some(a) => VmallocError::WrongKind {
+                addr,
+                expected: VmFlags::MAP_RAM,
+                found: a.info.flags,
+            },
+            None => VmallocError::NotAllocated { addr },
+        }
+    }
+
+    /// Hand a dead block's range to the `Kva`'s lazy list (no lock of ours held).
+    fn retire_block(&self, vb: &VmapBlock) {
+        self.blocks.unlist(vb.start);
+        match self.kva.remove(vb.start) {
+            Ok(r) => self.kva.free_lazy(r, VMAP_BBMAP_BITS),
+            Err(_) => debug_assert!(false, "vmap block {:#x} missing from the Kva", vb.start),
+        }
+    }
+
+    /// Retire every fragmented block of every CPU; returns the pages handed to the lazy list.
+    /// (Also the `Kva`'s allocation-failure notifier.)
+    pub(crate) fn purge_fragmented_blocks(&self) -> usize {
+        let mut victims = Vec::new();
+        for q in self.blocks.queues.iter() {
+            q.lock().retain(|vb| {
+                let mut st = vb.st.lock();
+                if !st.fragmented() {
+                    return true;
+                }
+                st.dead = true;
+                st.free = 0;
+                st.dirty = BITS;
+                victims.push(StdArc::clone(vb));
+                false
+            });
+        }
+        for vb in &victims {
+            self.retire_block(vb);
+        }
+        victims.len() * VMAP_BBMAP_BITS
+    }
+
+    /// `_vm_unmap_aliases` (see the module documentation).
+    pub(crate) fn unmap_aliases(&self) {
+        let _serial = self.blocks.aliases.lock();
+        self.purge_fragmented_blocks();
+        let (mut lo, mut hi) = (u64::MAX, 0u64);
+        for shard in self.blocks.map.iter() {
+            let m = shard.lock();
+            for vb in m.values() {
+                let mut st = vb.st.lock();
+                if !st.dead && st.dirty_max > 0 {
+                    lo = lo.min(vb.start + u64::from(st.dirty_min) * PAGE_SIZE);
+                    hi = hi.max(vb.start + u64::from(st.dirty_max) * PAGE_SIZE);
+                    st.dirty_min = BITS;
+                    st.dirty_max = 0;
+                }
+            }
+        }
+        // The lazy purge flushes the union of the lazy areas once; the dirty union needs its
+        // own flush only where that one did not cover it.
+        let report = self.kva.purge();
+        let covered = report.flushed.is_some_and(|(s, e)| s <= lo && hi <= e);
+        if lo < hi && !covered {
+            self.tlb
+                .flush_range(VirtAddr::new_truncate(lo), VirtAddr::new_truncate(hi));
+        }
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_scans() {
+        let mut b = Bitmap::default();
+        assert_eq!(b.next_set(0), None);
+        assert_eq!(b.prev_set(1023), None);
+        b.set(5);
+        b.set(64);
+        b.set(1023);
+        assert_eq!(b.next_set(0), Some(5));
+        assert_eq!(b.next_set(6), Some(64));
+        assert_eq!(b.next_set(65), Some(1023));
+        assert_eq!(b.prev_set(63), Some(5));
+        assert_eq!(b.prev_set(64), Some(64));
+        assert_eq!(b.prev_set(1022), Some(64));
+        assert_eq!(b.prev_set(4), None);
+        b.clear(64);
+        assert!(!b.test(64) && b.test(5));
+    }
+
+    #[test]
+    fn block_state_pieces() {
+        let mut st = BlockState::new();
+        assert_eq!(st.take(4), 0);
+        assert_eq!(st.take(1), 4);
+        assert_eq!(st.piece_len(0), 4);
+        assert_eq!(st.piece_len(4), 1);
+        assert!(st.page_live(3) && st.page_live(4) && !st.page_live(5));
+        st.live.clear(0);
+        assert!(!st.page_live(2));
+        assert!(!st.fragmented());
+        st.dirty = 4;
+        st.live.clear(4);
+        st.dirty = 5;
+        assert!(st.fragmented());
+    }
+}

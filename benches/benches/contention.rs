@@ -1,0 +1,73 @@
+//! 1-page `vmalloc` + `vfree` pairs on 1, 2 and 4 threads, for every implementation of
+//! [`VmallocImpl`] (`sharded`, `single-lock`, `legacy`): the kernel's `fix_size_alloc_test`
+//! without the byte store, the workload of the Linux 6.9 "vmap nodes" figures.
+//!
+//! One criterion iteration is one pair on every thread, so the reported throughput
+//! (`Throughput::Elements(threads)`) is pairs per second over all threads, and the reported
+//! time is the wall time per round of pairs. Threads are created once per sample and
+//! released together by a barrier ([`run_together`]); creation is not timed. The instance is
+//! built once per benchmark (its arena, page tables and caches warm up during criterion's
+//! warm-up).
+//!
+//! Run: `cargo bench -p benches --bench contention`.
+
+use std::hint::black_box;
+
+use benches::peers::run_together;
+use benches::{AllocatorKind, ImplConfig, VmallocImpl};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+/// Page size of every implementation.
+const PAGE: u64 = benches::impls::PAGE_SIZE;
+
+/// `iters` pairs on each of `threads` threads; the wall time of the whole round.
+fn pairs(imp: &dyn VmallocImpl, threads: usize, iters: u64) -> std::time::Duration {
+    run_together(threads, |_| {
+        for _ in 0..iters {
+            match imp.vmalloc(PAGE) {
+                Ok(addr) => {
+                    black_box(addr);
+                    if let Err(e) = imp.vfree(addr) {
+                        panic!("{}: vfree({addr:#x}): {e}", imp.name());
+                    }
+                }
+                Err(e) => panic!("{}: vmalloc(4096): {e}", imp.name()),
+            }
+        }
+    })
+}
+
+fn bench_contention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("contention");
+    for kind in AllocatorKind::ALL {
+        let imp = match kind.build(&ImplConfig::default()) {
+            Ok(imp) => imp,
+            Err(e) => {
+                eprintln!("contention: skipping {kind}: {e}");
+                continue;
+            }
+        };
+        for threads in [1usize, 2, 4] {
+            g.throughput(Throughput::Elements(threads as u64));
+            g.bench_with_input(
+                BenchmarkId::new(kind.as_str(), threads),
+                &threads,
+                |b, &t| b.iter_custom(|iters| pairs(imp.as_ref(), t, iters)),
+            );
+        }
+        imp.purge();
+        let s = imp.stats();
+        eprintln!(
+            "contention: {kind}: after the runs: live areas {}, lazy pages {}, purges {}, TLB \
+             flushes {} ({} pages)",
+            s.live_areas, s.lazy_pages, s.purges, s.tlb_flushes, s.pages_flushed
+        );
+        if let Err(e) = imp.check_idle() {
+            eprintln!("contention: {kind}: idle check failed: {e}");
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_contention);
+criterion_main!(benches);

@@ -1,0 +1,108 @@
+//! Loom models of the purge workers (`PurgeMode::Background`): threads spawned by `Kva::new`
+//! inside the model that run kicked purges, help split a purge's merge work across shards,
+//! and are shut down and joined by `Kva`'s `Drop` at the end of every execution.
+//!
+//! Asserted, as in `purge_vs_alloc`: an allocation that can only be satisfied from lazily
+//! freed space succeeds and is fresh (flushed after its lazy free), no two flushes overlap,
+//! and after a final purge the accounting is exact and the range whole again. Loom also
+//! checks that the workers always terminate (a lost wake-up or a purger waiting forever for
+//! its helpers would deadlock the model).
+
+#![cfg(feature = "loom")]
+
+use std::sync::Arc;
+
+use loom::thread;
+use loom_tests::{
+    BOUND_3_THREADS, StaleTlb, Tiny, alloc, assert_invariants, check, free_lazy, pages,
+    tiny_kva_with,
+};
+use vmalloc::{Kva, PurgeMode};
+
+/// `n` pages must be found and be fresh.
+fn alloc_fresh(kva: &Kva, tlb: &StaleTlb, n: u64) -> u64 {
+    let r = alloc(kva, n).unwrap_or_else(|e| {
+        panic!("allocation failed although the lazy lists held the space: {e}")
+    });
+    tlb.assert_fresh(r, r + pages(n));
+    r
+}
+
+/// After the race: purge, check the accounting with `live` (`n` pages) the only live area,
+/// free it, check the range is whole.
+fn settle(kva: &Kva, tlb: &StaleTlb, live: u64, n: u64) {
+    kva.purge();
+    assert_invariants(kva);
+    let s = kva.stats();
+    assert_eq!((s.used, s.nr_busy), (pages(n), 1), "{s:?}");
+    assert_eq!(
+        (s.pending, s.lazy_pages, s.merge_errors),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(s.free, s.total - pages(n), "{s:?}");
+    assert_eq!(s.flushes, s.purges, "one flush per purge: {s:?}");
+    let area = kva.remove(live).unwrap();
+    kva.free_unused(area);
+    assert_invariants(kva);
+    let s = kva.stats();
+    assert_eq!((s.free, s.nr_free_areas), (s.total, s.nr_shards), "{s:?}");
+    assert_eq!(tlb.stale(), 0, "a lazily freed page was never flushed");
+}
+
+/// One worker. A is freed lazily before the race (its kick wakes the worker); during the
+/// race another thread frees B (kicking again) while the main thread allocates 2 pages, which
+/// only lazily freed space can satisfy.
+#[test]
+fn background_purge_vs_alloc() {
+    check("background_purge_vs_alloc", BOUND_3_THREADS, || {
+        let shape = Tiny {
+            pages: 4,
+            shards: 1,
+            lazy_max_pages: 2,
+            pcpu_cache: false,
+        };
+        let (kva, tlb) = tiny_kva_with(shape, PurgeMode::Background, 1);
+        let a = alloc(&kva, 2).unwrap();
+        let b = alloc(&kva, 2).unwrap();
+        free_lazy(&kva, &tlb, a);
+
+        let freer = {
+            let (kva, tlb) = (Arc::clone(&kva), Arc::clone(&tlb));
+            thread::spawn(move || free_lazy(&kva, &tlb, b))
+        };
+        let r = alloc_fresh(&kva, &tlb, 2);
+        freer.join().unwrap();
+        assert!(r == a || r == b, "allocated {r:#x}, neither freed area");
+        settle(&kva, &tlb, r, 2);
+    });
+}
+
+/// Two shards, two workers, every free kicks: A (shard 0) and B (shard 1) are freed lazily
+/// before the race, so a worker's purge may take both lists and split the merge with the
+/// other worker, while the main thread allocates the whole range (carved across the shard
+/// boundary, so it needs both areas merged back and flushed).
+#[test]
+fn background_split_purge_vs_whole_range_alloc() {
+    check(
+        "background_split_purge_vs_whole_range_alloc",
+        BOUND_3_THREADS,
+        || {
+            let shape = Tiny {
+                pages: 4,
+                shards: 2,
+                lazy_max_pages: 1,
+                pcpu_cache: false,
+            };
+            let (kva, tlb) = tiny_kva_with(shape, PurgeMode::Background, 2);
+            let a = alloc(&kva, 2).unwrap();
+            let b = alloc(&kva, 2).unwrap();
+            free_lazy(&kva, &tlb, a);
+            free_lazy(&kva, &tlb, b);
+
+            let r = alloc_fresh(&kva, &tlb, 4);
+            assert_eq!(r, a.min(b));
+            settle(&kva, &tlb, r, 4);
+        },
+    );
+}

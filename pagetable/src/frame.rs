@@ -1,0 +1,680 @@
+//! The physical frame allocator.
+//!
+//! [`FrameAllocator`] hands out the 4 KiB frames of a [`PhysArena`]. How it works:
+//!
+//! * **Zones.** Frames below 4 GiB physical form the low zone, the rest the high zone.
+//!   [`Zone::Dma32`] (for `vmalloc_32`) takes only low frames; [`Zone::Normal`] takes high
+//!   frames first and falls back to low ones, so the low zone is not drained by ordinary
+//!   allocations (as Linux does with ZONE_NORMAL over ZONE_DMA32).
+//! * **Shared pools.** Each zone has one pool behind a mutex: a LIFO list of released frames
+//!   in front of a bump region of never-touched frames. Bump frames are known to be zero, so
+//!   [`FrameAllocator::alloc_zeroed`] skips their memset, and an mmap-backed arena's pages stay
+//!   untouched (costing no memory) until a frame is really used.
+//! * **Per-CPU caches.** Each CPU slot ([`crate::cpu::this_cpu`]) has a
+//!   `CachePadded<Mutex<..>>` with a frame list per zone. Allocating or freeing one frame
+//!   locks only that (normally uncontended) mutex and pushes/pops a `Vec`; an empty list is
+//!   refilled with `batch` frames from the pool, a list longer than `high` gives its coldest
+//!   frames back (at least `batch`). If an allocation finds nothing, every CPU cache is
+//!   drained into the pools and the allocation retried once before it fails.
+//! * **Reference counts.** Every frame has an `AtomicU32` count: 1 when allocated,
+//!   [`FrameAllocator::get`] adds a reference (COW, remap), [`FrameAllocator::free`] drops one
+//!   and releases the frame at zero. Freeing a frame outside the arena or one whose count is
+//!   already zero is refused with a [`FrameError`] and changes nothing.
+//! * **Counters.** `used` is one shared atomic (with its high-water mark); allocation and
+//!   release counts are per CPU under the cache lock and summed by
+//!   [`FrameAllocator::stats`]. Frames in CPU caches count as free. Once no operation is in
+//!   flight, `free + used == total` and `allocs - frees == used` hold exactly.
+//! * **Fault injection.** [`FrameAllocator::fail_nth`] and [`FrameAllocator::fail_after`]
+//!   make chosen allocations fail with `OutOfFrames { injected: true, .. }`.
+//!
+//! Invariants: a frame is in exactly one of: a pool (bump region or free list), one CPU list,
+//! or handed out (count > 0). Only frames with count 0 are in a pool or a list.
+//!
+//! Locking/ordering: lock order is CPU-cache mutex, then pool mutex; never two CPU-cache
+//! mutexes at once, never a cache mutex under a pool mutex. Frames move between threads only
+//! through these mutexes, which order the previous owner's writes before the next owner's.
+//! The final reference drop is `AcqRel` (like `Arc`), so every holder's writes precede the
+//! release. Counts are taken with `Relaxed` (the caller already holds a reference); counters
+//! and the fault-injection state are `Relaxed`.
+
+mod pcp;
+
+use core::fmt;
+
+use crossbeam_utils::CachePadded;
+
+use self::pcp::{HIGH, LOW, Pcp, Tagged, ZoneState};
+use crate::addr::PhysAddr;
+use crate::arena::{ArenaError, PhysArena};
+use crate::cpu;
+use crate::page::{PAGE_SIZE, PhysFrame, Size4KiB};
+use crate::sync::{Arc, AtomicI64, AtomicU32, AtomicU64, Mutex, Ordering};
+
+/// Physical address where the low (DMA32) zone ends.
+pub const DMA32_LIMIT: u64 = 1 << 32;
+
+/// Which frames an allocation may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Zone {
+    /// Any frame; frames at or above 4 GiB are preferred.
+    #[default]
+    Normal,
+    /// Only frames below 4 GiB physical (`GFP_DMA32`, for `vmalloc_32`).
+    Dma32,
+}
+
+/// Why a frame operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum FrameError {
+    /// No free frame in the zone (or an injected failure, see
+    /// [`FrameAllocator::fail_nth`]).
+    #[error("out of {zone:?} frames{}", if *.injected { " (injected failure)" } else { "" })]
+    OutOfFrames {
+        /// The zone asked for.
+        zone: Zone,
+        /// Whether fault injection caused the failure.
+        injected: bool,
+    },
+    /// The frame is not in this allocator's arena.
+    #[error("frame {frame:#x} does not belong to this allocator's arena")]
+    NotOwned {
+        /// The frame's address.
+        frame: PhysAddr,
+    },
+    /// `free` of a frame whose reference count is already zero.
+    #[error("double free of frame {frame:#x} (it is not allocated)")]
+    DoubleFree {
+        /// The frame's address.
+        frame: PhysAddr,
+    },
+    /// `get` of a frame that is not allocated.
+    #[error("frame {frame:#x} is not allocated")]
+    NotAllocated {
+        /// The frame's address.
+        frame: PhysAddr,
+    },
+    /// `get` would overflow the 32-bit reference count.
+    #[error("reference count of frame {frame:#x} would overflow")]
+    RefcountOverflow {
+        /// The frame's address.
+        frame: PhysAddr,
+    },
+    /// The arena refused an access (zeroing a frame).
+    #[error(transparent)]
+    Arena(#[from] ArenaError),
+}
+
+/// Tuning of the per-CPU caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameConfig {
+    /// Frames moved between a CPU cache and a pool at once (Linux `pcp->batch`). 0 means 1.
+    pub pcp_batch: usize,
+    /// A CPU cache list holding more than this gives frames back (Linux `pcp->high`); raised
+    /// to at least `pcp_batch`. `pcp_batch: 0, pcp_high: 0` disables caching.
+    pub pcp_high: usize,
+}
+
+impl Default for FrameConfig {
+    /// `batch` 32, `high` 128.
+    fn default() -> Self {
+        Self {
+            pcp_batch: 32,
+            pcp_high: 128,
+        }
+    }
+}
+
+/// A snapshot of the allocator's counters (in frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FrameStats {
+    /// Frames in the arena.
+    pub total: u64,
+    /// Frames not allocated (in pools or CPU caches).
+    pub free: u64,
+    /// Frames allocated (reference count above zero).
+    pub used: u64,
+    /// The largest `used` ever seen.
+    pub high_water: u64,
+    /// Frames handed out so far.
+    pub allocs: u64,
+    /// Frames released so far (reference count dropped to zero).
+    pub frees: u64,
+    /// Allocation calls that failed (out of frames or injected).
+    pub failed: u64,
+}
+
+/// The frame allocator (see the module documentation).
+pub struct FrameAllocator {
+    arena: Arc<PhysArena>,
+    base: u64,
+    nframes: u64,
+    /// Frame index where the high zone starts.
+    low_end: u64,
+    zones: [ZoneState; 2],
+    pcps: Box<[CachePadded<Mutex<Pcp>>]>,
+    refcounts: Box<[AtomicU32]>,
+    batch: usize,
+    high: usize,
+    used: CachePadded<AtomicI64>,
+    high_water: AtomicU64,
+    failed: AtomicU64,
+    inject: CachePadded<Inject>,
+}
+
+/// Fault-injection state: read (`Relaxed`) on every allocation, written rarely.
+struct Inject {
+    /// Countdown to the failing allocation; 0 = off.
+    nth: AtomicU64,
+    /// Allocations still allowed to succeed; `u64::MAX` = off.
+    after: AtomicU64,
+}
+
+#[cfg(not(feature = "loom"))]
+fn zeroed_counts(n: usize) -> Box<[AtomicU32]> {
+    // `vec![0; n]` is a zeroed allocation (calloc): a large arena's counts stay untouched
+    // (costing no memory) until used.
+    let mut v = core::mem::ManuallyDrop::new(vec![0u32; n]);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: `AtomicU32` has the size and bit validity of `u32` and alignment 4, equal to
+    // `u32`'s on every target with 32-bit atomics, so the buffer's layout for `cap` elements is
+    // the same for both types and all-zero `u32`s are valid `AtomicU32`s holding 0. The
+    // original `Vec` is never dropped (ManuallyDrop), so the buffer has exactly one owner.
+    let atomics = unsafe { Vec::from_raw_parts(ptr.cast::<AtomicU32>(), len, cap) };
+    atomics.into_boxed_slice()
+}
+
+#[cfg(feature = "loom")]
+fn zeroed_counts(n: usize) -> Box<[AtomicU32]> {
+    (0..n).map(|_| AtomicU32::new(0)).collect()
+}
+
+impl FrameAllocator {
+    /// An allocator owning every frame of `arena`, with default per-CPU cache tuning.
+    pub fn new(arena: Arc<PhysArena>) -> FrameAllocator {
+        Self::with_config(arena, FrameConfig::default())
+    }
+
+    /// An allocator owning every frame of `arena`, tuned by `cfg`.
+    pub fn with_config(arena: Arc<PhysArena>, cfg: FrameConfig) -> FrameAllocator {
+        let base = arena.base().as_u64();
+        let nframes = arena.frames();
+        let low_end = DMA32_LIMIT
+            .saturating_sub(base)
+            .div_ceil(PAGE_SIZE)
+            .min(nframes);
+        let batch = cfg.pcp_batch.max(1);
+        let high = cfg.pcp_high.max(cfg.pcp_batch);
+        let nr = cpu::nr_cpu_ids().max(1);
+        let pcps = (0..nr).map(|_| CachePadded::new(Mutex::new(Pcp::new(high + batch + 1))));
+        FrameAllocator {
+            base,
+            nframes,
+            low_end,
+            zones: [ZoneState::new(0, low_end), ZoneState::new(low_end, nframes)],
+            pcps: pcps.collect(),
+            // The arena's size fits in `usize`, so its frame count does too.
+            refcounts: zeroed_counts(nframes as usize),
+            batch,
+            high,
+            used: CachePadded::new(AtomicI64::new(0)),
+            high_water: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            inject: CachePadded::new(Inject {
+                nth: AtomicU64::new(0),
+                after: AtomicU64::new(u64::MAX),
+            }),
+            arena,
+        }
+    }
+
+    /// The arena the frames come from.
+    pub fn arena(&self) -> &Arc<PhysArena> {
+        &self.arena
+    }
+
+    /// Whether `frame` lies in this allocator's arena.
+    #[inline]
+    pub fn owns(&self, frame: PhysFrame<Size4KiB>) -> bool {
+        self.index(frame).is_ok()
+    }
+
+    #[inline]
+    fn index(&self, frame: PhysFrame<Size4KiB>) -> Result<u64, FrameError> {
+        let pa = frame.start_address();
+        match pa.as_u64().checked_sub(self.base) {
+            Some(off) if off / PAGE_SIZE < self.nframes => Ok(off / PAGE_SIZE),
+            _ => Err(FrameError::NotOwned { frame: pa }),
+        }
+    }
+
+    #[inline]
+    fn frame_of(&self, index: u64) -> PhysFrame<Size4KiB> {
+        PhysFrame::containing_address(PhysAddr::new_truncate(self.base + index * PAGE_SIZE))
+    }
+
+    #[inline]
+    fn zone_index(&self, index: u64) -> usize {
+        if index < self.low_end { LOW } else { HIGH }
+    }
+
+    #[inline]
+    fn order(zone: Zone) -> &'static [usize] {
+        match zone {
+            Zone::Normal => &[HIGH, LOW],
+            Zone::Dma32 => &[LOW],
+        }
+    }
+
+    #[inline]
+    fn pcp(&self) -> &Mutex<Pcp> {
+        // `this_cpu() < nr_cpu_ids() == pcps.len()`; the fallback avoids a division on the
+        // fast path while staying correct should that ever not hold.
+        let pcps = &self.pcps;
+        pcps.get(cpu::this_cpu()).unwrap_or(&pcps[0])
+    }
+
+    /// Consume `k` allocations from the fault-injection state; true if one of them fails.
+    #[inline]
+    fn injected(&self, k: u64) -> bool {
+        let inj = &self.inject;
+        let mut fail = false;
+        if inj.nth.load(Ordering::Relaxed) != 0 {
+            let r = inj
+                .nth
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| match c {
+                    0 => None,
+                    c if c <= k => Some(0),
+                    c => Some(c - k),
+                });
+            fail |= matches!(r, Ok(c) if c <= k);
+        }
+        if inj.after.load(Ordering::Relaxed) != u64::MAX {
+            let r = inj
+                .after
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| match r {
+                    u64::MAX => None,
+                    r => Some(r.saturating_sub(k)),
+                });
+            fail |= matches!(r, Ok(r) if r < k);
+        }
+        fail
+    }
+
+    /// Fault injection: the `n`-th allocated frame from now (1-based; `Some(0)` means the
+    /// next) fails once. A bulk allocation of `k` frames counts as `k` and fails as a whole if
+    /// the failing one falls inside it. `None` disarms.
+    pub fn fail_nth(&self, n: Option<u64>) {
+        let v = n.map_or(0, |n| n.max(1));
+        self.inject.nth.store(v, Ordering::Relaxed);
+    }
+
+    /// Fault injection: the next `n` frames succeed, every later one fails (until disarmed
+    /// with `None`). A bulk allocation straddling the limit fails as a whole and uses up the
+    /// rest of the allowance.
+    pub fn fail_after(&self, n: Option<u64>) {
+        let v = n.map_or(u64::MAX, |n| n.min(u64::MAX - 1));
+        self.inject.after.store(v, Ordering::Relaxed);
+    }
+
+    fn fail(&self, zone: Zone, injected: bool) -> FrameError {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        FrameError::OutOfFrames { zone, injected }
+    }
+
+    /// Count `k` frames as handed out.
+    #[inline]
+    fn account_alloc(&self, k: u64) {
+        let u = (self.used.fetch_add(k as i64, Ordering::Relaxed) + k as i64).max(0) as u64;
+        if u > self.high_water.load(Ordering::Relaxed) {
+            self.high_water.fetch_max(u, Ordering::Relaxed);
+        }
+    }
+
+    /// Set a just-allocated frame's count to 1.
+    #[inline]
+    fn claim(&self, index: u64) {
+        let rc = &self.refcounts[index as usize];
+        debug_assert_eq!(
+            rc.load(Ordering::Relaxed),
+            0,
+            "allocated frame had references"
+        );
+        rc.store(1, Ordering::Relaxed);
+    }
+
+    /// One frame through this CPU's cache, refilling it from a pool if needed. With
+    /// `use_hints`, pools whose hint says empty are skipped without taking their lock.
+    #[inline]
+    fn alloc_one(&self, zone: Zone, use_hints: bool) -> Option<Tagged> {
+        let mut g = self.pcp().lock();
+        for &z in Self::order(zone) {
+            let t = g.lists[z].pop().or_else(|| {
+                let zs = &self.zones[z];
+                if zs.exists() && (!use_hints || zs.hint() > 0) {
+                    zs.take(self.batch, &mut g.lists[z]);
+                    g.lists[z].pop()
+                } else {
+                    None
+                }
+            });
+            if t.is_some() {
+                g.allocs += 1;
+                return t;
+            }
+        }
+        None
+    }
+
+    fn alloc_tagged(&self, zone: Zone) -> Result<Tagged, FrameError> {
+        if self.injected(1) {
+            return Err(self.fail(zone, true));
+        }
+        let t = match self.alloc_one(zone, true) {
+            Some(t) => t,
+            None => {
+                if !Self::order(zone).iter().any(|&z| self.zones[z].exists()) {
+                    return Err(self.fail(zone, false));
+                }
+                // Frames may sit in other CPUs' caches: give them all back and retry once,
+                // looking into every pool whatever its hint says.
+                self.drain_cpu_caches();
+                self.alloc_one(zone, false)
+                    .ok_or_else(|| self.fail(zone, false))?
+            }
+        };
+        self.account_alloc(1);
+        self.claim(t.index());
+        Ok(t)
+    }
+
+    /// Allocate one frame (contents unspecified) with reference count 1.
+    #[inline]
+    pub fn alloc(&self, zone: Zone) -> Result<PhysFrame<Size4KiB>, FrameError> {
+        self.alloc_tagged(zone).map(|t| self.frame_of(t.index()))
+    }
+
+    /// Allocate one zero-filled frame with reference count 1 (never-touched frames are not
+    /// written).
+    pub fn alloc_zeroed(&self, zone: Zone) -> Result<PhysFrame<Size4KiB>, FrameError> {
+        let t = self.alloc_tagged(zone)?;
+        let f = self.frame_of(t.index());
+        if !t.is_zero() {
+            if let Err(e) = self.arena.zero_frame(f) {
+                self.free(f)?;
+                return Err(e.into());
+            }
+        }
+        Ok(f)
+    }
+
+    /// Move up to `n - got.len()` more frames of `zone` into `got`: this CPU's lists first,
+    /// then the pools. Returns whether `got` now holds `n`.
+    fn gather(&self, zone: Zone, n: usize, got: &mut Vec<Tagged>, use_hints: bool) -> bool {
+        let mut g = self.pcp().lock();
+        for &z in Self::order(zone) {
+            let list = &mut g.lists[z];
+            let k = (n - got.len()).min(list.len());
+            got.extend(list.drain(list.len() - k..));
+            let zs = &self.zones[z];
+            if got.len() < n && (!use_hints || zs.hint() > 0) {
+                zs.take(n - got.len(), got);
+            }
+            if got.len() == n {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Return never-claimed frames straight to their pools.
+    fn give_back(&self, got: &[Tagged]) {
+        for z in [LOW, HIGH] {
+            let part: Vec<Tagged> = got
+                .iter()
+                .copied()
+                .filter(|t| self.zone_index(t.index()) == z)
+                .collect();
+            self.zones[z].give(&part);
+        }
+    }
+
+    fn alloc_bulk_inner(
+        &self,
+        n: usize,
+        zone: Zone,
+        out: &mut Vec<PhysFrame<Size4KiB>>,
+        zeroed: bool,
+    ) -> Result<(), FrameError> {
+        if n == 0 {
+            return Ok(());
+        }
+        if self.injected(n as u64) {
+            return Err(self.fail(zone, true));
+        }
+        let mut got = Vec::with_capacity(n);
+        if !self.gather(zone, n, &mut got, true) {
+            self.drain_cpu_caches();
+            if !self.gather(zone, n, &mut got, false) {
+                self.give_back(&got);
+                return Err(self.fail(zone, false));
+            }
+        }
+        if zeroed {
+            for t in got.iter().filter(|t| !t.is_zero()) {
+                if let Err(e) = self.arena.zero_frame(self.frame_of(t.index())) {
+                    self.give_back(&got);
+                    return Err(self.fail_with(e));
+                }
+            }
+        }
+        self.pcp().lock().allocs += n as u64;
+        self.account_alloc(n as u64);
+        out.reserve(n);
+        for t in got {
+            self.claim(t.index());
+            out.push(self.frame_of(t.index()));
+        }
+        Ok(())
+    }
+
+    fn fail_with(&self, e: ArenaError) -> FrameError {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        FrameError::Arena(e)
+    }
+
+    /// Allocate `n` frames (contents unspecified) and append them to `out`, or none at all.
+    pub fn alloc_bulk(
+        &self,
+        n: usize,
+        zone: Zone,
+        out: &mut Vec<PhysFrame<Size4KiB>>,
+    ) -> Result<(), FrameError> {
+        self.alloc_bulk_inner(n, zone, out, false)
+    }
+
+    /// Allocate `n` zero-filled frames and append them to `out`, or none at all.
+    pub fn alloc_bulk_zeroed(
+        &self,
+        n: usize,
+        zone: Zone,
+        out: &mut Vec<PhysFrame<Size4KiB>>,
+    ) -> Result<(), FrameError> {
+        self.alloc_bulk_inner(n, zone, out, true)
+    }
+
+    /// Drop one reference to frame `index`; true if it was the last.
+    #[inline]
+    fn drop_ref(&self, index: u64, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
+        let rc = &self.refcounts[index as usize];
+        let mut cur = rc.load(Ordering::Relaxed);
+        loop {
+            if cur == 0 {
+                return Err(FrameError::DoubleFree {
+                    frame: frame.start_address(),
+                });
+            }
+            match rc.compare_exchange_weak(cur, cur - 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(cur == 1),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Put released frames into this CPU's cache (trimming it) and count them.
+    fn release(&self, frames: &[Tagged]) {
+        if frames.is_empty() {
+            return;
+        }
+        let mut g = self.pcp().lock();
+        for &t in frames {
+            let z = self.zone_index(t.index());
+            g.lists[z].push(t);
+            g.trim(z, &self.zones[z], self.high, self.batch);
+        }
+        g.frees += frames.len() as u64;
+        drop(g);
+        self.used.fetch_sub(frames.len() as i64, Ordering::Relaxed);
+    }
+
+    /// Drop the caller's reference to `frame`; at zero the frame goes back to the allocator.
+    /// Returns whether it was released. A frame outside the arena ([`FrameError::NotOwned`])
+    /// or with no reference left ([`FrameError::DoubleFree`]) is refused and nothing changes.
+    #[inline]
+    pub fn free(&self, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
+        let i = self.index(frame)?;
+        if !self.drop_ref(i, frame)? {
+            return Ok(false);
+        }
+        self.release(&[Tagged::new(i, false)]);
+        Ok(true)
+    }
+
+    /// Linux's name for [`FrameAllocator::free`]: drop a reference.
+    #[inline]
+    pub fn put(&self, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
+        self.free(frame)
+    }
+
+    /// Drop one reference to each frame. Every valid frame is processed even if some are
+    /// refused; returns how many were released, or the first refusal.
+    pub fn free_bulk(&self, frames: &[PhysFrame<Size4KiB>]) -> Result<usize, FrameError> {
+        const CHUNK: usize = 64;
+        let mut buf = [Tagged::new(0, false); CHUNK];
+        let (mut len, mut released, mut first_err) = (0, 0, None);
+        for &f in frames {
+            match self
+                .index(f)
+                .and_then(|i| self.drop_ref(i, f).map(|last| (i, last)))
+            {
+                Ok((i, true)) => {
+                    buf[len] = Tagged::new(i, false);
+                    len += 1;
+                    if len == CHUNK {
+                        self.release(&buf);
+                        released += len;
+                        len = 0;
+                    }
+                }
+                Ok((_, false)) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        self.release(&buf[..len]);
+        released += len;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(released),
+        }
+    }
+
+    /// Take another reference to an allocated `frame` (COW sharing, remapping); returns the
+    /// new count.
+    pub fn get(&self, frame: PhysFrame<Size4KiB>) -> Result<u32, FrameError> {
+        let i = self.index(frame)?;
+        let rc = &self.refcounts[i as usize];
+        let mut cur = rc.load(Ordering::Relaxed);
+        loop {
+            if cur == 0 {
+                return Err(FrameError::NotAllocated {
+                    frame: frame.start_address(),
+                });
+            }
+            if cur == u32::MAX {
+                return Err(FrameError::RefcountOverflow {
+                    frame: frame.start_address(),
+                });
+            }
+            match rc.compare_exchange_weak(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Ok(cur + 1),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// The reference count of `frame` (0 if free or not in the arena).
+    pub fn refcount(&self, frame: PhysFrame<Size4KiB>) -> u32 {
+        match self.index(frame) {
+            Ok(i) => self.refcounts[i as usize].load(Ordering::Relaxed),
+            Err(_) => 0,
+        }
+    }
+
+    /// Give every frame held in any CPU cache back to the shared pools.
+    pub fn drain_cpu_caches(&self) {
+        for p in self.pcps.iter() {
+            p.lock().drain_all(&self.zones);
+        }
+    }
+
+    /// Frames currently held in CPU caches (they count as free).
+    pub fn cached(&self) -> u64 {
+        self.pcps.iter().map(|p| p.lock().cached() as u64).sum()
+    }
+
+    /// Frames in the shared pool of `zone` (for `Zone::Normal`: both pools), not counting
+    /// CPU caches.
+    pub fn pooled(&self, zone: Zone) -> u64 {
+        Self::order(zone)
+            .iter()
+            .map(|&z| self.zones[z].pooled())
+            .sum()
+    }
+
+    /// A snapshot of the counters (exact once no operation is in flight).
+    pub fn stats(&self) -> FrameStats {
+        let (mut allocs, mut frees) = (0, 0);
+        for p in self.pcps.iter() {
+            let g = p.lock();
+            allocs += g.allocs;
+            frees += g.frees;
+        }
+        let used = (self.used.load(Ordering::Relaxed).max(0) as u64).min(self.nframes);
+        FrameStats {
+            total: self.nframes,
+            free: self.nframes - used,
+            used,
+            high_water: self.high_water.load(Ordering::Relaxed),
+            allocs,
+            frees,
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl fmt::Debug for FrameAllocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameAllocator")
+            .field("arena", &self.arena)
+            .field("low_frames", &self.low_end)
+            .field("cpus", &self.pcps.len())
+            .field("batch", &self.batch)
+            .field("high", &self.high)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests;

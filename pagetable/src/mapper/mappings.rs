@@ -1,0 +1,155 @@
+//! Read-only queries: [`AddressSpace::translate`] and the [`Mappings`] iterator.
+//!
+//! Both are lock-free walks with `Acquire` loads; under concurrent changes of the range they
+//! see each entry either before or after the change (entries are single atomic words), never
+//! a torn value. The iterator keeps the leaf table it is scanning, so a dense range costs one
+//! root walk per leaf table; missing subtrees are skipped a whole table span at a time.
+
+use crate::addr::{PhysAddr, VirtAddr};
+use crate::entry::{PageTable, PageTableFlags};
+use crate::page::PAGE_SIZE;
+use crate::sync::Ordering;
+use crate::tlb::{LINEAR_END, from_lin, lin};
+
+use super::AddressSpace;
+use super::walk::{entry_span, index};
+
+/// First linear address of the upper half.
+const UPPER_HALF: u64 = 1 << 47;
+
+/// Where a virtual address leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Translation {
+    /// The physical address of the translated byte.
+    pub pa: PhysAddr,
+    /// The leaf's flags.
+    pub flags: PageTableFlags,
+    /// The leaf's size in bytes (4 KiB, 2 MiB or 1 GiB).
+    pub size: u64,
+}
+
+/// One leaf of an address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    /// First virtual address of the leaf.
+    pub va: VirtAddr,
+    /// First physical address of the leaf.
+    pub pa: PhysAddr,
+    /// The leaf's size in bytes.
+    pub size: u64,
+    /// The leaf's flags.
+    pub flags: PageTableFlags,
+}
+
+/// Iterator over the leaves intersecting a range, in address order (see
+/// [`AddressSpace::mappings`]).
+#[derive(Debug)]
+pub struct Mappings<'a> {
+    space: &'a AddressSpace,
+    /// Next linear address to look at.
+    next: u64,
+    /// Linear end of the range.
+    end: u64,
+    /// The leaf table being scanned and the linear base of its 2 MiB span.
+    pt: Option<(&'a PageTable, u64)>,
+}
+
+impl Iterator for Mappings<'_> {
+    type Item = Mapping;
+
+    fn next(&mut self) -> Option<Mapping> {
+        let pt_span = entry_span(2);
+        loop {
+            if self.next >= self.end {
+                return None;
+            }
+            if let Some((pt, base)) = self.pt {
+                if self.next >= base && self.next < base + pt_span {
+                    let stop = self.end.min(base + pt_span);
+                    while self.next < stop {
+                        let l = self.next;
+                        self.next += PAGE_SIZE;
+                        let p = pt[index(l, 1)].load(Ordering::Acquire);
+                        if p.is_present() {
+                            return Some(Mapping {
+                                va: from_lin(l),
+                                pa: p.addr(),
+                                size: PAGE_SIZE,
+                                flags: p.flags(),
+                            });
+                        }
+                    }
+                    self.pt = None;
+                    continue;
+                }
+                self.pt = None;
+            }
+            // Walk down from the root to the first leaf or leaf table at or after `next`.
+            let mut t = self.space.root_table();
+            let mut level = 4;
+            loop {
+                let span = entry_span(level);
+                let p = t[index(self.next, level)].load(Ordering::Acquire);
+                let skip = |next: u64| (next & !(span - 1)) + span;
+                if !p.is_present() || (level == 4 && p.is_huge()) {
+                    // Skip the whole missing subtree.
+                    self.next = skip(self.next);
+                    break;
+                }
+                if p.is_huge() {
+                    let ls = self.next & !(span - 1);
+                    self.next = ls + span;
+                    return Some(Mapping {
+                        va: from_lin(ls),
+                        pa: PhysAddr::new_truncate(p.addr().as_u64() & !(span - 1)),
+                        size: span,
+                        flags: p.flags(),
+                    });
+                }
+                let Ok(child) = self.space.child(p) else {
+                    // A corrupted entry: nothing readable below it.
+                    self.next = skip(self.next);
+                    break;
+                };
+                if level == 2 {
+                    self.pt = Some((child, self.next & !(span - 1)));
+                    break;
+                }
+                t = child;
+                level -= 1;
+            }
+        }
+    }
+}
+
+impl AddressSpace {
+    /// Where `va` leads: the physical address of that byte, the leaf's flags and size.
+    pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
+        let l = lin(va);
+        let leaf = self.leaf(l)?;
+        Some(Translation {
+            pa: PhysAddr::new_truncate(leaf.base() + (l & (leaf.size - 1))),
+            flags: leaf.pte.flags(),
+            size: leaf.size,
+        })
+    }
+
+    /// The leaves intersecting `[va, va + len)`, in address order (a huge leaf is reported
+    /// once, with its own start, even if the range starts inside it). The range is rounded
+    /// out to pages and clipped at the end of `va`'s half of the address space.
+    pub fn mappings(&self, va: VirtAddr, len: u64) -> Mappings<'_> {
+        let s = lin(va) & !(PAGE_SIZE - 1);
+        let half_end = if s < UPPER_HALF {
+            UPPER_HALF
+        } else {
+            LINEAR_END
+        };
+        let e = lin(va).saturating_add(len).min(half_end);
+        Mappings {
+            space: self,
+            next: s,
+            end: e,
+            pt: None,
+        }
+    }
+}

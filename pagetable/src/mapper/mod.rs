@@ -1,0 +1,559 @@
+//! Address spaces: a PML4 root in the arena and the operations on its 4-level tree.
+//!
+//! How it works. An [`AddressSpace`] owns a root table (PML4) allocated from a
+//! [`FrameAllocator`]; every table below it is a 4 KiB frame of the same arena, viewed as a
+//! [`PageTable`] of 512 atomic entries. Range operations ([`AddressSpace::map`],
+//! [`AddressSpace::unmap`], [`AddressSpace::protect`], [`AddressSpace::populate`],
+//! [`AddressSpace::clean_up`]) descend the tree recursively over the range, the way
+//! `vmap_page_range_noflush` walks pgd -> pud -> pmd -> pte: each table entry on the way is
+//! read once, and a leaf table is filled by a plain loop over its entries (up to 512 pages
+//! per table lookup). Nothing is flushed here: unmap and protect return the [`FlushRange`]
+//! that needs a shootdown (see [`crate::tlb`]).
+//!
+//! A map is all-or-nothing without any rollback: a first read-only pass checks that nothing
+//! is mapped in the range (and that no huge page is in the way) and counts the missing
+//! tables; the frames for those tables are allocated up front (a failure frees them and
+//! returns [`MapError::OutOfFrames`] before any entry changed); the second pass installs
+//! tables and stores leaves. Tables are never allocated inside the second pass, so it cannot
+//! fail under the ownership rule below.
+//!
+//! Kernel half. [`AddressSpace::new_sharing_kernel`] copies PML4 entries 256..512 of another
+//! space, so both point at the same kernel PDPT tables; [`AddressSpace::preallocate`]
+//! installs those PDPTs up front (Linux's `preallocate_vmalloc_pages`), so that a kernel
+//! mapping made later through any sharing space is seen by all without a sync. Kernel-half
+//! PDPTs are owned by the space they were first created in (shared through an `Arc`), and are
+//! never freed by [`AddressSpace::clean_up`].
+//!
+//! Invariants:
+//! * every entry is either all-zero (unused) or `PRESENT`; a present entry at level 4, 3 or 2
+//!   without `HUGE_PAGE` points at a table of this arena owned by the tree;
+//! * leaves are never freed or owned by the tree: unmap hands each leaf's frame to a callback,
+//!   dropping an address space frees only its tables;
+//! * `rss` is the number of 4 KiB pages mapped through this space (a 2 MiB leaf counts 512).
+//!
+//! Locking and ordering rules:
+//! * Ownership rule (as for vmalloc): a caller maps, unmaps or protects only a range it owns;
+//!   no two threads change the leaves of overlapping ranges at once. Disjoint ranges may be
+//!   changed concurrently without any lock, even when they share tables.
+//! * Intermediate tables are installed by `compare_exchange(UNUSED -> table, AcqRel)` on the
+//!   parent entry: the `Release` publishes the zeroed table to walkers, which load entries
+//!   with `Acquire`. The loser of the race keeps the winner's table and returns its frame.
+//! * Leaf entries of a map or unmap are written with plain `store(Release)`: under the
+//!   ownership rule the only other writer of a leaf in the range is a TLB-model walker
+//!   setting `ACCESSED`/`DIRTY`, which compare-exchanges from the exact present value it
+//!   read (so it never writes an unused entry, and a store that races with it at worst drops
+//!   an A/D bit of a mapping being torn down, the bit Linux's vunmap discards too). `Release`
+//!   makes the frame contents written before the map visible to a walker that sees the leaf.
+//! * [`AddressSpace::protect`], COW write-protection and fault handling change present leaves
+//!   with compare-exchange loops, so concurrent A/D updates are never lost.
+//! * Tables are freed only by [`AddressSpace::clean_up`] (caller: nobody maps or accesses the
+//!   range meanwhile) and on drop; a table whose span reaches outside the range is never
+//!   freed.
+//! * `ptl` (a `sync::Mutex<()>` per space) serializes `copy_range` and `handle_write_fault`
+//!   on a space's leaves (see [`crate::fork`]); map/unmap never take it.
+
+mod build;
+mod mappings;
+mod modify;
+#[cfg(all(test, not(feature = "loom")))]
+mod tests;
+mod walk;
+
+use core::fmt;
+
+pub use mappings::{Mapping, Mappings, Translation};
+
+use crate::addr::{AddrError, PhysAddr, VirtAddr};
+use crate::arena::{ArenaError, PhysArena};
+use crate::entry::{PageTable, PageTableFlags};
+use crate::frame::{FrameAllocator, FrameError, Zone};
+use crate::page::{PAGE_SIZE, PhysFrame};
+use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
+use crate::tlb::FlushRange;
+
+use build::{Plan, Source};
+
+/// Why a page-table operation failed. A failed operation changed nothing unless its
+/// documentation says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// A page of the range is already mapped (by a 4 KiB or huge leaf).
+    #[error("{va:?} is already mapped")]
+    AlreadyMapped {
+        /// The first mapped address found.
+        va: VirtAddr,
+    },
+    /// No leaf maps `va`.
+    #[error("{va:?} is not mapped")]
+    NotMapped {
+        /// The address.
+        va: VirtAddr,
+    },
+    /// The frame allocator ran out of frames for page tables (or a COW copy).
+    #[error("out of physical frames")]
+    OutOfFrames,
+    /// A virtual address that is not canonical.
+    #[error("address {addr:#x} is not canonical")]
+    NonCanonical {
+        /// The rejected value.
+        addr: u64,
+    },
+    /// An address or length that is not a multiple of `align`.
+    #[error("{addr:#x} is not aligned to {align:#x}")]
+    Misaligned {
+        /// The rejected address or length.
+        addr: u64,
+        /// The required alignment.
+        align: u64,
+    },
+    /// A huge leaf covers part of the range only, or sits where a table is needed.
+    #[error("a huge page at {va:?} is in the way")]
+    HugePageInTheWay {
+        /// An address inside the huge page.
+        va: VirtAddr,
+    },
+    /// An arena access failed.
+    #[error("arena: {0}")]
+    Arena(#[from] ArenaError),
+    /// `[start, start + len)` leaves its half of the address space (or the physical range
+    /// overflows).
+    #[error("range of {len:#x} bytes at {start:#x} is not inside one half of the address space")]
+    InvalidRange {
+        /// Start of the range (raw).
+        start: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// The frame allocator refused an operation on a frame given by the caller (for example
+    /// [`AddressSpace::unmap_and_free`] of a frame that was not allocated).
+    #[error("frame allocator: {0}")]
+    Frame(FrameError),
+    /// Two address spaces that cannot work together: the same space twice, or spaces over
+    /// different frame allocators.
+    #[error("the address spaces are the same or use different frame allocators")]
+    IncompatibleSpaces,
+}
+
+impl From<AddrError> for MapError {
+    fn from(e: AddrError) -> Self {
+        match e {
+            AddrError::NonCanonical { addr } => MapError::NonCanonical { addr },
+            AddrError::Misaligned { addr, align } => MapError::Misaligned { addr, align },
+            AddrError::PhysTooLarge { addr } => MapError::InvalidRange {
+                start: addr,
+                len: 0,
+            },
+            AddrError::NumberOutOfRange { number, size } => MapError::InvalidRange {
+                start: number.wrapping_mul(size),
+                len: size,
+            },
+            AddrError::IndexOutOfRange { index } => MapError::InvalidRange {
+                start: u64::from(index),
+                len: 0,
+            },
+        }
+    }
+}
+
+impl From<FrameError> for MapError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::OutOfFrames { .. } => MapError::OutOfFrames,
+            FrameError::Arena(a) => MapError::Arena(a),
+            other => MapError::Frame(other),
+        }
+    }
+}
+
+/// Source of unique address-space ids. A plain std atomic: ids only need to be unique (the
+/// TLB model keys translations by them), not ordered with anything, and loom has no statics.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// PML4 index where the kernel (upper) half starts.
+const KERNEL_PML4_START: usize = 256;
+
+/// The kernel half's owner: the root whose PML4 entries 256..512 every sharing space copies.
+/// Freed (its kernel-half tables, then the root itself) when the last space sharing it goes.
+struct KernelHalf {
+    frames: Arc<FrameAllocator>,
+    root: PhysFrame,
+}
+
+impl Drop for KernelHalf {
+    fn drop(&mut self) {
+        let arena = self.frames.arena();
+        let root = arena.table(self.root);
+        for e in &root.entries()[KERNEL_PML4_START..] {
+            modify::free_subtree(&self.frames, e, 4);
+        }
+        // The root was allocated by `AddressSpace::new` and is freed exactly once, here.
+        let _ = self.frames.free(self.root);
+    }
+}
+
+/// A 4-level address space (see the module docs).
+pub struct AddressSpace {
+    frames: Arc<FrameAllocator>,
+    arena: Arc<PhysArena>,
+    root: PhysFrame,
+    id: u64,
+    rss: AtomicUsize,
+    ptl: Mutex<()>,
+    kernel: Arc<KernelHalf>,
+}
+
+impl fmt::Debug for AddressSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddressSpace")
+            .field("id", &self.id)
+            .field("root", &self.root)
+            .field("rss", &self.rss())
+            .field("shares_kernel_of", &self.kernel.root)
+            .finish()
+    }
+}
+
+impl AddressSpace {
+    /// An empty address space with its own kernel half.
+    pub fn new(frames: Arc<FrameAllocator>) -> Result<AddressSpace, MapError> {
+        let root = frames.alloc_zeroed(Zone::Normal)?;
+        let kernel = Arc::new(KernelHalf {
+            frames: Arc::clone(&frames),
+            root,
+        });
+        Ok(Self::with_root(frames, root, kernel))
+    }
+
+    /// An empty user half sharing `kernel`'s kernel half: PML4 entries 256..512 are copied,
+    /// so the kernel tables behind them (see [`AddressSpace::preallocate`]) are the same
+    /// tables. Keeps `kernel`'s kernel half alive as long as this space exists.
+    pub fn new_sharing_kernel(kernel: &AddressSpace) -> Result<AddressSpace, MapError> {
+        let frames = Arc::clone(&kernel.frames);
+        let root = frames.alloc_zeroed(Zone::Normal)?;
+        let src = kernel.arena.table(kernel.kernel.root);
+        let dst = kernel.arena.table(root);
+        for (d, s) in dst.entries()[KERNEL_PML4_START..]
+            .iter()
+            .zip(&src.entries()[KERNEL_PML4_START..])
+        {
+            // The new root is not shared yet: Relaxed stores, published by the move of the
+            // returned value to whoever uses it.
+            d.store(s.load(Ordering::Acquire), Ordering::Relaxed);
+        }
+        Ok(Self::with_root(frames, root, Arc::clone(&kernel.kernel)))
+    }
+
+    fn with_root(frames: Arc<FrameAllocator>, root: PhysFrame, kernel: Arc<KernelHalf>) -> Self {
+        Self {
+            arena: Arc::clone(frames.arena()),
+            frames,
+            root,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            rss: AtomicUsize::new(0),
+            ptl: Mutex::new(()),
+            kernel,
+        }
+    }
+
+    /// The root (PML4) frame, what CR3 would hold.
+    pub fn root(&self) -> PhysFrame {
+        self.root
+    }
+
+    /// A unique id (never reused in the process), the TLB model's address-space tag.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The frame allocator tables (and COW copies) come from.
+    pub fn frames(&self) -> &Arc<FrameAllocator> {
+        &self.frames
+    }
+
+    /// Number of 4 KiB pages mapped through this space (2 MiB leaves count 512).
+    pub fn rss(&self) -> usize {
+        self.rss.load(Ordering::Relaxed)
+    }
+
+    /// Whether this space was made by [`AddressSpace::new_sharing_kernel`] (or is the owner)
+    /// of the same kernel half as `other`.
+    pub fn shares_kernel_with(&self, other: &AddressSpace) -> bool {
+        Arc::ptr_eq(&self.kernel, &other.kernel)
+    }
+
+    /// The page-table lock (see [`crate::fork`]).
+    pub(crate) fn ptl(&self) -> &Mutex<()> {
+        &self.ptl
+    }
+
+    pub(crate) fn arena(&self) -> &PhysArena {
+        &self.arena
+    }
+
+    pub(crate) fn root_table(&self) -> &PageTable {
+        self.arena.table(self.root)
+    }
+
+    pub(crate) fn add_rss(&self, pages: usize) {
+        self.rss.fetch_add(pages, Ordering::Relaxed);
+    }
+
+    fn sub_rss(&self, pages: usize) {
+        self.rss.fetch_sub(pages, Ordering::Relaxed);
+    }
+
+    /// Install the PDPT tables (PML4-level entries) covering `[start, end)` (range ends as in
+    /// the [`crate::tlb`] module docs), so that mappings made there later through any space
+    /// sharing this kernel half (or this space) land in shared tables. All or nothing.
+    pub fn preallocate(&self, start: VirtAddr, end: VirtAddr) -> Result<(), MapError> {
+        let (s, e) = walk::checked_bounds(start, end)?;
+        if s >= e {
+            return Ok(());
+        }
+        let root = self.root_table();
+        let span = walk::entry_span(4);
+        let missing = (walk::index(s, 4)..=walk::index(e - 1, 4))
+            .filter(|&i| root[i].load(Ordering::Acquire).is_unused())
+            .count();
+        let mut stash = TableStash::new(&self.frames);
+        stash.fill(missing)?;
+        let mut l = s & !(span - 1);
+        while l < e {
+            walk::next_or_install(self, &root[walk::index(l, 4)], 4, l, &mut stash)?;
+            l += span;
+        }
+        Ok(())
+    }
+
+    /// Map `frames` (4 KiB each) at `va, va + 4 KiB, ..` with `flags` (`PRESENT` is added;
+    /// `HUGE_PAGE` and `COW` are ignored). Errors, changing nothing: [`MapError::Misaligned`],
+    /// [`MapError::InvalidRange`], [`MapError::AlreadyMapped`], [`MapError::OutOfFrames`].
+    pub fn map(
+        &self,
+        va: VirtAddr,
+        frames: &[PhysFrame],
+        flags: PageTableFlags,
+    ) -> Result<(), MapError> {
+        let len = (frames.len() as u64)
+            .checked_mul(PAGE_SIZE)
+            .ok_or(MapError::InvalidRange {
+                start: va.as_u64(),
+                len: u64::MAX,
+            })?;
+        let (s, e) = walk::checked_range(va, len)?;
+        self.map_source(s, e, Source::Frames { base: s, frames }, flags, false)
+    }
+
+    /// Map the physical range `[pa, pa + len)` at `va` with `flags`. With `huge`, every 2 MiB
+    /// piece where both the virtual and physical addresses are 2 MiB aligned becomes one
+    /// 2 MiB leaf (unless a leaf table, even an empty one, is already there: then 4 KiB
+    /// pages); the rest uses 4 KiB pages. Errors as for [`AddressSpace::map`].
+    pub fn map_contiguous(
+        &self,
+        va: VirtAddr,
+        pa: PhysAddr,
+        len: u64,
+        flags: PageTableFlags,
+        huge: bool,
+    ) -> Result<(), MapError> {
+        if !pa.is_aligned(PAGE_SIZE) {
+            return Err(MapError::Misaligned {
+                addr: pa.as_u64(),
+                align: PAGE_SIZE,
+            });
+        }
+        if pa.checked_add(len).is_none() {
+            return Err(MapError::InvalidRange {
+                start: pa.as_u64(),
+                len,
+            });
+        }
+        let (s, e) = walk::checked_range(va, len)?;
+        let huge = huge && (pa.as_u64().wrapping_sub(s)) % walk::entry_span(2) == 0;
+        self.map_source(
+            s,
+            e,
+            Source::Contiguous {
+                base: s,
+                pa: pa.as_u64(),
+            },
+            flags,
+            huge,
+        )
+    }
+
+    fn map_source(
+        &self,
+        s: u64,
+        e: u64,
+        src: Source<'_>,
+        flags: PageTableFlags,
+        huge: bool,
+    ) -> Result<(), MapError> {
+        if s >= e {
+            return Ok(());
+        }
+        let plan = Plan::Map { huge };
+        let need = build::count_tables(self, plan, s, e)?;
+        let mut stash = TableStash::new(&self.frames);
+        stash.fill(need)?;
+        let flags =
+            (flags - (PageTableFlags::HUGE_PAGE | PageTableFlags::COW)) | PageTableFlags::PRESENT;
+        let mut done = s;
+        match build::build(self, plan, s, e, &src, flags, &mut stash, &mut done) {
+            Ok(pages) => {
+                self.add_rss(pages);
+                Ok(())
+            }
+            Err(err) => {
+                build::rollback(self, s, done, e, &stash);
+                Err(err)
+            }
+        }
+    }
+
+    /// Create the page tables (down to the leaf tables) covering `[va, va + len)` without
+    /// mapping anything (vmalloc's `alloc_vm_area`). Existing tables and mappings are kept;
+    /// a huge leaf in the range is [`MapError::HugePageInTheWay`]. All or nothing.
+    pub fn populate(&self, va: VirtAddr, len: u64) -> Result<(), MapError> {
+        let (s, e) = walk::checked_range(va, len)?;
+        if s >= e {
+            return Ok(());
+        }
+        let need = build::count_tables(self, Plan::Populate, s, e)?;
+        let mut stash = TableStash::new(&self.frames);
+        stash.fill(need)?;
+        let mut done = s;
+        build::build(
+            self,
+            Plan::Populate,
+            s,
+            e,
+            &Source::Nothing,
+            PageTableFlags::empty(),
+            &mut stash,
+            &mut done,
+        )?;
+        Ok(())
+    }
+
+    /// Clear every leaf in `[va, va + len)`, calling `f(frame address, leaf size in bytes)`
+    /// once per leaf so the caller frees or keeps the frame. Holes are skipped. Never
+    /// flushes: returns the range of the leaves cleared, which needs a TLB shootdown before
+    /// the virtual range is reused. A huge leaf reaching outside the range is
+    /// [`MapError::HugePageInTheWay`] (nothing is changed).
+    pub fn unmap<F: FnMut(PhysAddr, u64)>(
+        &self,
+        va: VirtAddr,
+        len: u64,
+        mut f: F,
+    ) -> Result<FlushRange, MapError> {
+        let (s, e) = walk::checked_range(va, len)?;
+        if s >= e {
+            return Ok(FlushRange::empty());
+        }
+        walk::check_huge_edges(self, s, e)?;
+        let mut flush = FlushRange::empty();
+        let pages = walk::clear(self, s, e, &mut f, &mut flush);
+        self.sub_rss(pages);
+        Ok(flush)
+    }
+
+    /// [`AddressSpace::unmap`] that drops one frame-allocator reference per 4 KiB frame of
+    /// every leaf inside the arena (frames outside it, e.g. device memory, are left alone).
+    /// If the allocator refuses a frame (not allocated: a caller bug), the unmap still
+    /// completes and the first refusal is returned as [`MapError::Frame`].
+    pub fn unmap_and_free(&self, va: VirtAddr, len: u64) -> Result<FlushRange, MapError> {
+        let mut batch = [PhysFrame::containing_address(PhysAddr::zero()); 64];
+        let mut n = 0;
+        let mut refused = None;
+        let frames = &self.frames;
+        let arena = &self.arena;
+        let mut release = |b: &[PhysFrame]| {
+            if let Err(e) = frames.free_bulk(b) {
+                refused.get_or_insert(e);
+            }
+        };
+        let flush = self.unmap(va, len, |pa, size| {
+            if !arena.contains(pa, size) {
+                return;
+            }
+            for off in (0..size).step_by(PAGE_SIZE as usize) {
+                batch[n] = PhysFrame::containing_address(pa + off);
+                n += 1;
+                if n == batch.len() {
+                    release(&batch);
+                    n = 0;
+                }
+            }
+        })?;
+        release(&batch[..n]);
+        match refused {
+            Some(e) => Err(MapError::Frame(e)),
+            None => Ok(flush),
+        }
+    }
+
+    /// Set the flags of every leaf in `[va, va + len)` to `flags` (`PRESENT` is kept, and
+    /// `HUGE_PAGE` for huge leaves; `ACCESSED`, `DIRTY` and `COW` stay as they were; a `COW`
+    /// leaf never becomes `WRITABLE` here: its write fault does that). Holes are skipped.
+    /// Returns the range of leaves that changed, which needs a shootdown. A huge leaf reaching
+    /// outside the range is [`MapError::HugePageInTheWay`] (nothing is changed).
+    pub fn protect(
+        &self,
+        va: VirtAddr,
+        len: u64,
+        flags: PageTableFlags,
+    ) -> Result<FlushRange, MapError> {
+        let (s, e) = walk::checked_range(va, len)?;
+        if s >= e {
+            return Ok(FlushRange::empty());
+        }
+        walk::check_huge_edges(self, s, e)?;
+        let mut flush = FlushRange::empty();
+        modify::protect(self, s, e, flags, &mut flush);
+        Ok(flush)
+    }
+
+    /// Free the page tables in `[va, va + len)` that hold no entry, bottom up, returning how
+    /// many were freed. Only tables whose whole span lies inside the range are candidates;
+    /// the root and the kernel half's PDPT tables are never freed. The caller guarantees that
+    /// nobody maps, unmaps or accesses the range meanwhile.
+    pub fn clean_up(&self, va: VirtAddr, len: u64) -> Result<usize, MapError> {
+        let (s, e) = walk::checked_range(va, len)?;
+        if s >= e {
+            return Ok(0);
+        }
+        Ok(modify::clean_up(self, s, e))
+    }
+}
+
+impl Drop for AddressSpace {
+    fn drop(&mut self) {
+        let root = self.arena.table(self.root);
+        for e in &root.entries()[..KERNEL_PML4_START] {
+            modify::free_subtree(&self.frames, e, 4);
+        }
+        if self.root != self.kernel.root {
+            // Kernel-half tables this space created itself (outside any preallocated range)
+            // are its own; the shared ones belong to the kernel half's owner.
+            let shared = self.arena.table(self.kernel.root);
+            for (mine, theirs) in root.entries()[KERNEL_PML4_START..]
+                .iter()
+                .zip(&shared.entries()[KERNEL_PML4_START..])
+            {
+                let m = mine.load(Ordering::Acquire);
+                if m.is_present() && m.addr() != theirs.load(Ordering::Acquire).addr() {
+                    modify::free_subtree(&self.frames, mine, 4);
+                }
+            }
+            // Allocated by `new_sharing_kernel`, freed exactly once, here.
+            let _ = self.frames.free(self.root);
+        }
+    }
+}
+
+/// Validate an exclusive range end pair given as addresses (used by `copy_range`).
+pub(crate) use walk::checked_bounds;
+/// Table descent and allocation helpers used by `fork`.
+pub(crate) use walk::{TableStash, descend_create, entry_span, index, leaf_table};

@@ -1,0 +1,461 @@
+//! Unit tests of the address space: mapping, errors, huge pages, fault injection, kernel-half
+//! sharing, clean-up, iteration.
+
+use super::*;
+use crate::frame::FrameStats;
+use crate::sync::thread;
+
+const KB4: u64 = PAGE_SIZE;
+const MB2: u64 = 2 << 20;
+const GB1: u64 = 1 << 30;
+const RW: PageTableFlags = PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE);
+
+fn allocator(frames: u64) -> Arc<FrameAllocator> {
+    let arena = PhysArena::heap(frames * KB4, PhysAddr::new(0x100_0000)).unwrap();
+    Arc::new(FrameAllocator::new(Arc::new(arena)))
+}
+
+fn space(frames: u64) -> (Arc<FrameAllocator>, AddressSpace) {
+    let a = allocator(frames);
+    let s = AddressSpace::new(Arc::clone(&a)).unwrap();
+    (a, s)
+}
+
+fn va(x: u64) -> VirtAddr {
+    VirtAddr::new(x)
+}
+
+/// Fake data frames above the arena (never touched by the mapper).
+fn data_frames(n: u64, base: u64) -> Vec<PhysFrame> {
+    (0..n)
+        .map(|i| PhysFrame::containing_address(PhysAddr::new(base + i * KB4)))
+        .collect()
+}
+
+fn used(a: &FrameAllocator) -> u64 {
+    a.stats().used
+}
+
+#[test]
+fn map_translate_unmap_round_trip() {
+    let (a, s) = space(256);
+    let frames = data_frames(1000, 0x8000_0000);
+    let base = va(0xffff_c900_0000_0000 + 300 * KB4);
+    s.map(base, &frames, RW).unwrap();
+    assert_eq!(s.rss(), 1000);
+    for (i, f) in frames.iter().enumerate() {
+        let t = s.translate(base + i as u64 * KB4 + 7).unwrap();
+        assert_eq!(t.pa, f.start_address() + 7);
+        assert_eq!(t.size, KB4);
+        assert_eq!(t.flags, RW);
+    }
+    assert!(s.translate(base - KB4).is_none());
+    assert!(s.translate(base + 1000 * KB4).is_none());
+    // root + PDPT + PD + 3 leaf tables (pages 300..1300 of the first 2 MiB chunks).
+    assert_eq!(used(&a), 6);
+    let mut seen = Vec::new();
+    let flush = s
+        .unmap(base - 10 * KB4, 1100 * KB4, |pa, size| {
+            seen.push((pa, size))
+        })
+        .unwrap();
+    assert_eq!(seen.len(), 1000);
+    assert!(
+        seen.iter()
+            .zip(&frames)
+            .all(|(&(pa, sz), f)| pa == f.start_address() && sz == KB4)
+    );
+    assert_eq!((flush.start(), flush.pages()), (base, 1000));
+    assert_eq!(s.rss(), 0);
+    assert!(s.translate(base).is_none());
+    // Tables stay until clean_up.
+    assert_eq!(used(&a), 6);
+    assert_eq!(s.clean_up(va(0xffff_c900_0000_0000), GB1).unwrap(), 4);
+    assert_eq!(
+        used(&a),
+        2,
+        "root and the permanent kernel-half PDPT remain"
+    );
+}
+
+#[test]
+fn map_rejects_overlap_and_changes_nothing() {
+    let (a, s) = space(64);
+    s.map(va(0x40_0000 + 5 * KB4), &data_frames(1, 0x9000_0000), RW)
+        .unwrap();
+    let before = a.stats();
+    let err = s
+        .map(va(0x40_0000), &data_frames(10, 0xa000_0000), RW)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        MapError::AlreadyMapped {
+            va: va(0x40_0000 + 5 * KB4)
+        }
+    );
+    assert_eq!(a.stats().used, before.used);
+    assert!(s.translate(va(0x40_0000)).is_none());
+    assert_eq!(s.rss(), 1);
+    // Over a huge leaf, too.
+    s.map_contiguous(va(0x80_0000), PhysAddr::new(0x20_0000_0000), MB2, RW, true)
+        .unwrap();
+    let err = s
+        .map(va(0x80_0000 + KB4), &data_frames(1, 0), RW)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        MapError::AlreadyMapped {
+            va: va(0x80_0000 + KB4)
+        }
+    );
+}
+
+#[test]
+fn a_conflict_late_in_a_big_map_rolls_everything_back() {
+    let (a, s) = space(2048);
+    let f = data_frames(1, 0x9000_0000);
+    // Mapped page near the end of the range; its PD and leaf table exist.
+    s.map(va(0xc000_0000 + 5 * MB2 + 7 * KB4), &f, RW).unwrap();
+    let before = a.stats().used;
+    // Needs new PDs for GiB 1 and 2 and their leaf tables, plus five leaf tables in GiB 3.
+    let start = va(0x4000_0000);
+    let len = 2 * GB1 + 6 * MB2;
+    let err = s
+        .map_contiguous(start, PhysAddr::new(0x10_0000_0000), len, RW, false)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        MapError::AlreadyMapped {
+            va: va(0xc000_0000 + 5 * MB2 + 7 * KB4)
+        }
+    );
+    assert_eq!(
+        a.stats().used,
+        before,
+        "every table the map installed was freed"
+    );
+    assert_eq!(s.mappings(start, len).count(), 1);
+    assert_eq!(s.rss(), 1);
+    // Huge leaves written before the conflict are rolled back too.
+    let err = s
+        .map_contiguous(
+            va(0xc000_0000),
+            PhysAddr::new(0x10_0000_0000),
+            6 * MB2,
+            RW,
+            true,
+        )
+        .unwrap_err();
+    assert!(matches!(err, MapError::AlreadyMapped { .. }));
+    assert_eq!(s.mappings(va(0xc000_0000), 6 * MB2).count(), 1);
+    assert_eq!(a.stats().used, before);
+    // A table reaching outside the range stays (others may use it), empty.
+    let err = s
+        .map(va(0xc000_0000 + 5 * MB2 - 2 * KB4), &data_frames(10, 0), RW)
+        .unwrap_err();
+    assert!(matches!(err, MapError::AlreadyMapped { .. }));
+    assert_eq!(s.mappings(va(0xc000_0000), 6 * MB2).count(), 1);
+    assert_eq!(a.stats().used, before + 1);
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() {
+    let (_a, s) = space(16);
+    let f = data_frames(2, 0x9000_0000);
+    assert_eq!(
+        s.map(va(0x1001), &f, RW),
+        Err(MapError::Misaligned {
+            addr: 0x1001,
+            align: KB4
+        })
+    );
+    assert_eq!(
+        s.unmap(va(0x1000), 0x800, |_, _| {}),
+        Err(MapError::Misaligned {
+            addr: 0x800,
+            align: KB4
+        })
+    );
+    // Crossing the canonical hole.
+    assert!(matches!(
+        s.map(va(0x7fff_ffff_f000), &f, RW),
+        Err(MapError::InvalidRange { .. })
+    ));
+    assert!(matches!(
+        s.map_contiguous(va(0), PhysAddr::new(0x123), KB4, RW, false),
+        Err(MapError::Misaligned { .. })
+    ));
+    assert!(matches!(
+        s.map_contiguous(
+            va(0),
+            PhysAddr::new(PhysAddr::MASK & !0xfff),
+            2 * KB4,
+            RW,
+            false
+        ),
+        Err(MapError::InvalidRange { .. })
+    ));
+    assert_eq!(
+        MapError::from(AddrError::NonCanonical { addr: 1 << 47 }),
+        MapError::NonCanonical { addr: 1 << 47 }
+    );
+    // Empty operations succeed and do nothing.
+    s.map(va(0x1000), &[], RW).unwrap();
+    assert!(s.unmap(va(0x1000), 0, |_, _| {}).unwrap().is_empty());
+    // The last page of the lower half is usable.
+    s.map(va(0x7fff_ffff_f000), &f[..1], RW).unwrap();
+    assert!(s.translate(va(0x7fff_ffff_ffff)).is_some());
+}
+
+#[test]
+fn huge_mappings_where_aligned() {
+    let (a, s) = space(64);
+    // 1 MiB head, two 2 MiB leaves, 4 KiB tail; physical offset matches the virtual one.
+    let v = va(0xffff_c900_0010_0000);
+    let p = PhysAddr::new(0x40_0010_0000);
+    let len = MB2 - 0x10_0000 + 2 * MB2 + KB4;
+    s.map_contiguous(v, p, len, RW, true).unwrap();
+    assert_eq!(s.rss() as u64, len / KB4);
+    let t = s.translate(va(0xffff_c900_0020_0000 + 12345)).unwrap();
+    assert_eq!(t.size, MB2);
+    assert_eq!(t.pa, PhysAddr::new(0x40_0020_0000 + 12345));
+    assert!(t.flags.contains(PageTableFlags::HUGE_PAGE));
+    assert_eq!(s.translate(v).unwrap().size, KB4);
+    let maps: Vec<Mapping> = s.mappings(v, len).collect();
+    assert_eq!(maps.iter().filter(|m| m.size == MB2).count(), 2);
+    assert_eq!(maps.len() as u64, 256 + 2 + 1);
+    assert!(maps.windows(2).all(|w| w[0].va < w[1].va));
+    // root, PDPT, PD, two leaf tables (head and tail): no leaf table under the huge leaves.
+    assert_eq!(used(&a), 5);
+    // Cutting a huge leaf is refused, nothing changes.
+    let err = s
+        .unmap(va(0xffff_c900_0020_0000), KB4, |_, _| {})
+        .unwrap_err();
+    assert!(matches!(err, MapError::HugePageInTheWay { .. }));
+    let err = s.protect(va(0xffff_c900_0030_0000), MB2, RW).unwrap_err();
+    assert!(matches!(err, MapError::HugePageInTheWay { .. }));
+    assert_eq!(s.rss() as u64, len / KB4);
+    let mut sizes = Vec::new();
+    let flush = s
+        .unmap(va(0xffff_c900_0020_0000), 2 * MB2, |_, sz| sizes.push(sz))
+        .unwrap();
+    assert_eq!(sizes, vec![MB2, MB2]);
+    assert_eq!(flush.pages(), 1024);
+    // Misaligned physical offset: all 4 KiB pages.
+    s.map_contiguous(va(0x4000_0000), PhysAddr::new(0x1000), MB2, RW, true)
+        .unwrap();
+    assert_eq!(s.translate(va(0x4000_0000)).unwrap().size, KB4);
+    // An (empty) leaf table in the way: 4 KiB pages instead of a huge leaf.
+    s.populate(va(0x8000_0000), MB2).unwrap();
+    s.map_contiguous(va(0x8000_0000), PhysAddr::new(0x20_0000), MB2, RW, true)
+        .unwrap();
+    assert_eq!(s.translate(va(0x8000_0000)).unwrap().size, KB4);
+    assert_eq!(
+        s.populate(va(0xffff_c900_0020_0000), KB4),
+        Ok(()),
+        "nothing left in the way after the unmap"
+    );
+}
+
+#[test]
+fn populate_then_map_allocates_nothing_more() {
+    let (a, s) = space(64);
+    s.populate(va(0x1_0000_0000), 4 * MB2).unwrap();
+    let after_populate = used(&a);
+    assert_eq!(after_populate, 1 + 1 + 1 + 4);
+    assert!(s.translate(va(0x1_0000_0000)).is_none());
+    s.map_contiguous(
+        va(0x1_0000_0000),
+        PhysAddr::new(0x9000_0000),
+        4 * MB2,
+        RW,
+        false,
+    )
+    .unwrap();
+    assert_eq!(used(&a), after_populate);
+    // populate over mappings keeps them.
+    s.populate(va(0x1_0000_0000), KB4).unwrap();
+    assert!(s.translate(va(0x1_0000_0000)).is_some());
+    s.populate(va(0x2_0000_0000), MB2).unwrap();
+    let huge_free = s.clean_up(va(0x2_0000_0000), MB2).unwrap();
+    assert_eq!(
+        huge_free, 1,
+        "only the leaf table lies inside a 2 MiB range"
+    );
+}
+
+#[test]
+fn clean_up_frees_only_empty_tables_inside_the_range() {
+    let (a, s) = space(64);
+    s.map(va(0x20_0000), &data_frames(1, 0x9000_0000), RW)
+        .unwrap();
+    s.map(va(0x40_0000), &data_frames(1, 0x9000_0000), RW)
+        .unwrap();
+    s.unmap(va(0x20_0000), KB4, |_, _| {}).unwrap();
+    // Range covers the first leaf table only partially: nothing freed.
+    assert_eq!(s.clean_up(va(0x20_0000), KB4).unwrap(), 0);
+    assert_eq!(s.clean_up(va(0x20_0000), MB2).unwrap(), 1);
+    // The second leaf table still holds a mapping.
+    assert_eq!(s.clean_up(va(0), GB1).unwrap(), 0);
+    s.unmap(va(0x40_0000), KB4, |_, _| {}).unwrap();
+    assert_eq!(s.clean_up(va(0), 512 * GB1).unwrap(), 3);
+    assert_eq!(used(&a), 1);
+}
+
+/// For every n, fail the n-th frame allocation of a big map: nothing may be left behind.
+#[test]
+fn failed_map_leaves_nothing_behind() {
+    let (a, s) = space(512);
+    // Crosses a 512 GiB boundary: one new PDPT (the first exists for the page at 0x1000),
+    // two PDs and five leaf tables (2 + 2 + a 12 KiB tail).
+    let start = va(0x7f_ffe0_0000 - MB2);
+    let len = 4 * MB2 + 3 * KB4;
+    let frames = data_frames(len / KB4, 0x9000_0000);
+    s.map(va(0x1000), &frames[..1], RW).unwrap();
+    let baseline: FrameStats = a.stats();
+    let mut failures = 0;
+    for n in 1.. {
+        a.fail_nth(Some(n));
+        match s.map(start, &frames, RW) {
+            Err(MapError::OutOfFrames) => {
+                failures += 1;
+                assert_eq!(a.stats().used, baseline.used, "n = {n}");
+                assert_eq!(s.mappings(start, len).count(), 0);
+                assert_eq!(s.rss(), 1);
+                assert!(s.translate(start).is_none());
+            }
+            Ok(()) => break,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    a.fail_nth(None);
+    assert_eq!(failures, 1 + 2 + 5);
+    assert_eq!(s.rss() as u64, 1 + len / KB4);
+    assert_eq!(s.mappings(start, len).count() as u64, len / KB4);
+    // Same for huge maps and populate.
+    let hv = va(0xffff_9000_0000_0000);
+    for n in 1.. {
+        let before = a.stats().used;
+        a.fail_nth(Some(n));
+        match s.map_contiguous(hv, PhysAddr::new(0x10_0000_0000), 3 * MB2 + KB4, RW, true) {
+            Err(MapError::OutOfFrames) => assert_eq!(a.stats().used, before),
+            Ok(()) => break,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    a.fail_nth(None);
+    assert_eq!(s.translate(hv).unwrap().size, MB2);
+}
+
+#[test]
+fn protect_changes_flags_and_reports_the_flush() {
+    let (_a, s) = space(64);
+    let base = va(0x10_0000);
+    s.map(base, &data_frames(8, 0x9000_0000), RW).unwrap();
+    let ro = PageTableFlags::PRESENT | PageTableFlags::NO_EXECUTE;
+    let flush = s.protect(base + 2 * KB4, 10 * KB4, ro).unwrap();
+    assert_eq!((flush.start(), flush.pages()), (base + 2 * KB4, 6));
+    assert_eq!(s.translate(base + 2 * KB4).unwrap().flags, ro);
+    assert_eq!(s.translate(base + KB4).unwrap().flags, RW);
+    // Same flags again: nothing changed, nothing to flush.
+    assert!(s.protect(base + 2 * KB4, 6 * KB4, ro).unwrap().is_empty());
+}
+
+#[test]
+fn kernel_half_is_shared_through_preallocated_tables() {
+    let a = allocator(256);
+    let kernel = AddressSpace::new(Arc::clone(&a)).unwrap();
+    let vmalloc_start = va(0xffff_c900_0000_0000);
+    let vmalloc_end = va(0xffff_e900_0000_0000);
+    kernel.preallocate(vmalloc_start, vmalloc_end).unwrap();
+    let pdpts = used(&a) - 1;
+    assert_eq!(pdpts, 64, "32 TiB of kernel range = 64 PML4 entries");
+    let user1 = AddressSpace::new_sharing_kernel(&kernel).unwrap();
+    let user2 = AddressSpace::new_sharing_kernel(&kernel).unwrap();
+    assert!(user1.shares_kernel_with(&kernel) && user2.shares_kernel_with(&user1));
+    // A kernel mapping made after the spaces were created is seen by all of them.
+    let f = data_frames(3, 0x9000_0000);
+    kernel.map(vmalloc_start + 5 * MB2, &f, RW).unwrap();
+    for sp in [&kernel, &user1, &user2] {
+        assert_eq!(
+            sp.translate(vmalloc_start + 5 * MB2).unwrap().pa,
+            f[0].start_address()
+        );
+    }
+    // And one made through a user space, too.
+    user1.map(vmalloc_start + 9 * GB1, &f, RW).unwrap();
+    assert!(kernel.translate(vmalloc_start + 9 * GB1).is_some());
+    // User halves are private.
+    user1.map(va(0x40_0000), &f, RW).unwrap();
+    assert!(user2.translate(va(0x40_0000)).is_none());
+    // Outside the preallocated range a user space's kernel mapping is private.
+    user2.map(va(0xffff_f000_0000_0000), &f, RW).unwrap();
+    assert!(kernel.translate(va(0xffff_f000_0000_0000)).is_none());
+    // The shared PDPTs are never freed by clean_up.
+    kernel.unmap(vmalloc_start, 16 * GB1, |_, _| {}).unwrap();
+    kernel.clean_up(vmalloc_start, 32 * GB1).unwrap();
+    drop(kernel);
+    assert!(user2.translate(vmalloc_start + 5 * MB2).is_none());
+    drop(user1);
+    drop(user2);
+    assert_eq!(
+        used(&a),
+        0,
+        "every table freed once the last sharer is gone"
+    );
+}
+
+#[test]
+fn unmap_and_free_returns_frames() {
+    let (a, s) = space(64);
+    let mut frames = Vec::new();
+    for _ in 0..20 {
+        frames.push(a.alloc(Zone::Normal).unwrap());
+    }
+    s.map(va(0x1000_0000), &frames, RW).unwrap();
+    let before = used(&a);
+    s.unmap_and_free(va(0x1000_0000), 20 * KB4).unwrap();
+    assert_eq!(used(&a), before - 20);
+    // A frame that is not allocated is reported, and the unmap still happens.
+    s.map(va(0x1000_0000), &frames[..1], RW).unwrap();
+    assert!(matches!(
+        s.unmap_and_free(va(0x1000_0000), KB4),
+        Err(MapError::Frame(_))
+    ));
+    assert!(s.translate(va(0x1000_0000)).is_none());
+}
+
+#[test]
+fn mappings_skip_holes() {
+    let (_a, s) = space(64);
+    let f = data_frames(4, 0x9000_0000);
+    s.map(va(0x3000), &f[..1], RW).unwrap();
+    s.map(va(0x80_0000_0000), &f[1..2], RW).unwrap();
+    s.map(va(0x7fff_ffff_f000), &f[2..3], RW).unwrap();
+    let all: Vec<u64> = s.mappings(va(0), 1 << 47).map(|m| m.va.as_u64()).collect();
+    assert_eq!(all, vec![0x3000, 0x80_0000_0000, 0x7fff_ffff_f000]);
+    assert_eq!(s.mappings(va(0x4000), 0x80_0000_0000 - 0x4000).count(), 0);
+    assert_eq!(s.mappings(va(0x7fff_ffff_f000), u64::MAX).count(), 1);
+}
+
+#[test]
+fn racing_table_installs_lose_nothing() {
+    let (a, s) = space(256);
+    let s = Arc::new(s);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            thread::spawn(move || {
+                // All four threads need the same PDPT, PD and leaf table.
+                let f = data_frames(8, 0x9000_0000 + t * 0x10_0000);
+                s.map(va(0x5000_0000 + t * 8 * KB4), &f, RW).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(used(&a), 4, "losers gave their frames back");
+    assert_eq!(s.rss(), 32);
+    assert_eq!(s.mappings(va(0x5000_0000), MB2).count(), 32);
+}
