@@ -91,6 +91,8 @@ pub(crate) struct VmapArea {
     va_start: u64,
     va_end: u64,
     info: AreaInfo,
+    /// Pages the caller reported unmapped when freeing lazily (read by the purge).
+    unmapped: usize,
     link: LlistNode,
 }
 
@@ -141,6 +143,26 @@ impl Desc {
             (*p).va_end = end;
             (*p).info = info;
         }
+    }
+
+    /// Record the pages the caller unmapped (before pushing on a lazy list).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Desc::write`].
+    pub(crate) unsafe fn set_unmapped(self, pages: usize) {
+        // SAFETY: live pointee, exclusive by the caller's ownership; the link is untouched.
+        unsafe { (*self.0.as_ptr()).unmapped = pages };
+    }
+
+    /// The pages recorded by [`Desc::set_unmapped`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`Desc::read`].
+    pub(crate) unsafe fn unmapped(self) -> usize {
+        // SAFETY: live pointee, not written concurrently (caller's ownership).
+        unsafe { (*self.0.as_ptr()).unmapped }
     }
 
     /// Change the info in place.
@@ -278,9 +300,17 @@ impl DescList {
 }
 
 /// Descriptors per heap block of the slab.
+#[cfg(not(feature = "loom"))]
 const CHUNK: usize = 64;
 /// Descriptors moved at once between a CPU list and the pool.
+#[cfg(not(feature = "loom"))]
 pub(crate) const BATCH: usize = 32;
+/// Under loom every descriptor's link is a modelled atomic: keep the slab small.
+#[cfg(feature = "loom")]
+const CHUNK: usize = 8;
+/// Under loom: small batches (see `CHUNK`).
+#[cfg(feature = "loom")]
+pub(crate) const BATCH: usize = 4;
 
 #[derive(Debug, Default)]
 struct PoolInner {
@@ -317,6 +347,7 @@ impl DescPool {
                         va_start: 0,
                         va_end: 0,
                         info: AreaInfo::new(VmFlags::empty()),
+                        unmapped: 0,
                         link: LlistNode::new(),
                     })
                 })
@@ -361,7 +392,7 @@ impl DescPool {
     }
 
     /// Descriptors on the spare list.
-    #[cfg(test)]
+    #[cfg(all(test, not(feature = "loom")))]
     pub(crate) fn spare(&self) -> usize {
         self.inner.lock().spare.len()
     }
@@ -472,7 +503,8 @@ mod tests {
         assert_eq!(cpu.len(), 0);
         let mut again = Chain::new();
         // SAFETY: the descriptors were popped: ours again.
-        back.iter().for_each(|&p| unsafe { again.push_front(Desc(p).node()) });
+        back.iter()
+            .for_each(|&p| unsafe { again.push_front(Desc(p).node()) });
         let len = back.len();
         // SAFETY: as above.
         unsafe { pool.give_back_chain(again, len) };

@@ -33,8 +33,8 @@ pub enum VmallocError {
         /// The rejected size in bytes.
         size: u64,
     },
-    /// The alignment is not a power of two at least the page size.
-    #[error("invalid alignment {align:#x}: must be a power of two >= the page size")]
+    /// The alignment is not a power of two (alignments below a page mean a page).
+    #[error("invalid alignment {align:#x}: must be a power of two")]
     InvalidAlign {
         /// The rejected alignment in bytes.
         align: u64,

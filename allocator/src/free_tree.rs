@@ -1,37 +1,36 @@
 //! The free-space tree of the Linux 5.2+ design: free areas keyed by start address in an
 //! augmented AVL tree ([`crate::tree`]), each node knowing the largest free size in its
-//! subtree (Linux's `subtree_max_size`) and, beyond Linux, the largest block that can start
-//! aligned to a few power-of-two alignments (`ALIGN_LEVELS`).
+//! subtree (Linux's `subtree_max_size`, the default [`MaxSize`] index) or, with the
+//! [`AlignLevels`] index, also the largest block that can start aligned to a few power-of-two
+//! alignments.
 //!
 //! # How it works
 //!
 //! * [`FreeTree::alloc`] finds the LOWEST address that can hold `size` bytes aligned to
 //!   `align` inside `[vstart, vend)` (Linux's `find_vmap_lowest_match`): an in-order walk that
-//!   skips every subtree that cannot hold the block (its largest capacity at the alignment's
-//!   level is below `size`), every left subtree lying wholly below `vstart` and every right
-//!   subtree wholly above `vend`, and stops at the first area (lowest start) that fits. It then
-//!   carves the block out of that area with one of the four fit cases of
-//!   `adjust_va_to_fit_type`: full fit (the node goes), left edge (the area shrinks from the
-//!   left), right edge (it shrinks from the right), no edge (the area is split: the right
-//!   remainder takes a second node from the arena's preloaded free slots).
+//!   skips every subtree that cannot hold the block according to its summary, every left
+//!   subtree lying wholly below `vstart` and every right subtree wholly above `vend`, and
+//!   stops at the first area (lowest start) that fits. It then carves the block out of that
+//!   area with one of the four fit cases of `adjust_va_to_fit_type`: full fit (the node goes),
+//!   left edge (the area shrinks from the left), right edge (it shrinks from the right), no
+//!   edge (the area is split: the right remainder takes a second node from the arena's
+//!   preloaded free slots).
 //! * [`FreeTree::insert_merge`] puts a freed range back, coalescing with the previous and the
 //!   next free area (`merge_or_add_vmap_area`): one `floor` search, O(log n).
 //!
-//! Cost: O(log n) per operation whenever the pruning is exact, i.e. `align` is at most the
-//! address granularity (page-granular vmalloc with `align <= PAGE_SIZE`: level 0, plain
-//! length) or `align` is one of the tracked levels. Linux instead looks for
+//! Cost: O(log n) per operation whenever the pruning is exact: with [`MaxSize`], when `align`
+//! is at most the address granularity (page-granular vmalloc with `align <= PAGE_SIZE`);
+//! with [`AlignLevels`], also for alignments at its levels. Linux instead looks for
 //! `size + align - 1`, which keeps O(log n) but can miss the lowest fit and even fail although
 //! space exists; this tree stays exact (always the lowest fitting address, which the property
-//! tests check against a linear scan). For an alignment between two levels the lower level's
-//! capacity is a necessary condition, so the walk may also visit areas that fit the lower
-//! alignment but not the requested one.
+//! tests check against a linear scan), and where pruning is not exact it also visits the
+//! areas below the answer that are long enough but fail once aligned.
 //!
 //! # Invariants (checked by [`FreeTree::check_invariants`])
 //!
 //! * Areas are non-empty, disjoint and never adjacent (adjacent free areas are merged).
-//! * The tree invariants of [`crate::tree`], with the augmentation = per level of
-//!   `ALIGN_LEVELS`, the largest `end - align_up(start, 2^level)` in the subtree (0 when
-//!   negative).
+//! * The tree invariants of [`crate::tree`], with the augmentation = the index's summary of
+//!   the subtree (largest length; per alignment level, largest `end - align_up(start)`).
 //! * `free_bytes()` is the sum of the areas' lengths.
 //!
 //! # Locking
@@ -40,7 +39,7 @@
 //! lock. No atomics, so ordering is the lock's. Call [`FreeTree::reserve`] while holding the
 //! lock before a split-prone allocation if the operation must not allocate memory.
 
-use crate::tree::{Augment, InsertError, InvariantViolation, Keyed, NodeId, Tree, TreeFull};
+use crate::tree::{InsertError, InvariantViolation, NodeId, Tree, TreeFull};
 
 /// Why a free-tree operation was refused (nothing was changed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -78,74 +77,23 @@ pub enum FreeTreeError {
     Full(#[from] TreeFull),
 }
 
-/// One free area `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Area {
-    start: u64,
-    end: u64,
-}
+mod index;
 
-impl Keyed for Area {
-    #[inline]
-    fn key(&self) -> u64 {
-        self.start
-    }
-}
+pub use index::{ALIGN_LEVELS, AlignCaps, AlignLevels, FitIndex, FreeArea, MaxSize};
 
-/// Alignment levels (log2) at which the augmentation tracks, per subtree, the longest block
-/// that can start aligned in one area (its "capacity" `end - align_up(start)`); level 0 is the
-/// plain length (Linux's `subtree_max_size`). An allocation aligned to `2^k` prunes with the
-/// highest level `<= k`: exact when `k` is a level, a necessary condition otherwise.
-pub const ALIGN_LEVELS: [u32; 7] = [0, 13, 14, 15, 16, 18, 21];
-
-/// Per-level capacities (see [`ALIGN_LEVELS`]).
-type Caps = [u64; ALIGN_LEVELS.len()];
-
-/// The level to prune with for `align` (a power of two).
-#[inline]
-fn level_of(align: u64) -> usize {
-    let k = align.trailing_zeros();
-    ALIGN_LEVELS.iter().rposition(|&s| s <= k).unwrap_or(0)
-}
-
-/// The capacities of one area: for each level, the length left after aligning its start.
-#[inline]
-fn area_caps(a: &Area) -> Caps {
-    let mut caps = [0; ALIGN_LEVELS.len()];
-    for (cap, &shift) in caps.iter_mut().zip(ALIGN_LEVELS.iter()) {
-        match align_up(a.start, 1 << shift) {
-            Some(x) if x < a.end => *cap = a.end - x,
-            // Capacities only shrink as the alignment grows.
-            _ => break,
-        }
-    }
-    caps
-}
-
-/// The augmentation: per alignment level, the largest capacity in a subtree.
-#[derive(Debug, Clone, Copy)]
-struct MaxCaps;
-
-impl Augment<Area> for MaxCaps {
-    type Value = Caps;
-
-    #[inline]
-    fn combine(item: &Area, left: Option<Caps>, right: Option<Caps>) -> Caps {
-        let mut caps = area_caps(item);
-        for child in [left, right].into_iter().flatten() {
-            for (c, x) in caps.iter_mut().zip(child) {
-                *c = (*c).max(x);
-            }
-        }
-        caps
-    }
-}
-
-/// Free address ranges in an augmented AVL tree; see the module documentation.
-#[derive(Debug, Clone, Default)]
-pub struct FreeTree {
-    tree: Tree<Area, MaxCaps>,
+/// Free address ranges in an augmented AVL tree; see the module documentation. `I` is the
+/// subtree summary used to prune the search: [`MaxSize`] (Linux's, the default) or
+/// [`AlignLevels`].
+#[derive(Debug, Clone)]
+pub struct FreeTree<I: FitIndex = MaxSize> {
+    tree: Tree<FreeArea, I>,
     free_bytes: u64,
+}
+
+impl<I: FitIndex> Default for FreeTree<I> {
+    fn default() -> Self {
+        Self::empty()
+    }
 }
 
 /// `addr` rounded up to `align` (a power of two), or `None` on overflow.
@@ -154,29 +102,48 @@ fn align_up(addr: u64, align: u64) -> Option<u64> {
     Some(addr.checked_add(align - 1)? & !(align - 1))
 }
 
-impl FreeTree {
-    /// An empty tree.
+impl FreeTree<MaxSize> {
+    /// An empty tree with the default index ([`MaxSize`]).
     pub const fn new() -> Self {
+        Self::empty()
+    }
+
+    /// An empty tree (default index) with `n` nodes preloaded.
+    pub fn with_capacity(n: usize) -> Self {
+        Self::empty_with_capacity(n)
+    }
+
+    /// A tree (default index) holding the single free area `[start, end)` (empty if
+    /// `start == end`).
+    pub fn with_range(start: u64, end: u64) -> Result<Self, FreeTreeError> {
+        Self::from_range(start, end)
+    }
+}
+
+impl<I: FitIndex> FreeTree<I> {
+    /// An empty tree with index `I` (`FreeTree::<AlignLevels>::empty()`).
+    pub const fn empty() -> Self {
         Self {
             tree: Tree::new(),
             free_bytes: 0,
         }
     }
 
-    /// An empty tree with `n` nodes preloaded.
-    pub fn with_capacity(n: usize) -> Self {
+    /// An empty tree with index `I` and `n` nodes preloaded.
+    pub fn empty_with_capacity(n: usize) -> Self {
         Self {
             tree: Tree::with_capacity(n),
             free_bytes: 0,
         }
     }
 
-    /// A tree holding the single free area `[start, end)` (empty if `start == end`).
-    pub fn with_range(start: u64, end: u64) -> Result<Self, FreeTreeError> {
-        let mut t = Self::new();
+    /// A tree with index `I` holding the single free area `[start, end)` (empty if
+    /// `start == end`).
+    pub fn from_range(start: u64, end: u64) -> Result<Self, FreeTreeError> {
         if start > end {
             return Err(FreeTreeError::InvalidRange { start, end });
         }
+        let mut t = Self::empty();
         if start < end {
             t.insert_merge(start, end)?;
         }
@@ -211,7 +178,9 @@ impl FreeTree {
 
     /// Length of the largest free area (0 if none): the root's augmentation.
     pub fn largest(&self) -> u64 {
-        self.tree.aug_of(self.tree.root()).map_or(0, |caps| caps[0])
+        self.tree
+            .aug_of(self.tree.root())
+            .map_or(0, |v| I::largest(&v))
     }
 
     /// The free areas `(start, end)`, ascending.
@@ -232,7 +201,7 @@ impl FreeTree {
         if start >= end {
             return Err(FreeTreeError::InvalidRange { start, end });
         }
-        let overlap = |a: &Area| FreeTreeError::Overlap {
+        let overlap = |a: &FreeArea| FreeTreeError::Overlap {
             start,
             end,
             free_start: a.start,
@@ -272,7 +241,7 @@ impl FreeTree {
                 (start, self.tree.get(n).end)
             }
             (None, None) => {
-                let area = Area { start, end };
+                let area = FreeArea { start, end };
                 match (prev, next) {
                     (Some(p), _) => self.tree.insert_after(p, area)?,
                     (None, Some(n)) => self.tree.insert_before(n, area)?,
@@ -296,8 +265,9 @@ impl FreeTree {
             return None;
         }
         let t = &self.tree;
-        let level = level_of(align);
-        let big_enough = |id: Option<NodeId>| t.aug_of(id).is_some_and(|c| c[level] >= size);
+        let level = I::level(align);
+        let big_enough =
+            |id: Option<NodeId>| t.aug_of(id).is_some_and(|v| I::may_fit(&v, size, level));
         // Go down-left as long as the left subtree may hold a fit: it must have a large enough
         // area and lie (partly) above vstart, i.e. the node itself must start above vstart.
         let descend = |mut i: NodeId| loop {
@@ -387,7 +357,7 @@ impl FreeTree {
             (false, false) => {
                 self.tree.insert_after(
                     id,
-                    Area {
+                    FreeArea {
                         start: end,
                         end: a.end,
                     },
@@ -402,7 +372,7 @@ impl FreeTree {
     /// Verify the invariants listed in the module documentation.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         self.tree.check()?;
-        let mut prev: Option<Area> = None;
+        let mut prev: Option<FreeArea> = None;
         let mut sum = 0u64;
         for a in self.tree.iter() {
             if a.start >= a.end {

@@ -54,8 +54,9 @@ pub struct KvaStats {
     pub pages_flushed: u64,
     /// Times the threshold was crossed and a purge kicked (or tried).
     pub kicks: u64,
-    /// Pages callers reported unmapped when freeing lazily (cumulative).
-    pub unmapped_pages: usize,
+    /// Pages callers reported unmapped when freeing lazily, counted as their areas are
+    /// purged (cumulative).
+    pub unmapped_pages: u64,
     /// Merges refused by a tree (always 0 unless something freed an area twice).
     pub merge_errors: usize,
     /// Tokens of another allocator passed to `free_lazy`/`free_unused` (refused, ignored).
@@ -91,7 +92,6 @@ impl Inner {
             }
             s.pending += sh.pending();
             s.lazy_pages += sh.lazy.pages.load(Ordering::Relaxed);
-            s.unmapped_pages += sh.lazy.unmapped.load(Ordering::Relaxed);
         }
         for c in 0..self.pcpu.len() {
             s.cached += self.pcpu.lock(c).bytes();
@@ -105,6 +105,7 @@ impl Inner {
         s.flushes = p.flushes.load(Ordering::Relaxed);
         s.pages_flushed = p.pages_flushed.load(Ordering::Relaxed);
         s.kicks = p.kicks.load(Ordering::Relaxed);
+        s.unmapped_pages = p.unmapped_pages.load(Ordering::Relaxed);
         s.merge_errors = p.merge_errors.load(Ordering::Relaxed);
         s.foreign_tokens = p.foreign_tokens.load(Ordering::Relaxed);
         s

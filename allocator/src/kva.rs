@@ -52,7 +52,7 @@ use crate::pcpu::{self, Pcpu, Slot};
 use crate::purge::{PurgeCounters, PurgeReport};
 use crate::purge_worker::{self, Sched};
 use crate::shard::ShardSet;
-use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, MutexGuard, Ordering, thread};
+use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering, thread};
 
 pub use crate::deferred::NotifierId;
 pub use crate::inspect::KvaStats;
@@ -83,8 +83,8 @@ pub(crate) struct Inner {
     pub(crate) lazy_step_shift: u32,
     /// Serialises purgers (Linux's `vmap_purge_lock`).
     pub(crate) purge_lock: Mutex<()>,
-    /// A kick arrived that may have found the purge lock taken (see `Inner::try_purge`).
-    pub(crate) purge_again: AtomicBool,
+    /// Kick-triggered purge state, `KICK_RUNNING | KICK_AGAIN` (see `Inner::try_purge`).
+    pub(crate) kick_state: AtomicUsize,
     pub(crate) pstats: PurgeCounters,
     /// Purge workers' shared state (`None` in [`PurgeMode::Synchronous`]).
     pub(crate) sched: Option<Sched>,
@@ -137,7 +137,7 @@ impl Kva {
             home,
             shard_cpus,
             purge_lock: Mutex::new(()),
-            purge_again: AtomicBool::new(false),
+            kick_state: AtomicUsize::new(0),
             pstats: PurgeCounters::default(),
             sched,
             deferred: Deferred::new(nr_cpus),
@@ -202,16 +202,17 @@ impl Kva {
     }
 
     /// Free a removed area whose pages the caller has unmapped WITHOUT flushing the TLB: the
-    /// area goes on its shard's lazy list and is reused only after a purge flushed it.
-    /// `unmapped_pages` is recorded in the statistics; the lazy counter counts the area's
-    /// pages (guard included), as Linux does. Past [`Kva::lazy_max_pages`] a purge is kicked
-    /// according to the [`PurgeMode`].
+    /// area goes on its shard's lazy list and is reused only after a purge flushed it. The
+    /// lazy counter counts the area's pages (guard included), as Linux does;
+    /// `unmapped_pages` only feeds `KvaStats::unmapped_pages` when the area is purged. Past
+    /// [`Kva::lazy_max_pages`] a purge is kicked according to the [`PurgeMode`]. A token of
+    /// another allocator is refused (counted in `KvaStats::foreign_tokens`).
     pub fn free_lazy(&self, area: RemovedArea, unmapped_pages: usize) {
         self.inner.free_lazy(area, unmapped_pages);
     }
 
     /// Free a removed area that was never mapped (nothing to flush): straight back to the
-    /// free space.
+    /// free space. A token of another allocator is refused, as for [`Kva::free_lazy`].
     pub fn free_unused(&self, area: RemovedArea) {
         self.inner.free_unused(area);
     }
@@ -238,7 +239,7 @@ impl Kva {
         self.inner.deferred.set_handler(h);
     }
 
-    /// Run the deferred frees queued so far on this thread; returns how many ran.
+    /// Run the deferred frees queued so far (on every CPU's list); returns how many ran.
     pub fn drain_deferred(&self) -> usize {
         self.inner.drain_deferred()
     }
@@ -292,7 +293,7 @@ impl Kva {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "loom")))]
 impl Kva {
     /// The shared state, for white-box tests.
     pub(crate) fn inner_for_tests(&self) -> &Inner {
@@ -707,9 +708,9 @@ impl Inner {
         // Counter first, then the push: the counter never lags behind the list, so the
         // purger's subtraction can never underflow it.
         let old = lazy.pages.fetch_add(pages, Ordering::Relaxed);
-        if unmapped_pages != 0 {
-            lazy.unmapped.fetch_add(unmapped_pages, Ordering::Relaxed);
-        }
+        // SAFETY: the token owns the descriptor until the push below. A plain write: the
+        // purge reads it, ordered by the push's Release.
+        unsafe { area.desc.set_unmapped(unmapped_pages) };
         // SAFETY: the token owned the descriptor; pushing hands it to the lazy list (the pool
         // keeps it live). The Release push publishes its fields to the purger.
         unsafe { lazy.head.add(area.desc.node()) };

@@ -178,10 +178,9 @@ impl LlistHead {
     /// returns `true` if the list was empty before. An empty chain is a no-op returning
     /// `false`.
     pub fn add_chain(&self, chain: Chain) -> bool {
-        let Some(first) = NonNull::new(chain.first) else {
+        let (Some(first), Some(last)) = (chain.first(), chain.last_node()) else {
             return false;
         };
-        let last = chain.last_node();
         // SAFETY: the nodes of a chain are live and owned by the chain's holder (the chain
         // invariant, inherited from `add`'s contract or `Chain::push_front`'s), and linked
         // first..last; consuming `chain` hands them over to the list.
@@ -341,20 +340,12 @@ impl Chain {
         }
     }
 
-    /// The last node (walks the chain when it is not cached); `first` must be non-null.
-    fn last_node(&self) -> NonNull<LlistNode> {
+    /// The last node (walks the chain when it is not cached); `None` for an empty chain.
+    fn last_node(&self) -> Option<NonNull<LlistNode>> {
         if let Some(last) = NonNull::new(self.last) {
-            return last;
+            return Some(last);
         }
-        let mut cur = NonNull::new(self.first).unwrap_or(NonNull::dangling());
-        loop {
-            // SAFETY: only called on a non-empty chain, whose nodes are live and owned.
-            let next = unsafe { LlistNode::next_of(cur) };
-            match NonNull::new(next) {
-                Some(n) => cur = n,
-                None => return cur,
-            }
-        }
+        self.iter().last()
     }
 }
 

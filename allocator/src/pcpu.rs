@@ -96,7 +96,7 @@ impl Slot {
     }
 
     /// Room left in class `class`.
-    #[cfg(test)]
+    #[cfg(all(test, not(feature = "loom")))]
     pub(crate) fn room(&self, class: usize) -> usize {
         self.classes
             .get(class)

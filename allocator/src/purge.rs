@@ -3,9 +3,12 @@
 //!
 //! # How it works
 //!
-//! 1. One purger at a time holds the purge lock: a kick past the threshold only `try_lock`s
-//!    it (somebody already purging means the work is being done: skip), an explicit
-//!    [`Kva::purge`](crate::kva::Kva::purge) or an allocation that found no space waits for it.
+//! 1. One purger at a time holds the purge mutex. A kick past the threshold never waits for
+//!    another kick: if a kick purge is running it only marks "again" in the atomic
+//!    `kick_state` and returns (somebody already purging: skip), and the running purger does
+//!    one more round before it stops (see [`Inner::try_purge`]). An explicit
+//!    [`Kva::purge`](crate::kva::Kva::purge) or an allocation that found no space waits for
+//!    the mutex.
 //! 2. Every shard's lazy list is taken with one `del_all` (lock-free against concurrent
 //!    `free_lazy` pushes); walking the detached chains gives the union range
 //!    `[min start, max end)`.
@@ -26,7 +29,10 @@
 //!
 //! Purge lock -> (per-CPU slot, released) -> shard free lock -> descriptor pool. The
 //! `del_all` `Acquire` pairs with the `Release` push of each `free_lazy`, so the purger sees
-//! every descriptor's bounds. Counters are `Relaxed` and written only by the purger.
+//! every descriptor's bounds; the merge then works on a copy of the bounds and hands the
+//! chain back to a descriptor list whole, without writing the descriptors. `kick_state` is
+//! changed only by `AcqRel` read-modify-writes. Counters are `Relaxed` and written only by
+//! the purger.
 
 use pagetable::VirtAddr;
 use pagetable::page::PAGE_SIZE;
@@ -36,7 +42,12 @@ use crate::free_tree::FreeTree;
 use crate::kva::Inner;
 use crate::llist::Chain;
 use crate::pcpu;
-use crate::sync::{AtomicU64, AtomicUsize, MutexGuard, Ordering, fence};
+use crate::sync::{AtomicU64, AtomicUsize, MutexGuard, Ordering};
+
+/// `kick_state` bit: a kick-triggered purge is running.
+pub(crate) const KICK_RUNNING: usize = 1;
+/// `kick_state` bit: a kick arrived while it was running; it must run one more round.
+pub(crate) const KICK_AGAIN: usize = 2;
 
 /// Areas merged between two `cond_resched_lock` points.
 pub const RESCHED_EVERY: usize = 32;
@@ -67,6 +78,8 @@ pub(crate) struct PurgeCounters {
     pub(crate) to_caches: AtomicU64,
     /// Kicks past the threshold (any mode).
     pub(crate) kicks: AtomicU64,
+    /// Unmapped pages reported by `free_lazy` for the purged areas.
+    pub(crate) unmapped_pages: AtomicU64,
     /// Merges refused by a tree (would be a bug: an area freed twice).
     pub(crate) merge_errors: AtomicUsize,
     /// `RemovedArea`s of another allocator handed to this one (refused).
@@ -96,44 +109,40 @@ pub(crate) fn helpers_for(
 }
 
 impl Inner {
-    /// Purge unless somebody already is (a kick past the threshold).
+    /// Purge unless a kick-triggered purge is already running (a kick past the threshold).
     ///
-    /// A kick must not be lost when it finds the lock taken by a purger whose `del_all` ran
-    /// before the kicker's push. So the kicker raises `purge_again` before trying the lock,
-    /// and a purger, after releasing the lock, looks at the flag again and purges once more if
-    /// it is set. Both sides put a `SeqCst` fence between their write (flag / unlock) and
-    /// their read (lock / flag): the store-buffering outcome where the kicker sees the lock
-    /// held AND the purger misses the flag is then impossible. A purger takes the flag with
-    /// an `Acquire` swap once it holds the lock, which makes every flagged kicker's push
-    /// visible to its `del_all`.
+    /// Kicks go through one atomic word, `kick_state` (bits [`KICK_RUNNING`] and
+    /// [`KICK_AGAIN`]), changed only by read-modify-writes, so all kicks and the end of every
+    /// kick purge are totally ordered. A kicker that finds no kick purge running becomes the
+    /// purger; one that finds a purge running sets `KICK_AGAIN` and returns at once ("others
+    /// skip"). The purger, once done, clears `KICK_RUNNING` unless `KICK_AGAIN` is set, in
+    /// which case it runs another round: a kick whose push came after the purger's `del_all`
+    /// is never lost. Both RMWs are `AcqRel`, so the purger's next `del_all` sees the pushes
+    /// of every kicker that set `KICK_AGAIN`. The purge itself runs under the purge mutex, so
+    /// a kick purge waits only for an explicit purge (or an invariant check) in progress.
     pub(crate) fn try_purge(&self) -> Option<PurgeReport> {
         self.pstats.kicks.fetch_add(1, Ordering::Relaxed);
-        self.purge_again.store(true, Ordering::Release);
-        fence(Ordering::SeqCst);
-        let guard = self.purge_lock.try_lock()?;
-        Some(self.purge_until_quiet(guard, true))
-    }
-
-    /// Purge, waiting for a purge in progress first (so that everything freed before the call
-    /// is flushed and reusable when it returns).
-    pub(crate) fn purge_blocking(&self, to_caches: bool) -> PurgeReport {
-        let guard = self.purge_lock.lock();
-        self.purge_until_quiet(guard, to_caches)
-    }
-
-    /// Purge with the lock held, release it, and purge again as long as kicks were flagged
-    /// meanwhile and the lock is free (see [`Inner::try_purge`]).
-    fn purge_until_quiet(&self, guard: MutexGuard<'_, ()>, to_caches: bool) -> PurgeReport {
-        let mut total = self.purge_locked(guard, to_caches);
+        let mut cur = self.kick_state.load(Ordering::Relaxed);
         loop {
-            fence(Ordering::SeqCst);
-            if !self.purge_again.load(Ordering::Relaxed) {
-                return total;
-            }
-            let Some(guard) = self.purge_lock.try_lock() else {
-                return total;
+            let next = if cur & KICK_RUNNING != 0 {
+                cur | KICK_AGAIN
+            } else {
+                KICK_RUNNING
             };
-            let r = self.purge_locked(guard, true);
+            match self.kick_state.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) if cur & KICK_RUNNING != 0 => return None,
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        let mut total = PurgeReport::default();
+        loop {
+            let r = self.purge_locked(self.purge_lock.lock(), true);
             total = PurgeReport {
                 areas: total.areas + r.areas,
                 pages: total.pages + r.pages,
@@ -141,16 +150,41 @@ impl Inner {
                 helpers: total.helpers.max(r.helpers),
                 to_caches: total.to_caches + r.to_caches,
             };
+            // Done unless a kick arrived meanwhile: RUNNING -> idle, or AGAIN -> RUNNING and
+            // one more round.
+            let mut cur = self.kick_state.load(Ordering::Relaxed);
+            loop {
+                let next = if cur & KICK_AGAIN != 0 {
+                    KICK_RUNNING
+                } else {
+                    0
+                };
+                match self.kick_state.compare_exchange_weak(
+                    cur,
+                    next,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => cur = actual,
+                }
+            }
+            if cur & KICK_AGAIN == 0 {
+                return Some(total);
+            }
         }
     }
 
+    /// Purge, waiting for a purge in progress first (so that everything freed before the call
+    /// is flushed and reusable when it returns).
+    pub(crate) fn purge_blocking(&self, to_caches: bool) -> PurgeReport {
+        self.purge_locked(self.purge_lock.lock(), to_caches)
+    }
+
     fn purge_locked(&self, _guard: MutexGuard<'_, ()>, to_caches: bool) -> PurgeReport {
-        // Serve every kick flagged so far (see `try_purge`): Acquire pairs with the kickers'
-        // Release store, so their pushes precede the `del_all`s below.
-        self.purge_again.swap(false, Ordering::Acquire);
         let mut work = Vec::new();
         let (mut lo, mut hi) = (u64::MAX, 0u64);
-        let (mut areas, mut pages) = (0usize, 0usize);
+        let (mut areas, mut pages, mut unmapped) = (0usize, 0usize, 0u64);
         for (i, s) in self.shards.all().iter().enumerate() {
             let chain = s.lazy.head.del_all();
             if chain.is_empty() {
@@ -162,7 +196,11 @@ impl Inner {
             for node in chain.iter() {
                 // SAFETY: lazy-list nodes are links of pooled descriptors; the detached chain
                 // (the purger) owns them.
-                let a = unsafe { Desc::from_node(node).read() };
+                let d = unsafe { Desc::from_node(node) };
+                // SAFETY: as above.
+                let a = unsafe { d.read() };
+                // SAFETY: as above.
+                unmapped += unsafe { d.unmapped() } as u64;
                 lo = lo.min(a.start);
                 hi = hi.max(a.end);
                 pages += ((a.end - a.start) / PAGE_SIZE) as usize;
@@ -190,6 +228,7 @@ impl Inner {
             .fetch_add((hi - lo) / PAGE_SIZE, Ordering::Relaxed);
         st.areas.fetch_add(areas as u64, Ordering::Relaxed);
         st.pages.fetch_add(pages as u64, Ordering::Relaxed);
+        st.unmapped_pages.fetch_add(unmapped, Ordering::Relaxed);
 
         let helpers = helpers_for(pages, self.cfg.lazy_max_pages, work.len());
         let cached = match &self.sched {
@@ -228,7 +267,12 @@ impl Inner {
     /// Merge one shard's purged areas back (caches first, then the tree) and recycle its
     /// descriptors; returns how many areas went to caches.
     pub(crate) fn merge(&self, w: Work) -> usize {
-        let Work { shard: si, chain, mut ranges, to_caches } = w;
+        let Work {
+            shard: si,
+            chain,
+            mut ranges,
+            to_caches,
+        } = w;
         let shard = self.shards.get(si);
         let lazy = &shard.lazy;
         let nr_descs = ranges.len();

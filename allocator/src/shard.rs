@@ -68,8 +68,6 @@ pub(crate) struct Lazy {
     /// Bytes ever given back to the free space after a removal from this shard's busy tree
     /// (monotonic; see `BusyState::removed`).
     pub(crate) returned: AtomicU64,
-    /// Pages the callers reported unmapped (statistics).
-    pub(crate) unmapped: AtomicUsize,
 }
 
 /// One shard.

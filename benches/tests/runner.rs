@@ -166,6 +166,7 @@ fn compare_draws_a_chart() {
         seed: Some(1),
         arena_bytes: None,
         progress: false,
+        timeout: None,
     };
     let r = runner::compare::compare(&cfg).unwrap();
     assert_eq!(r.points.len(), 6);

@@ -148,7 +148,11 @@ impl Harness {
         let chain = std::mem::take(&mut self.chains[s]);
         let expect = std::mem::take(&mut self.mchains[s]);
         let got: Vec<usize> = chain.into_iter().map(|n| self.id_of(n)).collect();
-        assert_eq!(got, Vec::from(expect.clone()), "into_iter order of chain {s}");
+        assert_eq!(
+            got,
+            Vec::from(expect.clone()),
+            "into_iter order of chain {s}"
+        );
         for i in expect {
             self.place[i] = Place::Free;
         }
@@ -270,7 +274,11 @@ impl Harness {
         for s in 0..CHAINS {
             let c = &self.chains[s];
             let got: Vec<usize> = c.iter().map(|n| self.id_of(n)).collect();
-            assert_eq!(got, Vec::from(self.mchains[s].clone()), "chain {s} contents");
+            assert_eq!(
+                got,
+                Vec::from(self.mchains[s].clone()),
+                "chain {s} contents"
+            );
             assert_eq!(c.len(), self.mchains[s].len());
             assert_eq!(c.is_empty(), self.mchains[s].is_empty());
             assert_eq!(
@@ -281,7 +289,11 @@ impl Harness {
         for (i, p) in self.place.iter().enumerate() {
             let count = usize::from(self.list.contains(&i))
                 + self.mchains.iter().filter(|m| m.contains(&i)).count();
-            assert_eq!(count, usize::from(*p != Place::Free), "node {i} in {count} places");
+            assert_eq!(
+                count,
+                usize::from(*p != Place::Free),
+                "node {i} in {count} places"
+            );
         }
     }
 

@@ -20,7 +20,11 @@ use std::ptr::NonNull;
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
+use loom_tests::check;
 use vmalloc::llist::{Chain, Intrusive, LlistHead, LlistNode};
+
+/// Preemption bound of these models (they are small: 3 costs seconds).
+const BOUND: usize = 3;
 
 /// What a producer writes into node `id` before pushing it.
 const fn stamp(id: usize) -> u64 {
@@ -124,12 +128,6 @@ impl Pool {
     }
 }
 
-fn builder() -> loom::model::Builder {
-    let mut b = loom::model::Builder::new();
-    b.preemption_bound = Some(3);
-    b
-}
-
 /// Every id in `0..n` appears exactly once over all `chains`.
 fn assert_each_once(chains: &[Vec<usize>], n: usize) {
     let mut seen = vec![0usize; n];
@@ -172,7 +170,7 @@ fn non_empty(chains: &[Vec<usize>]) -> usize {
 /// the main thread takes what is left after joining.
 #[test]
 fn add_vs_del_all() {
-    builder().check(|| {
+    check("llist_add_vs_del_all", BOUND, || {
         let pool = Pool::new(3);
         let p1 = {
             let pool = pool.clone();
@@ -204,7 +202,7 @@ fn add_vs_del_all() {
 /// `del_all` needs no lock against `del_all`: two consumers race a producer.
 #[test]
 fn del_all_vs_del_all() {
-    builder().check(|| {
+    check("llist_del_all_vs_del_all", BOUND, || {
         let pool = Pool::new(2);
         let producer = {
             let pool = pool.clone();
@@ -239,7 +237,7 @@ fn del_all_vs_del_all() {
 /// never split nor interleaved, and `reverse_order` gives the final chain oldest first.
 #[test]
 fn add_batch_vs_add_vs_del_all() {
-    builder().check(|| {
+    check("llist_add_batch_vs_add_vs_del_all", BOUND, || {
         let pool = Pool::new(3);
         let batcher = {
             let pool = pool.clone();
@@ -290,7 +288,7 @@ fn add_batch_vs_add_vs_del_all() {
 /// what the consumer left behind comes out newest first.
 #[test]
 fn del_first_single_consumer_vs_add() {
-    builder().check(|| {
+    check("llist_del_first_single_consumer_vs_add", BOUND, || {
         let pool = Pool::new(3);
         let p1 = {
             let pool = pool.clone();

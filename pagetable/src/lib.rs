@@ -78,6 +78,11 @@
 //! still reaches the old frame), then flush:
 //!
 //! ```
+//! # // Loom's atomics only work inside a loom model: the example runs without the feature.
+//! # #[cfg(feature = "loom")]
+//! # fn main() {}
+//! # #[cfg(not(feature = "loom"))]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use pagetable::{
 //!     AddressSpace, FrameAllocator, PageTableFlags, PhysAddr, PhysArena, TlbFlush, TlbModel,
@@ -115,7 +120,8 @@
 //! for pa in unmapped {
 //!     frames.free(pagetable::PhysFrame::containing_address(pa))?;
 //! }
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok(())
+//! # }
 //! ```
 
 pub mod addr;

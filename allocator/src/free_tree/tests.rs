@@ -70,7 +70,7 @@ impl Model {
     }
 }
 
-fn check(t: &FreeTree) {
+fn check<I: FitIndex>(t: &FreeTree<I>) {
     t.check_invariants().unwrap();
 }
 
@@ -148,6 +148,51 @@ fn lowest_fit_skips_small_and_misaligned_areas() {
     // Alignment larger than the whole space.
     assert_eq!(t.lowest_fit(1, 1 << 63, 0, u64::MAX), Some(0));
     assert_eq!(t.lowest_fit(2, 1 << 63, 1, u64::MAX), None);
+}
+
+#[test]
+fn align_levels_index_prunes_exactly_and_agrees_with_max_size() {
+    const M: u64 = 1 << 20;
+    let mut a = FreeTree::<AlignLevels>::empty_with_capacity(8);
+    let mut b = FreeTree::new();
+    // Areas whose alignment padding decides which one fits.
+    let areas = [
+        (M / 2, 2 * M + M / 4),
+        (3 * M, 5 * M - 1),
+        (9 * M, 11 * M + 1),
+        (12 * M, 20 * M),
+    ];
+    for (s, e) in areas {
+        a.insert_merge(s, e).unwrap();
+        b.insert_merge(s, e).unwrap();
+    }
+    a.check_invariants().unwrap();
+    let caps = a.tree.aug(a.tree.root().unwrap()).caps();
+    assert_eq!(caps[0], 8 * M);
+    for (size, align, want) in [
+        (M, 2 * M, Some(10 * M)),
+        (M / 2, 2 * M, Some(4 * M)),
+        (M, 1 << 16, Some(M / 2)),
+        (2 * M, 1 << 14, Some(9 * M)),
+        (8 * M, 1 << 21, Some(12 * M)),
+        (3 * M, 4 * M, Some(12 * M)),
+        (8 * M + 1, 1, None),
+    ] {
+        assert_eq!(
+            a.lowest_fit(size, align, 0, u64::MAX),
+            want,
+            "size {size:#x} align {align:#x}"
+        );
+        assert_eq!(
+            b.lowest_fit(size, align, 0, u64::MAX),
+            want,
+            "size {size:#x} align {align:#x}"
+        );
+    }
+    assert_eq!(a.largest(), b.largest());
+    assert_eq!(AlignLevels::level(1 << 15), 1);
+    assert_eq!(AlignLevels::level(1 << 40), ALIGN_LEVELS.len() - 1);
+    assert_eq!(AlignLevels::level(1), 0);
 }
 
 #[test]
@@ -238,13 +283,22 @@ fn reserve_makes_splits_allocation_free() {
 
 #[test]
 fn page_granular_workload_matches_model() {
+    page_workload::<MaxSize>();
+}
+
+#[test]
+fn page_granular_workload_matches_model_align_levels() {
+    page_workload::<AlignLevels>();
+}
+
+fn page_workload<I: FitIndex>() {
     // A vmalloc-like pseudo-random workload at page granularity with guard pages.
     const PAGE: u64 = 4096;
     let (lo, hi) = (
         0xffff_c900_0000_0000u64,
         0xffff_c900_0000_0000u64 + (1 << 30),
     );
-    let mut t = FreeTree::with_range(lo, hi).unwrap();
+    let mut t = FreeTree::<I>::from_range(lo, hi).unwrap();
     let mut m = Model::default();
     m.free(lo, hi);
     let mut live: Vec<(u64, u64)> = Vec::new();
@@ -328,83 +382,107 @@ proptest! {
     /// against the linear-scan model: same addresses, same free set, invariants every step.
     #[test]
     fn matches_linear_scan_model(
-        base in prop_oneof![Just(0u64), Just(0x1000u64), Just(u64::MAX - (2 * SPACE << 13)), 0u64..1 << 40],
+        base in prop_oneof![Just(0u64), Just(0x1000u64), Just(u64::MAX - ((2 * SPACE) << 13)), 0u64..1 << 40],
         // Every length and offset is multiplied by 2^scale, so that the alignments (2^scale
         // times 1..128) cross the tracked alignment levels while `base` may be misaligned.
         scale in prop_oneof![Just(0u32), Just(10u32), Just(13u32)],
         ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 25 } else { 200 }),
+        align_levels in any::<bool>(),
     ) {
-        let sc = 1u64 << scale;
-        let space = SPACE * sc;
-        let mut t = FreeTree::with_range(base, base + space).unwrap();
-        let mut m = Model::default();
-        m.free(base, base + space);
-        // Allocated ranges, which may be freed back in pieces.
-        let mut live: Vec<(u64, u64)> = Vec::new();
-        for op in ops {
-            match op {
-                Op::Alloc { size, align_shift, vstart, vlen } => {
-                    let (size, align) = (size * sc, sc << align_shift);
-                    let vstart = base + vstart * sc;
-                    let vend = vstart.saturating_add(vlen * sc);
-                    let got = t.alloc(size, align, vstart, vend);
-                    prop_assert_eq!(got, m.alloc(size, align, vstart, vend));
-                    if let Some(a) = got {
-                        prop_assert_eq!(a % align, 0);
-                        prop_assert!(vstart <= a && a + size <= vend);
-                        live.push((a, a + size));
-                    }
-                }
-                Op::Free { pick, trim_front, trim_back } => {
-                    if live.is_empty() {
-                        continue;
-                    }
-                    let i = pick % live.len();
-                    let (s, e) = live.swap_remove(i);
-                    // Free a middle piece and keep the trimmed ends live.
-                    let (fs, fe) = (s + trim_front * sc, e.saturating_sub(trim_back * sc));
-                    if fs >= fe {
-                        live.push((s, e));
-                        continue;
-                    }
-                    if s < fs {
-                        live.push((s, fs));
-                    }
-                    if fe < e {
-                        live.push((fe, e));
-                    }
-                    let (ms, me) = t.insert_merge(fs, fe).unwrap();
-                    prop_assert!(m.free(fs, fe));
-                    prop_assert!(m.free.contains(&(ms, me)));
-                }
-                Op::AllocAt { start, len } => {
-                    let (s, e) = (base + start * sc, base + (start + len) * sc);
-                    let ok = t.alloc_at(s, e).is_ok();
-                    prop_assert_eq!(ok, m.alloc_at(s, e));
-                    if ok {
-                        live.push((s, e));
-                    }
-                }
-                Op::BogusFree { start, len } => {
-                    let (s, e) = (base + start * sc, base + (start + len) * sc);
-                    // Only meaningful when it overlaps free space: must be refused untouched.
-                    if m.free.iter().any(|&(fs, fe)| fs < e && s < fe) {
-                        let before: Vec<_> = t.iter().collect();
-                        let refused = matches!(t.insert_merge(s, e), Err(FreeTreeError::Overlap { .. }));
-                        prop_assert!(refused);
-                        prop_assert_eq!(t.iter().collect::<Vec<_>>(), before);
-                    }
+        if align_levels {
+            run_model::<AlignLevels>(base, scale, ops)?;
+        } else {
+            run_model::<MaxSize>(base, scale, ops)?;
+        }
+    }
+}
+
+fn run_model<I: FitIndex>(base: u64, scale: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let sc = 1u64 << scale;
+    let space = SPACE * sc;
+    let mut t = FreeTree::<I>::from_range(base, base + space).unwrap();
+    let mut m = Model::default();
+    m.free(base, base + space);
+    // Allocated ranges, which may be freed back in pieces.
+    let mut live: Vec<(u64, u64)> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Alloc {
+                size,
+                align_shift,
+                vstart,
+                vlen,
+            } => {
+                let (size, align) = (size * sc, sc << align_shift);
+                let vstart = base + vstart * sc;
+                let vend = vstart.saturating_add(vlen * sc);
+                let got = t.alloc(size, align, vstart, vend);
+                prop_assert_eq!(got, m.alloc(size, align, vstart, vend));
+                if let Some(a) = got {
+                    prop_assert_eq!(a % align, 0);
+                    prop_assert!(vstart <= a && a + size <= vend);
+                    live.push((a, a + size));
                 }
             }
-            t.check_invariants().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            prop_assert_eq!(t.iter().collect::<Vec<_>>(), m.free.clone());
-            prop_assert_eq!(t.largest(), m.free.iter().map(|&(s, e)| e - s).max().unwrap_or(0));
+            Op::Free {
+                pick,
+                trim_front,
+                trim_back,
+            } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let i = pick % live.len();
+                let (s, e) = live.swap_remove(i);
+                // Free a middle piece and keep the trimmed ends live.
+                let (fs, fe) = (s + trim_front * sc, e.saturating_sub(trim_back * sc));
+                if fs >= fe {
+                    live.push((s, e));
+                    continue;
+                }
+                if s < fs {
+                    live.push((s, fs));
+                }
+                if fe < e {
+                    live.push((fe, e));
+                }
+                let (ms, me) = t.insert_merge(fs, fe).unwrap();
+                prop_assert!(m.free(fs, fe));
+                prop_assert!(m.free.contains(&(ms, me)));
+            }
+            Op::AllocAt { start, len } => {
+                let (s, e) = (base + start * sc, base + (start + len) * sc);
+                let ok = t.alloc_at(s, e).is_ok();
+                prop_assert_eq!(ok, m.alloc_at(s, e));
+                if ok {
+                    live.push((s, e));
+                }
+            }
+            Op::BogusFree { start, len } => {
+                let (s, e) = (base + start * sc, base + (start + len) * sc);
+                // Only meaningful when it overlaps free space: must be refused untouched.
+                if m.free.iter().any(|&(fs, fe)| fs < e && s < fe) {
+                    let before: Vec<_> = t.iter().collect();
+                    let refused =
+                        matches!(t.insert_merge(s, e), Err(FreeTreeError::Overlap { .. }));
+                    prop_assert!(refused);
+                    prop_assert_eq!(t.iter().collect::<Vec<_>>(), before);
+                }
+            }
         }
-        // Free everything: back to the single initial range.
-        for (s, e) in live {
-            t.insert_merge(s, e).unwrap();
-        }
-        prop_assert_eq!(t.iter().collect::<Vec<_>>(), vec![(base, base + space)]);
-        prop_assert_eq!(t.len(), 1);
+        t.check_invariants()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(t.iter().collect::<Vec<_>>(), m.free.clone());
+        prop_assert_eq!(
+            t.largest(),
+            m.free.iter().map(|&(s, e)| e - s).max().unwrap_or(0)
+        );
     }
+    // Free everything: back to the single initial range.
+    for (s, e) in live {
+        t.insert_merge(s, e).unwrap();
+    }
+    prop_assert_eq!(t.iter().collect::<Vec<_>>(), vec![(base, base + space)]);
+    prop_assert_eq!(t.len(), 1);
+    Ok(())
 }

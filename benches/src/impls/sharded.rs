@@ -238,7 +238,9 @@ impl VmallocImpl for ShardedImpl {
         }
         // Every frame back: free the now empty page tables of the range (nothing maps there
         // while idle), then the count must be what construction left.
-        space.clean_up(start, len).map_err(|e| ImplError::Backend(e.to_string()))?;
+        space
+            .clean_up(start, len)
+            .map_err(|e| ImplError::Backend(e.to_string()))?;
         let used = self.vm.frame_stats().used;
         if used != self.baseline_frames {
             return fail(format!(

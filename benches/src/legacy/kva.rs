@@ -566,7 +566,8 @@ impl<V: Send> LegacyKva<V> {
         Ok(())
     }
 
-    #[cfg(test)]
+    /// The search cache: (cached area, `cached_hole_size`, `cached_vstart`, `cached_align`).
+    #[cfg(all(test, not(feature = "loom")))]
     fn cache(&self) -> (Option<(u64, u64)>, u64, u64, u64) {
         let st = self.state.lock();
         let c = (st.free_vmap_cache != NIL).then(|| {

@@ -28,6 +28,10 @@ pub mod kva;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+// The frame allocator and arena travel in the sync facade's `Arc` (loom's under the `loom`
+// feature, where this module is compiled but never run); the TLB hook is a plain `Arc<dyn _>`.
+use pagetable::sync::Arc as PtArc;
+
 use pagetable::arena::PhysArena;
 use pagetable::frame::{FrameAllocator, Zone};
 use pagetable::mapper::{AddressSpace, MapError};
@@ -67,7 +71,7 @@ pub struct Legacy {
     id: InstanceId,
     kva: LegacyKva<Vm>,
     space: AddressSpace,
-    frames: Arc<FrameAllocator>,
+    frames: PtArc<FrameAllocator>,
     tlb: Arc<CountingFlush>,
     vmalloc_pages: AtomicU64,
     batch_pages: AtomicU64,
@@ -103,7 +107,7 @@ impl Legacy {
     pub fn new(cfg: &ImplConfig) -> Result<Self, ImplError> {
         let arena = PhysArena::mmap(cfg.arena_bytes, PhysAddr::new_truncate(ARENA_BASE))
             .map_err(|e| ImplError::Backend(format!("arena: {e}")))?;
-        let frames = Arc::new(FrameAllocator::new(Arc::new(arena)));
+        let frames = PtArc::new(FrameAllocator::new(PtArc::new(arena)));
         let space = AddressSpace::new(frames.clone()).map_err(map_err)?;
         space
             .preallocate(va(VMALLOC_START)?, va(VMALLOC_END)?)

@@ -193,7 +193,7 @@ fn point(
             source,
         })?;
     let before = imp.stats().tlb_flushes;
-    let out = driver::run_concurrent(imp.as_ref(), &params, seed, None);
+    let out = driver::run_concurrent(imp.as_ref(), &params, seed, None, cfg.timeout);
     imp.purge();
     let check = imp.check_idle();
     let tests: Vec<_> = out.workers.iter().flat_map(|w| w.tests.iter()).collect();

@@ -14,14 +14,21 @@
 //! A case's error is a failure; a panic inside a case is caught and counted as a failure too
 //! (with its message), so one bug cannot take the report down.
 //!
-//! Shared state: the gate (`parking_lot::RwLock`) and the optional progress bar (internally
-//! synchronised). Results travel back through the join handles.
+//! With a timeout, a watchdog (the kernel's hung-task detector, in effect) waits for the
+//! workers; past the deadline it prints which test each worker is in and exits the process
+//! with status 3, since a stuck allocator call cannot be interrupted from outside.
+//!
+//! Shared state: the gate (`parking_lot::RwLock`), the optional progress bar (internally
+//! synchronised), one `Relaxed` atomic per worker naming its current test (read only by the
+//! watchdog's report), and the watchdog's done flag (`Mutex` + `Condvar`). Results travel back
+//! through the join handles.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
 
 use crate::impls::VmallocImpl;
@@ -104,15 +111,23 @@ fn run_once(case: &TestCase, ctx: &mut Ctx<'_>) -> Result<(), String> {
     }
 }
 
-/// The body of worker `i`.
-fn worker(
-    i: u32,
-    imp: &dyn VmallocImpl,
-    params: &Params,
+/// "Done" in a worker's current-test slot.
+const WORKER_DONE: u32 = u32::MAX;
+
+/// What a worker needs besides its index.
+struct Shared<'a> {
+    imp: &'a dyn VmallocImpl,
+    params: &'a Params,
     seed: u64,
-    gate: &RwLock<()>,
-    progress: Option<&ProgressBar>,
-) -> WorkerResult {
+    gate: &'a RwLock<()>,
+    progress: Option<&'a ProgressBar>,
+    /// Per worker: the id of the test it is running (0 before the first, `WORKER_DONE` after).
+    current: &'a [AtomicU32],
+}
+
+/// The body of worker `i`.
+fn worker(i: u32, sh: &Shared<'_>) -> WorkerResult {
+    let (imp, params, seed, gate, progress) = (sh.imp, sh.params, sh.seed, sh.gate, sh.progress);
     pagetable::cpu::set_this_cpu(i as usize);
     let mut rng = Rng::new(seed, u64::from(i));
     // The module shuffles its whole table, then skips the tests the mask leaves out.
@@ -138,6 +153,7 @@ fn worker(
             avg_usec: 0,
             errors: Vec::new(),
         };
+        sh.current[i as usize].store(case.id(), Ordering::Relaxed);
         let t0 = Instant::now();
         for _ in 0..params.test_repeat_count {
             let mut ctx = Ctx {
@@ -162,6 +178,7 @@ fn worker(
         r.avg_usec = us / u64::from(params.test_repeat_count.max(1));
         tests.push(r);
     }
+    sh.current[i as usize].store(WORKER_DONE, Ordering::Relaxed);
     WorkerResult {
         worker: i,
         cpu: pagetable::cpu::this_cpu(),
@@ -182,24 +199,68 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// Start `params.nr_threads` workers on `imp` together and collect their results.
+/// The watchdog's report: where each worker is.
+fn report_hang(timeout: Duration, current: &[AtomicU32]) -> String {
+    let mut msg = format!("test_vmalloc: timeout after {} s:", timeout.as_secs_f64());
+    for (i, c) in current.iter().enumerate() {
+        let id = c.load(Ordering::Relaxed);
+        let what = match id {
+            0 => "not started",
+            WORKER_DONE => "done",
+            id => cases::TESTS
+                .iter()
+                .find(|t| t.id() == id)
+                .map_or("?", |t| t.name),
+        };
+        msg.push_str(&format!(" worker{i}: {what};"));
+    }
+    msg
+}
+
+/// Start `params.nr_threads` workers on `imp` together and collect their results. With a
+/// `timeout`, a run that has not finished by then is reported on stderr and the process exits
+/// with status 3.
 pub fn run_concurrent(
     imp: &dyn VmallocImpl,
     params: &Params,
     seed: u64,
     progress: Option<&ProgressBar>,
+    timeout: Option<Duration>,
 ) -> Outcome {
     let gate = RwLock::new(());
+    let current: Vec<AtomicU32> = (0..params.nr_threads).map(|_| AtomicU32::new(0)).collect();
+    let done = (Mutex::new(false), Condvar::new());
+    let shared = Shared {
+        imp,
+        params,
+        seed,
+        gate: &gate,
+        progress,
+        current: &current,
+    };
     let mut spawn_failures = Vec::new();
     let mut workers = Vec::new();
     let mut elapsed = Duration::ZERO;
     std::thread::scope(|s| {
+        if let Some(t) = timeout {
+            let (done, current) = (&done, &current);
+            s.spawn(move || {
+                let deadline = Instant::now() + t;
+                let mut g = done.0.lock();
+                while !*g {
+                    if done.1.wait_until(&mut g, deadline).timed_out() && !*g {
+                        eprintln!("{}", report_hang(t, current));
+                        std::process::exit(3);
+                    }
+                }
+            });
+        }
         let hold = gate.write();
         let mut handles = Vec::new();
         for i in 0..params.nr_threads {
-            let gate = &gate;
+            let shared = &shared;
             let b = std::thread::Builder::new().name(format!("vmalloc_test/{i}"));
-            match b.spawn_scoped(s, move || worker(i, imp, params, seed, gate, progress)) {
+            match b.spawn_scoped(s, move || worker(i, shared)) {
                 Ok(h) => handles.push((i, h)),
                 Err(e) => spawn_failures.push(SpawnFailure {
                     worker: i,
@@ -220,6 +281,8 @@ pub fn run_concurrent(
             }
         }
         elapsed = t0.elapsed();
+        *done.0.lock() = true;
+        done.1.notify_all();
     });
     Outcome {
         workers,

@@ -116,7 +116,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport, RunError> {
         * cases::selected(params.run_test_mask).count() as u64
         * u64::from(params.test_repeat_count);
     let pb = progress_bar(cfg.progress, steps, cfg.allocator.as_str());
-    let out = driver::run_concurrent(imp.as_ref(), &params, seed, pb.as_ref());
+    let out = driver::run_concurrent(imp.as_ref(), &params, seed, pb.as_ref(), cfg.timeout);
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -169,7 +169,7 @@ pub fn list_text() -> String {
 
 /// The whole program: parse `args` (`args[0]` is the program name), run, print, and say how
 /// to exit (0: everything passed; 1: a test or check failed; 2: bad command line or the run
-/// could not start).
+/// could not start; `--timeout` exits the process with 3 from the watchdog).
 pub fn main_with_args<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -182,8 +182,12 @@ where
             return ExitCode::SUCCESS;
         }
         Err(params::CliError::Clap(e)) => {
-            // clap's own rendering (usage and hint included).
-            eprint!("{}", e.render().ansi());
+            // clap's own rendering (usage and hint included), coloured on a terminal only.
+            if std::io::stderr().is_terminal() {
+                eprint!("{}", e.render().ansi());
+            } else {
+                eprint!("{}", e.render());
+            }
             return ExitCode::from(2);
         }
         Err(e) => {

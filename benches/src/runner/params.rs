@@ -20,6 +20,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use serde::Serialize;
@@ -248,6 +249,10 @@ struct Cli {
     /// Physical arena size in MiB (default: computed from the workload).
     #[arg(long = "arena_mib", value_name = "MIB")]
     arena_mib: Option<u64>,
+    /// Give up after SECS seconds: print where each worker is and exit with status 3 (a hung
+    /// allocator call cannot be interrupted).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
     /// List the tests and their ids, then exit.
     #[arg(long)]
     list: bool,
@@ -284,6 +289,8 @@ pub struct RunConfig {
     pub arena_bytes: Option<u64>,
     /// Draw a progress bar if stderr is a terminal.
     pub progress: bool,
+    /// Watchdog: exit with status 3 if the run takes longer.
+    pub timeout: Option<Duration>,
 }
 
 impl RunConfig {
@@ -297,6 +304,7 @@ impl RunConfig {
             seed: None,
             arena_bytes: None,
             progress: false,
+            timeout: None,
         }
     }
 }
@@ -324,6 +332,8 @@ pub struct CompareConfig {
     pub arena_bytes: Option<u64>,
     /// Draw a progress bar if stderr is a terminal.
     pub progress: bool,
+    /// Watchdog per point: exit with status 3 if one takes longer.
+    pub timeout: Option<Duration>,
 }
 
 /// Parse a command line (`args[0]` is the program name), without exiting or printing.
@@ -410,6 +420,16 @@ where
         })?),
     };
     let progress = !cli.no_progress && !cli.json;
+    let timeout = match cli.timeout {
+        Some(0) => {
+            return Err(CliError::BadValue {
+                key: "timeout".into(),
+                value: "0".into(),
+                why: "must be positive",
+            });
+        }
+        t => t.map(Duration::from_secs),
+    };
 
     if cli.compare {
         if mode.is_some() {
@@ -440,6 +460,7 @@ where
             seed: cli.seed,
             arena_bytes,
             progress,
+            timeout,
         }));
     }
     if cli.chart.is_some() || cli.compare_threads.is_some() {
@@ -455,6 +476,7 @@ where
         seed: cli.seed,
         arena_bytes,
         progress,
+        timeout,
     }))
 }
 

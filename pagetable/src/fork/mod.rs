@@ -356,9 +356,9 @@ pub fn handle_write_fault(space: &AddressSpace, va: VirtAddr) -> Result<FaultOut
                 continue;
             }
             new_frame = None;
-            // Our mapping's reference to the old frame (count > 1 was read under the lock, so
-            // this never releases a frame another space still maps... unless that space
-            // dropped its reference meanwhile, in which case releasing it is right).
+            // Drop this mapping's reference to the old frame; the other sharers keep theirs
+            // (if they all dropped theirs meanwhile, this releases it, as it should). It
+            // cannot be refused: the mapping held a reference.
             let _ = space.frames().free(old);
             break Ok(FaultOutcome::Copied);
         }

@@ -124,6 +124,7 @@ impl Iterator for Mappings<'_> {
 
 impl AddressSpace {
     /// Where `va` leads: the physical address of that byte, the leaf's flags and size.
+    #[inline]
     pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
         let l = lin(va);
         let leaf = self.leaf(l)?;

@@ -10,12 +10,13 @@
 //! per table lookup). Nothing is flushed here: unmap and protect return the [`FlushRange`]
 //! that needs a shootdown (see [`crate::tlb`]).
 //!
-//! A map is all-or-nothing without any rollback: a first read-only pass checks that nothing
-//! is mapped in the range (and that no huge page is in the way) and counts the missing
-//! tables; the frames for those tables are allocated up front (a failure frees them and
-//! returns [`MapError::OutOfFrames`] before any entry changed); the second pass installs
-//! tables and stores leaves. Tables are never allocated inside the second pass, so it cannot
-//! fail under the ownership rule below.
+//! A map is all or nothing. A first walk over the table levels above the leaves counts the
+//! missing tables and rejects a huge leaf in the way; the frames for those tables are
+//! allocated up front (a failure frees them and returns [`MapError::OutOfFrames`] before any
+//! entry changed). The second walk installs the tables and fills each leaf-table slice in one
+//! loop that checks every entry is unused as it stores it; meeting a mapped page stops it,
+//! and the leaves written so far are cleared and the tables it installed inside its range are
+//! freed again (see `build.rs`).
 //!
 //! Kernel half. [`AddressSpace::new_sharing_kernel`] copies PML4 entries 256..512 of another
 //! space, so both point at the same kernel PDPT tables; [`AddressSpace::preallocate`]
@@ -47,8 +48,9 @@
 //! * [`AddressSpace::protect`], COW write-protection and fault handling change present leaves
 //!   with compare-exchange loops, so concurrent A/D updates are never lost.
 //! * Tables are freed only by [`AddressSpace::clean_up`] (caller: nobody maps or accesses the
-//!   range meanwhile) and on drop; a table whose span reaches outside the range is never
-//!   freed.
+//!   range meanwhile), by a failed map's rollback (only tables it installed itself inside its
+//!   own range, which nobody else can reach under the ownership rule), and on drop; a table
+//!   whose span reaches outside the range concerned is never freed.
 //! * `ptl` (a `sync::Mutex<()>` per space) serializes `copy_range` and `handle_write_fault`
 //!   on a space's leaves (see [`crate::fork`]); map/unmap never take it.
 

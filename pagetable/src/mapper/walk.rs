@@ -182,38 +182,43 @@ impl AddressSpace {
     /// The hot path of `translate` and of the TLB model's page walk: the arena's word slice
     /// is fetched once and each level is a bounds-checked slice of it (an entry pointing
     /// outside the arena reads as "not mapped").
+    #[inline]
     pub(crate) fn leaf(&self, l: u64) -> Option<Leaf<'_>> {
         let arena = self.arena();
         let base = arena.base().as_u64();
         let words = arena
             .words(arena.base(), (arena.size() / 8) as usize)
             .ok()?;
-        let table = |p: Pte| -> Option<&PageTable> {
-            let off = (p.addr().as_u64().wrapping_sub(base) / 8) as usize;
-            PageTable::from_words(words.get(off..off.checked_add(ENTRIES_PER_TABLE)?)?)
+        // `pa - base` wraps to a huge offset for an address below the arena, which `get`
+        // rejects; `off + 512` cannot overflow (`off < 2^61`).
+        let table = |pa: u64| -> Option<&PageTable> {
+            let off = (pa.wrapping_sub(base) / 8) as usize;
+            PageTable::from_words(words.get(off..off + ENTRIES_PER_TABLE)?)
         };
-        let mut t = self.root_table();
-        let mut level = 4;
-        loop {
+        let mut t = table(self.root.start_address().as_u64())?;
+        for level in [4, 3, 2] {
             let entry = &t[index(l, level)];
             let pte = entry.load(Ordering::Acquire);
             if !pte.is_present() {
                 return None;
             }
-            if level == 1 || pte.is_huge() {
-                if level == 4 {
-                    // HUGE_PAGE is reserved at PML4 level: never a leaf.
-                    return None;
-                }
-                return Some(Leaf {
+            if pte.is_huge() {
+                // HUGE_PAGE is reserved at PML4 level: never a leaf there.
+                return (level != 4).then_some(Leaf {
                     entry,
                     pte,
                     size: entry_span(level),
                 });
             }
-            t = table(pte)?;
-            level -= 1;
+            t = table(pte.addr().as_u64())?;
         }
+        let entry = &t[index(l, 1)];
+        let pte = entry.load(Ordering::Acquire);
+        pte.is_present().then_some(Leaf {
+            entry,
+            pte,
+            size: PAGE_SIZE,
+        })
     }
 }
 
@@ -352,17 +357,14 @@ fn clear_level<F: FnMut(crate::addr::PhysAddr, u64)>(
         let (mut first, mut last, mut count) = (usize::MAX, 0, 0);
         for (k, entry) in entries.iter().enumerate() {
             let p = entry.load(Ordering::Relaxed);
-            if p.is_unused() {
-                continue;
+            if !p.is_unused() {
+                // Ownership rule: nobody else stores to this entry (see the mapper docs).
+                entry.store(Pte::UNUSED, Ordering::Release);
+                f(p.addr(), PAGE_SIZE);
+                first = first.min(k);
+                last = k;
+                count += 1;
             }
-            // Ownership rule: nobody else stores to this entry (see the mapper docs).
-            entry.store(Pte::UNUSED, Ordering::Release);
-            f(p.addr(), PAGE_SIZE);
-            if count == 0 {
-                first = k;
-            }
-            last = k;
-            count += 1;
         }
         if count > 0 {
             *pages += count;

@@ -1,0 +1,351 @@
+//! The `alloc_free` target: the vmalloc API of one small [`Vmalloc`] instance driven by an
+//! arbitrary sequence of operations and checked against [`model::Model`] after every step.
+//!
+//! The instance is built to run out of everything often: 2 KVA shards over a 32 MiB range
+//! (eight vmap blocks fill it), a 4 MiB heap arena (1,024 frames), a lazy threshold chosen by
+//! the input between 1 and 1,024 pages, per-CPU area caches on or off, and
+//! [`PurgeMode::Synchronous`] (no threads: every run is deterministic and replays exactly).
+//!
+//! What is checked is listed in [`check`] (after every step) and in each operation of
+//! [`ops`]; in short: every result and error equals the model's (error variants with their
+//! fields), a `NoSpace` is only returned when the model's free space has no aligned fit in
+//! the window, a frame shortage only when frames are really short (or a failure was
+//! injected), and a failed call changes nothing (frames, VA, mappings); live areas never
+//! overlap, alignment and window are honoured, contents read back as written, no CPU caches a
+//! translation of free VA, and at the end, after a purge, all VA and every frame are back.
+
+pub mod check;
+pub mod model;
+pub mod ops;
+pub mod release;
+pub mod vmap_ram;
+
+use std::sync::Arc;
+
+use arbitrary::Arbitrary;
+use pagetable::{AddressSpace, ArenaConfig, Backing, FrameAllocator, PhysAddr, VirtAddr};
+use vmalloc::{KvaConfig, PurgeMode, TlbChoice, Vmalloc, VmallocConfig};
+
+use model::{KVA_END, KVA_START, Model, PAGE};
+
+/// A whole run.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct Input {
+    /// Lazy threshold selector (1, 16, 128 or 1,024 pages).
+    pub lazy: u8,
+    /// Per-CPU caches of small free areas.
+    pub pcpu_cache: bool,
+    /// The operations.
+    pub ops: Vec<Op>,
+}
+
+/// A size selector: a few bytes to ~1,500 pages, mostly small.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub struct Size(pub u16);
+
+impl Size {
+    /// Bytes.
+    pub fn bytes(self) -> u64 {
+        let v = u64::from(self.0 >> 2);
+        match self.0 & 3 {
+            0 => v % (4 * PAGE) + 1,
+            1 => (v % 16 + 1) * PAGE,
+            2 => (v % 300 + 1) * PAGE,
+            _ => (v % 1500) * PAGE + v % 7,
+        }
+    }
+}
+
+/// Which address an operation aims at.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Target {
+    /// The start of a live object made by the harness.
+    Live(u16),
+    /// An address released before.
+    Freed(u16),
+    /// Inside (or just past) a live object: page aligned or not.
+    Interior(u16, u16),
+    /// Any page of the KVA range.
+    Random(u16),
+    /// The null address.
+    Null,
+}
+
+/// Extra flags for `vmalloc_node_range` and `get_vm_area` (bit set).
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub struct Bits(pub u8);
+
+/// One step.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum Op {
+    /// `vmalloc` / `vzalloc`.
+    Vmalloc {
+        /// Size.
+        size: Size,
+        /// `vzalloc`.
+        zero: bool,
+    },
+    /// `vmalloc_user` (zeroed, `VM_USERMAP`).
+    VmallocUser(Size),
+    /// `vmalloc_node_range` with alignment, window, flags, protection and node.
+    NodeRange {
+        /// Size.
+        size: Size,
+        /// Alignment selector.
+        align: u8,
+        /// Window start (pages into the range, or outside it).
+        start: u16,
+        /// Window length selector.
+        len: u16,
+        /// `NO_GUARD`, `USERMAP`, read-only, exec, DMA32, zero, a forbidden flag.
+        bits: Bits,
+        /// Preferred node.
+        node: Option<u8>,
+    },
+    /// `vfree`.
+    Vfree(Target),
+    /// `vfree_atomic`, then the deferred list drained.
+    VfreeAtomic(Target),
+    /// `vread` at an offset from a target.
+    Vread {
+        /// Base.
+        at: Target,
+        /// Offset from the base (may cross into the guard page or the next area).
+        off: u16,
+        /// Length.
+        len: u16,
+    },
+    /// `vwrite` of a pattern.
+    Vwrite {
+        /// Base.
+        at: Target,
+        /// Offset from the base.
+        off: u16,
+        /// Length.
+        len: u16,
+        /// Pattern seed.
+        seed: u8,
+    },
+    /// `purge_vmap_area_lazy` (`full`) or `Kva::purge`.
+    Purge {
+        /// Also retire fragmented vmap blocks.
+        full: bool,
+    },
+    /// `vm_map_ram` of fresh harness frames.
+    MapRam {
+        /// Page count (0 is an error; up to 100: above 64 gets an own area).
+        count: u8,
+        /// Preferred node.
+        node: Option<u8>,
+        /// Map read-only.
+        ro: bool,
+        /// Pass a frame that is not the arena's.
+        bad_frame: bool,
+    },
+    /// `vm_unmap_ram`.
+    UnmapRam {
+        /// Address.
+        at: Target,
+        /// Count: the right one, or another.
+        count: Option<u8>,
+    },
+    /// `vm_unmap_aliases`.
+    UnmapAliases,
+    /// `vmap` of fresh harness frames.
+    Vmap {
+        /// Page count (0 is an error).
+        count: u8,
+        /// Map read-only.
+        ro: bool,
+        /// `VM_USERMAP` (else none; sometimes a forbidden flag).
+        flags: u8,
+    },
+    /// `vunmap`.
+    Vunmap(Target),
+    /// `get_vm_area`.
+    GetVmArea {
+        /// Size.
+        size: Size,
+        /// Flags bits.
+        bits: Bits,
+    },
+    /// `alloc_vm_area` (page tables built, nothing mapped).
+    AllocVmArea(Size),
+    /// `free_vm_area`.
+    FreeVmArea(Target),
+    /// `ioremap` of device memory (or, to be refused, RAM).
+    Ioremap {
+        /// Physical page selector.
+        phys: u16,
+        /// Byte offset in the first page.
+        off: u16,
+        /// Size in bytes selector.
+        size: u16,
+    },
+    /// `iounmap`.
+    Iounmap(Target),
+    /// `find_vm_area`.
+    FindVmArea(Target),
+    /// `vmallocinfo` and `stats` against the model.
+    Info,
+    /// `remap_vmalloc_range` into the user space.
+    Remap {
+        /// Kernel address.
+        at: Target,
+        /// User slot (64 pages each).
+        slot: u8,
+        /// Pages.
+        pages: u8,
+        /// Page offset.
+        pgoff: u8,
+    },
+    /// Unmap a user slot (`unmap_and_free`: drops the references).
+    UserUnmap(u8),
+    /// Write through a user mapping (at the frame it maps), seen by `vread` of the area.
+    UserWrite {
+        /// Slot.
+        slot: u8,
+        /// Page in the slot.
+        page: u8,
+        /// Pattern seed.
+        seed: u8,
+    },
+    /// Make the n-th frame allocation of the next operation fail.
+    Inject(u8),
+}
+
+/// Size of a user slot in pages.
+pub const SLOT_PAGES: u64 = 64;
+/// User slots.
+pub const SLOTS: u64 = 16;
+/// Base of the user slots (lower half).
+pub const USER_BASE: u64 = 0x10_0000_0000;
+
+/// A live object the harness made, for `Target::Live` / `Interior`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handle {
+    /// The address the API returned.
+    pub addr: u64,
+    /// Bytes it covers (guard page excluded).
+    pub len: u64,
+    /// For `vm_map_ram`: the page count.
+    pub count: usize,
+}
+
+/// The instance, the model, and the harness's bookkeeping.
+pub struct World {
+    /// The instance under test.
+    pub vm: Vmalloc,
+    /// Its frame allocator.
+    pub frames: Arc<FrameAllocator>,
+    /// The user space for `remap_vmalloc_range` (dropped at the end).
+    pub user: Option<AddressSpace>,
+    /// The model.
+    pub m: Model,
+    /// Objects made and not released, in creation order.
+    pub handles: Vec<Handle>,
+    /// Addresses released (most recent last, bounded).
+    pub freed: Vec<u64>,
+    /// Frames used right after construction.
+    pub baseline_used: u64,
+    /// A failure injection armed for the current operation.
+    pub injected: bool,
+    /// A failure injection waiting for the next operation's call.
+    pub pending_inject: Option<u64>,
+    /// The KVA allocator's purge count the model has caught up with.
+    pub purges_seen: u64,
+    /// Step counter (for messages).
+    pub step: usize,
+}
+
+impl World {
+    /// A fresh instance for `input`.
+    pub fn new(input: &Input) -> World {
+        let lazy = [1usize, 16, 128, 1024][usize::from(input.lazy % 4)];
+        let cfg = VmallocConfig {
+            kva: KvaConfig {
+                shards: 2,
+                lazy_max_pages: Some(lazy),
+                purge_mode: PurgeMode::Synchronous,
+                pcpu_cache: input.pcpu_cache,
+                ..KvaConfig::with_range(KVA_START, KVA_END)
+            },
+            arena: ArenaConfig {
+                size: model::ARENA_BYTES,
+                base: PhysAddr::zero(),
+                backing: Backing::Heap,
+            },
+            tlb: TlbChoice::Model,
+            ..VmallocConfig::small_heap(model::ARENA_BYTES)
+        };
+        let vm = Vmalloc::new(cfg).expect("instance");
+        let frames = Arc::clone(vm.frames());
+        let baseline_used = frames.stats().used;
+        let purges_seen = vm.kva().stats().purges;
+        let user = vm.new_user_space().expect("user space");
+        World {
+            vm,
+            frames,
+            user: Some(user),
+            m: Model::default(),
+            handles: Vec::new(),
+            freed: Vec::new(),
+            baseline_used,
+            injected: false,
+            pending_inject: None,
+            purges_seen,
+            step: 0,
+        }
+    }
+
+    /// Resolve a target to an address.
+    pub fn addr(&self, t: Target) -> u64 {
+        match t {
+            Target::Live(i) if !self.handles.is_empty() => {
+                self.handles[usize::from(i) % self.handles.len()].addr
+            }
+            Target::Freed(i) if !self.freed.is_empty() => {
+                self.freed[usize::from(i) % self.freed.len()]
+            }
+            Target::Interior(i, off) if !self.handles.is_empty() => {
+                let h = self.handles[usize::from(i) % self.handles.len()];
+                let span = h.len + PAGE;
+                let o = u64::from(off >> 1);
+                if off & 1 == 0 {
+                    h.addr + (o * PAGE) % span.next_multiple_of(PAGE)
+                } else {
+                    h.addr + (o * 61 + 1) % span
+                }
+            }
+            Target::Null => 0,
+            Target::Live(x) | Target::Freed(x) | Target::Interior(x, _) | Target::Random(x) => {
+                KVA_START + (u64::from(x) * PAGE) % (KVA_END - KVA_START)
+            }
+        }
+    }
+
+    /// Forget the handle at `addr` and remember the address as released.
+    pub fn released(&mut self, addr: u64) {
+        self.handles.retain(|h| h.addr != addr);
+        self.freed.push(addr);
+        if self.freed.len() > 64 {
+            self.freed.remove(0);
+        }
+    }
+
+    /// The kernel address as a `VirtAddr`.
+    pub fn va(a: u64) -> VirtAddr {
+        VirtAddr::new_truncate(a)
+    }
+}
+
+/// Run one input.
+pub fn run(input: &Input) {
+    let mut w = World::new(input);
+    for op in &input.ops {
+        w.apply(op);
+        w.check();
+        w.step += 1;
+    }
+    w.finish();
+}

@@ -1,0 +1,726 @@
+//! The `pagetable` target: two [`AddressSpace`]s over one small frame allocator, driven by
+//! map / map_contiguous / unmap / protect / populate / clean_up / copy_range / write faults /
+//! CPU writes / frame exhaustion, against a `BTreeMap` model (page -> frame, flags, leaf).
+//!
+//! After every step: both spaces' mappings (through `mappings` and `translate`) and `rss`
+//! equal the models; every data frame's reference count equals the number of model entries
+//! mapping it; every data frame holds the tag the model says (so a COW break that copies the
+//! wrong frame or a write that lands in a shared frame is seen); a failed operation changed
+//! nothing, not even the frame allocator's `used` count. At the end everything is unmapped,
+//! the spaces dropped, and the allocator must be back to zero frames used.
+//!
+//! The window is 2,048 pages straddling a 512 GiB boundary (tables at every level are shared
+//! and split), the arena 512 frames (so tables, COW copies and maps run out of frames), and
+//! device memory for `map_contiguous` lies outside the arena (no references, never COW).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arbitrary::Arbitrary;
+use pagetable::{
+    AddressSpace, FaultOutcome, FrameAllocator, MapError, PageTableFlags, PhysAddr, PhysArena,
+    PhysFrame, VirtAddr, VmaKind, Zone, copy_range, handle_write_fault,
+};
+
+const KB4: u64 = 4096;
+const PAGES: u64 = 2048;
+/// Window start: 1,024 pages below the 512 GiB boundary.
+const BASE: u64 = 0x80_0000_0000 - 1024 * KB4;
+const HUGE: u64 = 512;
+/// Physical base of the arena and its size in frames.
+const ARENA_BASE: u64 = 0x40_0000;
+const ARENA_FRAMES: u64 = 512;
+/// Device memory (outside the arena) mapped by `map_contiguous`.
+const DEVICE: u64 = 0x100_0000_0000;
+
+const FLAG_CHOICES: [PageTableFlags; 5] = [
+    PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE),
+    PageTableFlags::PRESENT,
+    PageTableFlags::PRESENT
+        .union(PageTableFlags::WRITABLE)
+        .union(PageTableFlags::USER_ACCESSIBLE),
+    PageTableFlags::PRESENT.union(PageTableFlags::NO_EXECUTE),
+    PageTableFlags::PRESENT
+        .union(PageTableFlags::WRITABLE)
+        .union(PageTableFlags::GLOBAL),
+];
+
+/// Flags the comparison ignores: HUGE_PAGE is structural, A/D are hardware state.
+const IGNORED: PageTableFlags = PageTableFlags::HUGE_PAGE
+    .union(PageTableFlags::ACCESSED)
+    .union(PageTableFlags::DIRTY);
+
+/// A page count selector: small, medium, one or two 2 MiB chunks and a bit.
+fn count(sel: u16) -> u64 {
+    match sel % 8 {
+        0..=3 => u64::from(sel >> 3) % 8 + 1,
+        4 | 5 => u64::from(sel >> 3) % 600 + 1,
+        6 => HUGE,
+        _ => 2 * HUGE + 3,
+    }
+}
+
+/// One step.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum Op {
+    /// Map fresh frames (tagged) with 4 KiB pages.
+    Map {
+        /// Space 0 or 1.
+        space: bool,
+        /// First page in the window.
+        page: u16,
+        /// Page count selector.
+        n: u16,
+        /// Flags selector.
+        flags: u8,
+    },
+    /// Map device memory contiguously, maybe with 2 MiB leaves.
+    MapContiguous {
+        /// Space.
+        space: bool,
+        /// 2 MiB chunk of the window.
+        chunk: u8,
+        /// Shape selector (aligned or not, one or two chunks, a tail).
+        extra: u8,
+        /// Ask for huge leaves.
+        huge: bool,
+        /// Flags selector.
+        flags: u8,
+    },
+    /// Unmap (frames handed back through the callback, or with `unmap_and_free`).
+    Unmap {
+        /// Space.
+        space: bool,
+        /// First page.
+        page: u16,
+        /// Count selector.
+        n: u16,
+        /// Use `unmap_and_free`.
+        and_free: bool,
+    },
+    /// Change flags.
+    Protect {
+        /// Space.
+        space: bool,
+        /// First page.
+        page: u16,
+        /// Count selector.
+        n: u16,
+        /// Flags selector.
+        flags: u8,
+    },
+    /// Build tables only.
+    Populate {
+        /// Space.
+        space: bool,
+        /// First page.
+        page: u16,
+        /// Count selector.
+        n: u16,
+    },
+    /// Free empty tables.
+    CleanUp {
+        /// Space.
+        space: bool,
+        /// First page.
+        page: u16,
+        /// Count selector.
+        n: u16,
+    },
+    /// `copy_range` (fork) between the spaces.
+    Copy {
+        /// First page.
+        page: u16,
+        /// Count selector.
+        n: u16,
+        /// `VmaKind::Shared` instead of `Private`.
+        shared: bool,
+        /// Copy from space 0 to space 1 (else 1 to 0).
+        to_b: bool,
+    },
+    /// `handle_write_fault`.
+    Fault {
+        /// Space.
+        space: bool,
+        /// Page.
+        page: u16,
+    },
+    /// A CPU write of a new tag: faults first if the page is COW.
+    Write {
+        /// Space.
+        space: bool,
+        /// Page.
+        page: u16,
+    },
+    /// Hold (true) or give back (false) frames so that the arena nearly runs out.
+    Ballast {
+        /// Take frames (else release them all).
+        take: bool,
+        /// Leave this many frames free when taking.
+        leave: u8,
+    },
+}
+
+/// One mapped page in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    pa: u64,
+    flags: PageTableFlags,
+    /// First page and page count of the leaf it belongs to.
+    leaf: (u64, u64),
+}
+
+type Model = BTreeMap<u64, Entry>;
+
+fn va(page: u64) -> VirtAddr {
+    VirtAddr::new_truncate(BASE + page * KB4)
+}
+
+fn managed(pa: u64) -> bool {
+    (ARENA_BASE..ARENA_BASE + ARENA_FRAMES * KB4).contains(&pa)
+}
+
+/// Whether a leaf of the model straddles the boundary of `[page, page + n)`.
+fn cuts_leaf(m: &Model, page: u64, n: u64) -> bool {
+    m.range(page..page + n)
+        .any(|(_, e)| e.leaf.0 < page || e.leaf.0 + e.leaf.1 > page + n)
+}
+
+/// `protect`'s rule for one leaf.
+fn protected(old: PageTableFlags, new: PageTableFlags) -> PageTableFlags {
+    let kept = PageTableFlags::ACCESSED | PageTableFlags::DIRTY | PageTableFlags::COW;
+    let mut f = (new - kept - PageTableFlags::HUGE_PAGE) | (old & kept) | PageTableFlags::PRESENT;
+    if old.contains(PageTableFlags::COW) {
+        f.remove(PageTableFlags::WRITABLE);
+    }
+    f - IGNORED
+}
+
+/// The space's mappings in the window, page by page.
+fn observe(s: &AddressSpace) -> Model {
+    let mut m = Model::new();
+    for map in s.mappings(va(0), PAGES * KB4) {
+        let first = (map.va.as_u64() - BASE) / KB4;
+        let pages = map.size / KB4;
+        for i in 0..pages {
+            m.insert(
+                first + i,
+                Entry {
+                    pa: map.pa.as_u64() + i * KB4,
+                    flags: map.flags - IGNORED,
+                    leaf: (first, pages),
+                },
+            );
+        }
+    }
+    m
+}
+
+struct World {
+    frames: Arc<FrameAllocator>,
+    spaces: [AddressSpace; 2],
+    models: [Model; 2],
+    /// Tag (first 8 bytes) of every managed frame mapped somewhere.
+    tags: HashMap<u64, u64>,
+    next_tag: u64,
+    ballast: Vec<PhysFrame>,
+}
+
+impl World {
+    fn new() -> Self {
+        let arena =
+            PhysArena::heap(ARENA_FRAMES * KB4, PhysAddr::new_truncate(ARENA_BASE)).expect("arena");
+        let frames = Arc::new(FrameAllocator::new(Arc::new(arena)));
+        let spaces = [
+            AddressSpace::new(Arc::clone(&frames)).expect("space"),
+            AddressSpace::new(Arc::clone(&frames)).expect("space"),
+        ];
+        Self {
+            frames,
+            spaces,
+            models: [Model::new(), Model::new()],
+            tags: HashMap::new(),
+            next_tag: 1,
+            ballast: Vec::new(),
+        }
+    }
+
+    fn used(&self) -> u64 {
+        self.frames.stats().used
+    }
+
+    fn write_tag(&mut self, pa: u64) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.frames
+            .arena()
+            .write(PhysAddr::new_truncate(pa), &tag.to_le_bytes())
+            .expect("tag write");
+        self.tags.insert(pa, tag);
+    }
+
+    /// Drop the model's knowledge of `pa` once no entry maps it any more.
+    fn forget_if_unmapped(&mut self, pa: u64) {
+        if !self.models.iter().any(|m| m.values().any(|e| e.pa == pa)) {
+            self.tags.remove(&pa);
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        let used_before = self.used();
+        match *op {
+            Op::Map {
+                space,
+                page,
+                n,
+                flags,
+            } => {
+                let s = usize::from(space);
+                let page = u64::from(page) % PAGES;
+                let n = count(n).min(PAGES - page);
+                let flags = FLAG_CHOICES[usize::from(flags) % FLAG_CHOICES.len()];
+                let mut frames = Vec::new();
+                if self
+                    .frames
+                    .alloc_bulk(n as usize, Zone::Normal, &mut frames)
+                    .is_err()
+                {
+                    assert!(frames.is_empty(), "alloc_bulk is all or nothing");
+                    assert_eq!(self.used(), used_before, "failed alloc_bulk leaked");
+                    return;
+                }
+                let r = self.spaces[s].map(va(page), &frames, flags);
+                let first_busy = self.models[s].range(page..page + n).next().map(|(&p, _)| p);
+                match (r, first_busy) {
+                    (Ok(()), None) => {
+                        for (i, f) in frames.iter().enumerate() {
+                            let pa = f.start_address().as_u64();
+                            let p = page + i as u64;
+                            self.models[s].insert(
+                                p,
+                                Entry {
+                                    pa,
+                                    flags: (flags | PageTableFlags::PRESENT) - IGNORED,
+                                    leaf: (p, 1),
+                                },
+                            );
+                            self.write_tag(pa);
+                        }
+                    }
+                    (Err(e), busy) => {
+                        match busy {
+                            Some(p) => assert_eq!(e, MapError::AlreadyMapped { va: va(p) }),
+                            None => assert_eq!(e, MapError::OutOfFrames, "map failed"),
+                        }
+                        self.frames.free_bulk(&frames).expect("free our frames");
+                        assert_eq!(self.used(), used_before, "failed map leaked frames");
+                    }
+                    (Ok(()), Some(p)) => panic!("map over the mapped page {p} succeeded"),
+                }
+            }
+            Op::MapContiguous {
+                space,
+                chunk,
+                extra,
+                huge,
+                flags,
+            } => {
+                let s = usize::from(space);
+                let extra = u64::from(extra) % 3;
+                let page =
+                    (u64::from(chunk) % (PAGES / HUGE)) * HUGE + if extra == 2 { 7 } else { 0 };
+                let n = (HUGE * (1 + extra % 2) + if extra == 1 { 5 } else { 0 }).min(PAGES - page);
+                let pa0 = DEVICE + page * KB4;
+                let flags = FLAG_CHOICES[usize::from(flags) % FLAG_CHOICES.len()];
+                let r = self.spaces[s].map_contiguous(
+                    va(page),
+                    PhysAddr::new_truncate(pa0),
+                    n * KB4,
+                    flags,
+                    huge,
+                );
+                let first_busy = self.models[s].range(page..page + n).next().map(|(&p, _)| p);
+                match (r, first_busy) {
+                    (Ok(()), None) => {
+                        // Leaf sizes are the implementation's choice (a leftover leaf table
+                        // keeps a chunk at 4 KiB): learn them and check they are legal.
+                        let seen = observe(&self.spaces[s]);
+                        for i in 0..n {
+                            let e = seen[&(page + i)];
+                            if e.leaf.1 > 1 {
+                                assert!(huge, "huge leaf without asking");
+                                assert_eq!(e.leaf.1, HUGE);
+                                assert!(e.leaf.0 >= page && e.leaf.0 + e.leaf.1 <= page + n);
+                                assert_eq!(e.leaf.0 % HUGE, 0);
+                            }
+                            self.models[s].insert(
+                                page + i,
+                                Entry {
+                                    pa: pa0 + i * KB4,
+                                    flags: (flags | PageTableFlags::PRESENT) - IGNORED,
+                                    leaf: e.leaf,
+                                },
+                            );
+                        }
+                    }
+                    (Err(e), busy) => {
+                        match busy {
+                            Some(p) => assert_eq!(e, MapError::AlreadyMapped { va: va(p) }),
+                            None => assert_eq!(e, MapError::OutOfFrames),
+                        }
+                        assert_eq!(self.used(), used_before, "failed map_contiguous leaked");
+                    }
+                    (Ok(()), Some(p)) => panic!("map_contiguous over mapped page {p}"),
+                }
+            }
+            Op::Unmap {
+                space,
+                page,
+                n,
+                and_free,
+            } => self.unmap(usize::from(space), page, n, and_free),
+            Op::Protect {
+                space,
+                page,
+                n,
+                flags,
+            } => {
+                let s = usize::from(space);
+                let page = u64::from(page) % PAGES;
+                let n = count(n).min(PAGES - page);
+                let flags = FLAG_CHOICES[usize::from(flags) % FLAG_CHOICES.len()];
+                let r = self.spaces[s].protect(va(page), n * KB4, flags);
+                if cuts_leaf(&self.models[s], page, n) {
+                    assert!(matches!(r, Err(MapError::HugePageInTheWay { .. })), "{r:?}");
+                } else {
+                    let flush = r.expect("protect");
+                    let mut touched = false;
+                    for (_, e) in self.models[s].range_mut(page..page + n) {
+                        e.flags = protected(e.flags, flags);
+                        touched = true;
+                    }
+                    if !touched {
+                        assert!(flush.is_empty(), "protect of a hole needs no flush");
+                    }
+                }
+                assert_eq!(self.used(), used_before);
+            }
+            Op::Populate { space, page, n } => {
+                let s = usize::from(space);
+                let page = u64::from(page) % PAGES;
+                let n = count(n).min(PAGES - page);
+                let r = self.spaces[s].populate(va(page), n * KB4);
+                let huge_inside = self.models[s]
+                    .range(page..page + n)
+                    .any(|(_, e)| e.leaf.1 > 1);
+                match r {
+                    Ok(()) => assert!(!huge_inside, "populate through a huge leaf"),
+                    Err(MapError::HugePageInTheWay { .. }) => assert!(huge_inside),
+                    Err(MapError::OutOfFrames) => {
+                        assert_eq!(self.used(), used_before, "failed populate leaked")
+                    }
+                    Err(e) => panic!("populate: {e:?}"),
+                }
+            }
+            Op::CleanUp { space, page, n } => {
+                let s = usize::from(space);
+                let page = u64::from(page) % PAGES;
+                let n = count(n).min(PAGES - page);
+                let freed = self.spaces[s]
+                    .clean_up(va(page), n * KB4)
+                    .expect("clean_up");
+                assert_eq!(self.used(), used_before - freed as u64, "clean_up count");
+            }
+            Op::Copy {
+                page,
+                n,
+                shared,
+                to_b,
+            } => self.copy(page, n, shared, to_b),
+            Op::Fault { space, page } => {
+                let s = usize::from(space);
+                let page = u64::from(page) % PAGES;
+                self.fault(s, page);
+            }
+            Op::Write { space, page } => {
+                let s = usize::from(space);
+                let page = u64::from(page) % PAGES;
+                let Some(e) = self.models[s].get(&page).copied() else {
+                    assert!(self.spaces[s].translate(va(page)).is_none());
+                    return;
+                };
+                if e.flags.contains(PageTableFlags::COW) && !self.fault(s, page) {
+                    return;
+                }
+                let e = self.models[s][&page];
+                if e.flags.contains(PageTableFlags::WRITABLE) && managed(e.pa) {
+                    self.write_tag(e.pa);
+                }
+            }
+            Op::Ballast { take, leave } => {
+                if take {
+                    let st = self.frames.stats();
+                    let want = (st.total - st.used).saturating_sub(u64::from(leave % 16));
+                    for _ in 0..want {
+                        match self.frames.alloc(Zone::Normal) {
+                            Ok(f) => self.ballast.push(f),
+                            Err(_) => break,
+                        }
+                    }
+                } else {
+                    let b = std::mem::take(&mut self.ballast);
+                    self.frames.free_bulk(&b).expect("free ballast");
+                }
+            }
+        }
+    }
+
+    fn unmap(&mut self, s: usize, page: u16, n: u16, and_free: bool) {
+        let used_before = self.used();
+        let page = u64::from(page) % PAGES;
+        let n = count(n).min(PAGES - page);
+        let mut got = Vec::new();
+        let r = if and_free {
+            self.spaces[s].unmap_and_free(va(page), n * KB4)
+        } else {
+            self.spaces[s].unmap(va(page), n * KB4, |pa, size| got.push((pa.as_u64(), size)))
+        };
+        if cuts_leaf(&self.models[s], page, n) {
+            assert!(matches!(r, Err(MapError::HugePageInTheWay { .. })), "{r:?}");
+            assert_eq!(self.used(), used_before);
+            return;
+        }
+        let flush = r.expect("unmap");
+        let pages: Vec<u64> = self.models[s]
+            .range(page..page + n)
+            .map(|(&p, _)| p)
+            .collect();
+        let mut want = Vec::new();
+        for p in &pages {
+            let e = self.models[s].remove(p).expect("model page");
+            if e.leaf.0 == *p {
+                want.push((e.pa, e.leaf.1 * KB4));
+            }
+        }
+        if !and_free {
+            assert_eq!(got, want, "unmap callbacks");
+            // The callback's owner drops the mappings' references.
+            for &(pa, _) in &want {
+                if managed(pa) {
+                    self.frames
+                        .free(PhysFrame::containing_address(PhysAddr::new_truncate(pa)))
+                        .expect("drop a mapping's reference");
+                }
+            }
+        }
+        for &(pa, _) in &want {
+            self.forget_if_unmapped(pa);
+        }
+        match (pages.first(), pages.last()) {
+            (Some(&f), Some(&l)) => assert!(flush.contains(va(f)) && flush.contains(va(l))),
+            _ => assert!(flush.is_empty()),
+        }
+    }
+
+    fn copy(&mut self, page: u16, n: u16, shared: bool, to_b: bool) {
+        let used_before = self.used();
+        let page = u64::from(page) % PAGES;
+        let n = count(n).min(PAGES - page);
+        let (d, s) = if to_b { (1, 0) } else { (0, 1) };
+        let kind = if shared {
+            VmaKind::Shared
+        } else {
+            VmaKind::Private
+        };
+        let r = copy_range(
+            &self.spaces[d],
+            &self.spaces[s],
+            va(page),
+            va(page + n),
+            kind,
+        );
+        let first_chunk = page / HUGE * HUGE;
+        let src_huge = self.models[s]
+            .range(first_chunk..page + n)
+            .any(|(_, e)| e.leaf.1 > 1 && e.leaf.0 + e.leaf.1 > page);
+        let dst_busy = self.models[d].range(page..page + n).next().map(|(&p, _)| p);
+        let stats = match r {
+            Ok(st) => st,
+            Err(e) => {
+                match (dst_busy, e) {
+                    (Some(p), MapError::AlreadyMapped { va: v }) => assert_eq!(v, va(p)),
+                    (None, MapError::HugePageInTheWay { .. }) => assert!(src_huge),
+                    (None, MapError::OutOfFrames) => {}
+                    (b, e) => panic!("copy_range: {e:?} (dst busy at {b:?}, src huge {src_huge})"),
+                }
+                assert_eq!(self.used(), used_before, "failed copy_range leaked");
+                return;
+            }
+        };
+        assert!(
+            dst_busy.is_none() && !src_huge,
+            "copy_range should have failed"
+        );
+        let copied: Vec<(u64, Entry)> = self.models[s]
+            .range(page..page + n)
+            .map(|(&p, &e)| (p, e))
+            .collect();
+        assert_eq!(stats.copied, copied.len() as u64);
+        for (p, mut e) in copied {
+            let cow = !shared
+                && managed(e.pa)
+                && e.flags
+                    .intersects(PageTableFlags::WRITABLE | PageTableFlags::COW);
+            if cow {
+                e.flags = (e.flags - PageTableFlags::WRITABLE) | PageTableFlags::COW;
+                self.models[s].insert(p, e);
+                assert!(
+                    stats.flush.contains(va(p)),
+                    "COW'd source page not in the flush"
+                );
+            }
+            e.leaf = (p, 1);
+            self.models[d].insert(p, e);
+        }
+    }
+
+    /// `handle_write_fault` at `page`; returns whether the page is writable afterwards.
+    fn fault(&mut self, s: usize, page: u64) -> bool {
+        let used_before = self.used();
+        let v = va(page) + 8;
+        let r = handle_write_fault(&self.spaces[s], v);
+        let Some(e) = self.models[s].get(&page).copied() else {
+            assert_eq!(r, Err(MapError::NotMapped { va: v }));
+            return false;
+        };
+        if !e.flags.contains(PageTableFlags::COW) || !managed(e.pa) {
+            assert_eq!(r, Ok(FaultOutcome::NotCow));
+            return false;
+        }
+        let writable = (e.flags - PageTableFlags::COW) | PageTableFlags::WRITABLE;
+        let users = self
+            .models
+            .iter()
+            .flat_map(|m| m.values())
+            .filter(|x| x.pa == e.pa)
+            .count();
+        match r {
+            Ok(FaultOutcome::Reused) => {
+                assert_eq!(users, 1, "COW reused a frame with {users} users");
+                self.models[s].insert(
+                    page,
+                    Entry {
+                        flags: writable,
+                        ..e
+                    },
+                );
+                true
+            }
+            Ok(FaultOutcome::Copied) => {
+                assert!(users > 1, "COW copied a frame with one user");
+                let t = self.spaces[s]
+                    .translate(va(page))
+                    .expect("copied page mapped");
+                let new = t.pa.as_u64();
+                assert!(managed(new) && new != e.pa);
+                assert!(
+                    !self.tags.contains_key(&new),
+                    "COW copy into a frame in use"
+                );
+                let tag = self.tags[&e.pa];
+                self.tags.insert(new, tag);
+                self.models[s].insert(
+                    page,
+                    Entry {
+                        pa: new,
+                        flags: writable,
+                        ..e
+                    },
+                );
+                true
+            }
+            Err(MapError::OutOfFrames) => {
+                assert!(users > 1, "COW reuse cannot run out of frames");
+                assert_eq!(self.used(), used_before, "failed COW copy leaked");
+                false
+            }
+            other => panic!("handle_write_fault on a COW page: {other:?}"),
+        }
+    }
+
+    fn check(&self) {
+        for s in 0..2 {
+            let seen = observe(&self.spaces[s]);
+            if seen != self.models[s] {
+                let diff: Vec<_> = seen
+                    .iter()
+                    .filter(|(p, e)| self.models[s].get(p) != Some(e))
+                    .take(4)
+                    .collect();
+                let missing: Vec<_> = self.models[s]
+                    .iter()
+                    .filter(|(p, _)| !seen.contains_key(p))
+                    .take(4)
+                    .collect();
+                panic!("space {s} differs from the model: seen {diff:x?}, missing {missing:x?}");
+            }
+            assert_eq!(
+                self.spaces[s].rss(),
+                self.models[s].len(),
+                "rss of space {s}"
+            );
+            if let Some((&p, e)) = self.models[s].iter().next_back() {
+                let t = self.spaces[s].translate(va(p) + 123).expect("translate");
+                assert_eq!(t.pa.as_u64(), e.pa + 123);
+                assert_eq!(t.size, e.leaf.1 * KB4);
+            }
+        }
+        let mut users: HashMap<u64, u32> = HashMap::new();
+        for m in &self.models {
+            for e in m.values().filter(|e| managed(e.pa)) {
+                *users.entry(e.pa).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            users.len(),
+            self.tags.len(),
+            "tagged frames vs mapped frames"
+        );
+        let arena = self.frames.arena();
+        for (&pa, &n) in &users {
+            let f = PhysFrame::containing_address(PhysAddr::new_truncate(pa));
+            assert_eq!(self.frames.refcount(f), n, "refcount of {pa:#x}");
+            let mut b = [0u8; 8];
+            arena
+                .read(PhysAddr::new_truncate(pa), &mut b)
+                .expect("read tag");
+            assert_eq!(u64::from_le_bytes(b), self.tags[&pa], "contents of {pa:#x}");
+        }
+    }
+
+    fn finish(mut self) {
+        for s in 0..2 {
+            self.spaces[s]
+                .unmap_and_free(va(0), PAGES * KB4)
+                .expect("final unmap");
+            self.models[s].clear();
+        }
+        let b = std::mem::take(&mut self.ballast);
+        self.frames.free_bulk(&b).expect("free ballast");
+        let frames = Arc::clone(&self.frames);
+        drop(self);
+        let st = frames.stats();
+        assert_eq!(st.used, 0, "frames leaked: {st:?}");
+        assert_eq!(st.free, st.total);
+    }
+}
+
+/// Run one input.
+pub fn run(ops: &[Op]) {
+    let mut w = World::new();
+    for op in ops {
+        w.apply(op);
+        w.check();
+    }
+    w.finish();
+}
