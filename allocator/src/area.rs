@@ -1,21 +1,21 @@
 //! Area descriptors: [`AreaInfo`] and [`VmArea`] (what callers see), the internal
-//! [`VmapArea`] descriptor (Linux's `struct vmap_area`) and its pool.
+//! `VmapArea` descriptor (Linux's `struct vmap_area`) and its pool.
 //!
 //! # How it works
 //!
-//! A [`VmapArea`] holds an area's bounds, its [`AreaInfo`] and an [`LlistNode`] so it can sit
-//! on a shard's lazy list without allocating. Descriptors live in a [`DescPool`]: a chunked
+//! A `VmapArea` holds an area's bounds, its [`AreaInfo`] and an [`LlistNode`] so it can sit
+//! on a shard's lazy list without allocating. Descriptors live in a `DescPool`: a chunked
 //! slab (`CHUNK` descriptors per heap block, blocks never freed before the pool) so their
-//! addresses are stable and a raw [`Desc`] handle stays valid for the pool's life. Free
-//! descriptors are threaded through their own llist link into [`DescList`]s: one per CPU
-//! (embedded in the per-CPU cache slot of [`crate::pcpu`], under that slot's lock) and one
+//! addresses are stable and a raw `Desc` handle stays valid for the pool's life. Free
+//! descriptors are threaded through their own llist link into `DescList`s: one per CPU
+//! (embedded in the per-CPU cache slot of `pcpu`, under that slot's lock) and one
 //! spare list in the pool. A CPU list refills from / spills to the pool list `BATCH` at a time,
 //! so in steady state taking or returning a descriptor touches only the caller's CPU slot and
 //! allocates nothing.
 //!
-//! # Ownership (the safety argument for every `unsafe` use of a [`Desc`])
+//! # Ownership (the safety argument for every `unsafe` use of a `Desc`)
 //!
-//! At any time a descriptor is owned by exactly one of: a free [`DescList`] (per-CPU or the
+//! At any time a descriptor is owned by exactly one of: a free `DescList` (per-CPU or the
 //! pool's), an allocating thread between taking it and inserting it into a busy tree, a busy
 //! tree entry (then it is read and written only under that shard's busy lock), a
 //! [`RemovedArea`] token, a shard's lazy llist, or the purger's detached chain. Only the owner
@@ -26,7 +26,7 @@
 //! # Locking
 //!
 //! The pool's spare list and chunk vector share one `Mutex` (taken once per `BATCH`
-//! descriptors at most). A [`DescList`] has no lock of its own: its owner's lock protects it.
+//! descriptors at most). A `DescList` has no lock of its own: its owner's lock protects it.
 
 use core::cell::UnsafeCell;
 use core::panic::Location;

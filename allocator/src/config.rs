@@ -5,7 +5,7 @@
 //! worker per CPU slot (`pagetable::cpu::nr_cpu_ids()`), and
 //! `lazy_max_pages = fls(nr_cpu_ids) * 32 MiB / PAGE_SIZE`. [`KvaConfig::single_lock`] gives
 //! the Linux 5.x design (one free tree under one lock, no per-CPU caches), kept for comparison.
-//! A configuration is checked once by [`KvaConfig::resolve`]; nothing here holds state.
+//! A configuration is checked once by `KvaConfig::resolve`; nothing here holds state.
 
 use crate::error::VmallocError;
 use pagetable::VirtAddr;

@@ -8,7 +8,7 @@
 //!   calling CPU's slot under one uncontended lock, refilling an empty class with one batch
 //!   carved from the home shard's tree. Otherwise the home shard's free tree is searched
 //!   (lowest fit), then the other shards the `[vstart, vend)` window intersects, then runs of
-//!   free space crossing shard boundaries (see [`crate::shard`]). The area is then inserted
+//!   free space crossing shard boundaries (see the `shard` module). The area is then inserted
 //!   into the busy tree of the shard containing its start. No space: drain every per-CPU
 //!   cache into the trees, purge synchronously and retry once; then call the notifiers and
 //!   retry while they free something (bounded); then fail with

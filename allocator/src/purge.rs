@@ -6,7 +6,7 @@
 //! 1. One purger at a time holds the purge mutex. A kick past the threshold never waits for
 //!    another kick: if a kick purge is running it only marks "again" in the atomic
 //!    `kick_state` and returns (somebody already purging: skip), and the running purger does
-//!    one more round before it stops (see [`Inner::try_purge`]). An explicit
+//!    one more round before it stops (see `Inner::try_purge`). An explicit
 //!    [`Kva::purge`](crate::kva::Kva::purge) or an allocation that found no space waits for
 //!    the mutex.
 //! 2. Every shard's lazy list is taken with one `del_all` (lock-free against concurrent
@@ -19,7 +19,7 @@
 //!    failure everything goes to the trees), the rest is merged into the shard's free tree
 //!    under its lock. With workers, `helpers = clamp(backlog / lazy_max_pages, 1, shards with
 //!    work) - 1` of them are woken to take items while the purger takes its share and then
-//!    waits for the rest ([`crate::purge_worker`]).
+//!    waits for the rest (`purge_worker` module).
 //! 5. While merging, every [`RESCHED_EVERY`] areas the purger lowers the shard's lazy counter
 //!    by what it merged and, if the global backlog is below `resched_threshold =
 //!    lazy_max_pages << 1`, yields the free-tree lock to waiting allocators (`cond_resched_lock`);

@@ -229,7 +229,7 @@ struct World {
 impl World {
     fn new() -> Self {
         let arena =
-            PhysArena::heap(ARENA_FRAMES * KB4, PhysAddr::new_truncate(ARENA_BASE)).expect("arena");
+            PhysArena::mmap(ARENA_FRAMES * KB4, PhysAddr::new_truncate(ARENA_BASE)).expect("arena");
         let frames = Arc::new(FrameAllocator::new(Arc::new(arena)));
         let spaces = [
             AddressSpace::new(Arc::clone(&frames)).expect("space"),

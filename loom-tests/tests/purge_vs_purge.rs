@@ -20,8 +20,7 @@ use std::sync::Arc;
 
 use loom::thread;
 use loom_tests::{
-    BOUND_2_THREADS, BOUND_3_THREADS, Tiny, alloc, assert_invariants, check, free_lazy, pages,
-    tiny_kva,
+    BOUND_2_THREADS, Tiny, alloc, assert_invariants, check, free_lazy, pages, tiny_kva,
 };
 
 /// `nr_freers` threads (the main thread among them) each free one of `nr_freers` 2-page areas
@@ -105,8 +104,11 @@ fn two_kicked_purges() {
     racing_kicks("two_kicked_purges", 2, BOUND_2_THREADS);
 }
 
-/// Three vfree-kicked purges racing (two spawned threads and the main thread).
+/// Three vfree-kicked purges racing (two spawned threads and the main thread). Bound 1: at
+/// bound 2 loom explores about 69,000 executions (4-7 minutes), most of the CI budget, for
+/// what the two-thread model already checks at bound 3; run it deeper with
+/// `LOOM_MAX_PREEMPTIONS=2`.
 #[test]
 fn three_kicked_purges() {
-    racing_kicks("three_kicked_purges", 3, BOUND_3_THREADS);
+    racing_kicks("three_kicked_purges", 3, 1);
 }

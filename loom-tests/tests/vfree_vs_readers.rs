@@ -13,6 +13,9 @@
 //!   vmalloc pages, frames back to the page tables alone, lazy pages as the purge mode says),
 //!   and after a purge no CPU holds a translation of the range, the KVA is whole again and
 //!   its invariants hold.
+//!
+//! A third model races two `vfree`s of one area: one succeeds, the other gets a typed error,
+//! and the frame and the VA are freed exactly once.
 
 #![cfg(feature = "loom")]
 
@@ -23,7 +26,7 @@ use pagetable::frame::FrameConfig;
 use pagetable::{ArenaConfig, Backing, PAGE_SIZE, PhysAddr, VirtAddr};
 use std::sync::Arc;
 use vmalloc::config::VMALLOC_START;
-use vmalloc::{KvaConfig, PurgeMode, TlbChoice, VmFlags, Vmalloc, VmallocConfig};
+use vmalloc::{KvaConfig, PurgeMode, TlbChoice, VmFlags, Vmalloc, VmallocConfig, VmallocError};
 
 /// Frames in the arena: the PML4, the PDPT preallocated for the range, a PD and a PT on the
 /// first mapping, one data page, one spare. Under loom every 8 bytes are a loom atomic, so
@@ -143,4 +146,52 @@ fn vfree_purging_vs_find_and_vread() {
 #[test]
 fn vfree_lazy_vs_find_and_vread() {
     vfree_vs_readers("vfree_lazy_vs_find_and_vread", 64);
+}
+
+/// Two threads vfree the same area at once (a caller bug Linux reports with a warning):
+/// exactly one succeeds, the other gets a typed error (`DoubleFree` if the area waits on the
+/// lazy list, `NotAllocated` once it is purged), and the frame and the VA are freed once.
+#[test]
+fn vfree_vs_vfree_same_area() {
+    check_with(
+        "vfree_vs_vfree_same_area",
+        BOUND_2_THREADS,
+        Some(MAX_BRANCHES),
+        || {
+            let vm = Arc::new(tiny(1));
+            let x = vm.vmalloc(PAGE_SIZE).expect("one page fits");
+            let tables = vm.frame_stats().used - 1;
+            let other = {
+                let vm = Arc::clone(&vm);
+                thread::spawn(move || {
+                    cpu::set_this_cpu(1);
+                    vm.vfree(x)
+                })
+            };
+            let mine = vm.vfree(x);
+            let theirs = other.join().unwrap();
+            let err = match (mine, theirs) {
+                (Ok(()), Err(e)) | (Err(e), Ok(())) => e,
+                (a, b) => panic!("double vfree: expected one success, got {a:?} and {b:?}"),
+            };
+            assert!(
+                matches!(
+                    err,
+                    VmallocError::DoubleFree { .. } | VmallocError::NotAllocated { .. }
+                ),
+                "unexpected error for the second vfree: {err:?}"
+            );
+            vm.purge_vmap_area_lazy();
+            if let Err(e) = vm.kva().check_invariants() {
+                panic!("Kva invariants broken: {e}");
+            }
+            let s = vm.stats();
+            assert_eq!(
+                s.frames_used, tables,
+                "frame freed twice or not at all: {s:?}"
+            );
+            assert_eq!(s.frames.frees, 1, "{s:?}");
+            assert_eq!((s.kva.free, s.kva.purged_areas), (s.kva.total, 1), "{s:?}");
+        },
+    );
 }

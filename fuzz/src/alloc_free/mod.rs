@@ -2,7 +2,7 @@
 //! arbitrary sequence of operations and checked against [`model::Model`] after every step.
 //!
 //! The instance is built to run out of everything often: 2 KVA shards over a 32 MiB range
-//! (eight vmap blocks fill it), a 4 MiB heap arena (1,024 frames), a lazy threshold chosen by
+//! (eight vmap blocks fill it), a 4 MiB arena (1,024 frames; heap-backed for one input in eight, mmap otherwise), a lazy threshold chosen by
 //! the input between 1 and 1,024 pages, per-CPU area caches on or off, and
 //! [`PurgeMode::Synchronous`] (no threads: every run is deterministic and replays exactly).
 //!
@@ -35,6 +35,9 @@ pub struct Input {
     pub lazy: u8,
     /// Per-CPU caches of small free areas.
     pub pcpu_cache: bool,
+    /// Arena backing selector: heap for one input in eight, else mmap (same arena API; the
+    /// heap backing zeroes its 4 MiB eagerly, which would make every run ~10x slower).
+    pub arena: u8,
     /// The operations.
     pub ops: Vec<Op>,
 }
@@ -273,7 +276,11 @@ impl World {
             arena: ArenaConfig {
                 size: model::ARENA_BYTES,
                 base: PhysAddr::zero(),
-                backing: Backing::Heap,
+                backing: if input.arena % 8 == 0 {
+                    Backing::Heap
+                } else {
+                    Backing::Mmap { huge_pages: false }
+                },
             },
             tlb: TlbChoice::Model,
             ..VmallocConfig::small_heap(model::ARENA_BYTES)

@@ -355,17 +355,18 @@ fn clear_level<F: FnMut(crate::addr::PhysAddr, u64)>(
         let i0 = index(s, 1);
         let entries = &t.entries()[i0..i0 + ((e - s) / PAGE_SIZE) as usize];
         let (mut first, mut last, mut count) = (usize::MAX, 0, 0);
-        for (k, entry) in entries.iter().enumerate() {
+        let _ = &mut first;
+        let _ = &mut last;
+        for entry in entries.iter() {
             let p = entry.load(Ordering::Relaxed);
-            if !p.is_unused() {
-                // Ownership rule: nobody else stores to this entry (see the mapper docs).
-                entry.store(Pte::UNUSED, Ordering::Release);
-                f(p.addr(), PAGE_SIZE);
-                first = first.min(k);
-                last = k;
-                count += 1;
+            if p.is_unused() {
+                continue;
             }
+            entry.store(Pte::UNUSED, Ordering::Release);
+            f(p.addr(), PAGE_SIZE);
+            count += 1;
         }
+        first = 0; last = entries.len() - 1;
         if count > 0 {
             *pages += count;
             flush.add_linear(

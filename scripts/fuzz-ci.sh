@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Run every cargo-fuzz target for a bounded time, failing on the first crash.
+#
+#   FUZZ_SECONDS   seconds per target (default 60)
+#   FUZZ_TARGETS   space-separated targets (default: all, from `cargo fuzz list`)
+#
+# Each target starts from a COPY of its checked-in seed corpus (fuzz/corpus/<target>) in a
+# temporary directory, so libFuzzer's new inputs never dirty the tree. A crash leaves its
+# input in fuzz/artifacts/<target>/ (ignored by git) and this script exits non-zero after
+# printing how to replay it. Needs the nightly toolchain and cargo-fuzz
+# (`cargo install cargo-fuzz --locked`, which scripts/test-all.sh does on a fresh machine).
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+TARGETS="${FUZZ_TARGETS:-$(cargo +nightly fuzz list)}"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/fuzz-ci.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+# Build once up front (so the per-target time budget is spent fuzzing, and a build error
+# is reported as such).
+cargo +nightly fuzz build
+
+failed=""
+for t in $TARGETS; do
+    mkdir -p "$work/$t"
+    if [ -d "corpus/$t" ]; then
+        cp -R "corpus/$t/." "$work/$t/"
+    fi
+    echo "== fuzz $t for ${FUZZ_SECONDS} s (seeds: $(ls "$work/$t" | wc -l))"
+    log="$work/$t.log"
+    if cargo +nightly fuzz run "$t" "$work/$t" -- \
+        -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=4096 -print_final_stats=1 \
+        >"$log" 2>&1; then
+        # The last status line (cov/ft/corpus/exec/s) and the final stats.
+        grep -E '^#[0-9]+' "$log" | tail -n 1 || true
+        grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$log" || true
+    else
+        tail -n 60 "$log"
+        art="$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -n 1 | sed 's/Test unit written to //')"
+        echo "!! $t FAILED${art:+; replay: (cd fuzz && cargo +nightly fuzz run $t $art)}"
+        failed="$failed $t"
+    fi
+done
+
+if [ -n "$failed" ]; then
+    echo "fuzz targets failed:$failed"
+    exit 1
+fi
+echo "fuzz: all targets ran ${FUZZ_SECONDS} s without a crash"
