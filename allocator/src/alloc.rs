@@ -20,8 +20,9 @@
 //! freed and the VA goes back with `free_unused` (never mapped: no flush needed) before the
 //! typed error is returned. Nothing leaks, not even a page table.
 //!
-//! `vfree`: look the area up and check it is the start of a live `ALLOC` area (else a typed
-//! error and nothing changes), take it out of the busy lookup (`Kva::remove`), clear its
+//! `vfree`: in one busy-lock critical section (`Kva::remove_if`) look the area up, check it
+//! is the start of a live `ALLOC` area (else a typed error and nothing changes) and take it
+//! out of the busy lookup, then clear its
 //! PTEs handing every frame back to the allocator (one walk, no allocation), then
 //! `Kva::free_lazy`: NO TLB flush here; the lazy purge flushes the union of thousands of
 //! areas at once, before any of them is reused.
@@ -483,32 +484,19 @@ impl Inner {
         expected: VmFlags,
         ok: fn(VmFlags) -> bool,
     ) -> Result<(), VmallocError> {
-        let removed = match self.lookup_start(addr)? {
-            Lookup::Live(a) => {
-                if !ok(a.info.flags) {
-                    return Err(VmallocError::WrongKind {
-                        addr,
-                        expected,
-                        found: a.info.flags,
-                    });
-                }
-                self.kva.remove(addr)?
+        // One busy-lock critical section: look up, check the kind, remove.
+        let removed = self.kva.remove_if(addr, |a| {
+            if ok(a.info.flags) {
+                Ok(())
+            } else {
+                Err(VmallocError::WrongKind {
+                    addr,
+                    expected,
+                    found: a.info.flags,
+                })
             }
-            Lookup::Removed(r) => r,
-        };
-        let found = removed.info().flags;
-        // Re-checked on the removed token: a racing free + reallocation (a caller bug) may
-        // have put another kind of area here. It is released by its own rules either way.
-        self.release(removed)?;
-        if ok(found) {
-            Ok(())
-        } else {
-            Err(VmallocError::WrongKind {
-                addr,
-                expected,
-                found,
-            })
-        }
+        })?;
+        self.release(removed)
     }
 
     /// `vfree` (also run for deferred frees).

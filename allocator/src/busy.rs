@@ -164,6 +164,22 @@ impl<V: Copy> BusyTree<V> {
         Some((e.start, e.end, e.value))
     }
 
+    /// Remove the area starting exactly at `start` if `check(start, end, value)` accepts it:
+    /// `Ok(None)` if there is none, `Err` (nothing changed) if `check` refuses. One lookup.
+    pub fn remove_checked<E>(
+        &mut self,
+        start: u64,
+        check: impl FnOnce(u64, u64, V) -> Result<(), E>,
+    ) -> Result<Option<(u64, u64, V)>, E> {
+        let Some(id) = self.tree.find(start) else {
+            return Ok(None);
+        };
+        let (s, e, v) = self.entry(id);
+        check(s, e, v)?;
+        self.tree.remove(id);
+        Ok(Some((s, e, v)))
+    }
+
     /// The area starting exactly at `start`.
     pub fn get(&self, start: u64) -> Option<(u64, u64, V)> {
         self.tree.find(start).map(|id| self.entry(id))

@@ -201,6 +201,19 @@ impl Kva {
         self.inner.remove(addr)
     }
 
+    /// [`Kva::remove`] only if `check` accepts the live area starting at `addr`: one lookup
+    /// and one busy-lock critical section for "find, check the kind, remove" (vfree's path).
+    /// If `check` returns an error, it is returned and nothing changes. Misses give the
+    /// errors of [`Kva::remove`]. `check` runs under the shard's busy lock: it must not call
+    /// back into this allocator.
+    pub fn remove_if(
+        &self,
+        addr: u64,
+        check: impl FnOnce(&VmArea) -> Result<(), VmallocError>,
+    ) -> Result<RemovedArea, VmallocError> {
+        self.inner.remove_if(addr, check)
+    }
+
     /// Free a removed area whose pages the caller has unmapped WITHOUT flushing the TLB: the
     /// area goes on its shard's lazy list and is reused only after a purge flushed it. The
     /// lazy counter counts the area's pages (guard included), as Linux does;
@@ -657,27 +670,42 @@ impl Inner {
     }
 
     pub(crate) fn remove(&self, addr: u64) -> Result<RemovedArea, VmallocError> {
+        self.remove_if(addr, |_| Ok(()))
+    }
+
+    pub(crate) fn remove_if(
+        &self,
+        addr: u64,
+        check: impl FnOnce(&VmArea) -> Result<(), VmallocError>,
+    ) -> Result<RemovedArea, VmallocError> {
         let Some(i) = self.shards.index_of(addr) else {
             return Err(VmallocError::NotAllocated { addr });
         };
         let shard = self.shards.get(i);
         let removed = {
             let mut busy = shard.busy.lock();
-            let r = busy.tree.remove(addr);
+            let mut seen = None;
+            let r = busy.tree.remove_checked(addr, |_, _, desc| {
+                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+                let area = unsafe { desc.read() };
+                let ok = check(&area);
+                seen = Some(area);
+                ok
+            })?;
             if let Some((s, e, _)) = r {
                 busy.bytes -= e - s;
                 busy.removed += e - s;
             }
-            r
+            r.zip(seen)
         };
-        let Some((_, end, desc)) = removed else {
+        let Some(((_, _, desc), area)) = removed else {
             return Err(self.miss_error(addr, true));
         };
-        if end > shard.end {
+        if area.end > shard.end {
             self.nr_spanning.fetch_sub(1, Ordering::Relaxed);
         }
-        // SAFETY: removed from the busy tree under its lock: the descriptor is ours now.
-        let area = unsafe { desc.read() };
+        // The descriptor was removed from the busy tree under its lock: it is ours now, and
+        // `area` is its content (nobody wrote it since: only the busy tree's owner may).
         Ok(RemovedArea {
             desc,
             area,

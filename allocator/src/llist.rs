@@ -427,6 +427,7 @@ pub unsafe trait Intrusive: Sized {
 /// Implement [`Intrusive`] for `$ty` whose `$field: LlistNode` is the link.
 ///
 /// ```
+/// # #[cfg(not(feature = "loom"))] {
 /// use vmalloc::llist::{Intrusive, LlistHead, LlistNode};
 /// struct Area { start: u64, link: LlistNode }
 /// vmalloc::impl_llist_intrusive!(Area, link);
@@ -441,6 +442,7 @@ pub unsafe trait Intrusive: Sized {
 ///     let area = unsafe { Box::from_raw(Area::from_node(node).as_ptr()) };
 ///     assert_eq!(area.start, 7);
 /// }
+/// # }
 /// ```
 #[macro_export]
 macro_rules! impl_llist_intrusive {

@@ -11,7 +11,9 @@
 //!
 //! Each iteration maps (or unmaps) the whole range; the other half of the pair runs outside
 //! the timed region (`iter_custom`). Tables stay allocated between iterations in both (neither
-//! frees tables on unmap), so the steady state is measured. Throughput is in pages.
+//! frees tables on unmap), so the steady state is measured. For each operation the two sides
+//! run back to back (groups `pagetable/map`, `pagetable/translate`, `pagetable/unmap`, each
+//! with `ours` and `x86_64`), so they see the same machine load. Throughput is in pages.
 //!
 //! Run: `cargo bench -p benches --bench pagetable -- --warm-up-time 1 --measurement-time 3`.
 
@@ -74,153 +76,201 @@ fn setup() -> Setup {
     }
 }
 
-fn ours(c: &mut Criterion, s: &Setup) {
-    let space = AddressSpace::new(Arc::clone(&s.frames)).expect("address space");
-    let va = VirtAddr::new(VA);
-    let len = PAGES as u64 * 4096;
-    let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
-    let mut g = c.benchmark_group("pagetable/ours");
-    g.throughput(Throughput::Elements(PAGES as u64));
-    g.sample_size(20);
-    g.bench_function("map", |b| {
-        b.iter_custom(|iters| {
-            let mut t = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                space.map(va, &s.data, flags).expect("map");
-                t += start.elapsed();
-                space.unmap(va, len, |_, _| {}).expect("unmap");
-            }
-            t
-        })
-    });
-    space.map(va, &s.data, flags).expect("map");
-    g.bench_function("translate", |b| {
-        b.iter(|| {
-            let mut sum = 0u64;
-            for i in 0..PAGES as u64 {
-                sum = sum.wrapping_add(space.translate(va + i * 4096).map_or(0, |t| t.pa.as_u64()));
-            }
-            black_box(sum)
-        })
-    });
-    space.unmap(va, len, |_, _| {}).expect("unmap");
-    g.bench_function("unmap", |b| {
-        b.iter_custom(|iters| {
-            let mut t = Duration::ZERO;
-            for _ in 0..iters {
-                space.map(va, &s.data, flags).expect("map");
-                let start = Instant::now();
-                let flush = space
-                    .unmap(va, len, |pa, _| {
-                        black_box(pa);
-                    })
-                    .expect("unmap");
-                t += start.elapsed();
-                assert_eq!(flush.pages(), PAGES as u64);
-                assert_eq!(space.rss(), 0);
-            }
-            t
-        })
-    });
-    g.finish();
+/// Our side: one address space over the shared allocator.
+struct Ours {
+    space: AddressSpace,
+    va: VirtAddr,
+    len: u64,
+    flags: PageTableFlags,
 }
 
-fn x86(c: &mut Criterion, s: &Setup) {
-    let arena = Arc::clone(s.frames.arena());
-    let root = s.frames.alloc_zeroed(Zone::Normal).expect("root");
-    let base = arena.base().as_u64();
-    let offset = arena
-        .ptr(arena.base(), arena.size())
-        .expect("arena pointer") as u64
-        - base;
-    let root_ptr = arena
-        .ptr(root.start_address(), 4096)
-        .expect("root pointer")
-        .cast::<x86p::PageTable>();
-    // SAFETY: `root_ptr` points at a zeroed, 4 KiB-aligned frame of the arena that nothing else
-    // uses while `mapper` lives (it was just allocated for this benchmark, and `pagetable`'s
-    // own address space uses other frames), so a unique `&mut PageTable` to it is sound.
-    // `x86_64::PageTable` is 512 `u64`s with the arena word layout.
-    let root_table = unsafe { &mut *root_ptr };
-    // SAFETY: every physical address `x86_64` will dereference is a table frame from the arena
-    // (`ArenaFrames` hands out arena frames only; the data frames are never dereferenced),
-    // and `offset + pa` is exactly where the arena maps `pa` in this process.
-    let mut mapper =
-        unsafe { x86p::OffsetPageTable::new(root_table, x86_64::VirtAddr::new(offset)) };
-    let mut alloc = ArenaFrames(&s.frames);
-    let flags = x86p::PageTableFlags::PRESENT
-        | x86p::PageTableFlags::WRITABLE
-        | x86p::PageTableFlags::NO_EXECUTE;
-    let pages: Vec<x86p::Page> = (0..PAGES as u64)
-        .map(|i| x86p::Page::containing_address(x86_64::VirtAddr::new(VA + i * 4096)))
-        .collect();
-    let mut map_all = |mapper: &mut x86p::OffsetPageTable<'_>| {
-        for (p, f) in pages.iter().zip(&s.x86_data) {
+impl Ours {
+    fn new(s: &Setup) -> Self {
+        Self {
+            space: AddressSpace::new(Arc::clone(&s.frames)).expect("address space"),
+            va: VirtAddr::new(VA),
+            len: PAGES as u64 * 4096,
+            flags: PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE,
+        }
+    }
+
+    fn map(&self, s: &Setup) {
+        self.space.map(self.va, &s.data, self.flags).expect("map");
+    }
+
+    fn unmap(&self) {
+        let flush = self
+            .space
+            .unmap(self.va, self.len, |pa, _| {
+                black_box(pa);
+            })
+            .expect("unmap");
+        black_box(flush);
+    }
+
+    fn translate_all(&self) -> u64 {
+        let mut sum = 0u64;
+        for i in 0..PAGES as u64 {
+            let t = self.space.translate(self.va + i * 4096);
+            sum = sum.wrapping_add(t.map_or(0, |t| t.pa.as_u64()));
+        }
+        sum
+    }
+}
+
+/// The `x86_64` side: an `OffsetPageTable` over a root frame of the same arena.
+struct X86<'a> {
+    mapper: x86p::OffsetPageTable<'a>,
+    alloc: ArenaFrames<'a>,
+    pages: Vec<x86p::Page>,
+    flags: x86p::PageTableFlags,
+}
+
+impl<'a> X86<'a> {
+    fn new(s: &'a Setup) -> Self {
+        let arena = s.frames.arena();
+        let root = s.frames.alloc_zeroed(Zone::Normal).expect("root");
+        let offset = arena
+            .ptr(arena.base(), arena.size())
+            .expect("arena pointer") as u64
+            - arena.base().as_u64();
+        let root_ptr = arena
+            .ptr(root.start_address(), 4096)
+            .expect("root pointer")
+            .cast::<x86p::PageTable>();
+        // SAFETY: `root_ptr` points at a zeroed, 4 KiB-aligned frame of the arena that nothing
+        // else uses while `mapper` lives (it was just allocated for this benchmark, and
+        // `pagetable`'s own address space uses other frames), so a unique `&mut PageTable` to
+        // it is sound for the arena's lifetime (`s` outlives `'a`). `x86_64::PageTable` is 512
+        // `u64`s, the arena's word layout.
+        let root_table = unsafe { &mut *root_ptr };
+        // SAFETY: every physical address `x86_64` dereferences is a table frame of the arena
+        // (`ArenaFrames` hands out arena frames only; data frames are never dereferenced), and
+        // `offset + pa` is exactly where the arena keeps `pa` in this process.
+        let mapper =
+            unsafe { x86p::OffsetPageTable::new(root_table, x86_64::VirtAddr::new(offset)) };
+        Self {
+            mapper,
+            alloc: ArenaFrames(&s.frames),
+            pages: (0..PAGES as u64)
+                .map(|i| x86p::Page::containing_address(x86_64::VirtAddr::new(VA + i * 4096)))
+                .collect(),
+            flags: x86p::PageTableFlags::PRESENT
+                | x86p::PageTableFlags::WRITABLE
+                | x86p::PageTableFlags::NO_EXECUTE,
+        }
+    }
+
+    fn map(&mut self, s: &Setup) {
+        for (p, f) in self.pages.iter().zip(&s.x86_data) {
             // SAFETY: the frames are never accessed (the benchmark only builds tables), so
             // aliasing them cannot break memory safety; the flush is ignored on purpose.
-            unsafe { mapper.map_to(*p, *f, flags, &mut alloc) }
+            unsafe { self.mapper.map_to(*p, *f, self.flags, &mut self.alloc) }
                 .expect("map_to")
                 .ignore();
         }
-    };
-    let unmap_all = |mapper: &mut x86p::OffsetPageTable<'_>| {
-        for p in &pages {
-            let (f, flush) = mapper.unmap(*p).expect("unmap");
+    }
+
+    fn unmap(&mut self) {
+        for p in &self.pages {
+            let (f, flush) = self.mapper.unmap(*p).expect("unmap");
             flush.ignore();
             black_box(f);
         }
-    };
-    let mut g = c.benchmark_group("pagetable/x86_64");
-    g.throughput(Throughput::Elements(PAGES as u64));
-    g.sample_size(10);
-    g.bench_function("map", |b| {
-        b.iter_custom(|iters| {
-            let mut t = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                map_all(&mut mapper);
-                t += start.elapsed();
-                unmap_all(&mut mapper);
-            }
-            t
-        })
-    });
-    map_all(&mut mapper);
-    g.bench_function("translate", |b| {
-        b.iter(|| {
-            let mut sum = 0u64;
-            for p in &pages {
-                sum = sum.wrapping_add(
-                    mapper
-                        .translate_addr(p.start_address())
-                        .map_or(0, |a| a.as_u64()),
-                );
-            }
-            black_box(sum)
-        })
-    });
-    unmap_all(&mut mapper);
-    g.bench_function("unmap", |b| {
-        b.iter_custom(|iters| {
-            let mut t = Duration::ZERO;
-            for _ in 0..iters {
-                map_all(&mut mapper);
-                let start = Instant::now();
-                unmap_all(&mut mapper);
-                t += start.elapsed();
-            }
-            t
-        })
-    });
-    g.finish();
-    // The x86_64 tables are left in the arena, which is dropped with the allocator at exit.
+    }
+
+    fn translate_all(&self) -> u64 {
+        let mut sum = 0u64;
+        for p in &self.pages {
+            let a = self.mapper.translate_addr(p.start_address());
+            sum = sum.wrapping_add(a.map_or(0, |a| a.as_u64()));
+        }
+        sum
+    }
+}
+
+/// Run `before`, `timed`, `after` `iters` times; only `timed` is measured.
+fn measure(
+    iters: u64,
+    mut before: impl FnMut(),
+    mut timed: impl FnMut(),
+    mut after: impl FnMut(),
+) -> Duration {
+    let mut t = Duration::ZERO;
+    for _ in 0..iters {
+        before();
+        let start = Instant::now();
+        timed();
+        t += start.elapsed();
+        after();
+    }
+    t
 }
 
 fn pagetable(c: &mut Criterion) {
     let s = setup();
-    ours(c, &s);
-    x86(c, &s);
+    let ours = Ours::new(&s);
+    let mut x86 = X86::new(&s);
+    // Both sides' tables exist before measuring (neither frees tables on unmap), so every
+    // iteration measures the steady state.
+    ours.map(&s);
+    ours.unmap();
+    x86.map(&s);
+    x86.unmap();
+    // The two sides run back to back per operation, so they see the same machine load.
+    let mut g = c.benchmark_group("pagetable/map");
+    g.throughput(Throughput::Elements(PAGES as u64));
+    g.sample_size(10);
+    g.bench_function("ours", |b| {
+        b.iter_custom(|n| measure(n, || {}, || ours.map(&s), || ours.unmap()))
+    });
+    g.bench_function("x86_64", |b| {
+        b.iter_custom(|n| {
+            let x = &mut x86;
+            let mut t = Duration::ZERO;
+            for _ in 0..n {
+                let start = Instant::now();
+                x.map(&s);
+                t += start.elapsed();
+                x.unmap();
+            }
+            t
+        })
+    });
+    g.finish();
+
+    ours.map(&s);
+    x86.map(&s);
+    let mut g = c.benchmark_group("pagetable/translate");
+    g.throughput(Throughput::Elements(PAGES as u64));
+    g.sample_size(10);
+    g.bench_function("ours", |b| b.iter(|| black_box(ours.translate_all())));
+    g.bench_function("x86_64", |b| b.iter(|| black_box(x86.translate_all())));
+    g.finish();
+    ours.unmap();
+    x86.unmap();
+
+    let mut g = c.benchmark_group("pagetable/unmap");
+    g.throughput(Throughput::Elements(PAGES as u64));
+    g.sample_size(10);
+    g.bench_function("ours", |b| {
+        b.iter_custom(|n| measure(n, || ours.map(&s), || ours.unmap(), || {}))
+    });
+    g.bench_function("x86_64", |b| {
+        b.iter_custom(|n| {
+            let x = &mut x86;
+            let mut t = Duration::ZERO;
+            for _ in 0..n {
+                x.map(&s);
+                let start = Instant::now();
+                x.unmap();
+                t += start.elapsed();
+            }
+            t
+        })
+    });
+    g.finish();
+    // The x86_64 side's tables stay in the arena, dropped with it at exit.
 }
 
 criterion_group!(benches, pagetable);

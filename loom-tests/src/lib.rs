@@ -11,8 +11,12 @@
 //!   allocator just handed out fails if any of its pages is still stale: the range was reused
 //!   before a flush covering its last unmapping had completed. Flushes also check that no two
 //!   run at once (one purger at a time).
-//! * [`tiny_kva`], a `Kva` over a few pages starting at [`BASE`] with a given shape.
-//! * [`builder`], the model builder with the project's preemption bound.
+//! * [`tiny_kva`] / [`tiny_kva_with`], a `Kva` over a few pages starting at [`BASE`] with a
+//!   given shape and purge mode, and the helpers the models share ([`alloc`], [`free_lazy`],
+//!   [`assert_invariants`]).
+//! * [`check`] / [`check_with`], which run a model under [`builder`] (the project's
+//!   preemption bounds, overridable with `LOOM_MAX_PREEMPTIONS`) and print how many
+//!   executions loom explored and how long it took.
 //!
 //! Locking: `StaleTlb`'s page bitmap is behind a loom mutex; its counters are loom atomics,
 //! so every access is visible to the model checker.

@@ -20,10 +20,15 @@
 //!   [`FrameAllocator::get`] adds a reference (COW, remap), [`FrameAllocator::free`] drops one
 //!   and releases the frame at zero. Freeing a frame outside the arena or one whose count is
 //!   already zero is refused with a [`FrameError`] and changes nothing.
-//! * **Counters.** `used` is one shared atomic (with its high-water mark); allocation and
-//!   release counts are per CPU under the cache lock and summed by
-//!   [`FrameAllocator::stats`]. Frames in CPU caches count as free. Once no operation is in
-//!   flight, `free + used == total` and `allocs - frees == used` hold exactly.
+//! * **Counters.** Allocation and release counts are per CPU under the cache lock and summed
+//!   by [`FrameAllocator::stats`] (`used = allocs - frees`), so allocating or freeing one
+//!   frame writes no shared cache line. Frames in CPU caches count as free. Once no operation
+//!   is in flight, `free + used == total` and `allocs - frees == used` hold exactly. The
+//!   high-water mark: each CPU keeps `net` (allocations minus releases since its last fold)
+//!   and its peak; when `|net|` reaches [`FOLD`] it is added to a shared `folded` counter and
+//!   `folded + peak` feeds a shared maximum; `stats` reports the maximum of that and `folded
+//!   + Σ peak` (exact while one CPU slot allocates; with several, an upper bound that can
+//!   exceed the true peak by less than `FOLD` per other CPU, never above `total`).
 //! * **Fault injection.** [`FrameAllocator::fail_nth`] and [`FrameAllocator::fail_after`]
 //!   make chosen allocations fail with `OutOfFrames { injected: true, .. }`.
 //!
@@ -49,6 +54,10 @@ use crate::arena::{ArenaError, PhysArena};
 use crate::cpu;
 use crate::page::{PAGE_SIZE, PhysFrame, Size4KiB};
 use crate::sync::{Arc, AtomicI64, AtomicU32, AtomicU64, Mutex, Ordering};
+
+/// A CPU's unfolded allocation balance is folded into the shared counter when it reaches
+/// `±FOLD` frames (see the module documentation, "Counters").
+pub const FOLD: i64 = 64;
 
 /// Physical address where the low (DMA32) zone ends.
 pub const DMA32_LIMIT: u64 = 1 << 32;
@@ -155,7 +164,8 @@ pub struct FrameAllocator {
     refcounts: Box<[AtomicU32]>,
     batch: usize,
     high: usize,
-    used: CachePadded<AtomicI64>,
+    /// Sum of the CPUs' folded `net` balances (see "Counters").
+    folded: CachePadded<AtomicI64>,
     high_water: AtomicU64,
     failed: AtomicU64,
     inject: CachePadded<Inject>,
@@ -216,7 +226,7 @@ impl FrameAllocator {
             refcounts: zeroed_counts(nframes as usize),
             batch,
             high,
-            used: CachePadded::new(AtomicI64::new(0)),
+            folded: CachePadded::new(AtomicI64::new(0)),
             high_water: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             inject: CachePadded::new(Inject {
@@ -321,12 +331,34 @@ impl FrameAllocator {
         FrameError::OutOfFrames { zone, injected }
     }
 
-    /// Count `k` frames as handed out.
+    /// Count `delta` frames handed out (positive) or released (negative) through the CPU
+    /// cache `g` (locked by the caller); folds its balance into the shared counter at
+    /// `±FOLD`.
     #[inline]
-    fn account_alloc(&self, k: u64) {
-        let u = (self.used.fetch_add(k as i64, Ordering::Relaxed) + k as i64).max(0) as u64;
-        if u > self.high_water.load(Ordering::Relaxed) {
-            self.high_water.fetch_max(u, Ordering::Relaxed);
+    fn account(&self, g: &mut Pcp, delta: i64) {
+        g.net += delta;
+        if g.net > g.peak {
+            g.peak = g.net;
+        }
+        if g.net.abs() >= FOLD {
+            self.fold(g);
+        }
+    }
+
+    /// Move `g`'s balance into `folded`, recording `folded + peak` as a high-water candidate.
+    #[cold]
+    fn fold(&self, g: &mut Pcp) {
+        let before = self.folded.fetch_add(g.net, Ordering::Relaxed);
+        self.raise_high_water(before + g.peak);
+        g.net = 0;
+        g.peak = 0;
+    }
+
+    #[inline]
+    fn raise_high_water(&self, candidate: i64) {
+        let c = (candidate.max(0) as u64).min(self.nframes);
+        if c > self.high_water.load(Ordering::Relaxed) {
+            self.high_water.fetch_max(c, Ordering::Relaxed);
         }
     }
 
@@ -359,6 +391,7 @@ impl FrameAllocator {
             });
             if t.is_some() {
                 g.allocs += 1;
+                self.account(&mut g, 1);
                 return t;
             }
         }
@@ -382,7 +415,6 @@ impl FrameAllocator {
                     .ok_or_else(|| self.fail(zone, false))?
             }
         };
-        self.account_alloc(1);
         self.claim(t.index());
         Ok(t)
     }
@@ -467,8 +499,11 @@ impl FrameAllocator {
                 }
             }
         }
-        self.pcp().lock().allocs += n as u64;
-        self.account_alloc(n as u64);
+        {
+            let mut g = self.pcp().lock();
+            g.allocs += n as u64;
+            self.account(&mut g, n as i64);
+        }
         out.reserve(n);
         for t in got {
             self.claim(t.index());
@@ -532,8 +567,7 @@ impl FrameAllocator {
             g.trim(z, &self.zones[z], self.high, self.batch);
         }
         g.frees += frames.len() as u64;
-        drop(g);
-        self.used.fetch_sub(frames.len() as i64, Ordering::Relaxed);
+        self.account(&mut g, -(frames.len() as i64));
     }
 
     /// Drop the caller's reference to `frame`; at zero the frame goes back to the allocator.
@@ -644,13 +678,18 @@ impl FrameAllocator {
 
     /// A snapshot of the counters (exact once no operation is in flight).
     pub fn stats(&self) -> FrameStats {
-        let (mut allocs, mut frees) = (0, 0);
+        let (mut allocs, mut frees, mut peaks) = (0u64, 0u64, 0i64);
         for p in self.pcps.iter() {
             let g = p.lock();
             allocs += g.allocs;
             frees += g.frees;
+            peaks += g.peak;
         }
-        let used = (self.used.load(Ordering::Relaxed).max(0) as u64).min(self.nframes);
+        self.raise_high_water(self.folded.load(Ordering::Relaxed) + peaks);
+        // A frame allocated on one CPU and freed on another between our two lock visits can
+        // make the sum momentarily off; exact once nothing is in flight.
+        let used = allocs.saturating_sub(frees).min(self.nframes);
+        self.raise_high_water(used as i64);
         FrameStats {
             total: self.nframes,
             free: self.nframes - used,

@@ -346,11 +346,32 @@ impl World {
     }
 }
 
-/// Run one input.
+/// Run one input. With `KVMALLOC_FUZZ_TRACE` set in the environment, print every step and
+/// the model's size after it (for replaying a crash by hand: `cargo run --release --example
+/// replay -- alloc_free <file>`).
 pub fn run(input: &Input) {
+    let trace = std::env::var_os("KVMALLOC_FUZZ_TRACE").is_some();
     let mut w = World::new(input);
+    if trace {
+        eprintln!(
+            "lazy={} pcpu_cache={} arena={}",
+            input.lazy, input.pcpu_cache, input.arena
+        );
+    }
     for op in &input.ops {
         w.apply(op);
+        if trace {
+            eprintln!(
+                "{:4} {op:?} -> areas {} lazy {} blocks {} frames {} user {} free frames {}",
+                w.step,
+                w.m.areas.len(),
+                w.m.lazy.len(),
+                w.m.blocks.len(),
+                w.m.mem.len(),
+                w.m.user.len(),
+                w.frames.stats().free
+            );
+        }
         w.check();
         w.step += 1;
     }

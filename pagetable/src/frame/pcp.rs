@@ -164,6 +164,11 @@ pub(super) struct Pcp {
     pub(super) allocs: u64,
     /// Frames released through this CPU slot.
     pub(super) frees: u64,
+    /// Allocations minus releases through this slot since its last fold into the
+    /// allocator's shared `folded` counter (kept within `±FOLD`).
+    pub(super) net: i64,
+    /// The largest `net` since the last fold (for the high-water mark).
+    pub(super) peak: i64,
 }
 
 impl Pcp {
@@ -173,6 +178,8 @@ impl Pcp {
             lists: [Vec::with_capacity(capacity), Vec::with_capacity(capacity)],
             allocs: 0,
             frees: 0,
+            net: 0,
+            peak: 0,
         }
     }
 

@@ -326,6 +326,50 @@ pub(crate) fn check_huge_edges(space: &AddressSpace, s: u64, e: u64) -> Result<(
     Ok(())
 }
 
+/// The entries of one leaf table an unmap cleared: first and last index, how many.
+struct Cleared {
+    first: usize,
+    last: usize,
+    count: usize,
+}
+
+impl Default for Cleared {
+    fn default() -> Self {
+        Self {
+            first: usize::MAX,
+            last: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Cleared {
+    /// Entries `k .. k + n` were cleared (in increasing `k` order).
+    #[inline(always)]
+    fn add(&mut self, k: usize, n: usize) {
+        self.first = self.first.min(k);
+        self.last = k + n - 1;
+        self.count += n;
+    }
+}
+
+/// Clear leaf `entry`, whose value was `p`, and report its frame; false if it was unused.
+#[inline(always)]
+fn clear_entry<F: FnMut(crate::addr::PhysAddr, u64)>(
+    entry: &PageTableEntry,
+    p: Pte,
+    f: &mut F,
+) -> bool {
+    if p.is_unused() {
+        return false;
+    }
+    // Ownership rule: nobody else stores to this entry (see the mapper docs); a walker's
+    // A/D update racing with this store is lost with the mapping.
+    entry.store(Pte::UNUSED, Ordering::Release);
+    f(p.addr(), PAGE_SIZE);
+    true
+}
+
 /// Unmap walk: clear every leaf in `[s, e)`, report it to `f` and to `flush`. Returns the
 /// number of 4 KiB pages unmapped.
 pub(crate) fn clear<F: FnMut(crate::addr::PhysAddr, u64)>(
@@ -354,24 +398,37 @@ fn clear_level<F: FnMut(crate::addr::PhysAddr, u64)>(
     if level == 1 {
         let i0 = index(s, 1);
         let entries = &t.entries()[i0..i0 + ((e - s) / PAGE_SIZE) as usize];
-        let (mut first, mut last, mut count) = (usize::MAX, 0, 0);
-        let _ = &mut first;
-        let _ = &mut last;
-        for entry in entries.iter() {
-            let p = entry.load(Ordering::Relaxed);
-            if p.is_unused() {
-                continue;
+        let mut span = Cleared::default();
+        let mut k = 0;
+        // Whole cache lines (8 entries) first: one test for "all present", then a straight
+        // store-and-report run (the common case, and half the time of entry-by-entry
+        // bookkeeping); mixed lines and the tail go entry by entry.
+        for line in entries.chunks_exact(8) {
+            let v: [Pte; 8] = core::array::from_fn(|j| line[j].load(Ordering::Relaxed));
+            if v.iter().all(|p| !p.is_unused()) {
+                for (entry, p) in line.iter().zip(v) {
+                    clear_entry(entry, p, f);
+                }
+                span.add(k, 8);
+            } else {
+                for (j, (entry, p)) in line.iter().zip(v).enumerate() {
+                    if clear_entry(entry, p, f) {
+                        span.add(k + j, 1);
+                    }
+                }
             }
-            entry.store(Pte::UNUSED, Ordering::Release);
-            f(p.addr(), PAGE_SIZE);
-            count += 1;
+            k += 8;
         }
-        first = 0; last = entries.len() - 1;
-        if count > 0 {
-            *pages += count;
+        for (j, entry) in entries[k..].iter().enumerate() {
+            if clear_entry(entry, entry.load(Ordering::Relaxed), f) {
+                span.add(k + j, 1);
+            }
+        }
+        if span.count > 0 {
+            *pages += span.count;
             flush.add_linear(
-                s + first as u64 * PAGE_SIZE,
-                s + (last as u64 + 1) * PAGE_SIZE,
+                s + span.first as u64 * PAGE_SIZE,
+                s + (span.last as u64 + 1) * PAGE_SIZE,
             );
         }
         return;

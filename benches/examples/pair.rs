@@ -1,0 +1,154 @@
+//! `pair`: N one-page `vmalloc` + `vfree` pairs per thread on a `Vmalloc` built like the
+//! runner's `sharded` instance (x86_64 range, one shard per CPU slot, Linux's lazy threshold,
+//! background purge workers), for profiling the fast path (`valgrind --tool=callgrind`) and
+//! timing it.
+//!
+//! ```text
+//! cargo run --release -p benches --example pair -- [--pairs N] [--threads T]
+//!     [--tlb counting|model] [--arena mmap|heap] [--warmup N]
+//! ```
+//!
+//! Each thread pins itself to CPU slot `i` (`pagetable::cpu::set_this_cpu`), runs `--warmup`
+//! pairs (default 10% of N), waits for the others at a barrier, then runs N timed pairs.
+//! Printed: wall-clock ns per pair per thread, aggregate pairs/s, and the threads' on-CPU time
+//! per pair (from `/proc/thread-self/schedstat`, when readable).
+
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use vmalloc::{TlbChoice, Vmalloc, VmallocConfig};
+
+/// Command line.
+struct Args {
+    pairs: u64,
+    threads: usize,
+    model: bool,
+    heap: bool,
+    warmup: Option<u64>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        pairs: 1_000_000,
+        threads: 1,
+        model: false,
+        heap: false,
+        warmup: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--pairs" => a.pairs = val()?.parse().map_err(|e| format!("--pairs: {e}"))?,
+            "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--warmup" => {
+                a.warmup = Some(val()?.parse().map_err(|e| format!("--warmup: {e}"))?);
+            }
+            "--tlb" => {
+                a.model = match val()?.as_str() {
+                    "model" => true,
+                    "counting" => false,
+                    v => return Err(format!("--tlb: {v}: want counting or model")),
+                }
+            }
+            "--arena" => {
+                a.heap = match val()?.as_str() {
+                    "heap" => true,
+                    "mmap" => false,
+                    v => return Err(format!("--arena: {v}: want mmap or heap")),
+                }
+            }
+            _ => return Err(format!("unknown argument {k}")),
+        }
+    }
+    if a.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    Ok(a)
+}
+
+/// On-CPU nanoseconds of the calling thread (first field of `schedstat`), if readable.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pair: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut cfg = VmallocConfig::default();
+    cfg.arena.size = 1 << 30;
+    if args.heap {
+        cfg.arena.backing = pagetable::Backing::Heap;
+    }
+    cfg.tlb = if args.model {
+        TlbChoice::Model
+    } else {
+        TlbChoice::Counting
+    };
+    let vm = match Vmalloc::new(cfg) {
+        Ok(v) => Arc::new(v),
+        Err(e) => {
+            eprintln!("pair: Vmalloc::new: {e}");
+            std::process::exit(1);
+        }
+    };
+    let warmup = args.warmup.unwrap_or(args.pairs / 10);
+    let barrier = Arc::new(Barrier::new(args.threads + 1));
+    let handles: Vec<_> = (0..args.threads)
+        .map(|i| {
+            let vm = Arc::clone(&vm);
+            let barrier = Arc::clone(&barrier);
+            let pairs = args.pairs;
+            std::thread::spawn(move || {
+                pagetable::cpu::set_this_cpu(i);
+                for _ in 0..warmup {
+                    let a = vm.vmalloc(4096).expect("vmalloc");
+                    vm.vfree(a).expect("vfree");
+                }
+                barrier.wait();
+                let cpu0 = thread_cpu_ns();
+                let t0 = Instant::now();
+                for _ in 0..pairs {
+                    let a = vm.vmalloc(4096).expect("vmalloc");
+                    vm.vfree(a).expect("vfree");
+                }
+                let wall = t0.elapsed();
+                let cpu = thread_cpu_ns().zip(cpu0).map(|(b, a)| b - a);
+                (wall, cpu)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t0 = Instant::now();
+    let res: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("worker panicked"))
+        .collect();
+    let wall = t0.elapsed();
+    let total = args.pairs * args.threads as u64;
+    for (i, (w, cpu)) in res.iter().enumerate() {
+        let ns = w.as_nanos() as f64 / args.pairs as f64;
+        match cpu {
+            Some(c) => println!(
+                "thread {i}: {ns:.1} ns/pair wall, {:.1} ns/pair cpu",
+                *c as f64 / args.pairs as f64
+            ),
+            None => println!("thread {i}: {ns:.1} ns/pair wall"),
+        }
+    }
+    println!(
+        "threads {} tlb {} arena {}: {} pairs in {:.3} s = {:.3} Mpairs/s",
+        args.threads,
+        if args.model { "model" } else { "counting" },
+        if args.heap { "heap" } else { "mmap" },
+        total,
+        wall.as_secs_f64(),
+        total as f64 / wall.as_secs_f64() / 1e6
+    );
+}
