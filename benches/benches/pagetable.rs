@@ -53,12 +53,14 @@ unsafe impl x86p::FrameAllocator<x86p::Size4KiB> for ArenaFrames<'_> {
     }
 }
 
+/// What both sides share: the allocator (and its arena) and the frames to map.
 struct Setup {
     frames: Arc<FrameAllocator>,
     data: Vec<PhysFrame>,
     x86_data: Vec<x86p::PhysFrame>,
 }
 
+/// A 64 MiB heap arena at 1 MiB physical, and 262,144 data frames above it.
 fn setup() -> Setup {
     let arena =
         Arc::new(PhysArena::heap(ARENA_SIZE, PhysAddr::new(ARENA_BASE)).expect("heap arena"));

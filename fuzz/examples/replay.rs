@@ -5,10 +5,10 @@
 //! cd fuzz && KVMALLOC_FUZZ_TRACE=1 cargo run --release --example replay -- alloc_free artifacts/alloc_free/crash-...
 //! ```
 //!
-//! Every file (or every file of every directory) given is decoded with `arbitrary` exactly as
-//! the fuzz target decodes it and run; the first failing input panics with its path.
+//! Every file (or every file of every directory) given is decoded exactly as the fuzz target
+//! decodes it and run; the first failing input panics (its path was printed just before).
 
-use arbitrary::{Arbitrary, Unstructured};
+use arbitrary::Unstructured;
 use std::path::{Path, PathBuf};
 
 fn files(p: &Path) -> Vec<PathBuf> {
@@ -25,13 +25,11 @@ fn files(p: &Path) -> Vec<PathBuf> {
     }
 }
 
-fn decode<'a, T: Arbitrary<'a>>(data: &'a [u8]) -> Option<T> {
-    T::arbitrary_take_rest(Unstructured::new(data)).ok()
-}
-
 fn main() {
     let mut args = std::env::args().skip(1);
-    let target = args.next().expect("usage: replay <target> <file or dir>...");
+    let target = args
+        .next()
+        .expect("usage: replay <target> <file or dir>...");
     let mut n = 0;
     for arg in args {
         for f in files(Path::new(&arg)) {
@@ -39,25 +37,17 @@ fn main() {
             eprintln!("== {}", f.display());
             match target.as_str() {
                 "alloc_free" => {
-                    if let Some(i) = decode(&data) {
-                        kvmalloc_fuzz::alloc_free::run(&i);
-                    }
+                    kvmalloc_fuzz::alloc_free::run(&kvmalloc_fuzz::alloc_free::Input::decode(&data))
                 }
                 "free_tree" => {
-                    if let Some(i) = decode(&data) {
-                        kvmalloc_fuzz::free_tree::run(&i);
-                    }
+                    kvmalloc_fuzz::free_tree::run(&kvmalloc_fuzz::free_tree::Input::decode(&data))
                 }
-                "pagetable" => {
-                    if let Some(ops) = decode::<Vec<_>>(&data) {
-                        kvmalloc_fuzz::pagetable::run(&ops);
-                    }
-                }
-                "llist" => {
-                    if let Some(ops) = decode::<Vec<_>>(&data) {
-                        kvmalloc_fuzz::llist::run(&ops);
-                    }
-                }
+                "pagetable" => kvmalloc_fuzz::pagetable::run(&kvmalloc_fuzz::ops_until_empty(
+                    &mut Unstructured::new(&data),
+                )),
+                "llist" => kvmalloc_fuzz::llist::run(&kvmalloc_fuzz::ops_until_empty(
+                    &mut Unstructured::new(&data),
+                )),
                 other => panic!("unknown target {other}"),
             }
             n += 1;

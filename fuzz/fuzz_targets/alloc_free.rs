@@ -4,6 +4,6 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|input: kvmalloc_fuzz::alloc_free::Input| {
-    kvmalloc_fuzz::alloc_free::run(&input);
+fuzz_target!(|data: &[u8]| {
+    kvmalloc_fuzz::alloc_free::run(&kvmalloc_fuzz::alloc_free::Input::decode(data));
 });

@@ -4,6 +4,6 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|input: kvmalloc_fuzz::free_tree::Input| {
-    kvmalloc_fuzz::free_tree::run(&input);
+fuzz_target!(|data: &[u8]| {
+    kvmalloc_fuzz::free_tree::run(&kvmalloc_fuzz::free_tree::Input::decode(data));
 });

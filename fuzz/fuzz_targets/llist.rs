@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|ops: Vec<kvmalloc_fuzz::llist::Op>| {
-    kvmalloc_fuzz::llist::run(&ops);
+fuzz_target!(|data: &[u8]| {
+    let mut u = arbitrary::Unstructured::new(data);
+    kvmalloc_fuzz::llist::run(&kvmalloc_fuzz::ops_until_empty(&mut u));
 });

@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|ops: Vec<kvmalloc_fuzz::pagetable::Op>| {
-    kvmalloc_fuzz::pagetable::run(&ops);
+fuzz_target!(|data: &[u8]| {
+    let mut u = arbitrary::Unstructured::new(data);
+    kvmalloc_fuzz::pagetable::run(&kvmalloc_fuzz::ops_until_empty(&mut u));
 });

@@ -19,7 +19,7 @@ use vmalloc::free_tree::{FreeTree, FreeTreeError};
 const BASE: u64 = 0x7f00_0000_0000 + 0x1000;
 
 /// The run's setup.
-#[derive(Arbitrary, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct Input {
     /// Units of 1 byte instead of 4 KiB.
     pub bytes: bool,
@@ -27,6 +27,24 @@ pub struct Input {
     pub initial: Vec<(u16, u16)>,
     /// The operations.
     pub ops: Vec<Op>,
+}
+
+impl Input {
+    /// Decode fuzzer bytes: the unit flag, up to 15 initial ranges, then operations until the
+    /// end.
+    pub fn decode(data: &[u8]) -> Input {
+        let mut u = arbitrary::Unstructured::new(data);
+        let bytes = bool::arbitrary(&mut u).unwrap_or(false);
+        let n = u8::arbitrary(&mut u).unwrap_or(0) % 16;
+        let initial = (0..n)
+            .map(|_| <(u16, u16)>::arbitrary(&mut u).unwrap_or((0, 0)))
+            .collect();
+        Input {
+            bytes,
+            initial,
+            ops: crate::ops_until_empty(&mut u),
+        }
+    }
 }
 
 /// One step.

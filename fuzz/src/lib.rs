@@ -10,9 +10,27 @@
 //!
 //! Each harness checks the model after every step and panics (a libFuzzer crash) on the
 //! first difference, naming the step. Inputs are decoded with `arbitrary` from derived
-//! operation enums, so any byte string is a valid input.
+//! operation enums, so any byte string is a valid input: a few header fields, then one
+//! operation after another until the bytes run out ([`ops_until_empty`]; `arbitrary`'s own
+//! `Vec` decoding spends a continuation byte per element and stops at the first even one,
+//! which would make most inputs one operation long).
 
 pub mod alloc_free;
 pub mod free_tree;
 pub mod llist;
 pub mod pagetable;
+
+use arbitrary::{Arbitrary, Unstructured};
+
+/// Decode operations one after another until `u` is empty (a truncated last operation is
+/// completed with zeros, as `arbitrary` does).
+pub fn ops_until_empty<'a, T: Arbitrary<'a>>(u: &mut Unstructured<'a>) -> Vec<T> {
+    let mut ops = Vec::new();
+    while !u.is_empty() {
+        match T::arbitrary(u) {
+            Ok(op) => ops.push(op),
+            Err(_) => break,
+        }
+    }
+    ops
+}

@@ -382,15 +382,25 @@ impl PhysArena {
     /// The page table stored in `frame`, or [`ArenaError::OutOfBounds`].
     #[inline]
     pub fn try_table(&self, frame: PhysFrame<Size4KiB>) -> Result<&PageTable, ArenaError> {
-        let words = self.words(frame.start_address(), WORDS_PER_PAGE)?;
-        // `words` has exactly 512 elements, so the view always succeeds.
-        PageTable::from_words(words).ok_or(ArenaError::OutOfBounds {
-            addr: frame.start_address(),
+        // The hot path of every page-table walk: a frame is page aligned by construction, so
+        // only the bounds need checking (one subtraction and one comparison; the arena's size
+        // is a multiple of a page, so a frame starting inside it ends inside it).
+        let addr = frame.start_address();
+        let out = ArenaError::OutOfBounds {
+            addr,
             len: PAGE_SIZE,
-        })
+        };
+        let off = match addr.as_u64().checked_sub(self.base) {
+            Some(off) if off < self.size => off as usize / WORD,
+            _ => return Err(out),
+        };
+        let words = self.all_words().get(off..off + WORDS_PER_PAGE).ok_or(out)?;
+        // `words` has exactly 512 elements, so the view always succeeds.
+        PageTable::from_words(words).ok_or(out)
     }
 
     /// The `n` words starting at `addr` (8-byte aligned).
+    #[inline]
     pub fn words(&self, addr: PhysAddr, n: usize) -> Result<&[AtomicU64], ArenaError> {
         if !addr.is_aligned(WORD as u64) {
             return Err(ArenaError::Misaligned {

@@ -208,3 +208,36 @@ fn handles_and_tokens_cross_threads() {
     send::<RemovedArea>();
     send_sync::<VmArea>();
 }
+
+#[test]
+fn remove_if_checks_under_the_lock_and_changes_nothing_on_refusal() {
+    let k = new(sync_cfg(1024, 2, 64));
+    let a = k
+        .alloc(2 * P, P, BASE, BASE + 1024 * P, None, info())
+        .unwrap();
+    let refused = k.remove_if(a, |area| {
+        assert_eq!((area.start, area.end), (a, a + 2 * P));
+        Err(VmallocError::InvalidFlags {
+            flags: area.info.flags,
+        })
+    });
+    assert!(matches!(refused, Err(VmallocError::InvalidFlags { .. })));
+    assert_eq!(
+        k.find(a).map(|x| x.start),
+        Some(a),
+        "refusal removed the area"
+    );
+    assert!(matches!(
+        k.remove_if(a + P, |_| Ok(())),
+        Err(VmallocError::NotStartOfArea { .. })
+    ));
+    let r = k.remove_if(a, |_| Ok(())).unwrap();
+    assert_eq!((r.start(), r.end()), (a, a + 2 * P));
+    assert!(k.find(a).is_none());
+    k.free_lazy(r, 1);
+    assert_eq!(
+        k.remove_if(a, |_| Ok(())).err(),
+        Some(VmallocError::DoubleFree { addr: a })
+    );
+    k.check_invariants().unwrap();
+}

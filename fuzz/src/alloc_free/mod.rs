@@ -29,7 +29,7 @@ use vmalloc::{KvaConfig, PurgeMode, TlbChoice, Vmalloc, VmallocConfig};
 use model::{KVA_END, KVA_START, Model, PAGE};
 
 /// A whole run.
-#[derive(Arbitrary, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct Input {
     /// Lazy threshold selector (1, 16, 128 or 1,024 pages).
     pub lazy: u8,
@@ -40,6 +40,22 @@ pub struct Input {
     pub arena: u8,
     /// The operations.
     pub ops: Vec<Op>,
+}
+
+impl Input {
+    /// Decode fuzzer bytes: the three header bytes, then operations until the end.
+    pub fn decode(data: &[u8]) -> Input {
+        let mut u = arbitrary::Unstructured::new(data);
+        let lazy = u8::arbitrary(&mut u).unwrap_or(0);
+        let pcpu_cache = bool::arbitrary(&mut u).unwrap_or(false);
+        let arena = u8::arbitrary(&mut u).unwrap_or(0);
+        Input {
+            lazy,
+            pcpu_cache,
+            arena,
+            ops: crate::ops_until_empty(&mut u),
+        }
+    }
 }
 
 /// A size selector: a few bytes to ~1,500 pages, mostly small.
