@@ -400,6 +400,7 @@ impl DescPool {
 
 impl DescList {
     /// One descriptor, refilling `BATCH` from `pool` if empty.
+    #[inline]
     pub(crate) fn get(&mut self, pool: &DescPool) -> Desc {
         loop {
             if let Some(d) = self.pop() {

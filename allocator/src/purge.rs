@@ -282,8 +282,15 @@ impl Inner {
         if to_caches && !cpus.is_empty() {
             let c = cpus[(self.pstats.purges.load(Ordering::Relaxed) as usize) % cpus.len()];
             let mut slot = self.pcpu.lock(c);
+            // Classes found full: no further push attempt for them (a purge usually carries
+            // far more areas of a class than its cache holds).
+            let mut full = 0u32;
             ranges.retain(|&(s, e)| match pcpu::class_of(e - s, PAGE_SIZE) {
-                Some(class) if e <= shard.end && slot.push(class, s) => {
+                Some(class) if e <= shard.end && full & (1 << class) == 0 => {
+                    if !slot.push(class, s) {
+                        full |= 1 << class;
+                        return true;
+                    }
                     cached += 1;
                     done_pages += ((e - s) / PAGE_SIZE) as usize;
                     done_bytes += e - s;

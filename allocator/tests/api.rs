@@ -686,7 +686,10 @@ fn counting_tlb_still_works() {
 fn default_config_is_x86_64_over_an_mmap_arena() {
     let vm = Vmalloc::new(VmallocConfig::default()).unwrap();
     let (s, e) = vm.range();
-    assert_eq!((s.as_u64(), e.as_u64()), (0xffff_c900_0000_0000, 0xffff_e900_0000_0000));
+    assert_eq!(
+        (s.as_u64(), e.as_u64()),
+        (0xffff_c900_0000_0000, 0xffff_e900_0000_0000)
+    );
     assert_eq!(vm.stats().vmalloc_total_kb, 32 << 30);
     assert_eq!(vm.frames().arena().size(), 8 << 30);
     let low = vm.vmalloc_32(P).unwrap();

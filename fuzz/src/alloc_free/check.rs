@@ -50,7 +50,9 @@ impl World {
                 for b in frag {
                     self.m.blocks.remove(&b);
                     self.m.areas.remove(&b);
-                    self.m.queue.retain(|&x| x != b);
+                    for q in &mut self.m.queues {
+                        q.retain(|&x| x != b);
+                    }
                     self.m.lazy.insert(b, b + super::model::BLOCK_BYTES);
                 }
             } else {

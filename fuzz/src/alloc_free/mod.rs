@@ -23,7 +23,7 @@ pub mod vmap_ram;
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
-use pagetable::{AddressSpace, ArenaConfig, Backing, FrameAllocator, PhysAddr, VirtAddr};
+use pagetable::{AddressSpace, ArenaConfig, Backing, FrameAllocator, PhysAddr, VirtAddr, cpu};
 use vmalloc::{KvaConfig, PurgeMode, TlbChoice, Vmalloc, VmallocConfig};
 
 use model::{KVA_END, KVA_START, Model, PAGE};
@@ -231,6 +231,9 @@ pub enum Op {
     },
     /// Make the n-th frame allocation of the next operation fail.
     Inject(u8),
+    /// Run the following operations as another CPU (`cpu::set_this_cpu`): its per-CPU area
+    /// cache, vmap-block queue, deferred list, frame cache and TLB.
+    Cpu(u8),
 }
 
 /// Size of a user slot in pages.
@@ -301,6 +304,8 @@ impl World {
             tlb: TlbChoice::Model,
             ..VmallocConfig::small_heap(model::ARENA_BYTES)
         };
+        // Every run starts on CPU 0 (the slot is per thread and libFuzzer reuses the thread).
+        cpu::set_this_cpu(0);
         let vm = Vmalloc::new(cfg).expect("instance");
         let frames = Arc::clone(vm.frames());
         let baseline_used = frames.stats().used;
@@ -310,7 +315,10 @@ impl World {
             vm,
             frames,
             user: Some(user),
-            m: Model::default(),
+            m: Model {
+                queues: vec![Vec::new(); cpu::nr_cpu_ids()],
+                ..Model::default()
+            },
             handles: Vec::new(),
             freed: Vec::new(),
             baseline_used,

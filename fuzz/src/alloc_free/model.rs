@@ -5,8 +5,9 @@
 //!   alloc_vm_area, ioremap, large vm_map_ram, vmap blocks), with the flags and page count the
 //!   allocator must report and the frames mapped in it.
 //! * `lazy`: areas freed lazily and not purged yet (their VA is NOT free).
-//! * `blocks` / `queue`: the vmap blocks of the (single) calling CPU, with their pieces,
-//!   bump offset and dirty count, and the CPU's queue order (Linux's `vb_alloc` scans it).
+//! * `blocks` / `queues`: the vmap blocks, with their pieces, bump offset and dirty count,
+//!   and each CPU's queue of blocks with room, in order (Linux's `vb_alloc` scans the
+//!   calling CPU's; the harness switches CPUs with `set_this_cpu`).
 //! * `mem`: every frame the model knows (a vmalloc area's, the harness's for vmap /
 //!   vm_map_ram, or kept alive only by a user mapping), with who holds a reference and what
 //!   its bytes must be (byte-exact where known; `vmalloc` without `__GFP_ZERO` starts
@@ -230,8 +231,10 @@ pub struct Model {
     pub lazy: BTreeMap<u64, u64>,
     /// Live vmap blocks by start.
     pub blocks: BTreeMap<u64, Block>,
-    /// The calling CPU's block queue, in order.
-    pub queue: Vec<u64>,
+    /// Each CPU's block queue, in order.
+    pub queues: Vec<Vec<u64>>,
+    /// The CPU the harness runs as.
+    pub cpu: usize,
     /// Known frames by physical address.
     pub mem: HashMap<u64, FrameM>,
     /// User mappings: user page address -> frame.

@@ -158,6 +158,12 @@ impl World {
             Op::GetVmArea { size, bits } => self.get_vm_area(size, bits, false),
             Op::AllocVmArea(size) => self.get_vm_area(size, Bits(1), true),
             Op::Ioremap { phys, off, size } => self.ioremap(phys, off, size),
+            Op::Cpu(n) => {
+                let n = usize::from(n) % pagetable::cpu::nr_cpu_ids();
+                pagetable::cpu::set_this_cpu(n);
+                assert_eq!(pagetable::cpu::this_cpu(), n);
+                self.m.cpu = n;
+            }
             Op::Inject(n) => {
                 self.pending_inject = Some(u64::from(n % 8) + 1);
                 return;

@@ -1,5 +1,5 @@
 //! `vm_map_ram` / vmap blocks in the `alloc_free` target: the piece address is predicted
-//! exactly (Linux's `vb_alloc`: the first block on the CPU's queue with room, bump offset,
+//! exactly (Linux's `vb_alloc`: the first block on the calling CPU's queue with room, bump offset,
 //! a full block leaves the queue by `swap_remove`); a new block must come from free VA,
 //! 4 MiB aligned; a piece whose mapping fails is dirty at once; a block whose pieces are
 //! all dirty goes to the lazy list (see [`World::piece_freed`]).
@@ -48,9 +48,7 @@ impl World {
             return self.map_ram_large(&frames, pas, node, prot);
         }
         let pages = count.next_power_of_two() as u32;
-        let predicted = self
-            .m
-            .queue
+        let predicted = self.m.queues[self.m.cpu]
             .iter()
             .position(|b| self.m.blocks[b].free >= pages);
         let st = self.frames.stats();
@@ -60,14 +58,14 @@ impl World {
         // Where the piece went: the predicted block, or a new one.
         let (bstart, mapped) = match (&got, predicted) {
             (Ok(va), Some(i)) => {
-                let b = self.m.queue[i];
+                let b = self.m.queues[self.m.cpu][i];
                 let want = b + u64::from(self.m.blocks[&b].used()) * PAGE;
                 assert_eq!(va.as_u64(), want, "step {step}: vm_map_ram piece address");
                 (b, true)
             }
             (Err(VmallocError::Map(pagetable::MapError::OutOfFrames)), Some(i)) => {
                 assert!(self.short(st.free, 4), "step {step}: map ran out of frames");
-                (self.m.queue[i], false)
+                (self.m.queues[self.m.cpu][i], false)
             }
             (Ok(va), None) => {
                 self.sync_n(1);
@@ -117,13 +115,9 @@ impl World {
             },
         );
         if b.free == 0 {
-            let i = self
-                .m
-                .queue
-                .iter()
-                .position(|&x| x == bstart)
-                .expect("queued");
-            self.m.queue.swap_remove(i);
+            let q = &mut self.m.queues[self.m.cpu];
+            let i = q.iter().position(|&x| x == bstart).expect("queued");
+            q.swap_remove(i);
         }
         let va = bstart + u64::from(off) * PAGE;
         if mapped {
@@ -157,7 +151,7 @@ impl World {
                 ..Block::default()
             },
         );
-        self.m.queue.push(b);
+        self.m.queues[self.m.cpu].push(b);
     }
 
     /// The start of a live vmap block the model does not know (made by a failed call).
@@ -180,7 +174,10 @@ impl World {
         blk.dirty += p.pages;
         if blk.dirty == BLOCK_PAGES {
             assert_eq!(blk.free, 0);
-            assert!(!self.m.queue.contains(&b), "a full block on the queue");
+            assert!(
+                self.m.queues.iter().all(|q| !q.contains(&b)),
+                "a full block on a queue"
+            );
             self.m.blocks.remove(&b);
             self.m.areas.remove(&b);
             self.m.lazy.insert(b, b + BLOCK_BYTES);

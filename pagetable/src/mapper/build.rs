@@ -285,3 +285,38 @@ pub(crate) fn rollback(space: &AddressSpace, s: u64, done: u64, e: u64, stash: &
         }
     }
 }
+
+/// Fast map of a non-empty `[s, e)` inside one leaf table that already exists (the vmalloc
+/// common case): the one walk of [`super::walk::above`], then the store loop. `None`: the
+/// table is missing or a huge leaf is in the way, and the caller takes the general path
+/// (nothing was changed). A page already mapped clears the leaves this call stored before it
+/// (no table was installed, so that is the whole rollback) and is
+/// [`MapError::AlreadyMapped`]. Returns the number of pages mapped.
+#[inline]
+pub(crate) fn map_fast(
+    space: &AddressSpace,
+    s: u64,
+    e: u64,
+    src: &Source<'_>,
+    flags: u64,
+) -> Option<Result<usize, MapError>> {
+    debug_assert!(s < e && super::walk::in_one_leaf_table(s, e));
+    let super::walk::Above::Table(t) = super::walk::above(space, s) else {
+        return None;
+    };
+    let i0 = index(s, 1);
+    let n = ((e - s) / PAGE_SIZE) as usize;
+    let entries = &t.entries()[i0..i0 + n];
+    Some(match src.fill(entries, s, flags) {
+        Ok(()) => Ok(n),
+        Err(k) => {
+            // Leaves of our own range, written by this call (ownership rule): plain stores.
+            for entry in &entries[..k] {
+                entry.store(Pte::UNUSED, Ordering::Release);
+            }
+            Err(MapError::AlreadyMapped {
+                va: from_lin(s + k as u64 * PAGE_SIZE),
+            })
+        }
+    })
+}

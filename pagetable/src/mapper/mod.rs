@@ -10,6 +10,13 @@
 //! per table lookup). Nothing is flushed here: unmap and protect return the [`FlushRange`]
 //! that needs a shootdown (see [`crate::tlb`]).
 //!
+//! Fast path (the vmalloc common case): a map or unmap whose range lies inside ONE leaf
+//! table that already exists does a single walk from the root to that table (`Acquire`
+//! loads) and then its store loop; for an unmap that walk is also the huge-page edge check
+//! (a leaf table on the way means no huge leaf covers the range). Anything else (a table
+//! missing for a map, a huge leaf on the way, a range spanning tables) takes the general
+//! path below, which then starts from scratch: the fast path changed nothing.
+//!
 //! A map is all or nothing. A first walk over the table levels above the leaves counts the
 //! missing tables and rejects a huge leaf in the way; the frames for those tables are
 //! allocated up front (a failure frees them and returns [`MapError::OutOfFrames`] before any
@@ -30,7 +37,9 @@
 //!   without `HUGE_PAGE` points at a table of this arena owned by the tree;
 //! * leaves are never freed or owned by the tree: unmap hands each leaf's frame to a callback,
 //!   dropping an address space frees only its tables;
-//! * `rss` is the number of 4 KiB pages mapped through this space (a 2 MiB leaf counts 512).
+//! * `rss` is the number of 4 KiB pages mapped through this space (a 2 MiB leaf counts 512):
+//!   the wrapping sum of per-CPU counters (`Relaxed` RMWs on the caller's `cpu::this_cpu()`
+//!   slot, so no map or unmap writes a shared cache line), exact when quiescent.
 //!
 //! Locking and ordering rules:
 //! * Ownership rule (as for vmalloc): a caller maps, unmaps or protects only a range it owns;
@@ -65,7 +74,10 @@ use core::fmt;
 
 pub use mappings::{Mapping, Mappings, Translation};
 
+use crossbeam_utils::CachePadded;
+
 use crate::addr::{AddrError, PhysAddr, VirtAddr};
+use crate::cpu;
 use crate::arena::{ArenaError, PhysArena};
 use crate::entry::{PageTable, PageTableFlags};
 use crate::frame::{FrameAllocator, FrameError, Zone};
@@ -199,7 +211,8 @@ pub struct AddressSpace {
     arena: Arc<PhysArena>,
     root: PhysFrame,
     id: u64,
-    rss: AtomicUsize,
+    /// Per-CPU page counts (see [`AddressSpace::rss`]).
+    rss: Box<[CachePadded<AtomicUsize>]>,
     ptl: Mutex<()>,
     kernel: Arc<KernelHalf>,
 }
@@ -251,7 +264,9 @@ impl AddressSpace {
             frames,
             root,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            rss: AtomicUsize::new(0),
+            rss: (0..cpu::nr_cpu_ids())
+                .map(|_| CachePadded::new(AtomicUsize::new(0)))
+                .collect(),
             ptl: Mutex::new(()),
             kernel,
         }
@@ -272,9 +287,24 @@ impl AddressSpace {
         &self.frames
     }
 
-    /// Number of 4 KiB pages mapped through this space (2 MiB leaves count 512).
+    /// Number of 4 KiB pages mapped through this space (2 MiB leaves count 512). Exact when
+    /// no map or unmap of this space runs at the same time; meanwhile a sum of per-CPU
+    /// counters read one by one (never below zero).
     pub fn rss(&self) -> usize {
-        self.rss.load(Ordering::Relaxed)
+        let sum = self
+            .rss
+            .iter()
+            .fold(0usize, |a, c| a.wrapping_add(c.load(Ordering::Relaxed)));
+        // A page mapped on one CPU slot and unmapped on another leaves the first counter high
+        // and the second "negative" (wrapped); a racing read may see only the second.
+        (sum as isize).max(0) as usize
+    }
+
+    /// The calling CPU's rss counter.
+    #[inline]
+    fn rss_slot(&self) -> &AtomicUsize {
+        // `this_cpu() < nr_cpu_ids() == rss.len()`; the fallback only avoids a panic path.
+        self.rss.get(cpu::this_cpu()).unwrap_or(&self.rss[0])
     }
 
     /// Whether this space was made by [`AddressSpace::new_sharing_kernel`] (or is the owner)
@@ -288,20 +318,30 @@ impl AddressSpace {
         &self.ptl
     }
 
+    #[inline]
     pub(crate) fn arena(&self) -> &PhysArena {
         &self.arena
     }
 
+    #[inline]
     pub(crate) fn root_table(&self) -> &PageTable {
         self.arena.table(self.root)
     }
 
+    /// Count `pages` mapped (per-CPU counter: no shared cache line on the fast path).
+    #[inline]
     pub(crate) fn add_rss(&self, pages: usize) {
-        self.rss.fetch_add(pages, Ordering::Relaxed);
+        if pages != 0 {
+            self.rss_slot().fetch_add(pages, Ordering::Relaxed);
+        }
     }
 
+    /// Count `pages` unmapped (wrapping: the pages may have been counted on another slot).
+    #[inline]
     fn sub_rss(&self, pages: usize) {
-        self.rss.fetch_sub(pages, Ordering::Relaxed);
+        if pages != 0 {
+            self.rss_slot().fetch_sub(pages, Ordering::Relaxed);
+        }
     }
 
     /// Install the PDPT tables (PML4-level entries) covering `[start, end)` (range ends as in
@@ -395,12 +435,21 @@ impl AddressSpace {
         if s >= e {
             return Ok(());
         }
+        let flags =
+            (flags - (PageTableFlags::HUGE_PAGE | PageTableFlags::COW)) | PageTableFlags::PRESENT;
+        // Fast path: the range lies in one existing leaf table (and is not a whole 2 MiB
+        // chunk that may become a huge leaf).
+        if walk::in_one_leaf_table(s, e) && !(huge && e - s == walk::entry_span(2)) {
+            if let Some(r) = build::map_fast(self, s, e, &src, flags.bits()) {
+                let pages = r?;
+                self.add_rss(pages);
+                return Ok(());
+            }
+        }
         let plan = Plan::Map { huge };
         let need = build::count_tables(self, plan, s, e)?;
         let mut stash = TableStash::new(&self.frames);
         stash.fill(need)?;
-        let flags =
-            (flags - (PageTableFlags::HUGE_PAGE | PageTableFlags::COW)) | PageTableFlags::PRESENT;
         let mut done = s;
         match build::build(self, plan, s, e, &src, flags, &mut stash, &mut done) {
             Ok(pages) => {
@@ -454,8 +503,16 @@ impl AddressSpace {
         if s >= e {
             return Ok(FlushRange::empty());
         }
-        walk::check_huge_edges(self, s, e)?;
         let mut flush = FlushRange::empty();
+        // Fast path: inside one leaf table, one walk does the huge-edge check and finds the
+        // table to clear.
+        if walk::in_one_leaf_table(s, e) {
+            if let Some(pages) = walk::clear_fast(self, s, e, &mut f, &mut flush) {
+                self.sub_rss(pages);
+                return Ok(flush);
+            }
+        }
+        walk::check_huge_edges(self, s, e)?;
         let pages = walk::clear(self, s, e, &mut f, &mut flush);
         self.sub_rss(pages);
         Ok(flush)

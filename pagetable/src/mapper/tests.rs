@@ -459,3 +459,83 @@ fn racing_table_installs_lose_nothing() {
     assert_eq!(s.rss(), 32);
     assert_eq!(s.mappings(va(0x5000_0000), MB2).count(), 32);
 }
+
+#[test]
+fn fast_path_conflict_rolls_back_its_own_leaves() {
+    let (a, s) = space(64);
+    let base = va(0xffff_c900_0000_0000);
+    // A leaf table exists (page 10 mapped): maps inside it take the fast path.
+    let mine = data_frames(1, 0x9000_0000);
+    s.map(base + 10 * KB4, &mine, RW).unwrap();
+    let before = used(&a);
+    let frames = data_frames(8, 0x8000_0000);
+    assert_eq!(
+        s.map(base + 4 * KB4, &frames, RW),
+        Err(MapError::AlreadyMapped {
+            va: base + 10 * KB4
+        })
+    );
+    for i in 4..12 {
+        let t = s.translate(base + i * KB4);
+        assert_eq!(t.is_some(), i == 10, "page {i}");
+    }
+    assert_eq!(s.rss(), 1);
+    assert_eq!(used(&a), before);
+    // The same range without the conflict maps.
+    s.map(base + 2 * KB4, &frames, RW).unwrap();
+    assert_eq!(s.rss(), 9);
+    assert_eq!(used(&a), before);
+}
+
+#[test]
+fn fast_unmap_of_a_hole_and_inside_a_huge_leaf() {
+    let (_a, s) = space(64);
+    let base = va(0xffff_c900_0000_0000);
+    // No table at all: nothing to clear.
+    let f = s.unmap(base + KB4, 3 * KB4, |_, _| panic!("no leaf")).unwrap();
+    assert!(f.is_empty());
+    // A 2 MiB leaf: a 4 KiB unmap inside it cuts it and is refused (general path), a map
+    // inside it is AlreadyMapped; nothing changes.
+    let huge = base + MB2;
+    s.map_contiguous(huge, PhysAddr::new(0x4000_0000), MB2, RW, true)
+        .unwrap();
+    assert_eq!(s.translate(huge).unwrap().size, MB2);
+    assert_eq!(
+        s.unmap(huge + KB4, KB4, |_, _| panic!("no leaf")),
+        Err(MapError::HugePageInTheWay { va: huge + KB4 })
+    );
+    assert_eq!(
+        s.map(huge + KB4, &data_frames(1, 0x8000_0000), RW),
+        Err(MapError::AlreadyMapped { va: huge + KB4 })
+    );
+    assert_eq!(s.rss(), 512);
+    // The whole chunk unmaps as one leaf.
+    let mut seen = Vec::new();
+    s.unmap(huge, MB2, |pa, size| seen.push((pa, size))).unwrap();
+    assert_eq!(seen, [(PhysAddr::new(0x4000_0000), MB2)]);
+    assert_eq!(s.rss(), 0);
+}
+
+#[test]
+fn rss_is_exact_when_pages_move_between_cpu_slots() {
+    let (_a, s) = space(64);
+    let s = Arc::new(s);
+    let base = va(0xffff_c900_0000_0000);
+    let frames = data_frames(16, 0x8000_0000);
+    let s2 = Arc::clone(&s);
+    thread::spawn(move || {
+        crate::cpu::set_this_cpu(0);
+        s2.map(base, &frames, RW).unwrap();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(s.rss(), 16);
+    let s2 = Arc::clone(&s);
+    thread::spawn(move || {
+        crate::cpu::set_this_cpu(1);
+        s2.unmap(base, 10 * KB4, |_, _| {}).unwrap();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(s.rss(), 6);
+}

@@ -48,6 +48,7 @@ fn chunks(level: u32, s: u64, e: u64) -> impl Iterator<Item = (usize, u64, u64)>
 }
 
 /// Validate `[va, va + len)`: page aligned, inside one half. Returns linear bounds.
+#[inline]
 pub(crate) fn checked_range(va: VirtAddr, len: u64) -> Result<(u64, u64), MapError> {
     for addr in [va.as_u64(), len] {
         if addr % PAGE_SIZE != 0 {
@@ -396,41 +397,7 @@ fn clear_level<F: FnMut(crate::addr::PhysAddr, u64)>(
     pages: &mut usize,
 ) {
     if level == 1 {
-        let i0 = index(s, 1);
-        let entries = &t.entries()[i0..i0 + ((e - s) / PAGE_SIZE) as usize];
-        let mut span = Cleared::default();
-        let mut k = 0;
-        // Whole cache lines (8 entries) first: one test for "all present", then a straight
-        // store-and-report run (the common case, and half the time of entry-by-entry
-        // bookkeeping); mixed lines and the tail go entry by entry.
-        for line in entries.chunks_exact(8) {
-            let v: [Pte; 8] = core::array::from_fn(|j| line[j].load(Ordering::Relaxed));
-            if v.iter().all(|p| !p.is_unused()) {
-                for (entry, p) in line.iter().zip(v) {
-                    clear_entry(entry, p, f);
-                }
-                span.add(k, 8);
-            } else {
-                for (j, (entry, p)) in line.iter().zip(v).enumerate() {
-                    if clear_entry(entry, p, f) {
-                        span.add(k + j, 1);
-                    }
-                }
-            }
-            k += 8;
-        }
-        for (j, entry) in entries[k..].iter().enumerate() {
-            if clear_entry(entry, entry.load(Ordering::Relaxed), f) {
-                span.add(k + j, 1);
-            }
-        }
-        if span.count > 0 {
-            *pages += span.count;
-            flush.add_linear(
-                s + span.first as u64 * PAGE_SIZE,
-                s + (span.last as u64 + 1) * PAGE_SIZE,
-            );
-        }
+        *pages += clear_leaves(t, s, e, f, flush);
         return;
     }
     for (i, l, ce) in chunks(level, s, e) {
@@ -458,5 +425,126 @@ fn clear_level<F: FnMut(crate::addr::PhysAddr, u64)>(
         if let Ok(child) = space.child(p) {
             clear_level(space, child, level - 1, l, ce, f, flush, pages);
         }
+    }
+}
+
+/// Clear the leaves of `[s, e)` (inside the one leaf table `t`), report each to `f` and the
+/// span cleared to `flush`. Returns the number of pages cleared.
+#[inline]
+fn clear_leaves<F: FnMut(crate::addr::PhysAddr, u64)>(
+    t: &PageTable,
+    s: u64,
+    e: u64,
+    f: &mut F,
+    flush: &mut FlushRange,
+) -> usize {
+    let i0 = index(s, 1);
+    let entries = &t.entries()[i0..i0 + ((e - s) / PAGE_SIZE) as usize];
+    let mut span = Cleared::default();
+    let mut k = 0;
+    // Whole cache lines (8 entries) first: one test for "all present", then a straight
+    // store-and-report run (the common case, and half the time of entry-by-entry
+    // bookkeeping); mixed lines and the tail go entry by entry.
+    for line in entries.chunks_exact(8) {
+        let v: [Pte; 8] = core::array::from_fn(|j| line[j].load(Ordering::Relaxed));
+        if v.iter().all(|p| !p.is_unused()) {
+            for (entry, p) in line.iter().zip(v) {
+                clear_entry(entry, p, f);
+            }
+            span.add(k, 8);
+        } else {
+            for (j, (entry, p)) in line.iter().zip(v).enumerate() {
+                if clear_entry(entry, p, f) {
+                    span.add(k + j, 1);
+                }
+            }
+        }
+        k += 8;
+    }
+    for (j, entry) in entries[k..].iter().enumerate() {
+        if clear_entry(entry, entry.load(Ordering::Relaxed), f) {
+            span.add(k + j, 1);
+        }
+    }
+    if span.count > 0 {
+        flush.add_linear(
+            s + span.first as u64 * PAGE_SIZE,
+            s + (span.last as u64 + 1) * PAGE_SIZE,
+        );
+    }
+    span.count
+}
+
+/// Whether `[s, e)` (non-empty) lies inside the span of one leaf table (one 2 MiB chunk):
+/// the range of the fast paths.
+#[inline]
+pub(crate) fn in_one_leaf_table(s: u64, e: u64) -> bool {
+    (s ^ (e - 1)) < entry_span(2)
+}
+
+/// What the one walk of a fast path found above linear `l`.
+pub(crate) enum Above<'a> {
+    /// The leaf table covering `l`.
+    Table(&'a PageTable),
+    /// A table on the way is missing: nothing is mapped in that table's span.
+    Hole,
+    /// A huge leaf covers `l`, or an entry points outside the arena: take the general path.
+    Other,
+}
+
+/// One walk from the root to the leaf table covering linear `l`, with `Acquire` loads (a
+/// table whose entry we see is seen zeroed or newer, as for every walk).
+#[inline]
+pub(crate) fn above(space: &AddressSpace, l: u64) -> Above<'_> {
+    // As in `leaf`: the arena's word slice is fetched once into registers (an `Acquire`
+    // load would otherwise make the compiler re-read the arena's bounds at every level),
+    // and each level is one bounds-checked slice of it.
+    let arena = space.arena();
+    let base = arena.base().as_u64();
+    let Ok(words) = arena.words(arena.base(), (arena.size() / 8) as usize) else {
+        return Above::Other;
+    };
+    // `pa - base` wraps to a huge offset below the arena, which `get` rejects; `off + 512`
+    // cannot overflow (`off < 2^61`).
+    let table = |pa: u64| -> Option<&PageTable> {
+        let off = (pa.wrapping_sub(base) / 8) as usize;
+        PageTable::from_words(words.get(off..off + ENTRIES_PER_TABLE)?)
+    };
+    let Some(mut t) = table(space.root().start_address().as_u64()) else {
+        return Above::Other;
+    };
+    for level in [4, 3, 2] {
+        let p = t[index(l, level)].load(Ordering::Acquire);
+        if !p.is_present() {
+            return Above::Hole;
+        }
+        if p.is_huge() {
+            return Above::Other;
+        }
+        t = match table(p.addr().as_u64()) {
+            Some(c) => c,
+            None => return Above::Other,
+        };
+    }
+    Above::Table(t)
+}
+
+/// Fast unmap of a non-empty `[s, e)` inside one leaf table: ONE walk that also serves as the
+/// huge-edge check (a leaf table on the way means no huge leaf covers the range; a missing
+/// table means nothing to clear), then the leaf loop. `None`: a huge leaf (or a corrupted
+/// entry) is on the way, the caller takes the general path, which changed nothing yet.
+#[inline]
+pub(crate) fn clear_fast<F: FnMut(crate::addr::PhysAddr, u64)>(
+    space: &AddressSpace,
+    s: u64,
+    e: u64,
+    f: &mut F,
+    flush: &mut FlushRange,
+) -> Option<usize> {
+    debug_assert!(s < e && in_one_leaf_table(s, e));
+    match above(space, s) {
+        Above::Table(t) => Some(clear_leaves(t, s, e, f, flush)),
+        Above::Hole => Some(0),
+        Above::Other => None,
     }
 }
