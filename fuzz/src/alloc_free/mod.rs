@@ -276,6 +276,8 @@ pub struct World {
     pub pending_inject: Option<u64>,
     /// The KVA allocator's purge count the model has caught up with.
     pub purges_seen: u64,
+    /// The next `check` also runs the full TLB check (set by accesses and purges).
+    pub tlb_due: bool,
     /// Step counter (for messages).
     pub step: usize,
 }
@@ -325,6 +327,7 @@ impl World {
             injected: false,
             pending_inject: None,
             purges_seen,
+            tlb_due: false,
             step: 0,
         }
     }
@@ -397,6 +400,7 @@ pub fn run(input: &Input) {
             );
         }
         w.check();
+        w.tlb_due = false;
         w.step += 1;
     }
     w.finish();

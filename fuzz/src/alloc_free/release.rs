@@ -116,8 +116,14 @@ impl World {
                     }
                 }
             }
-            Op::Vread { at, off, len } => self.vread(at, off, len),
-            Op::Vwrite { at, off, len, seed } => self.vwrite(at, off, len, seed),
+            Op::Vread { at, off, len } => {
+                self.vread(at, off, len);
+                self.tlb_due = true;
+            }
+            Op::Vwrite { at, off, len, seed } => {
+                self.vwrite(at, off, len, seed);
+                self.tlb_due = true;
+            }
             Op::FindVmArea(t) => {
                 let a = self.addr(t);
                 let got = self.vm.find_vm_area(World::va(a)).map(|v| {

@@ -77,8 +77,8 @@ pub use mappings::{Mapping, Mappings, Translation};
 use crossbeam_utils::CachePadded;
 
 use crate::addr::{AddrError, PhysAddr, VirtAddr};
-use crate::cpu;
 use crate::arena::{ArenaError, PhysArena};
+use crate::cpu;
 use crate::entry::{PageTable, PageTableFlags};
 use crate::frame::{FrameAllocator, FrameError, Zone};
 use crate::page::{PAGE_SIZE, PhysFrame};

@@ -492,7 +492,9 @@ fn fast_unmap_of_a_hole_and_inside_a_huge_leaf() {
     let (_a, s) = space(64);
     let base = va(0xffff_c900_0000_0000);
     // No table at all: nothing to clear.
-    let f = s.unmap(base + KB4, 3 * KB4, |_, _| panic!("no leaf")).unwrap();
+    let f = s
+        .unmap(base + KB4, 3 * KB4, |_, _| panic!("no leaf"))
+        .unwrap();
     assert!(f.is_empty());
     // A 2 MiB leaf: a 4 KiB unmap inside it cuts it and is refused (general path), a map
     // inside it is AlreadyMapped; nothing changes.
@@ -511,7 +513,8 @@ fn fast_unmap_of_a_hole_and_inside_a_huge_leaf() {
     assert_eq!(s.rss(), 512);
     // The whole chunk unmaps as one leaf.
     let mut seen = Vec::new();
-    s.unmap(huge, MB2, |pa, size| seen.push((pa, size))).unwrap();
+    s.unmap(huge, MB2, |pa, size| seen.push((pa, size)))
+        .unwrap();
     assert_eq!(seen, [(PhysAddr::new(0x4000_0000), MB2)]);
     assert_eq!(s.rss(), 0);
 }
