@@ -6,8 +6,10 @@
 //! equal the models; every data frame's reference count equals the number of model entries
 //! mapping it; every data frame holds the tag the model says (so a COW break that copies the
 //! wrong frame or a write that lands in a shared frame is seen); a failed operation changed
-//! nothing, not even the frame allocator's `used` count. At the end everything is unmapped,
-//! the spaces dropped, and the allocator must be back to zero frames used.
+//! nothing, not even the frame allocator's `used` count (except the empty tables a map that
+//! met an already mapped page leaves linked, by design: see `check_failed_map`). At the end
+//! everything is unmapped, the spaces dropped, and the allocator must be back to zero frames
+//! used.
 //!
 //! The window is 2,048 pages straddling a 512 GiB boundary (tables at every level are shared
 //! and split), the arena 512 frames (so tables, COW copies and maps run out of frames), and
@@ -313,7 +315,7 @@ impl World {
                             None => assert_eq!(e, MapError::OutOfFrames, "map failed"),
                         }
                         self.frames.free_bulk(&frames).expect("free our frames");
-                        assert_eq!(self.used(), used_before, "failed map leaked frames");
+                        self.check_failed_map(busy.is_some(), used_before);
                     }
                     (Ok(()), Some(p)) => panic!("map over the mapped page {p} succeeded"),
                 }
@@ -368,7 +370,7 @@ impl World {
                             Some(p) => assert_eq!(e, MapError::AlreadyMapped { va: va(p) }),
                             None => assert_eq!(e, MapError::OutOfFrames),
                         }
-                        assert_eq!(self.used(), used_before, "failed map_contiguous leaked");
+                        self.check_failed_map(busy.is_some(), used_before);
                     }
                     (Ok(()), Some(p)) => panic!("map_contiguous over mapped page {p}"),
                 }
@@ -472,6 +474,24 @@ impl World {
                     self.frames.free_bulk(&b).expect("free ballast");
                 }
             }
+        }
+    }
+
+    /// Frames after a failed map. Out of frames: nothing changed. Already mapped (found by
+    /// the build walk, after it installed the tables below the conflict): the leaves are
+    /// cleared and the installed tables whose span lies inside the range freed, but tables
+    /// reaching outside it stay linked by design (a neighbouring mapper may use them; the
+    /// tree frees them on `clean_up` and drop, which the final check proves): at most one
+    /// per table level on each side.
+    fn check_failed_map(&self, already_mapped: bool, used_before: u64) {
+        let used = self.used();
+        if already_mapped {
+            assert!(
+                used >= used_before && used - used_before <= 6,
+                "failed map: {used} frames used, {used_before} before"
+            );
+        } else {
+            assert_eq!(used, used_before, "failed map leaked frames");
         }
     }
 
@@ -715,10 +735,14 @@ impl World {
     }
 }
 
-/// Run one input.
+/// Run one input (`KVMALLOC_FUZZ_TRACE` set: print every step).
 pub fn run(ops: &[Op]) {
+    let trace = std::env::var_os("KVMALLOC_FUZZ_TRACE").is_some();
     let mut w = World::new();
-    for op in ops {
+    for (i, op) in ops.iter().enumerate() {
+        if trace {
+            eprintln!("{i:4} {op:?} (frames used {})", w.used());
+        }
         w.apply(op);
         w.check();
     }

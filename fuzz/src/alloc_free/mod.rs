@@ -18,13 +18,14 @@ pub mod check;
 pub mod model;
 pub mod ops;
 pub mod release;
+pub mod reserve;
 pub mod vmap_ram;
 
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use pagetable::{AddressSpace, ArenaConfig, Backing, FrameAllocator, PhysAddr, VirtAddr, cpu};
-use vmalloc::{KvaConfig, PurgeMode, TlbChoice, Vmalloc, VmallocConfig};
+use vmalloc::{EarlyArea, KvaConfig, PurgeMode, TlbChoice, VmFlags, Vmalloc, VmallocConfig};
 
 use model::{KVA_END, KVA_START, Model, PAGE};
 
@@ -35,6 +36,10 @@ pub struct Input {
     pub lazy: u8,
     /// Per-CPU caches of small free areas.
     pub pcpu_cache: bool,
+    /// Early areas reserved at construction: bit 0 one at a fixed address (`vm_area_add_early`,
+    /// page `(early >> 2) % 16` of the range, 1 to 4 pages), bit 1 one placed lowest-fit with
+    /// a 64 KiB alignment (`vm_area_register_early`).
+    pub early: u8,
     /// Arena backing selector: heap for one input in eight, else mmap (same arena API; the
     /// heap backing zeroes its 4 MiB eagerly, which would make every run ~10x slower).
     pub arena: u8,
@@ -43,15 +48,17 @@ pub struct Input {
 }
 
 impl Input {
-    /// Decode fuzzer bytes: the three header bytes, then operations until the end.
+    /// Decode fuzzer bytes: the four header bytes, then operations until the end.
     pub fn decode(data: &[u8]) -> Input {
         let mut u = arbitrary::Unstructured::new(data);
         let lazy = u8::arbitrary(&mut u).unwrap_or(0);
         let pcpu_cache = bool::arbitrary(&mut u).unwrap_or(false);
         let arena = u8::arbitrary(&mut u).unwrap_or(0);
+        let early = u8::arbitrary(&mut u).unwrap_or(0);
         Input {
             lazy,
             pcpu_cache,
+            early,
             arena,
             ops: crate::ops_until_empty(&mut u),
         }
@@ -70,7 +77,7 @@ impl Size {
             0 => v % (4 * PAGE) + 1,
             1 => (v % 16 + 1) * PAGE,
             2 => (v % 300 + 1) * PAGE,
-            _ => (v % 1500) * PAGE + v % 7,
+            _ => (v % 600) * PAGE + v % 7,
         }
     }
 }
@@ -106,6 +113,16 @@ pub enum Op {
     },
     /// `vmalloc_user` (zeroed, `VM_USERMAP`).
     VmallocUser(Size),
+    /// `vmalloc_32`, `vmalloc_32_user`, `vmalloc_exec`, `vmalloc_node`, `vzalloc_node` or
+    /// `__vmalloc` (`vmalloc_with`).
+    VmallocApi {
+        /// Which call.
+        which: u8,
+        /// Size.
+        size: Size,
+        /// Node, or for `vmalloc_with` the zero / read-only bits.
+        node: u8,
+    },
     /// `vmalloc_node_range` with alignment, window, flags, protection and node.
     NodeRange {
         /// Size.
@@ -165,8 +182,8 @@ pub enum Op {
     UnmapRam {
         /// Address.
         at: Target,
-        /// Count: the right one, or another.
-        count: Option<u8>,
+        /// Count: the mapping's own (3 times in 4), else `count >> 2`.
+        count: u8,
     },
     /// `vm_unmap_aliases`.
     UnmapAliases,
@@ -234,6 +251,28 @@ pub enum Op {
     /// Run the following operations as another CPU (`cpu::set_this_cpu`): its per-CPU area
     /// cache, vmap-block queue, deferred list, frame cache and TLB.
     Cpu(u8),
+}
+
+/// The early areas of header byte `sel` (see [`Input::early`]).
+fn early_areas(sel: u8) -> Vec<EarlyArea> {
+    let mut v = Vec::new();
+    if sel & 1 != 0 {
+        v.push(EarlyArea {
+            addr: Some(KVA_START + u64::from((sel >> 2) % 16) * PAGE),
+            size: u64::from(sel >> 6) * PAGE + 1,
+            align: 0,
+            flags: VmFlags::empty(),
+        });
+    }
+    if sel & 2 != 0 {
+        v.push(EarlyArea {
+            addr: None,
+            size: 2 * PAGE,
+            align: 64 << 10,
+            flags: VmFlags::IOREMAP,
+        });
+    }
+    v
 }
 
 /// Size of a user slot in pages.
@@ -304,6 +343,7 @@ impl World {
                 },
             },
             tlb: TlbChoice::Model,
+            early: early_areas(input.early),
             ..VmallocConfig::small_heap(model::ARENA_BYTES)
         };
         // Every run starts on CPU 0 (the slot is per thread and libFuzzer reuses the thread).
@@ -313,7 +353,7 @@ impl World {
         let baseline_used = frames.stats().used;
         let purges_seen = vm.kva().stats().purges;
         let user = vm.new_user_space().expect("user space");
-        World {
+        let mut w = World {
             vm,
             frames,
             user: Some(user),
@@ -329,6 +369,47 @@ impl World {
             purges_seen,
             tlb_due: false,
             step: 0,
+        };
+        w.learn_early(input.early);
+        w
+    }
+
+    /// Check the early areas where the configuration put them and add them to the model.
+    fn learn_early(&mut self, sel: u8) {
+        let want = early_areas(sel);
+        let got: Vec<vmalloc::VmArea> = self.vm.early_areas().to_vec();
+        assert_eq!(got.len(), want.len(), "early areas");
+        for (e, a) in want.iter().zip(got) {
+            let size = e.size.next_multiple_of(PAGE);
+            match e.addr {
+                Some(x) => assert_eq!(a.start, x, "vm_area_add_early address"),
+                None => {
+                    assert_eq!(a.start % e.align, 0, "vm_area_register_early alignment");
+                    assert!(
+                        self.m.is_free(a.start, a.start + size),
+                        "early area overlaps"
+                    );
+                }
+            }
+            let flags = e.flags | VmFlags::EARLY | VmFlags::NO_GUARD;
+            assert_eq!(
+                (a.end, a.info.flags, a.info.nr_pages),
+                (a.start + size, flags, 0),
+                "early area"
+            );
+            self.add_area(model::Area {
+                start: a.start,
+                end: a.end,
+                flags,
+                nr_pages: 0,
+                phys: None,
+                kind: model::Kind::Reserved,
+            });
+            self.handles.push(Handle {
+                addr: a.start,
+                len: size,
+                count: 0,
+            });
         }
     }
 
@@ -356,6 +437,25 @@ impl World {
                 KVA_START + (u64::from(x) * PAGE) % (KVA_END - KVA_START)
             }
         }
+    }
+
+    /// Resolve a target, with `Target::Live` preferring (7 times in 8) the handles whose
+    /// area satisfies `ok`: a release call mostly aims at an object of its own kind.
+    pub fn addr_for(&self, t: Target, ok: impl Fn(&Handle, VmFlags) -> bool) -> u64 {
+        if let Target::Live(i) = t {
+            if i % 8 != 0 {
+                let c: Vec<u64> = self
+                    .handles
+                    .iter()
+                    .filter(|h| self.m.containing(h.addr).is_some_and(|a| ok(h, a.flags)))
+                    .map(|h| h.addr)
+                    .collect();
+                if !c.is_empty() {
+                    return c[usize::from(i / 8) % c.len()];
+                }
+            }
+        }
+        self.addr(t)
     }
 
     /// Forget the handle at `addr` and remember the address as released.

@@ -10,11 +10,9 @@
 //! if frames are short or a failure was injected) and that no frame leaked.
 
 use pagetable::{FrameError, PageTableFlags, PhysAddr, PhysFrame, Zone};
-use vmalloc::{
-    Gfp, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_IO, PAGE_KERNEL_RO, VmFlags, VmallocError,
-};
+use vmalloc::{Gfp, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_RO, VmFlags, VmallocError};
 
-use super::model::{ARENA_BYTES, Area, Content, FrameM, KVA_END, KVA_START, Kind, PAGE};
+use super::model::{Area, Content, FrameM, KVA_END, KVA_START, Kind, PAGE};
 use super::{Bits, Handle, Op, Size, World};
 
 /// Flags the vmalloc family refuses.
@@ -25,12 +23,10 @@ const NOT_FOR_VMALLOC: VmFlags = VmFlags::IOREMAP
     .union(VmFlags::UNINITIALIZED)
     .union(VmFlags::UNLIST);
 /// Flags only the vmalloc layer sets.
-const RESERVED_KINDS: VmFlags = VmFlags::ALLOC
+pub(super) const RESERVED_KINDS: VmFlags = VmFlags::ALLOC
     .union(VmFlags::MAP_RAM)
     .union(VmFlags::EARLY)
     .union(VmFlags::UNINITIALIZED);
-/// Device memory for `ioremap` (far above the arena).
-const DEVICE: u64 = 0x1_0000_0000;
 
 /// A vmalloc-family request as the model sees it.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +80,7 @@ pub fn kva_check(size: u64, align: u64, vs: u64, ve: u64) -> Result<(u64, u64, u
 }
 
 /// `ioremap_align`: the size rounded up to a power of two, clamped to [1, 128] pages.
-fn ioremap_align(size: u64) -> u64 {
+pub(super) fn ioremap_align(size: u64) -> u64 {
     let order = size.max(1).next_power_of_two().trailing_zeros();
     1u64 << order.clamp(12, 19)
 }
@@ -125,6 +121,52 @@ impl World {
                     node: None,
                 };
                 self.vmalloc(r, |vm| vm.vmalloc_user(r.size));
+            }
+            Op::VmallocApi { which, size, node } => {
+                let mut r = Req {
+                    size: size.bytes(),
+                    align: PAGE,
+                    start: KVA_START,
+                    end: KVA_END,
+                    gfp: Gfp::KERNEL,
+                    prot: PAGE_KERNEL,
+                    flags: VmFlags::empty(),
+                    node: None,
+                };
+                let node = usize::from(node);
+                match which % 6 {
+                    0 => {
+                        r.gfp = Gfp::DMA32;
+                        self.vmalloc(r, |vm| vm.vmalloc_32(r.size));
+                    }
+                    1 => {
+                        r.gfp = Gfp::DMA32 | Gfp::ZERO;
+                        r.flags = VmFlags::USERMAP;
+                        self.vmalloc(r, |vm| vm.vmalloc_32_user(r.size));
+                    }
+                    2 => {
+                        r.prot = PAGE_KERNEL_EXEC;
+                        self.vmalloc(r, |vm| vm.vmalloc_exec(r.size));
+                    }
+                    3 => {
+                        r.node = Some(node);
+                        self.vmalloc(r, |vm| vm.vmalloc_node(r.size, node));
+                    }
+                    4 => {
+                        r.gfp = Gfp::ZERO;
+                        r.node = Some(node);
+                        self.vmalloc(r, |vm| vm.vzalloc_node(r.size, node));
+                    }
+                    _ => {
+                        if node & 1 != 0 {
+                            r.gfp |= Gfp::ZERO;
+                        }
+                        if node & 2 != 0 {
+                            r.prot = PAGE_KERNEL_RO;
+                        }
+                        self.vmalloc(r, |vm| vm.vmalloc_with(r.size, r.gfp, r.prot));
+                    }
+                }
             }
             Op::NodeRange {
                 size,
@@ -532,170 +574,6 @@ impl World {
                 prot.contains(PageTableFlags::WRITABLE)
             );
         }
-    }
-
-    fn get_vm_area(&mut self, size: Size, bits: Bits, populate: bool) {
-        let step = self.step;
-        let b = bits.0;
-        let mut flags = VmFlags::empty();
-        for (bit, f) in [
-            (0, VmFlags::IOREMAP),
-            (1, VmFlags::NO_GUARD),
-            (2, VmFlags::USERMAP),
-            (3, VmFlags::VPAGES),
-            (4, VmFlags::ALLOC),
-            (5, VmFlags::MAP),
-        ] {
-            if b & (1 << bit) != 0 {
-                flags |= f;
-            }
-        }
-        if populate {
-            flags = VmFlags::IOREMAP;
-        }
-        let bytes = size.bytes();
-        let pages = bytes.div_ceil(PAGE);
-        let guard = if flags.contains(VmFlags::NO_GUARD) {
-            0
-        } else {
-            PAGE
-        };
-        let total = pages * PAGE + guard;
-        let align = if flags.contains(VmFlags::IOREMAP) {
-            ioremap_align(pages * PAGE)
-        } else {
-            PAGE
-        };
-        let pre = if flags.intersects(RESERVED_KINDS) {
-            Err(VmallocError::InvalidFlags {
-                flags: flags & RESERVED_KINDS,
-            })
-        } else if bytes == 0 {
-            Err(VmallocError::InvalidSize { size: 0 })
-        } else {
-            kva_check(total, align, KVA_START, KVA_END)
-        };
-        let st = self.frames.stats();
-        self.arm();
-        let got = if populate {
-            self.vm.alloc_vm_area(bytes)
-        } else {
-            self.vm.get_vm_area(bytes, flags)
-        };
-        self.disarm();
-        self.sync();
-        let area = match (pre, got) {
-            (Err(e), got) => {
-                assert_eq!(got.map(|a| a.start), Err(e), "step {step}: get_vm_area");
-                return;
-            }
-            (Ok((align, lo, hi)), Err(e)) => {
-                self.check_alloc_failure(&e, total, align, lo, hi, st.free, st.used, 4);
-                return;
-            }
-            (Ok((align, lo, hi)), Ok(area)) => {
-                self.check_new_range(area.start, total, align, lo, hi);
-                area
-            }
-        };
-        assert_eq!(
-            (
-                area.end,
-                area.info.flags,
-                area.info.nr_pages,
-                area.info.phys_addr
-            ),
-            (area.start + total, flags, 0, None),
-            "step {step}: get_vm_area's VmArea"
-        );
-        self.add_area(Area {
-            start: area.start,
-            end: area.end,
-            flags,
-            nr_pages: 0,
-            phys: None,
-            kind: Kind::Reserved,
-        });
-        self.handles.push(Handle {
-            addr: area.start,
-            len: pages * PAGE,
-            count: 0,
-        });
-    }
-
-    fn ioremap(&mut self, phys: u16, off: u16, size: u16) {
-        let step = self.step;
-        let off = u64::from(off) % PAGE;
-        let base = if phys % 8 == 0 {
-            (u64::from(phys) * PAGE) % ARENA_BYTES
-        } else {
-            DEVICE + u64::from(phys) * PAGE
-        };
-        let p = base + off;
-        let size = if size % 16 == 0 {
-            0
-        } else {
-            u64::from(size) % (64 * PAGE) + 1
-        };
-        let len = if size == 0 {
-            0
-        } else {
-            ((p + size - 1) / PAGE + 1) * PAGE - base
-        };
-        let align = ioremap_align(len);
-        let pre = if size == 0 {
-            Err(VmallocError::InvalidSize { size: 0 })
-        } else if base < ARENA_BYTES {
-            Err(VmallocError::IoremapOfRam { phys: p, size })
-        } else {
-            kva_check(len + PAGE, align, KVA_START, KVA_END)
-        };
-        let st = self.frames.stats();
-        self.arm();
-        let got = self
-            .vm
-            .ioremap(PhysAddr::new_truncate(p), size, PAGE_KERNEL_IO);
-        self.disarm();
-        self.sync();
-        let va = match (pre, got) {
-            (Err(e), got) => {
-                assert_eq!(got, Err(e), "step {step}: ioremap");
-                return;
-            }
-            (Ok((align, lo, hi)), Err(e)) => {
-                self.check_alloc_failure(&e, len + PAGE, align, lo, hi, st.free, st.used, 4);
-                return;
-            }
-            (Ok((align, lo, hi)), Ok(va)) => {
-                let start = va.as_u64() - off;
-                assert_eq!(va.as_u64() % PAGE, off, "step {step}: ioremap offset");
-                self.check_new_range(start, len + PAGE, align, lo, hi);
-                start
-            }
-        };
-        let t = self
-            .vm
-            .kernel_space()
-            .translate(World::va(va))
-            .expect("ioremap mapped");
-        assert_eq!(
-            t.pa.as_u64(),
-            base,
-            "step {step}: ioremap maps the wrong address"
-        );
-        self.add_area(Area {
-            start: va,
-            end: va + len + PAGE,
-            flags: VmFlags::IOREMAP,
-            nr_pages: 0,
-            phys: Some(base),
-            kind: Kind::Ioremap { pages: len / PAGE },
-        });
-        self.handles.push(Handle {
-            addr: va + off,
-            len: len - off,
-            count: 0,
-        });
     }
 }
 

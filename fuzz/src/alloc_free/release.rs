@@ -29,7 +29,7 @@ impl World {
         let step = self.step;
         match *op {
             Op::Vfree(t) => {
-                let a = self.addr(t);
+                let a = self.addr_for(t, |_, f| f.contains(VmFlags::ALLOC));
                 let want = if a == 0 {
                     Ok(())
                 } else {
@@ -40,7 +40,7 @@ impl World {
                 self.released_as(a, want, got, "vfree");
             }
             Op::VfreeAtomic(t) => {
-                let a = self.addr(t);
+                let a = self.addr_for(t, |_, f| f.contains(VmFlags::ALLOC));
                 self.vm.vfree_atomic(World::va(a));
                 let ran = self.vm.kva().drain_deferred();
                 if a == 0 {
@@ -59,7 +59,7 @@ impl World {
                 assert_eq!(self.vm.stats().deferred_errors, self.m.deferred_errors);
             }
             Op::Vunmap(t) => {
-                let a = self.addr(t);
+                let a = self.addr_for(t, |_, f| f.contains(VmFlags::MAP));
                 let want = if a == 0 {
                     Ok(())
                 } else {
@@ -70,7 +70,7 @@ impl World {
                 self.released_as(a, want, got, "vunmap");
             }
             Op::Iounmap(t) => {
-                let a = self.addr(t);
+                let a = self.addr_for(t, |_, f| f.contains(VmFlags::IOREMAP));
                 let s = a & !(PAGE - 1);
                 let want = if a == 0 {
                     Ok(())
@@ -82,7 +82,7 @@ impl World {
                 self.released_as(s, want, got, "iounmap");
             }
             Op::FreeVmArea(t) => {
-                let a = self.addr(t);
+                let a = self.addr_for(t, |_, f| !f.intersects(VmFlags::ALLOC | VmFlags::MAP_RAM));
                 let area = VmArea {
                     start: a,
                     end: a + PAGE,
@@ -231,12 +231,12 @@ impl World {
         self.released(a);
     }
 
-    fn unmap_ram(&mut self, at: Target, count: Option<u8>) {
+    fn unmap_ram(&mut self, at: Target, count: u8) {
         let step = self.step;
-        let a = self.addr(at);
+        let a = self.addr_for(at, |h, _| h.count > 0);
         let count = match count {
-            Some(c) => usize::from(c) % 101,
-            None => self
+            c if c % 4 == 0 => usize::from(c >> 2) % 101,
+            _ => self
                 .handles
                 .iter()
                 .find(|h| h.addr == a && h.count > 0)
@@ -466,7 +466,7 @@ impl World {
 
     fn remap(&mut self, at: Target, slot: u8, pages: u8, pgoff: u8) {
         let step = self.step;
-        let k = self.addr(at);
+        let k = self.addr_for(at, |_, f| f.contains(VmFlags::USERMAP));
         let u = USER_BASE + (u64::from(slot) % SLOTS) * SLOT_PAGES * PAGE;
         let len = (u64::from(pages) % 17) * PAGE;
         let pgoff = u64::from(pgoff) % 8;
