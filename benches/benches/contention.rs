@@ -9,6 +9,11 @@
 //! built once per benchmark (its arena, page tables and caches warm up during criterion's
 //! warm-up).
 //!
+//! A `control` row runs the same harness with no shared state at all (each thread spins on
+//! its own xorshift state for about as long as a pair takes): its scaling is what the machine
+//! gives at that moment (on a 2-CPU box shared with other processes, often less than 2x), the
+//! ceiling for the allocators' rows.
+//!
 //! Run: `cargo bench -p benches --bench contention`.
 
 use std::hint::black_box;
@@ -37,8 +42,29 @@ fn pairs(imp: &dyn VmallocImpl, threads: usize, iters: u64) -> std::time::Durati
     })
 }
 
+/// `iters` units of thread-private work on each of `threads` threads (the control row).
+fn control(threads: usize, iters: u64) -> std::time::Duration {
+    run_together(threads, |t| {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ t as u64;
+        for _ in 0..iters {
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
+            black_box(x);
+        }
+    })
+}
+
 fn bench_contention(c: &mut Criterion) {
     let mut g = c.benchmark_group("contention");
+    for threads in [1usize, 2, 4] {
+        g.throughput(Throughput::Elements(threads as u64));
+        g.bench_with_input(BenchmarkId::new("control", threads), &threads, |b, &t| {
+            b.iter_custom(|iters| control(t, iters))
+        });
+    }
     for kind in AllocatorKind::ALL {
         let imp = match kind.build(&ImplConfig::default()) {
             Ok(imp) => imp,

@@ -24,7 +24,8 @@
 //! every allocation lands in bucket 0 and a free scans all live allocations. Their
 //! 100-thousand figures are measured.
 //!
-//! Run: `cargo bench -p benches --bench scale`.
+//! Run: `cargo bench -p benches --bench scale`. `SCALE_ONLY=kva,legacy` (names as in the
+//! benchmark ids) limits the run, setup included, to those contenders.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -108,12 +109,23 @@ fn pair(a: &mut dyn VaAllocator, align: u64) {
     }
 }
 
+/// The contenders `SCALE_ONLY` (comma-separated names) selects; all when unset.
+fn selected(name: &str) -> bool {
+    match std::env::var("SCALE_ONLY") {
+        Ok(list) => list.split(',').any(|n| n.trim() == name),
+        Err(_) => true,
+    }
+}
+
 fn bench_scale(c: &mut Criterion) {
     for n in SIZES {
         let mut g = c.benchmark_group(format!("scale/{n}"));
         g.throughput(Throughput::Elements(1));
         for (mut a, quadratic) in contenders(n) {
             let name = a.name();
+            if !selected(name) {
+                continue;
+            }
             if quadratic && n > QUADRATIC_LIMIT {
                 eprintln!("scale: {name} skipped at {n} live areas (quadratic setup)");
                 continue;

@@ -94,6 +94,61 @@ fn failed_map_across_pml4_entries_keeps_only_outer_tables() {
     assert_eq!(frames.stats().used, 0);
 }
 
+/// Fuzz finding 3 (documented: "the first mapped address found"): a map over a 4 KiB page
+/// and, further on, a 2 MiB leaf names the 2 MiB leaf, because the plan walk sees huge leaves
+/// before the build walk reaches the lower 4 KiB page. Nothing is changed either way.
+#[test]
+fn already_mapped_names_a_huge_leaf_before_a_lower_small_page() {
+    let (frames, space) = world();
+    let p = PageTableFlags::PRESENT;
+    // A 4 KiB page at page 929 and a 2 MiB leaf at pages [1536, 2048).
+    space
+        .map_contiguous(
+            VirtAddr::new(BASE + 929 * KB4),
+            PhysAddr::new(DEVICE),
+            KB4,
+            p,
+            false,
+        )
+        .unwrap();
+    space
+        .map_contiguous(
+            VirtAddr::new(BASE + 1536 * KB4),
+            PhysAddr::new(DEVICE + 1536 * KB4),
+            512 * KB4,
+            p,
+            true,
+        )
+        .unwrap();
+    assert_eq!(
+        space
+            .translate(VirtAddr::new(BASE + 1536 * KB4))
+            .unwrap()
+            .size,
+        512 * KB4
+    );
+    let used = frames.stats().used;
+    let r = space.map_contiguous(
+        VirtAddr::new(BASE + 512 * KB4),
+        PhysAddr::new(DEVICE + 512 * KB4),
+        1029 * KB4,
+        p,
+        false,
+    );
+    assert_eq!(
+        r,
+        Err(MapError::AlreadyMapped {
+            va: VirtAddr::new(BASE + 1536 * KB4)
+        })
+    );
+    assert_eq!(
+        frames.stats().used,
+        used,
+        "the plan walk failed before any allocation"
+    );
+    assert_eq!(space.rss(), 1 + 512);
+}
+
 /// The other failure of a map, running out of frames for its tables, changes nothing at all
 /// (the tables are allocated before any entry is written).
 #[test]
