@@ -163,16 +163,16 @@ impl Model {
         };
         // prev = the last area starting at or below s; next = the one after it.
         let p = self.free.iter().rposition(|&(a, _)| a <= s);
-        if let Some(p) = p {
-            if self.free[p].1 > s {
-                return Err(overlap(self.free[p]));
-            }
+        if let Some(p) = p
+            && self.free[p].1 > s
+        {
+            return Err(overlap(self.free[p]));
         }
         let n = p.map_or(0, |p| p + 1);
-        if let Some(&next) = self.free.get(n) {
-            if next.0 < e {
-                return Err(overlap(next));
-            }
+        if let Some(&next) = self.free.get(n)
+            && next.0 < e
+        {
+            return Err(overlap(next));
         }
         let (mut lo, mut hi) = (s, e);
         let mut at = n;
@@ -180,12 +180,12 @@ impl Model {
             hi = self.free[n].1;
             self.free.remove(n);
         }
-        if let Some(p) = p {
-            if self.free[p].1 == s {
-                lo = self.free[p].0;
-                self.free.remove(p);
-                at = p;
-            }
+        if let Some(p) = p
+            && self.free[p].1 == s
+        {
+            lo = self.free[p].0;
+            self.free.remove(p);
+            at = p;
         }
         self.free.insert(at, (lo, hi));
         Ok((lo, hi))
@@ -212,8 +212,7 @@ pub fn run(input: &Input) {
     // Blocks handed out (start, end), for `Free`.
     let mut blocks: Vec<(u64, u64)> = Vec::new();
     for (step, op) in input.ops.iter().enumerate() {
-        let probe;
-        match *op {
+        let probe = match *op {
             Op::Alloc {
                 size,
                 align,
@@ -253,7 +252,7 @@ pub fn run(input: &Input) {
                         blocks.push((a, a + size));
                     }
                 }
-                probe = want.unwrap_or(vs);
+                want.unwrap_or(vs)
             }
             Op::Free { idx, skip, len } => {
                 if blocks.is_empty() {
@@ -282,7 +281,7 @@ pub fn run(input: &Input) {
                 assert!(want.is_ok(), "model refused to free an allocated block");
                 let got = tree.insert_merge(fs, fe);
                 assert_eq!(got, want, "step {step}: insert_merge({fs:#x}, {fe:#x})");
-                probe = fs;
+                fs
             }
             Op::Insert { start, len } => {
                 let (s, e) = (at(start), at(start) + u64::from(len) * unit);
@@ -293,7 +292,7 @@ pub fn run(input: &Input) {
                     // Allocated blocks inside this range are free now: forget them.
                     blocks.retain(|&(a, b)| b <= s || e <= a);
                 }
-                probe = s;
+                s
             }
             Op::AllocAt { start, len } => {
                 let (s, e) = (at(start), at(start) + u64::from(len) * unit);
@@ -312,14 +311,14 @@ pub fn run(input: &Input) {
                         "step {step}: alloc_at({s:#x}, {e:#x}) of non-free range"
                     );
                 }
-                probe = s;
+                s
             }
             Op::Reserve(n) => {
                 tree.reserve(usize::from(n));
                 assert!(tree.spare_nodes() >= usize::from(n));
-                probe = BASE;
+                BASE
             }
-        }
+        };
         check(&tree, &model, probe);
     }
 }

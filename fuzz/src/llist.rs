@@ -183,8 +183,9 @@ impl Harness {
                     let first = self.node(ids[0]);
                     let last = self.node(ids[ids.len() - 1]);
                     assert_eq!(chain.first(), Some(first));
-                    // The chain's links are the batch's: hand them over and forget the chain.
-                    drop(chain);
+                    // The chain's links are the batch's: `add_batch` takes them over (a `Chain`
+                    // owns no node, so letting it go is all there is to do).
+                    let _ = chain;
                     // SAFETY: the batch is linked first -> .. -> last by `build_chain`, every
                     // node is free and outlives the list, nobody else touches the links.
                     unsafe { self.head.add_batch(first, last) }

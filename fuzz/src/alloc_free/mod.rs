@@ -336,7 +336,7 @@ impl World {
             arena: ArenaConfig {
                 size: model::ARENA_BYTES,
                 base: PhysAddr::zero(),
-                backing: if input.arena % 8 == 0 {
+                backing: if input.arena.is_multiple_of(8) {
                     Backing::Heap
                 } else {
                     Backing::Mmap { huge_pages: false }
@@ -442,17 +442,17 @@ impl World {
     /// Resolve a target, with `Target::Live` preferring (7 times in 8) the handles whose
     /// area satisfies `ok`: a release call mostly aims at an object of its own kind.
     pub fn addr_for(&self, t: Target, ok: impl Fn(&Handle, VmFlags) -> bool) -> u64 {
-        if let Target::Live(i) = t {
-            if i % 8 != 0 {
-                let c: Vec<u64> = self
-                    .handles
-                    .iter()
-                    .filter(|h| self.m.containing(h.addr).is_some_and(|a| ok(h, a.flags)))
-                    .map(|h| h.addr)
-                    .collect();
-                if !c.is_empty() {
-                    return c[usize::from(i / 8) % c.len()];
-                }
+        if let Target::Live(i) = t
+            && i % 8 != 0
+        {
+            let c: Vec<u64> = self
+                .handles
+                .iter()
+                .filter(|h| self.m.containing(h.addr).is_some_and(|a| ok(h, a.flags)))
+                .map(|h| h.addr)
+                .collect();
+            if !c.is_empty() {
+                return c[usize::from(i / 8) % c.len()];
             }
         }
         self.addr(t)

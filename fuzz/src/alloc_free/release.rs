@@ -244,7 +244,7 @@ impl World {
         };
         let want = if count == 0 {
             Err(VmallocError::InvalidSize { size: 0 })
-        } else if a % PAGE != 0 {
+        } else if !a.is_multiple_of(PAGE) {
             Err(VmallocError::Misaligned {
                 addr: a,
                 align: PAGE,
@@ -472,7 +472,7 @@ impl World {
         let pgoff = u64::from(pgoff) % 8;
         let mut frames = Vec::new();
         let want: Result<(), VmallocError> = (|| {
-            if k % PAGE != 0 {
+            if !k.is_multiple_of(PAGE) {
                 return Err(VmallocError::Misaligned {
                     addr: k,
                     align: PAGE,

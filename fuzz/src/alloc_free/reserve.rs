@@ -105,13 +105,13 @@ impl World {
     pub(super) fn ioremap(&mut self, phys: u16, off: u16, size: u16) {
         let step = self.step;
         let off = u64::from(off) % PAGE;
-        let base = if phys % 8 == 0 {
+        let base = if phys.is_multiple_of(8) {
             (u64::from(phys) * PAGE) % ARENA_BYTES
         } else {
             DEVICE + u64::from(phys) * PAGE
         };
         let p = base + off;
-        let size = if size % 16 == 0 {
+        let size = if size.is_multiple_of(16) {
             0
         } else {
             u64::from(size) % (64 * PAGE) + 1
