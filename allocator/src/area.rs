@@ -251,6 +251,7 @@ impl DescList {
     }
 
     /// Take one descriptor.
+    #[inline]
     pub(crate) fn pop(&mut self) -> Option<Desc> {
         let node = loop {
             if let Some(n) = self.chain.pop_front() {
@@ -282,6 +283,7 @@ impl DescList {
     /// # Safety
     ///
     /// The caller owns `d` (it is on no list, in no busy tree, in no token).
+    #[inline]
     pub(crate) unsafe fn push(&mut self, d: Desc) {
         // SAFETY: the caller hands its exclusive ownership over to this list; the pool keeps
         // the node live.
@@ -415,14 +417,21 @@ impl DescList {
     /// # Safety
     ///
     /// As for [`DescList::push`].
+    #[inline]
     pub(crate) unsafe fn put(&mut self, pool: &DescPool, d: Desc) {
         // SAFETY: forwarded from the caller.
         unsafe { self.push(d) };
         if self.len > 2 * BATCH {
-            let mut spill = DescList::default();
-            self.move_to(&mut spill, BATCH);
-            pool.give_back(&mut spill);
+            self.spill(pool);
         }
+    }
+
+    /// Move `BATCH` descriptors to `pool` (the list grew past `2 * BATCH`).
+    #[cold]
+    fn spill(&mut self, pool: &DescPool) {
+        let mut spill = DescList::default();
+        self.move_to(&mut spill, BATCH);
+        pool.give_back(&mut spill);
     }
 }
 

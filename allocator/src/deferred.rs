@@ -17,7 +17,17 @@
 //!
 //! Pushing takes no lock (llist `Release` push; `del_all` `Acquire`). The `pending` hint is a
 //! `Relaxed` flag (set after a push, cleared before a drain, so a push after the clear sets it
-//! again). Handler and notifier lists sit behind their own mutexes, held only to clone an
+//! again).
+//!
+//! A drain takes the lists under the `drains` mutex and counts itself in flight there; it
+//! runs its handlers unlocked and uncounts itself (notifying `drained`) when they are done.
+//! [`Inner::wait_for_drains`] (called by `Kva::purge`, i.e. `purge_vmap_area_lazy`) waits
+//! until no drain is in flight, so a purge that found the lists empty because a worker had
+//! just taken them still returns only after those frees ran and can purge what they freed.
+//! Because taking the lists and counting happen in one critical section, a waiter that
+//! locks `drains` after a drain took the lists sees that drain counted (or already
+//! finished). A thread that is itself inside a drain (a handler calling `purge`) does not
+//! wait (thread-local depth): it would wait for itself, or for a drain that waits for it. Handler and notifier lists sit behind their own mutexes, held only to clone an
 //! `Arc` out or to edit the list; callbacks always run unlocked, so they may call back into
 //! the allocator.
 
@@ -29,7 +39,18 @@ use pagetable::page::PAGE_SIZE;
 
 use crate::kva::Inner;
 use crate::llist::{Intrusive, LlistHead, LlistNode};
-use crate::sync::{AtomicBool, Mutex, Ordering};
+use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
+
+#[cfg(not(feature = "loom"))]
+std::thread_local! {
+    /// How many drains the current thread is inside (handlers may drain again).
+    static DRAIN_DEPTH: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+#[cfg(feature = "loom")]
+loom::thread_local! {
+    /// How many drains the current thread is inside (handlers may drain again).
+    static DRAIN_DEPTH: core::cell::Cell<usize> = core::cell::Cell::new(0);
+}
 
 /// A deferred free waiting on a CPU's list.
 struct DeferredNode {
@@ -49,6 +70,10 @@ pub(crate) struct Deferred {
     lists: Box<[CachePadded<LlistHead>]>,
     pending: AtomicBool,
     handler: Mutex<Option<Handler>>,
+    /// Drains that took the lists and have not finished their handlers.
+    drains: Mutex<usize>,
+    /// Notified when `drains` drops to zero.
+    drained: Condvar,
 }
 
 impl core::fmt::Debug for Deferred {
@@ -67,6 +92,8 @@ impl Deferred {
                 .collect(),
             pending: AtomicBool::new(false),
             handler: Mutex::new(None),
+            drains: Mutex::new(0),
+            drained: Condvar::new(),
         }
     }
 
@@ -179,10 +206,29 @@ impl Inner {
 
     /// Run every queued deferred free; returns how many ran.
     pub(crate) fn drain_deferred(&self) -> usize {
-        let addrs = self.deferred.take_all();
-        if addrs.is_empty() {
-            return 0;
+        let addrs = {
+            let mut drains = self.deferred.drains.lock();
+            let addrs = self.deferred.take_all();
+            if addrs.is_empty() {
+                return 0;
+            }
+            *drains += 1;
+            addrs
+        };
+        // Uncounts this drain when the handlers are done (also if one panics).
+        struct InFlight<'a>(&'a Deferred);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                DRAIN_DEPTH.with(|d| d.set(d.get() - 1));
+                let mut drains = self.0.drains.lock();
+                *drains -= 1;
+                if *drains == 0 {
+                    self.0.drained.notify_all();
+                }
+            }
         }
+        DRAIN_DEPTH.with(|d| d.set(d.get() + 1));
+        let _in_flight = InFlight(&self.deferred);
         let handler = self.deferred.handler.lock().clone();
         for &addr in &addrs {
             match &handler {
@@ -196,6 +242,18 @@ impl Inner {
             }
         }
         addrs.len()
+    }
+
+    /// Wait until every drain that had taken deferred frees has run them (see the module
+    /// documentation); returns at once on a thread that is itself inside a drain.
+    pub(crate) fn wait_for_drains(&self) {
+        if DRAIN_DEPTH.with(|d| d.get()) > 0 {
+            return;
+        }
+        let mut drains = self.deferred.drains.lock();
+        while *drains > 0 {
+            self.deferred.drained.wait(&mut drains);
+        }
     }
 }
 

@@ -36,7 +36,7 @@ pub struct VmallocStats {
     pub area_bytes: u64,
     /// Live vmap blocks (`vm_map_ram`).
     pub vmap_blocks: usize,
-    /// Pages waiting on the lazy lists for a purge.
+    /// Pages waiting for a purge (on the lazy lists and in the per-CPU lazy batches).
     pub lazy_pages: usize,
     /// Purges done so far.
     pub purges: u64,

@@ -6,8 +6,9 @@
 //! Statistics are sums over shards and CPU slots taken one lock (or one `Relaxed` load) at a
 //! time: each figure is exact at some instant, the set is only consistent when the allocator
 //! is quiescent. `check_invariants` takes the purge lock (no purge can hold a detached
-//! chain), then each structure's lock in turn, detaches each lazy list to walk it and puts it
-//! back, and checks that every byte of the range is accounted for exactly once.
+//! chain or batch), then each structure's lock in turn, detaches each lazy list to walk it
+//! and puts it back, reads each CPU slot's lazy batch under the slot lock, and checks that
+//! every byte of the range is accounted for exactly once.
 //!
 //! # Locking
 //!
@@ -32,7 +33,9 @@ pub struct KvaStats {
     pub cached: u64,
     /// Bytes removed but not free yet (tokens outstanding, lazy lists, purge in progress).
     pub pending: u64,
-    /// Pages on the lazy lists (the purge trigger's counter).
+    /// Pages waiting for a purge: on the shards' lazy lists and in the CPU slots' lazy
+    /// batches (the purge trigger's counter; a purge in progress has already taken its areas
+    /// off, they are still in `pending`).
     pub lazy_pages: usize,
     /// Live areas.
     pub nr_busy: usize,
@@ -96,6 +99,7 @@ impl Inner {
         for c in 0..self.pcpu.len() {
             s.cached += self.pcpu.lock(c).bytes();
         }
+        s.lazy_pages += self.pcpu.lazy_pages();
         s.free += s.cached;
         let p = &self.pstats;
         s.purges = p.purges.load(Ordering::Relaxed);
@@ -197,7 +201,20 @@ impl Inner {
             pending += sh.pending();
         }
         for c in 0..self.pcpu.len() {
-            let slot = self.pcpu.lock(c);
+            let cell = self.pcpu.cell(c);
+            let slot = cell.lock();
+            let mut batch_pages = 0;
+            for &(s, e) in slot.lazy() {
+                batch_pages += ShardSet::pages(s, e);
+                lazy_listed += e - s;
+                ranges.push((s, e, "lazy"));
+            }
+            let counted = cell.lazy_pages.load(Ordering::Relaxed);
+            if counted != batch_pages {
+                return Err(format!(
+                    "cpu {c}: lazy counter {counted} but the batch holds {batch_pages} pages"
+                ));
+            }
             let mut sum = 0;
             for (s, e) in slot.chunks() {
                 let home = self.shards.get(self.home[c % self.home.len()]);

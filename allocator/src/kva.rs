@@ -14,29 +14,34 @@
 //!   retry while they free something (bounded); then fail with
 //!   [`VmallocError::NoSpace`].
 //! * **remove** takes the area out of its busy tree and returns a [`RemovedArea`] token;
-//!   **free_lazy** raises the shard's lazy-page counter and pushes the descriptor on the
-//!   shard's lock-free lazy list, and past `lazy_max_pages` kicks a purge (see
-//!   [`crate::purge`]); **free_unused** returns a never-mapped area straight to the trees.
+//!   **free_lazy** records the area's range in the calling CPU's lazy batch and gives its
+//!   descriptor straight back to that CPU (one slot-lock section; see [`crate::pcpu`]), or,
+//!   with per-CPU caching off or the batch full, raises the shard's lazy-page counter and
+//!   pushes the descriptor on the shard's lock-free lazy list; past `lazy_max_pages` it kicks
+//!   a purge (see [`crate::purge`]). **free_unused** returns a never-mapped area straight to
+//!   the trees. (The freeing side lives in the `free` submodule.)
 //! * **find** looks in the busy tree of the shard containing the address, then (only while
 //!   some live area crosses a shard boundary) in the lower shards' trees.
 //!
 //! # Invariants
 //!
-//! * A range leaves the lazy lists only through a purge, and a purge merges it back into a
-//!   tree or a per-CPU cache only after its one TLB flush has returned: no range is handed
-//!   out again before a flush covering its last unmapping.
+//! * A range leaves the lazy lists and batches only through a purge, and a purge merges it
+//!   back into a tree or a per-CPU cache only after its one TLB flush has returned: no range
+//!   is handed out again before a flush covering its last unmapping.
 //! * Every byte of the range is in exactly one of: a free tree, a per-CPU cache, a busy tree,
-//!   or "pending" (removed: in a token, on a lazy list, or in a purge in progress); checked
-//!   by [`Kva::check_invariants`] when no operation is in flight.
+//!   or "pending" (removed: in a token, on a lazy list or batch, or in a purge in progress);
+//!   checked by [`Kva::check_invariants`] when no operation is in flight.
 //!
 //! # Locking and ordering
 //!
 //! Lock order: purge lock -> per-CPU slot -> shard free lock(s) (ascending) -> descriptor
 //! pool; shard busy locks are leaves (never held with another allocator lock). The fast paths
 //! take the caller's CPU slot and the home shard's busy lock: with one shard per CPU nothing
-//! they write is shared with another CPU. Counters are `Relaxed` atomics per shard, summed
-//! when read; the lazy list's `Release` push / `Acquire` `del_all` hands descriptors to the
-//! purger.
+//! they write is shared with another CPU, and a 1-page area's descriptor never leaves its
+//! CPU (the purger reads the slot's batch of ranges, not the descriptors). Counters are
+//! `Relaxed` atomics per shard or per CPU slot, summed when read; a slot's batch is handed to
+//! the purger under the slot lock, the lazy list's `Release` push / `Acquire` `del_all` hands
+//! descriptors to it.
 
 use std::sync::Arc as StdArc;
 
@@ -60,6 +65,9 @@ pub use crate::pcpu::MAX_CLASS_PAGES;
 
 /// Rounds of "notifiers freed something, retry" before an allocation gives up.
 const MAX_NOTIFIER_ROUNDS: usize = 8;
+
+/// Largest capacity of a CPU slot's lazy batch, in areas.
+const LAZY_BATCH_MAX: usize = 1 << 14;
 
 /// Source of allocator ids (tokens carry their allocator's id). A plain std atomic: ids only
 /// need to be unique, nothing is ordered by them, so loom need not see it.
@@ -92,6 +100,11 @@ pub(crate) struct Inner {
     pub(crate) notifiers: Notifiers,
     /// Live areas crossing a shard boundary (lookups of lower shards are needed only then).
     pub(crate) nr_spanning: AtomicUsize,
+    /// Capacity of a CPU slot's lazy batch (areas).
+    pub(crate) lazy_cap: usize,
+    /// Empty arrays the purger swaps for the slots' lazy batches (used only under
+    /// `purge_lock`; a mutex only to be `Sync`, never contended).
+    pub(crate) lazy_spares: Mutex<Vec<Vec<(u64, u64)>>>,
 }
 
 /// The KVA allocator; see the module documentation.
@@ -125,7 +138,12 @@ impl Kva {
         let shard_cpus = (0..nr)
             .map(|s| (0..nr_cpus).filter(|&c| home[c] == s).collect())
             .collect();
-        let pcpu = Pcpu::new(nr_cpus, cfg.pcpu_cache, cfg.shard_size);
+        // A slot's lazy batch holds what one CPU frees between two purges (at most about
+        // `lazy_max_pages` areas of two pages) with room for a lagging purge; past that,
+        // `free_lazy` falls back to the shard lists. Bounded so that large machines do not
+        // reserve megabytes per CPU (16 bytes per entry, touched only when used).
+        let lazy_cap = cfg.lazy_max_pages.clamp(1, LAZY_BATCH_MAX);
+        let pcpu = Pcpu::new(nr_cpus, cfg.pcpu_cache, cfg.shard_size, lazy_cap);
         let sched = (cfg.purge_mode != PurgeMode::Synchronous).then(Sched::new);
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -143,6 +161,8 @@ impl Kva {
             deferred: Deferred::new(nr_cpus),
             notifiers: Notifiers::default(),
             nr_spanning: AtomicUsize::new(0),
+            lazy_cap,
+            lazy_spares: Mutex::new(Vec::new()),
             cfg,
         });
         let workers = if inner.sched.is_some() {
@@ -215,8 +235,9 @@ impl Kva {
     }
 
     /// Free a removed area whose pages the caller has unmapped WITHOUT flushing the TLB: the
-    /// area goes on its shard's lazy list and is reused only after a purge flushed it. The
-    /// lazy counter counts the area's pages (guard included), as Linux does;
+    /// area waits in the calling CPU's lazy batch (or on its shard's lazy list) and is reused
+    /// only after a purge flushed it. The lazy counter counts the area's pages (guard
+    /// included), as Linux does;
     /// `unmapped_pages` only feeds `KvaStats::unmapped_pages` when the area is purged. Past
     /// [`Kva::lazy_max_pages`] a purge is kicked according to the [`PurgeMode`]. A token of
     /// another allocator is refused (counted in `KvaStats::foreign_tokens`).
@@ -231,9 +252,13 @@ impl Kva {
     }
 
     /// Purge every lazily freed area now: drains the deferred frees, waits for a purge in
-    /// progress, then takes all lazy lists, flushes their union once and merges them back.
+    /// progress, then takes all lazy lists and per-CPU lazy batches, flushes their union once
+    /// and merges them back.
     pub fn purge(&self) -> PurgeReport {
         self.inner.drain_deferred();
+        // A worker may have taken the lists just before us: its frees must be done (and
+        // their areas on the lazy lists) before this purge, or it would miss them.
+        self.inner.wait_for_drains();
         self.inner.purge_blocking(true)
     }
 
@@ -460,7 +485,10 @@ impl Inner {
         let mut tree = s.free.lock();
         if batch > 1 {
             if let Some(a) = tree.alloc(bytes * batch as u64, PAGE_SIZE, s.base, s.end) {
-                for k in 1..batch as u64 {
+                // Pushed highest first, so the stack hands the chunks out in ascending
+                // order: consecutive allocations (and their frees) are adjacent, and the
+                // purge merges a CPU's whole batch of frees as one run.
+                for k in (1..batch as u64).rev() {
                     let c = a + k * bytes;
                     if !slot.push(class, c) {
                         // Cannot happen (the class was empty and holds 2 * batch), but never
@@ -631,162 +659,9 @@ impl Inner {
         }
         Err(self.miss_error(start, false))
     }
-
-    /// Why `addr` is not the start of a live area.
-    fn miss_error(&self, addr: u64, check_lazy: bool) -> VmallocError {
-        let Some(i) = self.shards.index_of(addr) else {
-            return VmallocError::NotAllocated { addr };
-        };
-        if let Some(a) = self.find(addr) {
-            if a.start != addr {
-                return VmallocError::NotStartOfArea {
-                    addr,
-                    start: a.start,
-                };
-            }
-        }
-        if check_lazy && self.lazy_holds(i, addr) {
-            return VmallocError::DoubleFree { addr };
-        }
-        VmallocError::NotAllocated { addr }
-    }
-
-    /// Whether an area starting at `addr` waits on shard `i`'s lazy list. Error path only:
-    /// takes the purge lock (so no purger holds a detached chain), detaches the list, walks it
-    /// and puts it back.
-    fn lazy_holds(&self, i: usize, addr: u64) -> bool {
-        let _purging = self.purge_lock.lock();
-        let lazy = &self.shards.get(i).lazy.head;
-        let chain = lazy.del_all();
-        let found = chain.iter().any(|n| {
-            // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the detached
-            // chain we hold.
-            let d = unsafe { Desc::from_node(n) };
-            // SAFETY: as above: the chain (us) owns the descriptor.
-            unsafe { d.read() }.start == addr
-        });
-        lazy.add_chain(chain);
-        found
-    }
-
-    pub(crate) fn remove(&self, addr: u64) -> Result<RemovedArea, VmallocError> {
-        self.remove_if(addr, |_| Ok(()))
-    }
-
-    pub(crate) fn remove_if(
-        &self,
-        addr: u64,
-        check: impl FnOnce(&VmArea) -> Result<(), VmallocError>,
-    ) -> Result<RemovedArea, VmallocError> {
-        let Some(i) = self.shards.index_of(addr) else {
-            return Err(VmallocError::NotAllocated { addr });
-        };
-        let shard = self.shards.get(i);
-        let removed = {
-            let mut busy = shard.busy.lock();
-            let mut seen = None;
-            let r = busy.tree.remove_checked(addr, |_, _, desc| {
-                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
-                let area = unsafe { desc.read() };
-                let ok = check(&area);
-                seen = Some(area);
-                ok
-            })?;
-            if let Some((s, e, _)) = r {
-                busy.bytes -= e - s;
-                busy.removed += e - s;
-            }
-            r.zip(seen)
-        };
-        let Some(((_, _, desc), area)) = removed else {
-            return Err(self.miss_error(addr, true));
-        };
-        if area.end > shard.end {
-            self.nr_spanning.fetch_sub(1, Ordering::Relaxed);
-        }
-        // The descriptor was removed from the busy tree under its lock: it is ours now, and
-        // `area` is its content (nobody wrote it since: only the busy tree's owner may).
-        Ok(RemovedArea {
-            desc,
-            area,
-            owner: self.id,
-        })
-    }
-
-    /// Whether `area` was issued by this allocator. A foreign token is a caller bug: it is
-    /// refused and counted (`KvaStats::foreign_tokens`), leaking its range in its own
-    /// allocator rather than corrupting this one.
-    fn owns(&self, area: &RemovedArea) -> bool {
-        let ok = area.owner == self.id;
-        if !ok {
-            self.pstats.foreign_tokens.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
-    }
-
-    pub(crate) fn free_lazy(&self, area: RemovedArea, unmapped_pages: usize) {
-        if !self.owns(&area) {
-            return;
-        }
-        let Some(i) = self.shards.index_of(area.area.start) else {
-            return;
-        };
-        let lazy = &self.shards.get(i).lazy;
-        let pages = ShardSet::pages(area.area.start, area.area.end);
-        // Counter first, then the push: the counter never lags behind the list, so the
-        // purger's subtraction can never underflow it.
-        let old = lazy.pages.fetch_add(pages, Ordering::Relaxed);
-        // SAFETY: the token owns the descriptor until the push below. A plain write: the
-        // purge reads it, ordered by the push's Release.
-        unsafe { area.desc.set_unmapped(unmapped_pages) };
-        // SAFETY: the token owned the descriptor; pushing hands it to the lazy list (the pool
-        // keeps it live). The Release push publishes its fields to the purger.
-        unsafe { lazy.head.add(area.desc.node()) };
-        let shift = self.lazy_step_shift;
-        if old >> shift != (old + pages) >> shift && self.lazy_backlog() >= self.cfg.lazy_max_pages
-        {
-            self.kick_purge();
-        }
-    }
-
-    pub(crate) fn free_unused(&self, area: RemovedArea) {
-        if !self.owns(&area) {
-            return;
-        }
-        let (start, end) = (area.area.start, area.area.end);
-        self.shards.free_range(start, end);
-        if let Some(i) = self.shards.index_of(start) {
-            self.shards
-                .get(i)
-                .lazy
-                .returned
-                .fetch_add(end - start, Ordering::Relaxed);
-        }
-        // SAFETY: the token owned the descriptor.
-        unsafe {
-            self.pcpu
-                .lock(cpu::this_cpu())
-                .descs
-                .put(&self.pool, area.desc)
-        };
-    }
-
-    /// Sum of the shards' lazy pages (`Relaxed`: a heuristic).
-    pub(crate) fn lazy_backlog(&self) -> usize {
-        self.shards.all().iter().map(|s| s.lazy_pages()).sum()
-    }
-
-    /// Past the threshold: hand the purge to a worker (Background) or run it here unless
-    /// somebody already purges (Inline, Synchronous).
-    pub(crate) fn kick_purge(&self) {
-        match (&self.sched, self.cfg.purge_mode) {
-            (Some(s), PurgeMode::Background) => s.request_purge(),
-            _ => {
-                let _ = self.try_purge();
-            }
-        }
-    }
 }
+
+mod free;
 
 #[cfg(all(test, not(feature = "loom")))]
 mod tests;

@@ -1,5 +1,5 @@
-//! Per-CPU caches of small free areas (Linux 6.9's per-node pools, vmem's quantum caches)
-//! and per-CPU descriptor lists.
+//! Per-CPU caches of small free areas (Linux 6.9's per-node pools, vmem's quantum caches),
+//! per-CPU descriptor lists and per-CPU lazy batches.
 //!
 //! # How it works
 //!
@@ -13,13 +13,27 @@
 //! class holds at most `2 * batch` chunks, the rest goes to the tree). When an allocation
 //! finds no space anywhere, every slot is drained back into the trees and the search retried.
 //!
+//! A slot also holds a lazy batch: the `(start, end)` of areas freed lazily on this CPU
+//! (`Kva::free_lazy`), waiting for the next purge, in an array of fixed capacity. The freeing
+//! thread gives the area's descriptor straight back to the slot's list, so the next
+//! allocation reuses a descriptor that is still in this CPU's cache, and the purger reads
+//! the batch as one sequential array instead of chasing descriptor links written by other
+//! CPUs. A full batch (the purge lagging far behind) makes `free_lazy` fall back to the
+//! shard's lock-free lazy list. The batch's page count sits beside the slot's lock in an
+//! atomic (`SlotCell::lazy_pages`), written only under the lock (a plain `load` + `store`:
+//! the lock serialises the writers) and read without it (`Relaxed`) by the purge trigger.
+//!
 //! # Invariants
 //!
 //! * A cached chunk is free VA: in no tree, no busy lookup, no lazy list; it was flushed (it
 //!   came from a tree or from a purge after its flush).
 //! * Every chunk of a slot lies inside the slot's home shard; `Slot::bytes` is the sum of its
 //!   chunks' sizes.
-//! * A class never holds more than its capacity (its stack never reallocates).
+//! * A class never holds more than its capacity (its stack never reallocates); nor does the
+//!   lazy batch.
+//! * A lazy batch entry is an area removed from its busy tree and unmapped, not flushed yet:
+//!   it counts as "pending" (not free) until the purge that takes it has flushed and merged
+//!   it. `SlotCell::lazy_pages` is exactly the pages of the batch (changed under the lock).
 //!
 //! # Locking
 //!
@@ -32,7 +46,7 @@ use crossbeam_utils::CachePadded;
 use pagetable::page::PAGE_SIZE;
 
 use crate::area::DescList;
-use crate::sync::{Mutex, MutexGuard};
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// Largest cached size class, in pages (guard page included).
 pub const MAX_CLASS_PAGES: usize = 16;
@@ -62,15 +76,67 @@ pub(crate) struct Slot {
     classes: Box<[Vec<u64>]>,
     /// Bytes of VA held in `classes`.
     bytes: u64,
+    /// Lazily freed areas `(start, end)` waiting for a purge; capacity fixed at construction.
+    lazy: Vec<(u64, u64)>,
+    /// Pages the callers reported unmapped for the areas of `lazy`.
+    lazy_unmapped: u64,
+}
+
+/// What a purge took from a slot's lazy batch.
+#[derive(Debug, Default)]
+pub(crate) struct LazyTaken {
+    /// Areas taken.
+    pub(crate) areas: usize,
+    /// Their pages (guard pages included).
+    pub(crate) pages: usize,
+    /// Pages their callers reported unmapped.
+    pub(crate) unmapped: u64,
 }
 
 impl Slot {
-    fn new(caps: &[usize]) -> Self {
+    fn new(caps: &[usize], lazy_cap: usize) -> Self {
         Self {
             descs: DescList::default(),
             classes: caps.iter().map(|&c| Vec::with_capacity(c)).collect(),
             bytes: 0,
+            lazy: Vec::with_capacity(lazy_cap),
+            lazy_unmapped: 0,
         }
+    }
+
+    /// Queue the lazily freed area `[start, end)` (`unmapped` pages unmapped by the caller);
+    /// `false` (nothing done) if the batch is full. The caller raises the slot's
+    /// `lazy_pages` under the same lock.
+    #[inline]
+    pub(crate) fn push_lazy(&mut self, start: u64, end: u64, unmapped: usize) -> bool {
+        if self.lazy.len() == self.lazy.capacity() {
+            return false;
+        }
+        self.lazy.push((start, end));
+        self.lazy_unmapped += unmapped as u64;
+        true
+    }
+
+    /// The lazily freed areas waiting here.
+    pub(crate) fn lazy(&self) -> &[(u64, u64)] {
+        &self.lazy
+    }
+
+    /// Take the whole lazy batch, leaving `spare` (an empty array, normally of the same
+    /// capacity: it bounds the new batch) in its place. O(1) apart from counting pages. The
+    /// caller zeroes the slot's `lazy_pages` under the same lock.
+    pub(crate) fn swap_lazy(&mut self, mut spare: Vec<(u64, u64)>) -> (Vec<(u64, u64)>, LazyTaken) {
+        spare.clear();
+        let batch = core::mem::replace(&mut self.lazy, spare);
+        let t = LazyTaken {
+            areas: batch.len(),
+            pages: batch
+                .iter()
+                .map(|&(s, e)| ((e - s) / PAGE_SIZE) as usize)
+                .sum(),
+            unmapped: core::mem::take(&mut self.lazy_unmapped),
+        };
+        (batch, t)
     }
 
     /// Take a chunk of class `class`.
@@ -127,10 +193,20 @@ impl Slot {
     }
 }
 
+/// A slot's lock and, beside it (same cache line), the page count of its lazy batch.
+#[derive(Debug)]
+pub(crate) struct SlotCell {
+    slot: Mutex<Slot>,
+    /// Pages of the areas in the slot's lazy batch: changed only under `slot`'s lock (by a
+    /// `Relaxed` load + store, the lock serialising writers), read without it (`Relaxed`:
+    /// the purge trigger's heuristic; exact when nothing runs).
+    pub(crate) lazy_pages: AtomicUsize,
+}
+
 /// All CPU slots plus the per-class batch sizes.
 #[derive(Debug)]
 pub(crate) struct Pcpu {
-    slots: Box<[CachePadded<Mutex<Slot>>]>,
+    slots: Box<[CachePadded<SlotCell>]>,
     /// Chunks carved per refill, per class (0 when caching is off).
     batch: [usize; MAX_CLASS_PAGES],
 }
@@ -139,7 +215,8 @@ impl Pcpu {
     /// `nr_cpus` slots; with `enabled`, classes sized for shards of `shard_bytes`: a refill
     /// carves at most 1/64 of a shard, so caches never hold more than a small fraction of the
     /// space (tiny test ranges get batches of one).
-    pub(crate) fn new(nr_cpus: usize, enabled: bool, shard_bytes: u64) -> Self {
+    /// With `enabled`, each slot's lazy batch holds up to `lazy_cap` areas (none otherwise).
+    pub(crate) fn new(nr_cpus: usize, enabled: bool, shard_bytes: u64, lazy_cap: usize) -> Self {
         let shard_pages = (shard_bytes / PAGE_SIZE) as usize;
         let mut batch = [0; MAX_CLASS_PAGES];
         if enabled {
@@ -148,8 +225,14 @@ impl Pcpu {
             }
         }
         let caps: Vec<usize> = batch.iter().map(|b| 2 * b).collect();
+        let lazy_cap = if enabled { lazy_cap } else { 0 };
         let slots = (0..nr_cpus.max(1))
-            .map(|_| CachePadded::new(Mutex::new(Slot::new(&caps))))
+            .map(|_| {
+                CachePadded::new(SlotCell {
+                    slot: Mutex::new(Slot::new(&caps, lazy_cap)),
+                    lazy_pages: AtomicUsize::new(0),
+                })
+            })
             .collect();
         Self { slots, batch }
     }
@@ -173,10 +256,33 @@ impl Pcpu {
     /// division is off the fast path).
     #[inline]
     pub(crate) fn lock(&self, cpu: usize) -> MutexGuard<'_, Slot> {
+        self.cell(cpu).slot.lock()
+    }
+
+    /// Slot `cpu` (modulo the slot count, as for [`Pcpu::lock`]) with its lazy-page counter.
+    #[inline]
+    pub(crate) fn cell(&self, cpu: usize) -> &SlotCell {
         match self.slots.get(cpu) {
-            Some(s) => s.lock(),
-            None => self.slots[cpu % self.slots.len()].lock(),
+            Some(s) => s,
+            None => &self.slots[cpu % self.slots.len()],
         }
+    }
+
+    /// Pages in every slot's lazy batch (`Relaxed` loads: a heuristic, exact when quiescent).
+    #[inline]
+    pub(crate) fn lazy_pages(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.lazy_pages.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl SlotCell {
+    /// Lock the slot.
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock()
     }
 }
 
@@ -197,7 +303,7 @@ mod tests {
     #[test]
     fn bounded_stacks_and_byte_count() {
         // 128 pages per shard: class 0 batches 2 chunks, capacity 4.
-        let p = Pcpu::new(2, true, 128 * PAGE_SIZE);
+        let p = Pcpu::new(2, true, 128 * PAGE_SIZE, 4);
         assert!(p.enabled());
         assert_eq!(p.batch(0), 2);
         assert_eq!(p.batch(15), 1);
@@ -220,8 +326,29 @@ mod tests {
     }
 
     #[test]
+    fn lazy_batch_is_bounded_and_swapped_whole() {
+        let p = Pcpu::new(1, true, 128 * PAGE_SIZE, 2);
+        let mut s = p.lock(0);
+        assert!(s.push_lazy(0x1000, 0x3000, 1));
+        assert!(s.push_lazy(0x5000, 0x6000, 1));
+        assert!(!s.push_lazy(0x8000, 0x9000, 1), "capacity 2");
+        let (batch, t) = s.swap_lazy(Vec::with_capacity(2));
+        assert_eq!(batch, [(0x1000, 0x3000), (0x5000, 0x6000)]);
+        assert_eq!((t.areas, t.pages, t.unmapped), (2, 3, 2));
+        assert!(s.lazy().is_empty());
+        assert!(s.push_lazy(0x8000, 0x9000, 0));
+        assert_eq!(s.lazy(), &[(0x8000, 0x9000)]);
+        drop(s);
+        p.cell(0).lazy_pages.store(1, Ordering::Relaxed);
+        assert_eq!(p.lazy_pages(), 1);
+        // Disabled caches keep no lazy batch either: free_lazy uses the shard lists.
+        let q = Pcpu::new(1, false, 128 * PAGE_SIZE, 2);
+        assert!(!q.lock(0).push_lazy(0x1000, 0x2000, 1));
+    }
+
+    #[test]
     fn disabled_caches_hold_nothing() {
-        let p = Pcpu::new(1, false, 1 << 30);
+        let p = Pcpu::new(1, false, 1 << 30, 4);
         assert!(!p.enabled());
         let mut s = p.lock(0);
         assert!(!s.push(0, 0));

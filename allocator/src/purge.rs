@@ -9,9 +9,13 @@
 //!    one more round before it stops (see `Inner::try_purge`). An explicit
 //!    [`Kva::purge`](crate::kva::Kva::purge) or an allocation that found no space waits for
 //!    the mutex.
-//! 2. Every shard's lazy list is taken with one `del_all` (lock-free against concurrent
-//!    `free_lazy` pushes); walking the detached chains gives the union range
-//!    `[min start, max end)`.
+//! 2. Every CPU slot's lazy batch is swapped for an empty spare array under the slot's lock
+//!    (O(1); the slot's page counter is zeroed there) and sorted by shard with no lock held;
+//!    every shard's lazy list (the fallback of `free_lazy`) is taken with one `del_all`
+//!    (lock-free against concurrent pushes) and walked once, its counter lowered by what was
+//!    detached. The union range `[min start, max end)` of everything taken is computed on
+//!    the way. Lazy counters thus count what still waits on a list or in a batch; the areas
+//!    being merged stay "pending" (`returned` is raised as they merge).
 //! 3. ONE flush of that range through the [`TlbFlush`](pagetable::tlb::TlbFlush) hook. Only
 //!    after it returns does any purged range become allocatable again.
 //! 4. Each shard's chain is one work item: its small areas go back to the per-CPU caches of
@@ -20,19 +24,23 @@
 //!    under its lock. With workers, `helpers = clamp(backlog / lazy_max_pages, 1, shards with
 //!    work) - 1` of them are woken to take items while the purger takes its share and then
 //!    waits for the rest (`purge_worker` module).
-//! 5. While merging, every [`RESCHED_EVERY`] areas the purger lowers the shard's lazy counter
-//!    by what it merged and, if the global backlog is below `resched_threshold =
+//! 5. Adjacent areas are coalesced into runs before the shard's free-tree lock is taken;
+//!    while merging, every [`RESCHED_EVERY`] runs the purger raises the shard's `returned`
+//!    bytes by what it merged and, if the global backlog is below `resched_threshold =
 //!    lazy_max_pages << 1`, yields the free-tree lock to waiting allocators (`cond_resched_lock`);
-//!    above it, it keeps the lock and finishes first.
+//!    above it, it keeps the lock and finishes first. The push into a per-CPU cache holds the
+//!    slot lock only until every class it met is full.
 //!
 //! # Locking and ordering
 //!
-//! Purge lock -> (per-CPU slot, released) -> shard free lock -> descriptor pool. The
-//! `del_all` `Acquire` pairs with the `Release` push of each `free_lazy`, so the purger sees
-//! every descriptor's bounds; the merge then works on a copy of the bounds and hands the
-//! chain back to a descriptor list whole, without writing the descriptors. `kick_state` is
-//! changed only by `AcqRel` read-modify-writes. Counters are `Relaxed` and written only by
-//! the purger.
+//! Purge lock -> (per-CPU slot, released) -> shard free lock -> descriptor pool;
+//! `lazy_spares` is only touched under the purge lock. A slot's batch changes hands under
+//! the slot's lock (the freeing thread's writes happen before the purger's swap). The
+//! `del_all` `Acquire` pairs with the `Release` push of each fallback `free_lazy`, so the
+//! purger sees every listed descriptor's bounds; the merge then works on a copy of the
+//! bounds and hands the chain back to a descriptor list whole, without writing the
+//! descriptors. `kick_state` is changed only by `AcqRel` read-modify-writes. Counters are
+//! `Relaxed`; a slot's lazy counter is written only under its lock.
 
 use pagetable::VirtAddr;
 use pagetable::page::PAGE_SIZE;
@@ -49,7 +57,7 @@ pub(crate) const KICK_RUNNING: usize = 1;
 /// `kick_state` bit: a kick arrived while it was running; it must run one more round.
 pub(crate) const KICK_AGAIN: usize = 2;
 
-/// Areas merged between two `cond_resched_lock` points.
+/// Runs (of adjacent purged areas) merged between two `cond_resched_lock` points.
 pub const RESCHED_EVERY: usize = 32;
 
 /// What one purge did.
@@ -90,9 +98,12 @@ pub(crate) struct PurgeCounters {
 #[derive(Debug)]
 pub(crate) struct Work {
     pub(crate) shard: usize,
-    /// The detached descriptors (recycled as a whole, never relinked).
+    /// The detached descriptors (recycled as a whole, never relinked); empty when all the
+    /// areas came from CPU slots' lazy batches (whose descriptors were recycled at free time).
     pub(crate) chain: Chain,
-    /// `(start, end)` of every area on `chain`, in chain order.
+    /// Length of `chain`.
+    pub(crate) nr_descs: usize,
+    /// `(start, end)` of every area to merge: the slots' batches, then `chain` in order.
     pub(crate) ranges: Vec<(u64, u64)>,
     /// Whether small areas may go to per-CPU caches.
     pub(crate) to_caches: bool,
@@ -182,17 +193,73 @@ impl Inner {
     }
 
     fn purge_locked(&self, _guard: MutexGuard<'_, ()>, to_caches: bool) -> PurgeReport {
-        let mut work = Vec::new();
         let (mut lo, mut hi) = (u64::MAX, 0u64);
         let (mut areas, mut pages, mut unmapped) = (0usize, 0usize, 0u64);
+        // The CPU slots' lazy batches first: each is swapped for an empty spare array under
+        // its slot's lock (O(1): the freeing CPU waits for nothing; its page counter is
+        // zeroed there too), then sorted into per-shard buckets with no lock held. The
+        // spares live under `lazy_spares`, touched only under the purge lock we hold.
+        let mut spares = core::mem::take(&mut *self.lazy_spares.lock());
+        let mut buckets: Vec<Vec<(u64, u64)>> = Vec::new();
+        for c in 0..self.pcpu.len() {
+            let cell = self.pcpu.cell(c);
+            if cell.lazy_pages.load(Ordering::Relaxed) == 0 {
+                // Nothing there (a batch is never non-empty with a zero count, and a push
+                // racing with this check is simply left for the next purge).
+                continue;
+            }
+            let spare = spares
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(self.lazy_cap));
+            let (mut batch, taken) = {
+                let mut slot = cell.lock();
+                let r = slot.swap_lazy(spare);
+                cell.lazy_pages.store(0, Ordering::Relaxed);
+                r
+            };
+            if buckets.is_empty() {
+                buckets.resize_with(self.shards.len(), Vec::new);
+            }
+            // Most of a CPU's frees are in its home shard: room for all of them there.
+            buckets[self.home[c % self.home.len()]].reserve(batch.len());
+            for &(s, e) in &batch {
+                match self.shards.index_of(s).and_then(|i| buckets.get_mut(i)) {
+                    Some(b) => b.push((s, e)),
+                    // Unreachable: free_lazy recorded a range of ours. Leak it, visibly.
+                    None => {
+                        self.pstats.merge_errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+                lo = lo.min(s);
+                hi = hi.max(e);
+            }
+            batch.clear();
+            spares.push(batch);
+            areas += taken.areas;
+            pages += taken.pages;
+            unmapped += taken.unmapped;
+        }
+        *self.lazy_spares.lock() = spares;
+        let mut work = Vec::new();
         for (i, s) in self.shards.all().iter().enumerate() {
+            let mut ranges = buckets.get_mut(i).map(core::mem::take).unwrap_or_default();
             let chain = s.lazy.head.del_all();
             if chain.is_empty() {
+                if !ranges.is_empty() {
+                    work.push(Work {
+                        shard: i,
+                        chain,
+                        nr_descs: 0,
+                        ranges,
+                        to_caches: to_caches && self.pcpu.enabled(),
+                    });
+                }
                 continue;
             }
             // The only pass over the descriptors: their bounds are copied out, and the merge
             // works on the copy (one cache miss per descriptor at most, no writes to them).
-            let mut ranges = Vec::new();
+            let (mut nr_descs, mut listed) = (0usize, 0usize);
             for node in chain.iter() {
                 // SAFETY: lazy-list nodes are links of pooled descriptors; the detached chain
                 // (the purger) owns them.
@@ -203,13 +270,20 @@ impl Inner {
                 unmapped += unsafe { d.unmapped() } as u64;
                 lo = lo.min(a.start);
                 hi = hi.max(a.end);
-                pages += ((a.end - a.start) / PAGE_SIZE) as usize;
+                listed += ((a.end - a.start) / PAGE_SIZE) as usize;
+                nr_descs += 1;
                 ranges.push((a.start, a.end));
             }
-            areas += ranges.len();
+            // Detached: no longer on the list, so no longer counted as listed (every page
+            // subtracted here was added before its area's push, which our Acquire `del_all`
+            // saw: no underflow).
+            s.lazy.pages.fetch_sub(listed, Ordering::Relaxed);
+            pages += listed;
+            areas += nr_descs;
             work.push(Work {
                 shard: i,
                 chain,
+                nr_descs,
                 ranges,
                 to_caches: to_caches && self.pcpu.enabled(),
             });
@@ -270,75 +344,91 @@ impl Inner {
         let Work {
             shard: si,
             chain,
+            nr_descs,
             mut ranges,
             to_caches,
         } = w;
         let shard = self.shards.get(si);
         let lazy = &shard.lazy;
-        let nr_descs = ranges.len();
-        let (mut done_pages, mut done_bytes) = (0usize, 0u64);
+        let mut done_bytes = 0u64;
         let mut cached = 0;
         let cpus = &self.shard_cpus[si];
         if to_caches && !cpus.is_empty() {
             let c = cpus[(self.pstats.purges.load(Ordering::Relaxed) as usize) % cpus.len()];
             let mut slot = self.pcpu.lock(c);
             // Classes found full: no further push attempt for them (a purge usually carries
-            // far more areas of a class than its cache holds).
-            let mut full = 0u32;
-            ranges.retain(|&(s, e)| match pcpu::class_of(e - s, PAGE_SIZE) {
-                Some(class) if e <= shard.end && full & (1 << class) == 0 => {
-                    if !slot.push(class, s) {
-                        full |= 1 << class;
-                        return true;
-                    }
-                    cached += 1;
-                    done_pages += ((e - s) / PAGE_SIZE) as usize;
-                    done_bytes += e - s;
-                    false
+            // far more areas of a class than its cache holds), and once every class met so
+            // far is full the scan stops: the slot lock, which its CPU's every allocation and
+            // lazy free takes, is held for a few dozen areas, not for the whole purge.
+            let (mut full, mut seen) = (0u32, 0u32);
+            for r in ranges.iter_mut() {
+                let (s, e) = *r;
+                let Some(class) = pcpu::class_of(e - s, PAGE_SIZE) else {
+                    continue;
+                };
+                if e > shard.end || full & (1 << class) != 0 {
+                    continue;
                 }
-                _ => true,
-            });
+                seen |= 1 << class;
+                if slot.push(class, s) {
+                    cached += 1;
+                    done_bytes += e - s;
+                    // Cached: emptied here, dropped from the merge below.
+                    *r = (s, s);
+                } else {
+                    full |= 1 << class;
+                    if full == seen {
+                        break;
+                    }
+                }
+            }
+            drop(slot);
+            if cached > 0 {
+                ranges.retain(|&(s, e)| s < e);
+            }
         }
         if cached > 0 {
             lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
-            lazy.pages.fetch_sub(done_pages, Ordering::Relaxed);
-            (done_pages, done_bytes) = (0, 0);
+            done_bytes = 0;
         }
 
+        // Adjacent areas (consecutive in `ranges`, as sequential frees are) are coalesced
+        // into runs first, with no lock held: the free-tree lock, which this shard's
+        // allocations need for their refills, is then held for one tree update per run, not
+        // for a walk over every purged area. A run is exactly the union of its areas.
+        let mut w = 0usize;
+        let mut k = 0;
+        while k < ranges.len() {
+            let (s, e) = ranges[k];
+            k += 1;
+            if let Some(run) = w.checked_sub(1).map(|i| &mut ranges[i]) {
+                if e == run.0 {
+                    run.0 = s;
+                    continue;
+                }
+                if s == run.1 {
+                    run.1 = e;
+                    continue;
+                }
+            }
+            ranges[w] = (s, e);
+            w += 1;
+        }
+        ranges.truncate(w);
         let resched_threshold = self.cfg.lazy_max_pages << 1;
         let mut spill = Vec::new();
         {
             let mut tree = shard.free.lock();
-            // Adjacent areas (consecutive on the chain, as sequential frees are) are merged
-            // into one run before touching the tree: one tree update per run, not per area.
-            let mut run: Option<(u64, u64)> = None;
             for (k, &(s, e)) in ranges.iter().enumerate() {
-                run = match run {
-                    Some((rs, re)) if e == rs => Some((s, re)),
-                    Some((rs, re)) if s == re => Some((rs, e)),
-                    prev => {
-                        if let Some((rs, re)) = prev {
-                            self.merge_run(&mut tree, shard.end, rs, re, &mut spill);
-                        }
-                        Some((s, e))
-                    }
-                };
-                done_pages += ((e - s) / PAGE_SIZE) as usize;
+                self.merge_run(&mut tree, shard.end, s, e, &mut spill);
                 done_bytes += e - s;
                 if k % RESCHED_EVERY == RESCHED_EVERY - 1 {
-                    if let Some((rs, re)) = run.take() {
-                        self.merge_run(&mut tree, shard.end, rs, re, &mut spill);
-                    }
                     lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
-                    lazy.pages.fetch_sub(done_pages, Ordering::Relaxed);
-                    (done_pages, done_bytes) = (0, 0);
+                    done_bytes = 0;
                     if self.lazy_backlog() < resched_threshold {
                         MutexGuard::bump(&mut tree);
                     }
                 }
-            }
-            if let Some((rs, re)) = run {
-                self.merge_run(&mut tree, shard.end, rs, re, &mut spill);
             }
         }
         // Pieces of boundary-crossing areas above this shard go to their own trees.
@@ -348,7 +438,6 @@ impl Inner {
             }
         }
         lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
-        lazy.pages.fetch_sub(done_pages, Ordering::Relaxed);
         self.recycle(cpus, chain, nr_descs);
         cached
     }
@@ -357,6 +446,9 @@ impl Inner {
     /// allocated them, when shards match CPUs: its next allocations reuse them while their
     /// lines are still in its cache), spilling to the pool past a bound.
     fn recycle(&self, cpus: &[usize], chain: Chain, n: usize) {
+        if n == 0 {
+            return;
+        }
         let Some(&c) = cpus.first() else {
             // SAFETY: the chain's nodes are pooled descriptors whose areas were just merged:
             // the purger owns them and hands them over.

@@ -23,7 +23,10 @@
 //! * Free-tree areas of shard `i` lie inside shard `i`.
 //! * A live area is in exactly one busy tree: that of the shard containing its start.
 //! * `Lazy::pages` >= the pages of the areas on the lazy list (the counter is raised before
-//!   the push and lowered after the purge merged them), so it never underflows.
+//!   the push and lowered by the purger after its `del_all` detached them), so it never
+//!   underflows; it equals them when nothing runs. (The list is `free_lazy`'s fallback: with
+//!   per-CPU caching on, lazily freed areas normally wait in the CPU slots' batches, see
+//!   `pcpu`.)
 //! * "Pending" bytes, `BusyState::removed - Lazy::returned`, are those of areas removed from
 //!   the busy tree and not yet back in a tree or a per-CPU cache (held by a `RemovedArea`, on
 //!   a lazy list, or being purged). Two monotonic counters rather than one up-down counter so
@@ -63,7 +66,7 @@ pub(crate) struct BusyState {
 pub(crate) struct Lazy {
     /// Lazily freed areas (descriptors), newest first.
     pub(crate) head: LlistHead,
-    /// Pages of the areas on `head` (raised before the push, lowered after the merge).
+    /// Pages of the areas on `head` (raised before the push, lowered once detached).
     pub(crate) pages: AtomicUsize,
     /// Bytes ever given back to the free space after a removal from this shard's busy tree
     /// (monotonic; see `BusyState::removed`).

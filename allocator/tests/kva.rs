@@ -538,6 +538,61 @@ fn deferred_frees() {
     k.defer(1);
 }
 
+/// `purge` (`purge_vmap_area_lazy`) returns only after the deferred frees a worker had
+/// already taken off the lists ran: found by the sanitizer runs as a rare failure of
+/// `api.rs::vfree_atomic_with_background_workers` (areas still live after the purge).
+#[test]
+fn purge_waits_for_a_drain_in_flight() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (k, _rec) = kva(cfg(64, 1, PurgeMode::Background, 1024));
+    let k = Arc::new(k);
+    let entered = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let weak = Arc::downgrade(&k);
+    let (e2, r2) = (entered.clone(), release.clone());
+    // The handler (run by the worker) blocks until released, then frees like the default.
+    k.set_deferred_handler(Box::new(move |addr| {
+        e2.store(true, Ordering::SeqCst);
+        while !r2.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        if let Some(k) = weak.upgrade() {
+            let area = k.remove(addr).unwrap();
+            let pages = (area.size() / P) as usize;
+            k.free_lazy(area, pages);
+        }
+    }));
+    let a = alloc(&k, 4 * P).unwrap();
+    k.defer(a);
+    assert!(
+        wait_for(|| entered.load(Ordering::SeqCst)),
+        "no worker took the deferred free"
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let purger = {
+        let (k, done) = (k.clone(), done.clone());
+        std::thread::spawn(move || {
+            k.purge();
+            done.store(true, Ordering::SeqCst);
+            // Everything freed before the purge is back.
+            (k.find(a).is_none(), k.stats().lazy_pages)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    // Read before releasing the handler, asserted after (a failing assert must not leave the
+    // worker blocked in the handler, or dropping the allocator would wait for it forever).
+    let returned_early = done.load(Ordering::SeqCst);
+    release.store(true, Ordering::SeqCst);
+    let (gone, lazy) = purger.join().unwrap();
+    assert!(
+        !returned_early,
+        "purge returned while a drain was still running its frees"
+    );
+    assert!(gone, "the drained area is still live after the purge");
+    assert_eq!(lazy, 0, "the purge missed the area the drain freed");
+    k.set_deferred_handler(Box::new(|_| ()));
+}
+
 #[test]
 fn single_lock_preset_works() {
     let rec = Arc::new(Recorder::default());

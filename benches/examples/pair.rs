@@ -73,6 +73,44 @@ fn thread_cpu_ns() -> Option<u64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
+/// Voluntary and involuntary context switches of the calling thread so far, if readable.
+fn thread_ctxt_switches() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some((
+        field("voluntary_ctxt_switches:")?,
+        field("nonvoluntary_ctxt_switches:")?,
+    ))
+}
+
+/// The calling thread's id (from the `/proc/thread-self` link), if readable.
+fn thread_id() -> Option<u64> {
+    let l = std::fs::read_link("/proc/thread-self").ok()?;
+    l.file_name()?.to_str()?.parse().ok()
+}
+
+/// On-CPU nanoseconds of every thread of the process, by thread id.
+fn tasks_cpu_ns() -> std::collections::HashMap<u64, u64> {
+    let mut m = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return m;
+    };
+    for e in dir.flatten() {
+        let tid = e.file_name().to_str().and_then(|t| t.parse().ok());
+        let ns = std::fs::read_to_string(e.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok());
+        if let (Some(tid), Some(ns)) = (tid, ns) {
+            m.insert(tid, ns);
+        }
+    }
+    m
+}
+
 fn main() {
     let args = match parse() {
         Ok(a) => a,
@@ -100,10 +138,12 @@ fn main() {
     };
     let warmup = args.warmup.unwrap_or(args.pairs / 10);
     let barrier = Arc::new(Barrier::new(args.threads + 1));
+    let end = Arc::new(Barrier::new(args.threads + 1));
     let handles: Vec<_> = (0..args.threads)
         .map(|i| {
             let vm = Arc::clone(&vm);
             let barrier = Arc::clone(&barrier);
+            let end = Arc::clone(&end);
             let pairs = args.pairs;
             std::thread::spawn(move || {
                 pagetable::cpu::set_this_cpu(i);
@@ -113,6 +153,7 @@ fn main() {
                 }
                 barrier.wait();
                 let cpu0 = thread_cpu_ns();
+                let cs0 = thread_ctxt_switches();
                 let t0 = Instant::now();
                 for _ in 0..pairs {
                     let a = vm.vmalloc(4096).expect("vmalloc");
@@ -120,28 +161,53 @@ fn main() {
                 }
                 let wall = t0.elapsed();
                 let cpu = thread_cpu_ns().zip(cpu0).map(|(b, a)| b - a);
-                (wall, cpu)
+                let cs = thread_ctxt_switches()
+                    .zip(cs0)
+                    .map(|(b, a)| (b.0 - a.0, b.1 - a.1));
+                // Stay alive until the main thread has read every thread's CPU time.
+                end.wait();
+                (wall, cpu, cs, thread_id())
             })
         })
         .collect();
     barrier.wait();
+    let others0 = tasks_cpu_ns();
     let t0 = Instant::now();
+    end.wait();
+    let others1 = tasks_cpu_ns();
     let res: Vec<_> = handles
         .into_iter()
         .map(|h| h.join().expect("worker panicked"))
         .collect();
     let wall = t0.elapsed();
     let total = args.pairs * args.threads as u64;
-    for (i, (w, cpu)) in res.iter().enumerate() {
+    // CPU time of the threads other than the pair threads and this one (the purge workers),
+    // over the timed part (from the start barrier to the last pair thread's end).
+    let skip: Vec<u64> = res.iter().filter_map(|r| r.3).chain(thread_id()).collect();
+    let others: u64 = others1
+        .iter()
+        .filter(|(t, _)| !skip.contains(t))
+        .map(|(t, b)| b - others0.get(t).copied().unwrap_or(0))
+        .sum();
+    for (i, (w, cpu, cs, _)) in res.iter().enumerate() {
         let ns = w.as_nanos() as f64 / args.pairs as f64;
-        match cpu {
-            Some(c) => println!(
-                "thread {i}: {ns:.1} ns/pair wall, {:.1} ns/pair cpu",
-                *c as f64 / args.pairs as f64
-            ),
-            None => println!("thread {i}: {ns:.1} ns/pair wall"),
-        }
+        let cpu = cpu.map_or(String::new(), |c| {
+            format!(", {:.1} ns/pair cpu", c as f64 / args.pairs as f64)
+        });
+        let cs = cs.map_or(String::new(), |(v, n)| {
+            format!(", context switches {v} voluntary {n} involuntary")
+        });
+        println!("thread {i}: {ns:.1} ns/pair wall{cpu}{cs}");
     }
+    println!(
+        "other threads (purge workers): {:.1} ns/pair cpu",
+        others as f64 / total as f64
+    );
+    let ks = vm.kva().stats();
+    println!(
+        "purges {} ({} areas, {} to caches), kicks {}, lazy pages now {}",
+        ks.purges, ks.purged_areas, ks.purged_to_caches, ks.kicks, ks.lazy_pages
+    );
     println!(
         "threads {} tlb {} arena {}: {} pairs in {:.3} s = {:.3} Mpairs/s",
         args.threads,

@@ -39,6 +39,9 @@ fn main() {
                 "alloc_free" => {
                     kvmalloc_fuzz::alloc_free::run(&kvmalloc_fuzz::alloc_free::Input::decode(&data))
                 }
+                "alloc_free_mt" => kvmalloc_fuzz::alloc_free_mt::run(
+                    &kvmalloc_fuzz::alloc_free_mt::Input::decode(&data),
+                ),
                 "free_tree" => {
                     kvmalloc_fuzz::free_tree::run(&kvmalloc_fuzz::free_tree::Input::decode(&data))
                 }

@@ -267,11 +267,13 @@ impl FrameAllocator {
         if index < self.low_end { LOW } else { HIGH }
     }
 
+    /// The zones `zone` may draw from, in order of preference; a zone without frames (no
+    /// high zone in an arena below 4 GiB) is left out, so the fast path never looks at it.
     #[inline]
-    fn order(zone: Zone) -> &'static [usize] {
+    fn order(&self, zone: Zone) -> &'static [usize] {
         match zone {
-            Zone::Normal => &[HIGH, LOW],
-            Zone::Dma32 => &[LOW],
+            Zone::Normal if self.zones[HIGH].exists() => &[HIGH, LOW],
+            Zone::Normal | Zone::Dma32 => &[LOW],
         }
     }
 
@@ -379,7 +381,7 @@ impl FrameAllocator {
     #[inline]
     fn alloc_one(&self, zone: Zone, use_hints: bool) -> Option<Tagged> {
         let mut g = self.pcp().lock();
-        for &z in Self::order(zone) {
+        for &z in self.order(zone) {
             let t = g.lists[z].pop().or_else(|| {
                 let zs = &self.zones[z];
                 if zs.exists() && (!use_hints || zs.hint() > 0) {
@@ -405,7 +407,7 @@ impl FrameAllocator {
         let t = match self.alloc_one(zone, true) {
             Some(t) => t,
             None => {
-                if !Self::order(zone).iter().any(|&z| self.zones[z].exists()) {
+                if !self.order(zone).iter().any(|&z| self.zones[z].exists()) {
                     return Err(self.fail(zone, false));
                 }
                 // Frames may sit in other CPUs' caches: give them all back and retry once,
@@ -443,7 +445,7 @@ impl FrameAllocator {
     /// then the pools. Returns whether `got` now holds `n`.
     fn gather(&self, zone: Zone, n: usize, got: &mut Vec<Tagged>, use_hints: bool) -> bool {
         let mut g = self.pcp().lock();
-        for &z in Self::order(zone) {
+        for &z in self.order(zone) {
             let list = &mut g.lists[z];
             let k = (n - got.len()).min(list.len());
             got.extend(list.drain(list.len() - k..));
@@ -670,7 +672,7 @@ impl FrameAllocator {
     /// Frames in the shared pool of `zone` (for `Zone::Normal`: both pools), not counting
     /// CPU caches.
     pub fn pooled(&self, zone: Zone) -> u64 {
-        Self::order(zone)
+        self.order(zone)
             .iter()
             .map(|&z| self.zones[z].pooled())
             .sum()

@@ -241,3 +241,94 @@ fn remove_if_checks_under_the_lock_and_changes_nothing_on_refusal() {
     );
     k.check_invariants().unwrap();
 }
+
+#[test]
+fn lazy_frees_wait_in_the_cpu_batch_and_recycle_the_descriptor_at_once() {
+    // Threshold far away: nothing is purged until asked.
+    let k = new(sync_cfg(1024, 2, 512));
+    let (s, e) = k.range();
+    let a = k.alloc(2 * P, P, s, e, None, info()).unwrap();
+    let r = k.remove(a).unwrap();
+    let desc = r.desc;
+    k.free_lazy(r, 1);
+    let cpu = cpu::this_cpu();
+    {
+        let inner = &k.inner;
+        let cell = inner.pcpu.cell(cpu);
+        let slot = cell.lock();
+        assert_eq!(slot.lazy(), &[(a, a + 2 * P)]);
+        assert_eq!(cell.lazy_pages.load(Ordering::Relaxed), 2);
+    }
+    let st = k.stats();
+    assert_eq!((st.lazy_pages, st.pending, st.nr_busy), (2, 2 * P, 0));
+    k.check_invariants().unwrap();
+    // Pending, not free: freeing it again is a double free, and the range is not reused.
+    assert!(matches!(k.remove(a), Err(VmallocError::DoubleFree { .. })));
+    let b = k.alloc(2 * P, P, s, e, None, info()).unwrap();
+    assert_ne!(b, a);
+    // The descriptor went straight back to this CPU: the next allocation reused it.
+    let rb = k.remove(b).unwrap();
+    assert_eq!(rb.desc, desc);
+    k.free_unused(rb);
+    let rep = k.purge();
+    assert_eq!((rep.areas, rep.pages), (1, 2));
+    assert_eq!(rep.flushed, Some((a, a + 2 * P)));
+    let st = k.stats();
+    assert_eq!((st.lazy_pages, st.pending, st.purged_areas), (0, 0, 1));
+    assert_eq!(st.unmapped_pages, 1);
+    assert!(k.inner.pcpu.lock(cpu).lazy().is_empty());
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn a_full_cpu_batch_falls_back_to_the_shard_list() {
+    // lazy_max_pages = 3: batches hold 3 areas; the threshold is never crossed by 1-page
+    // areas before the fourth free, and Synchronous mode purges inline when it is.
+    let k = new(sync_cfg(1024, 1, 3));
+    assert_eq!(k.inner.lazy_cap, 3);
+    let (s, e) = k.range();
+    let areas: Vec<u64> = (0..5)
+        .map(|_| k.alloc(P, P, s, e, Some(0), info()).unwrap())
+        .collect();
+    // Fill the batch without crossing the threshold: push directly, as free_lazy would.
+    for &a in &areas[..3] {
+        let r = k.remove(a).unwrap();
+        let cell = k.inner.pcpu.cell(cpu::this_cpu());
+        let mut slot = cell.lock();
+        assert!(slot.push_lazy(r.area.start, r.area.end, 1));
+        let old = cell.lazy_pages.load(Ordering::Relaxed);
+        cell.lazy_pages.store(old + 1, Ordering::Relaxed);
+        // SAFETY: the token owned the descriptor; its range is recorded in the batch.
+        unsafe { slot.descs.put(&k.inner.pool, r.desc) };
+    }
+    // The batch is full: this one goes to the shard's list, and crossing the threshold
+    // purges both sources at once.
+    let r = k.remove(areas[3]).unwrap();
+    k.free_lazy(r, 1);
+    let st = k.stats();
+    assert_eq!(st.purges, 1, "{st:?}");
+    assert_eq!((st.purged_areas, st.lazy_pages, st.pending), (4, 0, 0));
+    k.check_invariants().unwrap();
+    let r = k.remove(areas[4]).unwrap();
+    k.free_lazy(r, 1);
+    assert_eq!(k.stats().lazy_pages, 1);
+    k.check_invariants().unwrap();
+    k.purge();
+    let st = k.stats();
+    assert_eq!((st.lazy_pages, st.pending, st.free), (0, 0, st.total));
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn check_invariants_catches_a_wrong_batch_counter() {
+    let k = new(sync_cfg(1024, 1, 512));
+    let (s, e) = k.range();
+    let a = k.alloc(P, P, s, e, None, info()).unwrap();
+    let r = k.remove(a).unwrap();
+    k.free_lazy(r, 1);
+    let cell = k.inner.pcpu.cell(cpu::this_cpu());
+    cell.lazy_pages.store(5, Ordering::Relaxed);
+    assert!(k.check_invariants().unwrap_err().contains("lazy counter"));
+    cell.lazy_pages.store(1, Ordering::Relaxed);
+    k.check_invariants().unwrap();
+}

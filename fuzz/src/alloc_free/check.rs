@@ -2,14 +2,29 @@
 //! implementation may do on its own (purges, notifier-retired vmap blocks), and the final
 //! teardown.
 //!
-//! After every step ([`World::check`]):
-//! * `Kva::check_invariants` passes; the KVA counters (`used`, `nr_busy`, `pending`,
-//!   `lazy_pages`, `free`) equal the model's; no merge error, no foreign token;
-//! * the live areas (`for_each_busy`: start, end, flags, pages, physical address) are exactly
-//!   the model's, in order (so they never overlap);
-//! * the kernel space maps exactly the model's pages (`rss`), the user space likewise;
+//! After every step ([`World::check`]), in time independent of the number of live areas in
+//! the allocator:
+//! * the KVA counters (`used`, `nr_busy`, `pending`, `lazy_pages`, `free`) equal the model's;
+//!   no merge error, no foreign token;
+//! * every area the step created, released or retired reads back from `Kva::find` exactly
+//!   as the model has it (start, end, flags, pages, physical address), or is gone;
+//! * the kernel space maps exactly the model's number of pages (`rss`), the user space
+//!   likewise;
+//! * no CPU caches a translation of free VA, of a guard page or of a reservation in the
+//!   ranges the step accessed (`vread` / `vwrite`: the only way a translation gets cached),
+//!   nor of any range a purge freed (checked in [`World::sync`]);
+//! * and each operation checks its own result, error and frames (see `ops` / `release`).
+//!
+//! Every [`full_every`](super::full_every) steps (16; 1 under `KVMALLOC_FUZZ_TRACE` or
+//! `KVMALLOC_FUZZ_FULL`) and at the end, the full check ([`World::check_full`]) as well:
+//! * `Kva::check_invariants` passes (every tree, list and byte count of the allocator);
+//! * the live areas (`for_each_busy`) are exactly the model's, in order (so they never
+//!   overlap);
 //! * every frame the model knows has exactly the references the model counts;
-//! * no CPU caches a translation of free VA, of a guard page or of a reservation.
+//! * no CPU caches a translation of free VA, of a guard page or of a reservation anywhere.
+//!
+//! A difference the per-step check does not see is thus reported at most 15 steps late;
+//! replaying the input with `KVMALLOC_FUZZ_FULL=1` names the exact step.
 //!
 //! At the end ([`World::finish`]): everything is released through the API, the user
 //! mappings dropped, a full purge and `vm_unmap_aliases` run; then the KVA range is entirely
@@ -21,6 +36,20 @@ use vmalloc::VmArea;
 
 use super::model::{KVA_END, KVA_START, Kind, PAGE};
 use super::{SLOT_PAGES, SLOTS, USER_BASE, World};
+
+/// What the per-step and full checks compare of an area.
+type AreaKey = (u64, u64, vmalloc::VmFlags, usize, Option<u64>);
+
+/// The compared fields of an allocator area.
+fn area_key(a: &VmArea) -> AreaKey {
+    (
+        a.start,
+        a.end,
+        a.info.flags,
+        a.info.nr_pages,
+        a.info.phys_addr,
+    )
+}
 
 impl World {
     /// Catch the model up with what the implementation did on its own.
@@ -48,6 +77,7 @@ impl World {
             let expected = self.m.blocks.len() + new_blocks;
             if live == expected - frag.len() {
                 for b in frag {
+                    self.touched.push(b);
                     self.m.blocks.remove(&b);
                     self.m.areas.remove(&b);
                     for q in &mut self.m.queues {
@@ -66,9 +96,16 @@ impl World {
         }
         let purges = self.vm.kva().stats().purges;
         if purges != self.purges_seen {
-            self.tlb_due = true;
             let tlb = self.vm.tlb_model().expect("model TLB");
+            // One `holds_any` per run of adjacent purged ranges.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
             for (&s, &e) in &self.m.lazy {
+                match runs.last_mut() {
+                    Some(r) if r.1 == s => r.1 = e,
+                    _ => runs.push((s, e)),
+                }
+            }
+            for (s, e) in runs {
                 assert!(
                     !tlb.holds_any(VirtAddr::new_truncate(s), VirtAddr::new_truncate(e)),
                     "step {step}: purged range [{s:#x}, {e:#x}) still cached by a CPU"
@@ -79,13 +116,10 @@ impl World {
         }
     }
 
-    /// Everything observable against the model (see the module documentation).
+    /// The per-step check (see the module documentation), and the full one when due.
     pub fn check(&self) {
         let step = self.step;
         let kva = self.vm.kva();
-        if let Err(e) = kva.check_invariants() {
-            panic!("step {step}: Kva::check_invariants: {e}");
-        }
         let st = kva.stats();
         let used: u64 = self.m.areas.values().map(|a| a.end - a.start).sum();
         let pending: u64 = self.m.lazy.iter().map(|(&s, &e)| e - s).sum();
@@ -104,16 +138,46 @@ impl World {
             st.total - used - pending,
             "step {step}: free bytes"
         );
+        for &a in &self.touched {
+            let got = kva.find(a).map(|v| area_key(&v));
+            let want = self
+                .m
+                .containing(a)
+                .map(|a| (a.start, a.end, a.flags, a.nr_pages, a.phys));
+            assert_eq!(got, want, "step {step}: the area at {a:#x}");
+        }
+        assert_eq!(
+            self.vm.kernel_space().rss(),
+            self.m.kernel_rss(),
+            "step {step}: kernel pages mapped"
+        );
+        if let Some(u) = &self.user {
+            assert_eq!(u.rss(), self.m.user.len(), "step {step}: user pages mapped");
+        }
+        let fst = self.frames.stats();
+        assert!(
+            fst.used
+                >= self.baseline_used + u64::from(self.user.is_some()) + self.m.mem.len() as u64,
+            "step {step}: fewer frames used ({}) than the model holds",
+            fst.used
+        );
+        for &(s, e) in &self.accessed {
+            self.check_tlb_pages(s, e);
+        }
+        if self.full_due || self.step % self.full_every == self.full_every - 1 {
+            self.check_full();
+        }
+    }
+
+    /// The full check (see the module documentation).
+    pub fn check_full(&self) {
+        let step = self.step;
+        let kva = self.vm.kva();
+        if let Err(e) = kva.check_invariants() {
+            panic!("step {step}: Kva::check_invariants: {e}");
+        }
         let mut seen = Vec::with_capacity(self.m.areas.len());
-        kva.for_each_busy(|a| {
-            seen.push((
-                a.start,
-                a.end,
-                a.info.flags,
-                a.info.nr_pages,
-                a.info.phys_addr,
-            ))
-        });
+        kva.for_each_busy(|a| seen.push(area_key(a)));
         let want: Vec<_> = self
             .m
             .areas
@@ -125,69 +189,86 @@ impl World {
             let missing: Vec<_> = want.iter().filter(|x| !seen.contains(x)).collect();
             panic!("step {step}: live areas differ: unexpected {extra:x?}, missing {missing:x?}");
         }
-        assert_eq!(
-            self.vm.kernel_space().rss(),
-            self.m.kernel_rss(),
-            "step {step}: kernel pages mapped"
-        );
-        if let Some(u) = &self.user {
-            assert_eq!(u.rss(), self.m.user.len(), "step {step}: user pages mapped");
-        }
         // Reference counts change only in the operations that map, unmap or remap frames, and
-        // each of those checks the frames it touched; all of them are re-checked every 16
-        // steps and at the end.
-        if self.step % 16 == 15 || self.tlb_due {
-            for (&pa, f) in &self.m.mem {
-                let frame =
-                    pagetable::PhysFrame::containing_address(pagetable::PhysAddr::new_truncate(pa));
-                assert_eq!(
-                    self.frames.refcount(frame),
-                    u32::from(f.owner) + f.user,
-                    "step {step}: references of frame {pa:#x}"
-                );
-            }
+        // each of those checks the frames it touched; all of them are re-checked here.
+        for (&pa, f) in &self.m.mem {
+            let frame =
+                pagetable::PhysFrame::containing_address(pagetable::PhysAddr::new_truncate(pa));
+            assert_eq!(
+                self.frames.refcount(frame),
+                u32::from(f.owner) + f.user,
+                "step {step}: references of frame {pa:#x}"
+            );
         }
-        let fst = self.frames.stats();
-        assert!(
-            fst.used >= self.baseline_used + 1 + self.m.mem.len() as u64,
-            "step {step}: fewer frames used ({}) than the model holds",
-            fst.used
-        );
-        if self.tlb_due {
-            self.check_tlb();
+        self.check_tlb();
+    }
+
+    /// No CPU caches a translation of a page of `[s, e)` that is free VA, a guard page or
+    /// part of a reservation (page by page: `[s, e)` is a few pages).
+    fn check_tlb_pages(&self, s: u64, e: u64) {
+        let step = self.step;
+        let tlb = self.vm.tlb_model().expect("model TLB");
+        let mut p = s & !(PAGE - 1);
+        while p < e && p < KVA_END {
+            let forbidden = match self.m.containing(p) {
+                None => p >= KVA_START && !self.m.in_lazy(p),
+                Some(a) => match a.kind {
+                    Kind::Reserved => true,
+                    Kind::Block => false,
+                    _ => p >= a.usable_end(),
+                },
+            };
+            assert!(
+                !forbidden || !tlb.holds_any(World::va(p), World::va(p + PAGE)),
+                "step {step}: page {p:#x} (free VA, a guard page or a reservation) cached by a CPU"
+            );
+            p += PAGE;
         }
     }
 
-    /// No CPU caches a translation of free VA, of a guard page or of a reservation. Such a
-    /// translation can only appear when VA becomes free (a purge: checked in `sync` on the
-    /// purged ranges) or when a CPU accesses memory (`vread` / `vwrite`), so the whole check
-    /// runs after those steps (and at the end) rather than after every step.
+    /// No CPU caches a translation of free VA, of a guard page or of a reservation anywhere
+    /// in the KVA range: one `holds_any` per maximal run of such pages (a guard page and the
+    /// free gap after it are one run).
     pub fn check_tlb(&self) {
         let step = self.step;
         let tlb = self.vm.tlb_model().expect("model TLB");
-        let cached =
-            |s: u64, e: u64| tlb.holds_any(VirtAddr::new_truncate(s), VirtAddr::new_truncate(e));
-        for (s, e) in self.m.gaps() {
-            assert!(
-                !cached(s, e),
-                "step {step}: free VA [{s:#x}, {e:#x}) cached by a CPU"
-            );
-        }
-        for a in self.m.areas.values() {
-            match a.kind {
-                Kind::Reserved => assert!(
-                    !cached(a.start, a.end),
-                    "step {step}: reservation at {:#x} cached",
-                    a.start
-                ),
-                Kind::Block => {}
-                _ if a.usable_end() < a.end => assert!(
-                    !cached(a.usable_end(), a.end),
-                    "step {step}: guard page of {:#x} cached",
-                    a.start
-                ),
-                _ => {}
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut forbid = |s: u64, e: u64| {
+            if s >= e {
+                return;
             }
+            match runs.last_mut() {
+                Some(r) if r.1 == s => r.1 = e,
+                _ => runs.push((s, e)),
+            }
+        };
+        let mut lazy = self.m.lazy.iter().map(|(&s, &e)| (s, e)).peekable();
+        let mut pos = KVA_START;
+        for a in self.m.areas.values() {
+            // Lazy ranges below this area: allowed (still mapped until purged).
+            while let Some(&(ls, le)) = lazy.peek().filter(|&&(ls, _)| ls < a.start) {
+                forbid(pos, ls);
+                pos = le;
+                lazy.next();
+            }
+            forbid(pos, a.start);
+            match a.kind {
+                Kind::Reserved => forbid(a.start, a.end),
+                Kind::Block => {}
+                _ => forbid(a.usable_end(), a.end),
+            }
+            pos = a.end;
+        }
+        for (ls, le) in lazy {
+            forbid(pos, ls);
+            pos = le;
+        }
+        forbid(pos, KVA_END);
+        for (s, e) in runs {
+            assert!(
+                !tlb.holds_any(World::va(s), World::va(e)),
+                "step {step}: [{s:#x}, {e:#x}) (free VA, guard pages or a reservation) cached by a CPU"
+            );
         }
     }
 
@@ -243,7 +324,7 @@ impl World {
         self.sync();
         self.vm.vm_unmap_aliases();
         self.sync();
-        self.tlb_due = true;
+        self.full_due = true;
         assert!(
             self.m.areas.is_empty() && self.m.blocks.is_empty(),
             "areas left"

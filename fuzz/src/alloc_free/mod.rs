@@ -2,8 +2,9 @@
 //! arbitrary sequence of operations and checked against [`model::Model`] after every step.
 //!
 //! The instance is built to run out of everything often: 2 KVA shards over a 32 MiB range
-//! (eight vmap blocks fill it), a 4 MiB arena (1,024 frames; heap-backed for one input in eight, mmap otherwise), a lazy threshold chosen by
-//! the input between 1 and 1,024 pages, per-CPU area caches on or off, and
+//! (eight vmap blocks fill it), a 4 MiB arena (1,024 frames; heap-backed for one input in
+//! 64, mmap otherwise), a lazy threshold chosen by the input between 1 and 1,024 pages,
+//! per-CPU area caches on or off, and
 //! [`PurgeMode::Synchronous`] (no threads: every run is deterministic and replays exactly).
 //!
 //! What is checked is listed in [`check`] (after every step) and in each operation of
@@ -40,8 +41,9 @@ pub struct Input {
     /// page `(early >> 2) % 16` of the range, 1 to 4 pages), bit 1 one placed lowest-fit with
     /// a 64 KiB alignment (`vm_area_register_early`).
     pub early: u8,
-    /// Arena backing selector: heap for one input in eight, else mmap (same arena API; the
-    /// heap backing zeroes its 4 MiB eagerly, which would make every run ~10x slower).
+    /// Arena backing selector: heap for one input in 64, else mmap (same arena API; the
+    /// heap backing zeroes its 4 MiB eagerly, which makes a run several times slower: at one
+    /// input in eight it took 5% of all fuzzing time).
     pub arena: u8,
     /// The operations.
     pub ops: Vec<Op>,
@@ -299,7 +301,9 @@ pub struct World {
     pub vm: Vmalloc,
     /// Its frame allocator.
     pub frames: Arc<FrameAllocator>,
-    /// The user space for `remap_vmalloc_range` (dropped at the end).
+    /// The user space for `remap_vmalloc_range`, made by the first operation that needs it
+    /// (most inputs never do: it saves building and tearing down a space per run), dropped
+    /// at the end.
     pub user: Option<AddressSpace>,
     /// The model.
     pub m: Model,
@@ -315,8 +319,16 @@ pub struct World {
     pub pending_inject: Option<u64>,
     /// The KVA allocator's purge count the model has caught up with.
     pub purges_seen: u64,
-    /// The next `check` also runs the full TLB check (set by accesses and purges).
-    pub tlb_due: bool,
+    /// The next `check` runs the full check (set at the end).
+    pub full_due: bool,
+    /// Run the full check every this many steps (1: every step; see [`full_every`]).
+    pub full_every: usize,
+    /// Addresses whose area the current step created, released or retired: the per-step
+    /// check compares the allocator's area there with the model's.
+    pub touched: Vec<u64>,
+    /// Ranges the current step accessed (`vread` / `vwrite`): the only ranges a CPU can have
+    /// started caching, so the per-step TLB check looks there.
+    pub accessed: Vec<(u64, u64)>,
     /// Step counter (for messages).
     pub step: usize,
 }
@@ -336,7 +348,7 @@ impl World {
             arena: ArenaConfig {
                 size: model::ARENA_BYTES,
                 base: PhysAddr::zero(),
-                backing: if input.arena.is_multiple_of(8) {
+                backing: if input.arena.is_multiple_of(64) {
                     Backing::Heap
                 } else {
                     Backing::Mmap { huge_pages: false }
@@ -352,11 +364,10 @@ impl World {
         let frames = Arc::clone(vm.frames());
         let baseline_used = frames.stats().used;
         let purges_seen = vm.kva().stats().purges;
-        let user = vm.new_user_space().expect("user space");
         let mut w = World {
             vm,
             frames,
-            user: Some(user),
+            user: None,
             m: Model {
                 queues: vec![Vec::new(); cpu::nr_cpu_ids()],
                 ..Model::default()
@@ -367,7 +378,10 @@ impl World {
             injected: false,
             pending_inject: None,
             purges_seen,
-            tlb_due: false,
+            full_due: false,
+            full_every: full_every(),
+            touched: Vec::new(),
+            accessed: Vec::new(),
             step: 0,
         };
         w.learn_early(input.early);
@@ -411,6 +425,27 @@ impl World {
                 count: 0,
             });
         }
+        self.touched.clear();
+    }
+
+    /// Make the user space if there is none yet. `false` when the arena has no frame left
+    /// for its root table (then the operation needing it is skipped).
+    pub fn ensure_user_space(&mut self) -> bool {
+        if self.user.is_none() {
+            let free = self.frames.stats().free;
+            match self.vm.new_user_space() {
+                Ok(u) => self.user = Some(u),
+                Err(e) => {
+                    assert!(
+                        free == 0,
+                        "step {}: no user space with {free} frames free: {e}",
+                        self.step
+                    );
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Resolve a target to an address.
@@ -473,11 +508,32 @@ impl World {
     }
 }
 
+/// Steps between two full checks (see [`check`]): 16, or 1 (every step) when
+/// `KVMALLOC_FUZZ_TRACE` or `KVMALLOC_FUZZ_FULL` is set in the environment, to pin a
+/// failure found by a full check to the step that caused it. Read once per process.
+pub fn full_every() -> usize {
+    static EVERY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        let env = |k| std::env::var_os(k).is_some();
+        if env("KVMALLOC_FUZZ_TRACE") || env("KVMALLOC_FUZZ_FULL") {
+            1
+        } else {
+            16
+        }
+    })
+}
+
+/// Whether `KVMALLOC_FUZZ_TRACE` is set (read once per process).
+fn trace_on() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("KVMALLOC_FUZZ_TRACE").is_some())
+}
+
 /// Run one input. With `KVMALLOC_FUZZ_TRACE` set in the environment, print every step and
-/// the model's size after it (for replaying a crash by hand: `cargo run --release --example
-/// replay -- alloc_free <file>`).
+/// the model's size after it, and run the full check after every step (for replaying a
+/// crash by hand: `cargo run --release --example replay -- alloc_free <file>`).
 pub fn run(input: &Input) {
-    let trace = std::env::var_os("KVMALLOC_FUZZ_TRACE").is_some();
+    let trace = trace_on();
     let mut w = World::new(input);
     if trace {
         eprintln!(
@@ -500,7 +556,8 @@ pub fn run(input: &Input) {
             );
         }
         w.check();
-        w.tlb_due = false;
+        w.touched.clear();
+        w.accessed.clear();
         w.step += 1;
     }
     w.finish();

@@ -20,6 +20,7 @@
 //! those against the model (free space, fresh frames, all-or-none retirement).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use vmalloc::{VmFlags, VmallocError};
 
@@ -222,6 +223,30 @@ pub struct FrameM {
     pub content: Content,
 }
 
+/// A hasher for physical addresses (the model's frame map): one multiply. Cheaper than
+/// SipHash, and deterministic, so the map iterates in the same order in every process.
+#[derive(Default)]
+pub struct FrameHasher(u64);
+
+impl Hasher for FrameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Frame addresses differ in bits 12 and up: multiply them into the high bits hashbrown
+        // takes its control byte from, and fold back for the bucket index.
+        let h = (n >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
 /// The whole model.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -236,7 +261,7 @@ pub struct Model {
     /// The CPU the harness runs as.
     pub cpu: usize,
     /// Known frames by physical address.
-    pub mem: HashMap<u64, FrameM>,
+    pub mem: HashMap<u64, FrameM, BuildHasherDefault<FrameHasher>>,
     /// User mappings: user page address -> frame.
     pub user: BTreeMap<u64, u64>,
     /// `vfree_atomic` frees that failed.
@@ -383,9 +408,29 @@ impl Model {
         })
     }
 
-    /// Whether `[s, e)` lies in the free space.
+    /// Whether `[s, e)` lies in the free space. Live areas are disjoint, and so are lazy
+    /// ones: of each, only the last one starting below `e` can reach into `[s, e)`.
     pub fn is_free(&self, s: u64, e: u64) -> bool {
-        KVA_START <= s && e <= KVA_END && self.occupied().iter().all(|&(a, b)| b <= s || e <= a)
+        KVA_START <= s
+            && e <= KVA_END
+            && self
+                .areas
+                .range(..e)
+                .next_back()
+                .is_none_or(|(_, a)| a.end <= s)
+            && self
+                .lazy
+                .range(..e)
+                .next_back()
+                .is_none_or(|(_, &le)| le <= s)
+    }
+
+    /// Whether `a` lies in a lazily freed range.
+    pub fn in_lazy(&self, a: u64) -> bool {
+        self.lazy
+            .range(..=a)
+            .next_back()
+            .is_some_and(|(_, &e)| a < e)
     }
 
     /// Pages on the lazy lists (guard pages included).

@@ -116,14 +116,8 @@ impl World {
                     }
                 }
             }
-            Op::Vread { at, off, len } => {
-                self.vread(at, off, len);
-                self.tlb_due = true;
-            }
-            Op::Vwrite { at, off, len, seed } => {
-                self.vwrite(at, off, len, seed);
-                self.tlb_due = true;
-            }
+            Op::Vread { at, off, len } => self.vread(at, off, len),
+            Op::Vwrite { at, off, len, seed } => self.vwrite(at, off, len, seed),
             Op::FindVmArea(t) => {
                 let a = self.addr(t);
                 let got = self.vm.find_vm_area(World::va(a)).map(|v| {
@@ -151,7 +145,10 @@ impl World {
             } => self.remap(at, slot, pages, pgoff),
             Op::UserUnmap(slot) => {
                 let u = USER_BASE + (u64::from(slot) % SLOTS) * SLOT_PAGES * PAGE;
-                let user = self.user.as_ref().expect("user space");
+                // Without a user space nothing was ever remapped: nothing to unmap.
+                let Some(user) = self.user.as_ref() else {
+                    return;
+                };
                 user.unmap_and_free(World::va(u), SLOT_PAGES * PAGE)
                     .expect("user unmap");
                 let gone: Vec<(u64, u64)> = self
@@ -169,8 +166,11 @@ impl World {
                 let u = USER_BASE
                     + (u64::from(slot) % SLOTS) * SLOT_PAGES * PAGE
                     + (u64::from(page) % SLOT_PAGES) * PAGE;
-                let user = self.user.as_ref().expect("user space");
-                let t = user.translate(World::va(u)).map(|t| t.pa.as_u64());
+                let t = self
+                    .user
+                    .as_ref()
+                    .and_then(|user| user.translate(World::va(u)))
+                    .map(|t| t.pa.as_u64());
                 assert_eq!(
                     t,
                     self.m.user.get(&u).copied(),
@@ -202,6 +202,7 @@ impl World {
     /// The model's side of a successful release of the area starting at `a`.
     pub fn release_area(&mut self, a: u64) {
         let area = self.m.areas.remove(&a).expect("released area in the model");
+        self.touched.push(a);
         let space = self.vm.kernel_space();
         for p in [
             area.start,
@@ -350,6 +351,7 @@ impl World {
         let a = self.addr(at).wrapping_add(u64::from(off) % (2 * PAGE));
         let len = usize::from(len) % (3 * PAGE as usize);
         let mut buf = vec![0xa5u8; len];
+        self.accessed.push((a, a.saturating_add(len as u64)));
         let n = self.vm.vread(VirtAddr::new_truncate(a), &mut buf);
         let want = if len > 0 && self.m.touches_area(a, len as u64) {
             len
@@ -398,6 +400,7 @@ impl World {
         let a = self.addr(at).wrapping_add(u64::from(off) % (2 * PAGE));
         let len = usize::from(len) % (3 * PAGE as usize);
         let data = pattern(seed, len);
+        self.accessed.push((a, a.saturating_add(len as u64)));
         let n = self.vm.vwrite(VirtAddr::new_truncate(a), &data);
         let want = if len > 0 && self.m.touches_area(a, len as u64) {
             len
@@ -515,6 +518,9 @@ impl World {
             }
             Ok(())
         })();
+        if !self.ensure_user_space() {
+            return;
+        }
         let free_before = self.frames.stats().free;
         self.arm();
         let user = self.user.as_ref().expect("user space");

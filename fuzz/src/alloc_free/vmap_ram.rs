@@ -181,6 +181,7 @@ impl World {
             self.m.blocks.remove(&b);
             self.m.areas.remove(&b);
             self.m.lazy.insert(b, b + BLOCK_BYTES);
+            self.touched.push(b);
         }
     }
 

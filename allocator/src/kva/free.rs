@@ -1,0 +1,218 @@
+//! The freeing side of [`Kva`](super::Kva): `remove` / `remove_if` (with the miss errors that
+//! tell a double free from a wild pointer), `free_lazy`, `free_unused` and the lazy trigger.
+//!
+//! # How it works
+//!
+//! `remove_if` finds, checks and removes the area in one busy-lock section and hands back a
+//! [`RemovedArea`] token. `free_lazy` records a lazily freed area in the calling CPU's lazy
+//! batch (one slot-lock section that also takes the descriptor back onto the slot's free
+//! list) or, with per-CPU caching off or the batch full, pushes the descriptor on its
+//! shard's lazy llist; a counter crossing a power-of-two step makes it look at the global
+//! backlog and kick a purge past `lazy_max_pages`.
+//!
+//! # Locking and ordering
+//!
+//! As in the parent module: busy locks are leaves; the slot lock is released before a kick
+//! (a kick may purge, which takes the purge lock first); a slot's lazy counter is written
+//! only under the slot lock (`Relaxed` load + store), a shard's by `Relaxed` RMWs raised
+//! before the `Release` push. The miss path of `remove` takes the purge lock, then one slot
+//! lock at a time.
+
+use pagetable::cpu;
+
+use super::Inner;
+use crate::area::{Desc, RemovedArea, VmArea};
+use crate::config::PurgeMode;
+use crate::error::VmallocError;
+use crate::shard::ShardSet;
+use crate::sync::Ordering;
+
+impl Inner {
+    /// Why `addr` is not the start of a live area.
+    pub(super) fn miss_error(&self, addr: u64, check_lazy: bool) -> VmallocError {
+        let Some(i) = self.shards.index_of(addr) else {
+            return VmallocError::NotAllocated { addr };
+        };
+        if let Some(a) = self.find(addr) {
+            if a.start != addr {
+                return VmallocError::NotStartOfArea {
+                    addr,
+                    start: a.start,
+                };
+            }
+        }
+        if check_lazy && self.lazy_holds(i, addr) {
+            return VmallocError::DoubleFree { addr };
+        }
+        VmallocError::NotAllocated { addr }
+    }
+
+    /// Whether an area starting at `addr` waits on shard `i`'s lazy list or in a CPU slot's
+    /// lazy batch. Error path only: takes the purge lock (so no purger holds a detached
+    /// chain or batch), looks through every slot's batch, then detaches the list, walks it
+    /// and puts it back.
+    fn lazy_holds(&self, i: usize, addr: u64) -> bool {
+        let _purging = self.purge_lock.lock();
+        if (0..self.pcpu.len()).any(|c| self.pcpu.lock(c).lazy().iter().any(|r| r.0 == addr)) {
+            return true;
+        }
+        let lazy = &self.shards.get(i).lazy.head;
+        let chain = lazy.del_all();
+        let found = chain.iter().any(|n| {
+            // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the detached
+            // chain we hold.
+            let d = unsafe { Desc::from_node(n) };
+            // SAFETY: as above: the chain (us) owns the descriptor.
+            unsafe { d.read() }.start == addr
+        });
+        lazy.add_chain(chain);
+        found
+    }
+
+    pub(crate) fn remove(&self, addr: u64) -> Result<RemovedArea, VmallocError> {
+        self.remove_if(addr, |_| Ok(()))
+    }
+
+    pub(crate) fn remove_if(
+        &self,
+        addr: u64,
+        check: impl FnOnce(&VmArea) -> Result<(), VmallocError>,
+    ) -> Result<RemovedArea, VmallocError> {
+        let Some(i) = self.shards.index_of(addr) else {
+            return Err(VmallocError::NotAllocated { addr });
+        };
+        let shard = self.shards.get(i);
+        let removed = {
+            let mut busy = shard.busy.lock();
+            let mut seen = None;
+            let r = busy.tree.remove_checked(addr, |_, _, desc| {
+                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+                let area = unsafe { desc.read() };
+                let ok = check(&area);
+                seen = Some(area);
+                ok
+            })?;
+            if let Some((s, e, _)) = r {
+                busy.bytes -= e - s;
+                busy.removed += e - s;
+            }
+            r.zip(seen)
+        };
+        let Some(((_, _, desc), area)) = removed else {
+            return Err(self.miss_error(addr, true));
+        };
+        if area.end > shard.end {
+            self.nr_spanning.fetch_sub(1, Ordering::Relaxed);
+        }
+        // The descriptor was removed from the busy tree under its lock: it is ours now, and
+        // `area` is its content (nobody wrote it since: only the busy tree's owner may).
+        Ok(RemovedArea {
+            desc,
+            area,
+            owner: self.id,
+        })
+    }
+
+    /// Whether `area` was issued by this allocator. A foreign token is a caller bug: it is
+    /// refused and counted (`KvaStats::foreign_tokens`), leaking its range in its own
+    /// allocator rather than corrupting this one.
+    fn owns(&self, area: &RemovedArea) -> bool {
+        let ok = area.owner == self.id;
+        if !ok {
+            self.pstats.foreign_tokens.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    pub(crate) fn free_lazy(&self, area: RemovedArea, unmapped_pages: usize) {
+        if !self.owns(&area) {
+            return;
+        }
+        let Some(i) = self.shards.index_of(area.area.start) else {
+            return;
+        };
+        let pages = ShardSet::pages(area.area.start, area.area.end);
+        let shift = self.lazy_step_shift;
+        if self.pcpu.enabled() {
+            // Fast path: the calling CPU's lazy batch. The range waits there (pending, not
+            // free) for a purge, which takes it under this same lock; the descriptor goes
+            // straight back to the slot's list (the token owned it), still in this CPU's
+            // cache for the next allocation.
+            let cell = self.pcpu.cell(cpu::this_cpu());
+            let mut slot = cell.lock();
+            if slot.push_lazy(area.area.start, area.area.end, unmapped_pages) {
+                // Load + store under the slot lock, which every writer of the counter holds.
+                let old = cell.lazy_pages.load(Ordering::Relaxed);
+                cell.lazy_pages.store(old + pages, Ordering::Relaxed);
+                // SAFETY: the token owned the descriptor; its range is recorded above, so
+                // nothing refers to it any more.
+                unsafe { slot.descs.put(&self.pool, area.desc) };
+                drop(slot);
+                if old >> shift != (old + pages) >> shift
+                    && self.lazy_backlog() >= self.cfg.lazy_max_pages
+                {
+                    self.kick_purge();
+                }
+                return;
+            }
+        }
+        let lazy = &self.shards.get(i).lazy;
+        // Counter first, then the push: the counter never lags behind the list, so the
+        // purger's subtraction can never underflow it.
+        let old = lazy.pages.fetch_add(pages, Ordering::Relaxed);
+        // SAFETY: the token owns the descriptor until the push below. A plain write: the
+        // purge reads it, ordered by the push's Release.
+        unsafe { area.desc.set_unmapped(unmapped_pages) };
+        // SAFETY: the token owned the descriptor; pushing hands it to the lazy list (the pool
+        // keeps it live). The Release push publishes its fields to the purger.
+        unsafe { lazy.head.add(area.desc.node()) };
+        if old >> shift != (old + pages) >> shift && self.lazy_backlog() >= self.cfg.lazy_max_pages
+        {
+            self.kick_purge();
+        }
+    }
+
+    pub(crate) fn free_unused(&self, area: RemovedArea) {
+        if !self.owns(&area) {
+            return;
+        }
+        let (start, end) = (area.area.start, area.area.end);
+        self.shards.free_range(start, end);
+        if let Some(i) = self.shards.index_of(start) {
+            self.shards
+                .get(i)
+                .lazy
+                .returned
+                .fetch_add(end - start, Ordering::Relaxed);
+        }
+        // SAFETY: the token owned the descriptor.
+        unsafe {
+            self.pcpu
+                .lock(cpu::this_cpu())
+                .descs
+                .put(&self.pool, area.desc)
+        };
+    }
+
+    /// Pages waiting for a purge: the shards' lazy lists plus the CPU slots' lazy batches
+    /// (`Relaxed`: a heuristic, exact when quiescent).
+    pub(crate) fn lazy_backlog(&self) -> usize {
+        self.shards
+            .all()
+            .iter()
+            .map(|s| s.lazy_pages())
+            .sum::<usize>()
+            + self.pcpu.lazy_pages()
+    }
+
+    /// Past the threshold: hand the purge to a worker (Background) or run it here unless
+    /// somebody already purges (Inline, Synchronous).
+    pub(crate) fn kick_purge(&self) {
+        match (&self.sched, self.cfg.purge_mode) {
+            (Some(s), PurgeMode::Background) => s.request_purge(),
+            _ => {
+                let _ = self.try_purge();
+            }
+        }
+    }
+}
