@@ -15,39 +15,35 @@ use loom_tests::{BOUND_2_THREADS, Tiny, alloc, assert_invariants, check, tiny_kv
 
 #[test]
 fn purge_waits_for_a_drain_in_flight() {
-    check(
-        "purge_waits_for_a_drain_in_flight",
-        BOUND_2_THREADS,
-        || {
-            let shape = Tiny {
-                pages: 4,
-                shards: 1,
-                lazy_max_pages: 64,
-                pcpu_cache: false,
-            };
-            let (kva, _tlb) = tiny_kva(shape);
-            let a = alloc(&kva, 2).unwrap();
-            // `vfree_atomic(a)`: queued; the default handler removes it and frees it lazily.
-            kva.defer(a);
+    check("purge_waits_for_a_drain_in_flight", BOUND_2_THREADS, || {
+        let shape = Tiny {
+            pages: 4,
+            shards: 1,
+            lazy_max_pages: 64,
+            pcpu_cache: false,
+        };
+        let (kva, _tlb) = tiny_kva(shape);
+        let a = alloc(&kva, 2).unwrap();
+        // `vfree_atomic(a)`: queued; the default handler removes it and frees it lazily.
+        kva.defer(a);
 
-            let drainer = {
-                let kva = std::sync::Arc::clone(&kva);
-                thread::spawn(move || kva.drain_deferred())
-            };
-            kva.purge();
-            assert!(
-                kva.find(a).is_none(),
-                "purge returned before the deferred free of {a:#x} ran"
-            );
-            let s = kva.stats();
-            assert_eq!(
-                (s.lazy_pages, s.pending),
-                (0, 0),
-                "purge returned before purging the deferred free: {s:?}"
-            );
-            let ran = drainer.join().unwrap();
-            assert!(ran <= 1);
-            assert_invariants(&kva);
-        },
-    );
+        let drainer = {
+            let kva = std::sync::Arc::clone(&kva);
+            thread::spawn(move || kva.drain_deferred())
+        };
+        kva.purge();
+        assert!(
+            kva.find(a).is_none(),
+            "purge returned before the deferred free of {a:#x} ran"
+        );
+        let s = kva.stats();
+        assert_eq!(
+            (s.lazy_pages, s.pending),
+            (0, 0),
+            "purge returned before purging the deferred free: {s:?}"
+        );
+        let ran = drainer.join().unwrap();
+        assert!(ran <= 1);
+        assert_invariants(&kva);
+    });
 }
