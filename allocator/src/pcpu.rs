@@ -87,8 +87,6 @@ pub(crate) struct Slot {
 pub(crate) struct LazyTaken {
     /// Areas taken.
     pub(crate) areas: usize,
-    /// Their pages (guard pages included).
-    pub(crate) pages: usize,
     /// Pages their callers reported unmapped.
     pub(crate) unmapped: u64,
 }
@@ -123,17 +121,14 @@ impl Slot {
     }
 
     /// Take the whole lazy batch, leaving `spare` (an empty array, normally of the same
-    /// capacity: it bounds the new batch) in its place. O(1) apart from counting pages. The
-    /// caller zeroes the slot's `lazy_pages` under the same lock.
+    /// capacity: it bounds the new batch) in its place. O(1), so the freeing CPU never waits
+    /// on a walk of the batch: the caller counts the pages after dropping the lock, and
+    /// zeroes the slot's `lazy_pages` under it.
     pub(crate) fn swap_lazy(&mut self, mut spare: Vec<(u64, u64)>) -> (Vec<(u64, u64)>, LazyTaken) {
         spare.clear();
         let batch = core::mem::replace(&mut self.lazy, spare);
         let t = LazyTaken {
             areas: batch.len(),
-            pages: batch
-                .iter()
-                .map(|&(s, e)| ((e - s) / PAGE_SIZE) as usize)
-                .sum(),
             unmapped: core::mem::take(&mut self.lazy_unmapped),
         };
         (batch, t)
@@ -334,7 +329,8 @@ mod tests {
         assert!(!s.push_lazy(0x8000, 0x9000, 1), "capacity 2");
         let (batch, t) = s.swap_lazy(Vec::with_capacity(2));
         assert_eq!(batch, [(0x1000, 0x3000), (0x5000, 0x6000)]);
-        assert_eq!((t.areas, t.pages, t.unmapped), (2, 3, 2));
+        let pages: u64 = batch.iter().map(|&(s, e)| (e - s) / PAGE_SIZE).sum();
+        assert_eq!((t.areas, pages, t.unmapped), (2, 3, 2));
         assert!(s.lazy().is_empty());
         assert!(s.push_lazy(0x8000, 0x9000, 0));
         assert_eq!(s.lazy(), &[(0x8000, 0x9000)]);

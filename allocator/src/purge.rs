@@ -223,6 +223,7 @@ impl Inner {
             // Most of a CPU's frees are in its home shard: room for all of them there.
             buckets[self.home[c % self.home.len()]].reserve(batch.len());
             for &(s, e) in &batch {
+                pages += crate::shard::ShardSet::pages(s, e);
                 match self.shards.index_of(s).and_then(|i| buckets.get_mut(i)) {
                     Some(b) => b.push((s, e)),
                     // Unreachable: free_lazy recorded a range of ours. Leak it, visibly.
@@ -237,7 +238,6 @@ impl Inner {
             batch.clear();
             spares.push(batch);
             areas += taken.areas;
-            pages += taken.pages;
             unmapped += taken.unmapped;
         }
         *self.lazy_spares.lock() = spares;

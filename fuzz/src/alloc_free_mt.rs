@@ -91,6 +91,17 @@ impl Input {
     }
 }
 
+/// Whether `e` is a shortage either thread may cause (VA, frames or page-table frames):
+/// the only errors a valid request may get.
+fn is_shortage(e: &VmallocError) -> bool {
+    matches!(
+        e,
+        VmallocError::NoSpace { .. }
+            | VmallocError::OutOfMemory { .. }
+            | VmallocError::Map(pagetable::MapError::OutOfFrames)
+    )
+}
+
 /// Size selector: mostly a few pages, up to 32 pages.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub struct Size(pub u8);
@@ -440,12 +451,7 @@ impl<'a> Worker<'a> {
             Err(e) => {
                 // Shortages the other thread (or this one) may cause; nothing else.
                 assert!(
-                    matches!(
-                        e,
-                        VmallocError::NoSpace { .. }
-                            | VmallocError::OutOfMemory { .. }
-                            | VmallocError::Map(pagetable::MapError::OutOfFrames)
-                    ),
+                    is_shortage(&e),
                     "thread {t} step {step}: vmalloc of {n} bytes failed: {e:?}"
                 );
                 return;
@@ -520,12 +526,7 @@ impl<'a> Worker<'a> {
             Ok(va) => va.as_u64(),
             Err(e) => {
                 assert!(
-                    matches!(
-                        e,
-                        VmallocError::NoSpace { .. }
-                            | VmallocError::OutOfMemory { .. }
-                            | VmallocError::Map(pagetable::MapError::OutOfFrames)
-                    ),
+                    is_shortage(&e),
                     "thread {t} step {step}: vm_map_ram of {count} pages failed: {e:?}"
                 );
                 for f in v {

@@ -132,7 +132,6 @@ impl Inner {
             return;
         };
         let pages = ShardSet::pages(area.area.start, area.area.end);
-        let shift = self.lazy_step_shift;
         if self.pcpu.enabled() {
             // Fast path: the calling CPU's lazy batch. The range waits there (pending, not
             // free) for a purge, which takes it under this same lock; the descriptor goes
@@ -148,11 +147,7 @@ impl Inner {
                 // nothing refers to it any more.
                 unsafe { slot.descs.put(&self.pool, area.desc) };
                 drop(slot);
-                if old >> shift != (old + pages) >> shift
-                    && self.lazy_backlog() >= self.cfg.lazy_max_pages
-                {
-                    self.kick_purge();
-                }
+                self.lazy_added(old, pages);
                 return;
             }
         }
@@ -166,6 +161,15 @@ impl Inner {
         // SAFETY: the token owned the descriptor; pushing hands it to the lazy list (the pool
         // keeps it live). The Release push publishes its fields to the purger.
         unsafe { lazy.head.add(area.desc.node()) };
+        self.lazy_added(old, pages);
+    }
+
+    /// `pages` were added to a lazy counter that held `old`: when that crosses a
+    /// power-of-two step (`lazy_step_shift`), look at the whole backlog and kick a purge past
+    /// `lazy_max_pages` (summing every counter on each free would cost more than the free).
+    #[inline]
+    fn lazy_added(&self, old: usize, pages: usize) {
+        let shift = self.lazy_step_shift;
         if old >> shift != (old + pages) >> shift && self.lazy_backlog() >= self.cfg.lazy_max_pages
         {
             self.kick_purge();
