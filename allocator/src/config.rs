@@ -1,9 +1,9 @@
 //! [`KvaConfig`]: how a [`Kva`](crate::kva::Kva) is built (range, shards, lazy threshold,
 //! purge scheduling, per-CPU caches).
 //!
-//! Zero / `None` fields mean "as Linux would do it on this machine": one shard and one purge
-//! worker per CPU slot (`pagetable::cpu::nr_cpu_ids()`), and
-//! `lazy_max_pages = fls(nr_cpu_ids) * 32 MiB / PAGE_SIZE`. [`KvaConfig::single_lock`] gives
+//! Zero / `None` fields mean "as Linux would do it on this machine": as many CPU slots as
+//! `pagetable::cpu::nr_cpu_ids()` (the machine's count, or `KVMALLOC_NR_CPUS`), one shard and
+//! one purge worker per CPU slot, and `lazy_max_pages = fls(nr_cpus) * 32 MiB / PAGE_SIZE`. [`KvaConfig::single_lock`] gives
 //! the Linux 5.x design (one free tree under one lock, no per-CPU caches), kept for comparison.
 //! A configuration is checked once by `KvaConfig::resolve`; nothing here holds state.
 
@@ -47,8 +47,19 @@ pub struct KvaConfig {
     /// Keep per-CPU caches of small free areas (Linux 6.9's node pools).
     pub pcpu_cache: bool,
     /// Number of purge worker threads (Background / Inline modes); `0` = one per CPU slot.
+    /// At most one per CPU slot (a larger value is clamped: more workers than CPUs only
+    /// contend).
     pub purge_workers: usize,
+    /// Number of CPU slots the instance is built for (per-CPU caches, lazy batches, deferred
+    /// lists, and the defaults above); `0` = `pagetable::cpu::nr_cpu_ids()`. A thread whose
+    /// CPU id (`pagetable::cpu::this_cpu()`) is `c` uses slot `c % nr_cpus`, so an instance
+    /// can simulate more CPUs than the machine has (threads pinned with
+    /// `pagetable::cpu::set_this_cpu`) or fewer. At most [`MAX_NR_CPUS`].
+    pub nr_cpus: usize,
 }
+
+/// The largest [`KvaConfig::nr_cpus`] accepted (Linux's largest x86_64 `CONFIG_NR_CPUS`).
+pub const MAX_NR_CPUS: usize = pagetable::cpu::MAX_NR_CPU_IDS;
 
 /// x86_64 Linux's `VMALLOC_START` (4-level paging).
 pub const VMALLOC_START: u64 = 0xffff_c900_0000_0000;
@@ -67,9 +78,15 @@ impl Default for KvaConfig {
             purge_mode: PurgeMode::Background,
             pcpu_cache: true,
             purge_workers: 0,
+            nr_cpus: 0,
         }
     }
 }
+
+/// The largest effective `lazy_max_pages` (2^40 pages = 4 PiB, more than any canonical
+/// range): larger values are clamped, so that `2 * lazy_max_pages` and the lazy counters
+/// never overflow.
+pub const MAX_LAZY_MAX_PAGES: usize = 1 << 40;
 
 /// Linux's `fls`: index (1-based) of the most significant set bit, 0 for 0.
 pub(crate) fn fls(x: usize) -> usize {
@@ -103,6 +120,7 @@ pub(crate) struct Resolved {
     pub purge_mode: PurgeMode,
     pub pcpu_cache: bool,
     pub purge_workers: usize,
+    pub nr_cpus: usize,
 }
 
 impl KvaConfig {
@@ -138,9 +156,20 @@ impl KvaConfig {
         {
             return Err(VmallocError::InvalidRange { start, end });
         }
+        let nr_cpus = match self.nr_cpus {
+            0 => cpu::nr_cpu_ids(),
+            n if n > MAX_NR_CPUS => {
+                return Err(VmallocError::InvalidConfig {
+                    what: "nr_cpus",
+                    value: n as u64,
+                    max: MAX_NR_CPUS as u64,
+                });
+            }
+            n => n,
+        };
         let pages = (end - start) / PAGE_SIZE;
         let want = if self.shards == 0 {
-            cpu::nr_cpu_ids()
+            nr_cpus
         } else {
             self.shards
         };
@@ -149,14 +178,16 @@ impl KvaConfig {
         // count shrinks if rounding left some shard empty.
         let shard_size = pages.div_ceil(shards as u64) * PAGE_SIZE;
         let shards = (end - start).div_ceil(shard_size) as usize;
+        // Bounded so that every derived quantity (`2 * lazy_max_pages`, the backlog sums)
+        // stays far from overflow; a threshold above the whole range never triggers anyway.
         let lazy_max_pages = self
             .lazy_max_pages
-            .unwrap_or_else(|| linux_lazy_max_pages(cpu::nr_cpu_ids()))
-            .max(1);
+            .unwrap_or_else(|| linux_lazy_max_pages(nr_cpus))
+            .clamp(1, MAX_LAZY_MAX_PAGES);
         let purge_workers = match self.purge_mode {
             PurgeMode::Synchronous => 0,
-            _ if self.purge_workers == 0 => cpu::nr_cpu_ids(),
-            _ => self.purge_workers,
+            _ if self.purge_workers == 0 => nr_cpus,
+            _ => self.purge_workers.min(nr_cpus),
         };
         Ok(Resolved {
             start,
@@ -167,6 +198,7 @@ impl KvaConfig {
             purge_mode: self.purge_mode,
             pcpu_cache: self.pcpu_cache,
             purge_workers,
+            nr_cpus,
         })
     }
 }

@@ -148,6 +148,23 @@ pub enum VmallocError {
         /// The count (rounded as allocated) of the mapping.
         expected: usize,
     },
+    /// A configuration value above what the allocator supports.
+    #[error("invalid configuration: {what} = {value} (at most {max})")]
+    InvalidConfig {
+        /// The field.
+        what: &'static str,
+        /// The value given.
+        value: u64,
+        /// The largest value accepted.
+        max: u64,
+    },
+    /// The host refused a resource the allocator needs at construction (a purge worker
+    /// thread could not be spawned).
+    #[error("could not start purge worker {index}: the host refused the thread")]
+    WorkerSpawn {
+        /// Index of the worker that could not be started.
+        index: usize,
+    },
 }
 
 #[cfg(test)]

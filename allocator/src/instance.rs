@@ -202,8 +202,16 @@ impl Vmalloc {
         let frames = SyncArc::new(FrameAllocator::with_config(arena, cfg.frames));
         let space = AddressSpace::new(SyncArc::clone(&frames))?;
         let (start, end) = (cfg.kva.start, cfg.kva.end);
+        // The CPU count the whole instance is built for (the TLB model's CPUs, the vmap-block
+        // queues and the KVA's slots agree): the configured one, or the machine's.
+        let nr_cpus = match cfg.kva.nr_cpus {
+            0 => cpu::nr_cpu_ids(),
+            n => n,
+        };
         let model = match cfg.tlb {
-            TlbChoice::Model => Some(StdArc::new(TlbModel::new(cpu::nr_cpu_ids()))),
+            TlbChoice::Model => Some(StdArc::new(TlbModel::new(
+                nr_cpus.min(crate::config::MAX_NR_CPUS),
+            ))),
             _ => None,
         };
         let tlb: StdArc<dyn TlbFlush> = match (&model, cfg.tlb) {
@@ -212,6 +220,7 @@ impl Vmalloc {
             (None, _) => StdArc::new(CountingFlush::new()),
         };
         let kva = Kva::new(cfg.kva, StdArc::clone(&tlb))?;
+        let blocks = VmapBlocks::new(kva.nr_cpus());
         // The range is valid now (the Kva checked it): both ends are canonical in one half.
         space.preallocate(VirtAddr::new_truncate(start), VirtAddr::new_truncate(end))?;
         let inner = StdArc::new(Inner {
@@ -220,7 +229,7 @@ impl Vmalloc {
             frames,
             tlb,
             model,
-            blocks: VmapBlocks::new(),
+            blocks,
             start,
             end,
             early: Vec::new(),

@@ -86,9 +86,23 @@ pub(crate) struct Inner {
     pub(crate) home: Box<[usize]>,
     /// Shard -> the CPU slots whose home it is.
     pub(crate) shard_cpus: Box<[Box<[usize]>]>,
-    /// A shard's lazy counter crossing a multiple of `1 << lazy_step_shift` pages (about a
-    /// quarter of the threshold divided among the shards) triggers a global backlog check.
+    /// CPU slots this instance is built for (`KvaConfig::nr_cpus`); a thread of CPU id `c`
+    /// uses slot `c % nr_cpus`.
+    pub(crate) nr_cpus: usize,
+    /// A lazy counter (a shard's list or a CPU slot's batch) crossing a multiple of
+    /// `1 << lazy_step_shift` pages triggers a global backlog check. The step is at most
+    /// `lazy_max_pages / (4 * counters)`, so the pages freed since the last check, summed
+    /// over every counter, stay below a quarter of the threshold (see `lazy_step_shift`).
     pub(crate) lazy_step_shift: u32,
+    /// Allocation-failure reclaims in progress (`Inner::reclaim_then`): while non-zero, a
+    /// per-CPU cache refill carves one chunk, not a batch, so that free space drained out of
+    /// the caches is not locked up in another CPU's cache before the failing allocation has
+    /// searched the trees again.
+    pub(crate) reclaiming: AtomicUsize,
+    /// Pages a purge has detached and not merged back yet (Linux counts them in
+    /// `vmap_lazy_nr` until each area is merged): the purge's `cond_resched_lock` rule looks
+    /// at these plus the waiting backlog, as the seed does.
+    pub(crate) merging: AtomicUsize,
     /// Serialises purgers (Linux's `vmap_purge_lock`).
     pub(crate) purge_lock: Mutex<()>,
     /// Kick-triggered purge state, `KICK_RUNNING | KICK_AGAIN` (see `Inner::try_purge`).
@@ -131,7 +145,7 @@ impl Kva {
     /// [`PurgeMode::Synchronous`].
     pub fn new(cfg: KvaConfig, flush: StdArc<dyn TlbFlush>) -> Result<Kva, VmallocError> {
         let cfg = cfg.resolve()?;
-        let nr_cpus = cpu::nr_cpu_ids().max(1);
+        let nr_cpus = cfg.nr_cpus.max(1);
         let shards = ShardSet::new(cfg.start, cfg.end, cfg.shards, cfg.shard_size);
         let nr = shards.len();
         let home: Box<[usize]> = (0..nr_cpus).map(|c| c * nr / nr_cpus).collect();
@@ -147,7 +161,13 @@ impl Kva {
         let sched = (cfg.purge_mode != PurgeMode::Synchronous).then(Sched::new);
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            lazy_step_shift: (cfg.lazy_max_pages / (4 * nr)).max(1).ilog2(),
+            nr_cpus,
+            lazy_step_shift: lazy_step_shift(
+                cfg.lazy_max_pages,
+                nr + if cfg.pcpu_cache { nr_cpus } else { 0 },
+            ),
+            reclaiming: AtomicUsize::new(0),
+            merging: AtomicUsize::new(0),
             shards,
             pcpu,
             pool: crate::area::DescPool::new(),
@@ -165,17 +185,20 @@ impl Kva {
             lazy_spares: Mutex::new(Vec::new()),
             cfg,
         });
-        let workers = if inner.sched.is_some() {
-            (0..inner.cfg.purge_workers)
-                .map(|i| {
-                    let inner = Arc::clone(&inner);
-                    thread::spawn(move || purge_worker::worker_main(&inner, i))
-                })
-                .collect()
-        } else {
-            Vec::new()
+        let mut kva = Kva {
+            inner,
+            workers: Vec::new(),
         };
-        Ok(Kva { inner, workers })
+        if kva.inner.sched.is_some() {
+            for i in 0..kva.inner.cfg.purge_workers {
+                match spawn_worker(&kva.inner, i) {
+                    Ok(h) => kva.workers.push(h),
+                    // Dropping `kva` stops and joins the workers started so far.
+                    Err(_) => return Err(VmallocError::WorkerSpawn { index: i }),
+                }
+            }
+        }
+        Ok(kva)
     }
 
     /// Allocate `size` bytes (whole pages, guard page included) aligned to `align` (a power
@@ -245,9 +268,18 @@ impl Kva {
         self.inner.free_lazy(area, unmapped_pages);
     }
 
-    /// Free a removed area that was never mapped (nothing to flush): straight back to the
-    /// free space. A token of another allocator is refused, as for [`Kva::free_lazy`].
-    pub fn free_unused(&self, area: RemovedArea) {
+    /// Free a removed area straight back to the free space, with no TLB flush (for an area
+    /// that was never mapped, e.g. an allocation whose mapping failed). A token of another
+    /// allocator is refused, as for [`Kva::free_lazy`].
+    ///
+    /// # Safety
+    ///
+    /// No CPU may hold a TLB entry for any page of the area: it was never mapped, or every
+    /// mapping of it has been flushed from every CPU since it was unmapped. The range may be
+    /// handed out again at once, so a stale translation would let its next owner's memory be
+    /// reached through the old one (a use after free in the kernel this allocator serves).
+    /// [`Kva::free_lazy`] is the safe way to free an area that was mapped.
+    pub unsafe fn free_unused(&self, area: RemovedArea) {
         self.inner.free_unused(area);
     }
 
@@ -259,7 +291,19 @@ impl Kva {
         // A worker may have taken the lists just before us: its frees must be done (and
         // their areas on the lazy lists) before this purge, or it would miss them.
         self.inner.wait_for_drains();
-        self.inner.purge_blocking(true)
+        self.inner.purge_blocking(true, None)
+    }
+
+    /// [`Kva::purge`] whose one TLB flush also covers `[start, end)` (Linux's
+    /// `__purge_vmap_area_lazy(start, end)`): the union of the lazy areas and that range is
+    /// flushed ONCE, and the range alone is flushed when nothing is lazy (an empty range
+    /// adds nothing). For a caller that unmapped pages outside any lazy area without
+    /// flushing (`vm_unmap_aliases`' dirty vmap-block ranges). The report's `flushed` is the
+    /// range flushed.
+    pub fn purge_range(&self, start: u64, end: u64) -> PurgeReport {
+        self.inner.drain_deferred();
+        self.inner.wait_for_drains();
+        self.inner.purge_blocking(true, Some((start, end)))
     }
 
     /// Defer `free(addr)` to a purge worker (`vfree_atomic`): pushes on the calling CPU's
@@ -319,6 +363,12 @@ impl Kva {
         self.inner.shards.len()
     }
 
+    /// Number of CPU slots the allocator was built for ([`KvaConfig::nr_cpus`] resolved): a
+    /// thread of CPU id `c` (`pagetable::cpu::this_cpu()`) uses slot `c % nr_cpus()`.
+    pub fn nr_cpus(&self) -> usize {
+        self.inner.nr_cpus
+    }
+
     /// The purge scheduling mode.
     pub fn purge_mode(&self) -> PurgeMode {
         self.inner.cfg.purge_mode
@@ -355,6 +405,34 @@ impl Drop for Kva {
 #[inline]
 fn align_up(x: u64, align: u64) -> Option<u64> {
     Some(x.checked_add(align - 1)? & !(align - 1))
+}
+
+/// The lazy trigger's step (log2) for `counters` lazy counters: the largest power of two
+/// `<= lazy_max_pages / (4 * counters)` (at least 1 page). A free checks the global backlog
+/// only when its counter crosses a multiple of the step, so between two checks the backlog
+/// grows by less than `counters * step <= lazy_max_pages / 4` pages that no check saw
+/// (plus the pages of the one free that crosses): the backlog never exceeds
+/// `lazy_max_pages * 5 / 4` plus one area unless a purge is already under way, whatever the
+/// CPU and shard counts (Linux checks every free, with one global counter; summing ours on
+/// every free would cost more than the free).
+pub(crate) fn lazy_step_shift(lazy_max_pages: usize, counters: usize) -> u32 {
+    (lazy_max_pages / (4 * counters.max(1))).max(1).ilog2()
+}
+
+/// Start purge worker `i` (a named std thread; a plain loom thread under loom).
+fn spawn_worker(inner: &Arc<Inner>, i: usize) -> Result<thread::JoinHandle<()>, ()> {
+    let inner = Arc::clone(inner);
+    #[cfg(not(feature = "loom"))]
+    {
+        thread::Builder::new()
+            .name(format!("vmalloc-purge/{i}"))
+            .spawn(move || purge_worker::worker_main(&inner, i))
+            .map_err(drop)
+    }
+    #[cfg(feature = "loom")]
+    {
+        Ok(thread::spawn(move || purge_worker::worker_main(&inner, i)))
+    }
 }
 
 impl Inner {
@@ -420,20 +498,22 @@ impl Inner {
             self.drain_deferred();
         }
         let cpu = cpu::this_cpu();
-        let mut purged = false;
+        if let Some((addr, desc)) = self.find_space(cpu, size, align, lo, hi, node) {
+            return self.publish(cpu, addr, size, desc, info);
+        }
+        // No space: everything deferred, lazy or cached goes back to the trees and the search
+        // is repeated, all under the purge lock (see `reclaim_then`); then the notifiers,
+        // retrying while they free something.
         let mut rounds = 0;
         loop {
-            if let Some((addr, desc)) = self.find_space(cpu, size, align, lo, hi, node) {
+            let cpu = cpu::this_cpu();
+            if let Some((addr, desc)) =
+                self.reclaim_then(|| self.find_space(cpu, size, align, lo, hi, node))
+            {
                 return self.publish(cpu, addr, size, desc, info);
-            }
-            if !purged {
-                purged = true;
-                self.reclaim();
-                continue;
             }
             if rounds < MAX_NOTIFIER_ROUNDS && self.notifiers.call(size) > 0 {
                 rounds += 1;
-                purged = false;
                 continue;
             }
             return Err(VmallocError::NoSpace {
@@ -480,7 +560,15 @@ impl Inner {
     /// returns one chunk for the caller.
     fn refill(&self, slot: &mut MutexGuard<'_, Slot>, shard: usize, class: usize) -> Option<u64> {
         let bytes = pcpu::class_bytes(class);
-        let batch = self.pcpu.batch(class).max(1);
+        // While an allocation-failure reclaim runs, carve only what this allocation takes
+        // (see `reclaim_then`). `Relaxed` suffices: the reclaimer raises the count before it
+        // locks each slot to drain it, so a refill that takes this slot's lock after that
+        // drain sees the count through the lock's hand-over.
+        let batch = if self.reclaiming.load(Ordering::Relaxed) != 0 {
+            1
+        } else {
+            self.pcpu.batch(class).max(1)
+        };
         let s = self.shards.get(shard);
         let mut tree = s.free.lock();
         if batch > 1 {
@@ -572,10 +660,44 @@ impl Inner {
         }
     }
 
-    /// Give everything cached back to the trees and purge synchronously (allocation failure).
-    pub(crate) fn reclaim(&self) {
+    /// The allocation-failure path (Linux's `reclaim_and_purge_vmap_areas`, then the retry):
+    /// make every free byte visible to a tree search, then run `search` before anything can
+    /// hide it again. In order:
+    ///
+    /// 1. announce the reclaim (`reclaiming`): from the moment each CPU slot is drained
+    ///    below, its refills carve single chunks, not batches;
+    /// 2. run the deferred frees queued so far and wait for drains in flight (a worker may
+    ///    have just taken some), as [`Kva::purge`] does, so that `vfree_atomic`s made before
+    ///    the failure are lazy areas by now;
+    /// 3. take the purge lock (waiting for a purge in progress: its areas are merged when it
+    ///    returns), purge everything lazy into the TREES (no per-CPU cache refill), then
+    ///    drain every CPU's cache into the trees, still under the purge lock, so that no
+    ///    purge can push areas into some other CPU's cache between the drain and the search
+    ///    (Linux 6.9 drains its node pools inside `__purge_vmap_area_lazy`, under
+    ///    `vmap_purge_lock`, for the same reason);
+    /// 4. run `search` under the purge lock (lock order purge -> slot -> shard free).
+    ///
+    /// So an allocation fails only if, at that point, no free space that fits exists in any
+    /// tree, any CPU's cache or any lazy list or batch: space taken by concurrent
+    /// allocations (single chunks while the reclaim runs) and areas freed after the purge
+    /// are the only ones it cannot see.
+    pub(crate) fn reclaim_then<R>(&self, search: impl FnOnce() -> Option<R>) -> Option<R> {
+        struct Reclaiming<'a>(&'a AtomicUsize);
+        impl Drop for Reclaiming<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.reclaiming.fetch_add(1, Ordering::Relaxed);
+        let _announced = Reclaiming(&self.reclaiming);
+        self.drain_deferred();
+        self.wait_for_drains();
+        let guard = self.purge_lock.lock();
+        self.purge_locked(&guard, false, None);
         self.drain_caches();
-        self.purge_blocking(false);
+        let found = search();
+        drop(guard);
+        found
     }
 
     /// Move every per-CPU cached chunk back into the trees.
@@ -606,8 +728,10 @@ impl Inner {
             return Err(bad);
         }
         if !self.shards.alloc_exact(start, end) {
-            self.reclaim();
-            if !self.shards.alloc_exact(start, end) {
+            if !self
+                .reclaim_then(|| self.shards.alloc_exact(start, end).then_some(()))
+                .is_some()
+            {
                 return Err(VmallocError::NoSpace {
                     size: end - start,
                     align: PAGE_SIZE,

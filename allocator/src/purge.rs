@@ -24,11 +24,14 @@
 //!    under its lock. With workers, `helpers = clamp(backlog / lazy_max_pages, 1, shards with
 //!    work) - 1` of them are woken to take items while the purger takes its share and then
 //!    waits for the rest (`purge_worker` module).
-//! 5. Adjacent areas are coalesced into runs before the shard's free-tree lock is taken;
-//!    while merging, every [`RESCHED_EVERY`] runs the purger raises the shard's `returned`
-//!    bytes by what it merged and, if the global backlog is below `resched_threshold =
-//!    lazy_max_pages << 1`, yields the free-tree lock to waiting allocators (`cond_resched_lock`);
-//!    above it, it keeps the lock and finishes first. The push into a per-CPU cache holds the
+//! 5. Adjacent areas are coalesced into runs before the shard's free-tree lock is taken.
+//!    Detached pages stay counted in `merging` until their run is merged (the seed lowers
+//!    `vmap_lazy_nr` per merged area, not at `llist_del_all`); after each run, while the
+//!    waiting backlog plus what is still being merged is below `resched_threshold =
+//!    2 * lazy_max_pages`, the purger yields the free-tree lock to waiting allocators
+//!    (`cond_resched_lock`); above it, it keeps the lock and finishes first. Every
+//!    [`RESCHED_EVERY`] runs it raises the shard's `returned` bytes and re-reads the backlog
+//!    (a sum over every lazy counter). The push into a per-CPU cache holds the
 //!    slot lock only until every class it met is full.
 //!
 //! # Locking and ordering
@@ -153,7 +156,7 @@ impl Inner {
         }
         let mut total = PurgeReport::default();
         loop {
-            let r = self.purge_locked(self.purge_lock.lock(), true);
+            let r = self.purge_locked(&self.purge_lock.lock(), true, None);
             total = PurgeReport {
                 areas: total.areas + r.areas,
                 pages: total.pages + r.pages,
@@ -187,13 +190,26 @@ impl Inner {
     }
 
     /// Purge, waiting for a purge in progress first (so that everything freed before the call
-    /// is flushed and reusable when it returns).
-    pub(crate) fn purge_blocking(&self, to_caches: bool) -> PurgeReport {
-        self.purge_locked(self.purge_lock.lock(), to_caches)
+    /// is flushed and reusable when it returns). With `extra`, the one flush also covers that
+    /// range, and it is flushed even when nothing is lazy (Linux's
+    /// `__purge_vmap_area_lazy(start, end)` as `_vm_unmap_aliases` uses it: one flush for
+    /// the lazy areas and the caller's dirty range together).
+    pub(crate) fn purge_blocking(&self, to_caches: bool, extra: Option<(u64, u64)>) -> PurgeReport {
+        self.purge_locked(&self.purge_lock.lock(), to_caches, extra)
     }
 
-    fn purge_locked(&self, _guard: MutexGuard<'_, ()>, to_caches: bool) -> PurgeReport {
-        let (mut lo, mut hi) = (u64::MAX, 0u64);
+    /// The purge proper; `_guard` proves the purge lock is held (the caller may keep holding
+    /// it afterwards, as the allocation-failure path does).
+    pub(crate) fn purge_locked(
+        &self,
+        _guard: &MutexGuard<'_, ()>,
+        to_caches: bool,
+        extra: Option<(u64, u64)>,
+    ) -> PurgeReport {
+        let (mut lo, mut hi) = match extra {
+            Some((s, e)) if s < e => (s, e),
+            _ => (u64::MAX, 0u64),
+        };
         let (mut areas, mut pages, mut unmapped) = (0usize, 0usize, 0u64);
         // The CPU slots' lazy batches first: each is swapped for an empty spare array under
         // its slot's lock (O(1): the freeing CPU waits for nothing; its page counter is
@@ -289,8 +305,24 @@ impl Inner {
             });
         }
         if work.is_empty() {
-            return PurgeReport::default();
+            if lo >= hi {
+                return PurgeReport::default();
+            }
+            // Nothing lazy, but the caller's range must be flushed: that is the one flush.
+            self.flush
+                .flush_range(VirtAddr::new_truncate(lo), VirtAddr::new_truncate(hi));
+            self.pstats.flushes.fetch_add(1, Ordering::Relaxed);
+            self.pstats
+                .pages_flushed
+                .fetch_add((hi - lo) / PAGE_SIZE, Ordering::Relaxed);
+            return PurgeReport {
+                flushed: Some((lo, hi)),
+                ..PurgeReport::default()
+            };
         }
+        // Counted as being merged until each run is back (the seed lowers `vmap_lazy_nr`
+        // per merged area; see `merge`).
+        self.merging.fetch_add(pages, Ordering::Relaxed);
         // The one shootdown. Ranges are canonical (checked at construction), so truncation
         // is exact; the lower half's end 1 << 47 reads as its exclusive end.
         self.flush
@@ -389,6 +421,8 @@ impl Inner {
         }
         if cached > 0 {
             lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
+            self.merging
+                .fetch_sub((done_bytes / PAGE_SIZE) as usize, Ordering::Relaxed);
             done_bytes = 0;
         }
 
@@ -415,19 +449,33 @@ impl Inner {
             w += 1;
         }
         ranges.truncate(w);
-        let resched_threshold = self.cfg.lazy_max_pages << 1;
+        // The seed's rule: after each merged area, `vmap_lazy_nr` (what waits plus what is
+        // still being merged) is lowered by its pages, and while it is below
+        // `resched_threshold` the free lock is offered to waiters (`cond_resched_lock`);
+        // above it the purge keeps the lock and finishes first. Here per run (adjacent areas
+        // coalesced above): `merging` is lowered per run, the waiting backlog (a sum over
+        // every lazy counter) is re-read every `RESCHED_EVERY` runs, and `bump` costs nothing
+        // when nobody waits.
+        let resched_threshold = self.cfg.lazy_max_pages.saturating_mul(2);
+        let mut waiting = self.lazy_backlog();
         let mut spill = Vec::new();
         {
             let mut tree = shard.free.lock();
             for (k, &(s, e)) in ranges.iter().enumerate() {
                 self.merge_run(&mut tree, shard.end, s, e, &mut spill);
                 done_bytes += e - s;
+                let run_pages = ((e - s) / PAGE_SIZE) as usize;
+                let merging = self
+                    .merging
+                    .fetch_sub(run_pages, Ordering::Relaxed)
+                    .saturating_sub(run_pages);
                 if k % RESCHED_EVERY == RESCHED_EVERY - 1 {
                     lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
                     done_bytes = 0;
-                    if self.lazy_backlog() < resched_threshold {
-                        MutexGuard::bump(&mut tree);
-                    }
+                    waiting = self.lazy_backlog();
+                }
+                if waiting.saturating_add(merging) < resched_threshold {
+                    MutexGuard::bump(&mut tree);
                 }
             }
         }
@@ -514,6 +562,7 @@ mod tests {
                 purge_mode: mode,
                 pcpu_cache: true,
                 purge_workers: 3,
+                nr_cpus: 0,
             };
             let k = Kva::new(cfg, StdArc::new(CountingFlush::new())).unwrap();
             let inner = k.inner_for_tests();
@@ -530,7 +579,7 @@ mod tests {
             for a in areas {
                 push_lazy(inner, k.remove(a).unwrap());
             }
-            let rep = inner.purge_blocking(true);
+            let rep = inner.purge_blocking(true, None);
             assert_eq!((rep.areas, rep.pages), (160, 640), "{mode:?}");
             assert_eq!(rep.helpers, 3, "{mode:?}");
             assert_eq!(rep.flushed, Some((s, s + (768 + 160) * P)));
@@ -554,6 +603,7 @@ mod tests {
             purge_mode: PurgeMode::Synchronous,
             pcpu_cache: true,
             purge_workers: 0,
+            nr_cpus: 0,
         };
         let k = Kva::new(cfg, StdArc::new(CountingFlush::new())).unwrap();
         let (s, e) = k.range();

@@ -45,6 +45,12 @@ const RESERVED_KINDS: VmFlags = VmFlags::ALLOC
 /// The alignment of an `IOREMAP` area of `size` bytes: `size` rounded up to a power of two,
 /// clamped to `[PAGE_SIZE, 1 << IOREMAP_MAX_ORDER]`.
 pub fn ioremap_align(size: u64) -> u64 {
+    // Above the clamp the rounding does not matter (and `next_power_of_two` would overflow
+    // past 2^63): the largest alignment it is.
+    let max = 1u64 << IOREMAP_MAX_ORDER;
+    if size >= max {
+        return max;
+    }
     let order = size.max(1).next_power_of_two().trailing_zeros();
     1u64 << order.clamp(PAGE_SHIFT, IOREMAP_MAX_ORDER)
 }
@@ -209,7 +215,10 @@ impl Inner {
     /// Give back an area we just reserved and never mapped anything in.
     pub(crate) fn drop_unused(&self, start: u64) {
         match self.kva.remove(start) {
-            Ok(r) => self.kva.free_unused(r),
+            // SAFETY: nothing was ever mapped in the area, or the failed map rolled back every
+            // entry it wrote before returning; the address was never handed to anyone, so no
+            // CPU accessed the range and none can hold a translation of it.
+            Ok(r) => unsafe { self.kva.free_unused(r) },
             Err(_) => debug_assert!(false, "our fresh area at {start:#x} vanished"),
         }
     }
@@ -227,5 +236,9 @@ mod tests {
         assert_eq!(ioremap_align(5 * PAGE_SIZE), 8 * PAGE_SIZE);
         assert_eq!(ioremap_align(128 * PAGE_SIZE), 128 * PAGE_SIZE);
         assert_eq!(ioremap_align(1 << 30), 128 * PAGE_SIZE);
+        // No overflow at the top of the u64 range.
+        assert_eq!(ioremap_align((1 << 63) + 1), 128 * PAGE_SIZE);
+        assert_eq!(ioremap_align(u64::MAX), 128 * PAGE_SIZE);
+        assert_eq!(ioremap_align(0), PAGE_SIZE);
     }
 }

@@ -207,8 +207,9 @@ pub(crate) struct VmapBlocks {
 }
 
 impl VmapBlocks {
-    pub(crate) fn new() -> Self {
-        let n = cpu::nr_cpu_ids().max(1);
+    /// Queues for `nr_cpus` CPU slots (a thread of CPU id `c` uses queue `c % nr_cpus`).
+    pub(crate) fn new(nr_cpus: usize) -> Self {
+        let n = nr_cpus.max(1);
         Self {
             queues: (0..n)
                 .map(|_| CachePadded::new(Mutex::new(Vec::new())))
@@ -553,14 +554,10 @@ impl Inner {
                 }
             }
         }
-        // The lazy purge flushes the union of the lazy areas once; the dirty union needs its
-        // own flush only where that one did not cover it.
-        let report = self.kva.purge();
-        let covered = report.flushed.is_some_and(|(s, e)| s <= lo && hi <= e);
-        if lo < hi && !covered {
-            self.tlb
-                .flush_range(VirtAddr::new_truncate(lo), VirtAddr::new_truncate(hi));
-        }
+        // ONE flush for the lazy areas and the dirty union together (the seed's
+        // `__purge_vmap_area_lazy(start, end)`; with nothing lazy it flushes the dirty
+        // union alone, with nothing dirty either it flushes nothing).
+        let _ = self.kva.purge_range(lo, hi);
     }
 }
 

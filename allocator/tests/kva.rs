@@ -77,6 +77,7 @@ fn cfg(pages: u64, shards: usize, mode: PurgeMode, lazy: usize) -> KvaConfig {
         purge_mode: mode,
         pcpu_cache: true,
         purge_workers: 2,
+        nr_cpus: 0,
     }
 }
 
@@ -130,7 +131,8 @@ fn alloc_find_remove_round_trip() {
     assert_eq!((r.start(), r.end(), r.size()), (a, a + 3 * P, 3 * P));
     assert_eq!(r.info().nr_pages, 2);
     assert!(k.find(a).is_none());
-    k.free_unused(r);
+    // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
+    unsafe { k.free_unused(r) };
     k.check_invariants().unwrap();
     let s = k.stats();
     assert_eq!((s.used, s.pending, s.free), (0, 0, s.total));
@@ -215,7 +217,8 @@ fn spanning_allocations_cross_shard_boundaries() {
     let b = alloc(&k, 64 * P).unwrap();
     assert_eq!(b, BASE);
     let r = k.remove(b).unwrap();
-    k.free_unused(r);
+    // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
+    unsafe { k.free_unused(r) };
     k.check_invariants().unwrap();
     assert_eq!(k.stats().free, 64 * P);
 }
@@ -342,33 +345,35 @@ fn every_error_variant() {
 
 #[test]
 fn lazy_purge_flushes_once_per_purge() {
-    // One shard, no caches: 64 lazy pages trigger a purge.
+    // One shard, no caches, threshold 64: one lazy counter, checked each time it crosses a
+    // multiple of 64 / 4 = 16 pages; a purge runs at the first check that finds more than 64
+    // pages waiting (Linux's `nr_lazy > lazy_max_pages()`), here at 80.
     let mut c = cfg(4096, 1, PurgeMode::Synchronous, 64);
     c.pcpu_cache = false;
     let (k, rec) = kva(c);
-    let addrs: Vec<u64> = (0..40).map(|_| alloc(&k, 2 * P).unwrap()).collect();
-    for &a in &addrs[..31] {
+    let addrs: Vec<u64> = (0..48).map(|_| alloc(&k, 2 * P).unwrap()).collect();
+    for &a in &addrs[..39] {
         vfree(&k, &rec, a);
     }
-    // 62 pages: below the threshold, nothing flushed, all pending.
+    // 78 pages: the check at 64 found 64 (not above), none since; nothing flushed.
     assert_eq!(rec.nr_flushes(), 0);
     let s = k.stats();
-    assert_eq!((s.lazy_pages, s.pending), (62, 62 * P));
-    vfree(&k, &rec, addrs[31]);
-    // 64 pages: one purge, one flush over the union range.
+    assert_eq!((s.lazy_pages, s.pending), (78, 78 * P));
+    vfree(&k, &rec, addrs[39]);
+    // 80 pages: one purge, one flush over the union range.
     assert_eq!(rec.nr_flushes(), 1);
     let s = k.stats();
     assert_eq!(
         (s.purges, s.purged_areas, s.purged_pages, s.flushes),
-        (1, 32, 64, 1)
+        (1, 40, 80, 1)
     );
     assert_eq!(s.lazy_pages, 0);
     assert_eq!(
         rec.flushes.lock().unwrap()[0],
-        (addrs[0], addrs[31] + 2 * P)
+        (addrs[0], addrs[39] + 2 * P)
     );
-    assert_eq!(s.pages_flushed, (addrs[31] + 2 * P - addrs[0]) / P);
-    for &a in &addrs[32..] {
+    assert_eq!(s.pages_flushed, (addrs[39] + 2 * P - addrs[0]) / P);
+    for &a in &addrs[40..] {
         vfree(&k, &rec, a);
     }
     // An explicit purge: one more flush; an empty purge flushes nothing.
@@ -458,7 +463,8 @@ fn notifiers_free_space_and_allocation_retries() {
         match k.remove(hog) {
             Ok(r) => {
                 let pages = (r.size() / P) as usize;
-                k.free_unused(r);
+                // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
+                unsafe { k.free_unused(r) };
                 pages
             }
             Err(_) => 0,
@@ -482,7 +488,8 @@ fn synchronous_and_inline_modes_purge_on_the_freeing_thread() {
     for mode in [PurgeMode::Synchronous, PurgeMode::Inline] {
         let (k, rec) = kva(cfg(1024, 2, mode, 16));
         assert_eq!(k.purge_mode(), mode);
-        let addrs: Vec<u64> = (0..8).map(|_| alloc(&k, 2 * P).unwrap()).collect();
+        // 9 areas of 2 pages: 18 lazy pages, above the threshold of 16.
+        let addrs: Vec<u64> = (0..9).map(|_| alloc(&k, 2 * P).unwrap()).collect();
         for a in addrs {
             vfree(&k, &rec, a);
         }
@@ -495,7 +502,7 @@ fn synchronous_and_inline_modes_purge_on_the_freeing_thread() {
 #[test]
 fn background_mode_purges_on_a_worker() {
     let (k, rec) = kva(cfg(1024, 2, PurgeMode::Background, 16));
-    let addrs: Vec<u64> = (0..8).map(|_| alloc(&k, 2 * P).unwrap()).collect();
+    let addrs: Vec<u64> = (0..9).map(|_| alloc(&k, 2 * P).unwrap()).collect();
     for a in addrs {
         vfree(&k, &rec, a);
     }

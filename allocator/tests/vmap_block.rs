@@ -203,6 +203,9 @@ fn a_fully_dirty_block_goes_to_the_lazy_list() {
 
 #[test]
 fn vm_unmap_aliases_leaves_no_stale_alias_with_one_flush() {
+    // The main thread acts as CPU 0 whatever id the harness drew for it: its `keep` piece
+    // then lives in CPU 0's block, on any CPU count.
+    cpu::set_this_cpu(0);
     let vm = vm();
     let tlb = model(&vm);
     let f = frames(&vm, 8);
@@ -353,5 +356,55 @@ fn blocks_are_recycled_when_kva_runs_out() {
     vm.vm_unmap_ram(a, VMAP_MAX_ALLOC).unwrap();
     vm.vm_unmap_aliases();
     assert_eq!(vm.stats().kva.used, 0);
+    vm.frames().free_bulk(&f).unwrap();
+}
+
+/// Seed 000: `_vm_unmap_aliases` hands its dirty range to `__purge_vmap_area_lazy(start,
+/// end)`, which flushes the union of that range and every lazy area ONCE. With both a lazily
+/// freed area and a dirty vmap-block range, `vm_unmap_aliases` issues exactly one flush
+/// covering both (before, the purge flushed the lazy union and then the dirty range was
+/// flushed again: 2 flushes), and leaves no stale translation of either.
+#[test]
+fn vm_unmap_aliases_flushes_lazy_areas_and_dirty_ranges_together_once() {
+    cpu::set_this_cpu(0);
+    let vm = vm();
+    let tlb = model(&vm);
+    let f = frames(&vm, 4);
+    // A block with a live piece (so it is not retired) and a dirty one.
+    let live = vm.vm_map_ram(&f[..1], None, PAGE_KERNEL).unwrap();
+    let dirty = vm.vm_map_ram(&f[..2], None, PAGE_KERNEL).unwrap();
+    touch(&vm, 0, dirty, 2);
+    vm.vm_unmap_ram(dirty, 2).unwrap();
+    // A vmalloc area freed lazily (far from the block).
+    let lazy = vm.vmalloc(3 * P).unwrap();
+    touch(&vm, 0, lazy, 3);
+    vm.vfree(lazy).unwrap();
+    assert!(tlb.holds_any(dirty, dirty + 2 * P) && tlb.holds_any(lazy, lazy + 3 * P));
+    assert!(vm.stats().lazy_pages > 0);
+    let before = vm.tlb().stats().flushes;
+    vm.vm_unmap_aliases();
+    assert_eq!(
+        vm.tlb().stats().flushes,
+        before + 1,
+        "ONE flush for the lazy areas and the dirty range together"
+    );
+    assert!(!tlb.holds_any(dirty, dirty + 2 * P), "stale alias left");
+    assert!(
+        !tlb.holds_any(lazy, lazy + 3 * P),
+        "stale lazy translation left"
+    );
+    assert_eq!(vm.stats().lazy_pages, 0);
+    // Only a dirty range, nothing lazy: still exactly one flush.
+    let d2 = vm.vm_map_ram(&f[..1], None, PAGE_KERNEL).unwrap();
+    touch(&vm, 0, d2, 1);
+    vm.vm_unmap_ram(d2, 1).unwrap();
+    let before = vm.tlb().stats().flushes;
+    vm.vm_unmap_aliases();
+    assert_eq!(vm.tlb().stats().flushes, before + 1);
+    assert!(!tlb.holds_any(d2, d2 + P));
+    // Nothing dirty, nothing lazy: no flush at all.
+    vm.vm_unmap_aliases();
+    assert_eq!(vm.tlb().stats().flushes, before + 1);
+    vm.vm_unmap_ram(live, 1).unwrap();
     vm.frames().free_bulk(&f).unwrap();
 }

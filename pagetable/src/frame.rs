@@ -279,10 +279,11 @@ impl FrameAllocator {
 
     #[inline]
     fn pcp(&self) -> &Mutex<Pcp> {
-        // `this_cpu() < nr_cpu_ids() == pcps.len()`; the fallback avoids a division on the
-        // fast path while staying correct should that ever not hold.
+        // A drawn CPU id is below `nr_cpu_ids() == pcps.len()`; a pinned one may not be
+        // (`cpu::set_this_cpu` takes any id): it folds onto slot `id % len`, off the fast path.
         let pcps = &self.pcps;
-        pcps.get(cpu::this_cpu()).unwrap_or(&pcps[0])
+        let c = cpu::this_cpu();
+        pcps.get(c).unwrap_or_else(|| &pcps[c % pcps.len()])
     }
 
     /// Consume `k` allocations from the fault-injection state; true if one of them fails.

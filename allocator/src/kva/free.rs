@@ -132,6 +132,9 @@ impl Inner {
             return;
         };
         let pages = ShardSet::pages(area.area.start, area.area.end);
+        // A caller cannot have unmapped more pages than the area has (a larger count is a
+        // caller bug; clamped, so the statistics cannot overflow).
+        let unmapped_pages = unmapped_pages.min(pages);
         if self.pcpu.enabled() {
             // Fast path: the calling CPU's lazy batch. The range waits there (pending, not
             // free) for a purge, which takes it under this same lock; the descriptor goes
@@ -165,12 +168,16 @@ impl Inner {
     }
 
     /// `pages` were added to a lazy counter that held `old`: when that crosses a
-    /// power-of-two step (`lazy_step_shift`), look at the whole backlog and kick a purge past
-    /// `lazy_max_pages` (summing every counter on each free would cost more than the free).
+    /// power-of-two step (`lazy_step_shift`), look at the whole backlog and kick a purge once
+    /// it is above `lazy_max_pages` (Linux: `nr_lazy > lazy_max_pages()`). Summing every
+    /// counter on each free would cost more than the free; the step is small enough that the
+    /// pages no check has seen stay below a quarter of the threshold (see
+    /// `kva::lazy_step_shift`).
     #[inline]
     fn lazy_added(&self, old: usize, pages: usize) {
         let shift = self.lazy_step_shift;
-        if old >> shift != (old + pages) >> shift && self.lazy_backlog() >= self.cfg.lazy_max_pages
+        if old >> shift != old.saturating_add(pages) >> shift
+            && self.lazy_backlog() > self.cfg.lazy_max_pages
         {
             self.kick_purge();
         }
@@ -205,8 +212,7 @@ impl Inner {
             .all()
             .iter()
             .map(|s| s.lazy_pages())
-            .sum::<usize>()
-            + self.pcpu.lazy_pages()
+            .fold(self.pcpu.lazy_pages(), usize::saturating_add)
     }
 
     /// Past the threshold: hand the purge to a worker (Background) or run it here unless

@@ -21,6 +21,7 @@ fn sync_cfg(pages: u64, shards: usize, lazy: usize) -> KvaConfig {
         purge_mode: PurgeMode::Synchronous,
         pcpu_cache: true,
         purge_workers: 0,
+        nr_cpus: 0,
     }
 }
 
@@ -49,11 +50,24 @@ fn homes_cover_every_cpu_and_shard_lists_agree() {
 
 #[test]
 fn lazy_step_is_a_power_of_two_fraction_of_the_threshold() {
-    let k = new(sync_cfg(1024, 2, 1000));
-    // 1000 / (4 * 2) = 125 -> 64.
+    let k = new(KvaConfig {
+        nr_cpus: 2,
+        ..sync_cfg(1024, 2, 1000)
+    });
+    // Counters: 2 shards' lists + 2 CPU slots' batches; 1000 / (4 * 4) = 62 -> 32.
+    assert_eq!(k.inner.lazy_step_shift, 5);
+    let k = new(KvaConfig {
+        nr_cpus: 2,
+        pcpu_cache: false,
+        ..sync_cfg(1024, 2, 1000)
+    });
+    // No batches: 1000 / (4 * 2) = 125 -> 64.
     assert_eq!(k.inner.lazy_step_shift, 6);
     let k = new(sync_cfg(1024, 4, 1));
     assert_eq!(k.inner.lazy_step_shift, 0);
+    // 64 CPUs on one shard: the step shrinks with the slot count.
+    assert_eq!(lazy_step_shift(57_344, 1 + 64), 7);
+    assert_eq!(lazy_step_shift(1, 1000), 0);
 }
 
 #[test]
@@ -109,7 +123,8 @@ fn foreign_tokens_are_refused() {
     k2.check_invariants().unwrap();
     let b = k1.alloc(P, P, s, e, None, info()).unwrap();
     let r = k1.remove(b).unwrap();
-    k2.free_unused(r);
+    // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
+    unsafe { k2.free_unused(r) };
     assert_eq!(k2.stats().foreign_tokens, 2);
     assert_eq!(k2.stats().free, 64 * P);
 }
@@ -269,7 +284,8 @@ fn lazy_frees_wait_in_the_cpu_batch_and_recycle_the_descriptor_at_once() {
     // The descriptor went straight back to this CPU: the next allocation reused it.
     let rb = k.remove(b).unwrap();
     assert_eq!(rb.desc, desc);
-    k.free_unused(rb);
+    // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
+    unsafe { k.free_unused(rb) };
     let rep = k.purge();
     assert_eq!((rep.areas, rep.pages), (1, 2));
     assert_eq!(rep.flushed, Some((a, a + 2 * P)));

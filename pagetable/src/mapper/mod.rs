@@ -303,8 +303,12 @@ impl AddressSpace {
     /// The calling CPU's rss counter.
     #[inline]
     fn rss_slot(&self) -> &AtomicUsize {
-        // `this_cpu() < nr_cpu_ids() == rss.len()`; the fallback only avoids a panic path.
-        self.rss.get(cpu::this_cpu()).unwrap_or(&self.rss[0])
+        // A drawn CPU id is below `nr_cpu_ids() == rss.len()`; a pinned one may not be: it
+        // folds onto slot `id % len`, off the fast path.
+        let c = cpu::this_cpu();
+        self.rss
+            .get(c)
+            .unwrap_or_else(|| &self.rss[c % self.rss.len()])
     }
 
     /// Whether this space was made by [`AddressSpace::new_sharing_kernel`] (or is the owner)
