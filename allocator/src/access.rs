@@ -85,12 +85,10 @@ impl Inner {
                 return len as usize;
             }
         }
-        let mut areas = Vec::new();
-        self.kva.for_each_busy(|ar| {
-            if ar.start < end && a < usable_end(ar) {
-                areas.push(*ar);
-            }
-        });
+        // Only the areas that overlap the range (the busy trees' overlapping iterators):
+        // the cost follows the range, not the number of live areas.
+        let mut areas = self.kva.busy_overlapping(a, end);
+        areas.retain(|ar| a < usable_end(ar));
         if areas.is_empty() {
             return 0;
         }

@@ -15,9 +15,9 @@
 //!
 //! # Locking and ordering
 //!
-//! Pushing takes no lock (llist `Release` push; `del_all` `Acquire`). The `pending` hint is a
-//! `Relaxed` flag (set after a push, cleared before a drain, so a push after the clear sets it
-//! again).
+//! Pushing takes no lock (llist `Release` push; `del_all` `Acquire`). The `pending` hint is
+//! set by an `AcqRel` swap after each push and cleared by one before a drain takes the lists,
+//! so a push is either taken by that drain or leaves the flag set (argued at `take_all`).
 //!
 //! A drain takes the lists under the `drains` mutex and counts itself in flight there; it
 //! runs its handlers unlocked and uncounts itself (notifying `drained`) when they are done.
@@ -97,10 +97,11 @@ impl Deferred {
         }
     }
 
-    /// Whether deferred frees may be waiting (a hint).
+    /// Whether deferred frees may be waiting (a hint: drains that must not miss anything,
+    /// `Kva::purge` and the allocation-failure path, do not consult it).
     #[inline]
     pub(crate) fn pending(&self) -> bool {
-        self.pending.load(Ordering::Relaxed)
+        self.pending.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_handler(&self, h: Box<dyn Fn(u64) + Send + Sync>) {
@@ -117,13 +118,21 @@ impl Deferred {
         // it off and frees it with `Box::from_raw`.
         let was_empty =
             unsafe { self.lists[cpu % self.lists.len()].add(DeferredNode::to_node(node)) };
-        self.pending.store(true, Ordering::Relaxed);
+        // An RMW (not a plain store) so that every push's `Release` stays in the release
+        // sequence a later `take_all` swap reads from (see `take_all`).
+        self.pending.swap(true, Ordering::AcqRel);
         was_empty
     }
 
     /// Take every queued address, oldest first per CPU.
+    ///
+    /// The flag is reset with an `AcqRel` swap before the lists are taken. A push whose flag
+    /// RMW precedes that swap in the flag's modification order is in the release sequence the
+    /// swap reads from, so the push happens before our `del_all`s and is taken here; a push
+    /// whose RMW follows it leaves the flag set. Either way no deferred free is left behind
+    /// with the flag clear.
     fn take_all(&self) -> Vec<u64> {
-        self.pending.store(false, Ordering::Relaxed);
+        self.pending.swap(false, Ordering::AcqRel);
         let mut out = Vec::new();
         for list in self.lists.iter() {
             for node in list.del_all().reverse_order() {

@@ -112,8 +112,6 @@ pub(crate) struct Inner {
     pub(crate) sched: Option<Sched>,
     pub(crate) deferred: Deferred,
     pub(crate) notifiers: Notifiers,
-    /// Live areas crossing a shard boundary (lookups of lower shards are needed only then).
-    pub(crate) nr_spanning: AtomicUsize,
     /// Capacity of a CPU slot's lazy batch (areas).
     pub(crate) lazy_cap: usize,
     /// Empty arrays the purger swaps for the slots' lazy batches (used only under
@@ -180,7 +178,6 @@ impl Kva {
             sched,
             deferred: Deferred::new(nr_cpus),
             notifiers: Notifiers::default(),
-            nr_spanning: AtomicUsize::new(0),
             lazy_cap,
             lazy_spares: Mutex::new(Vec::new()),
             cfg,
@@ -307,7 +304,9 @@ impl Kva {
     }
 
     /// Defer `free(addr)` to a purge worker (`vfree_atomic`): pushes on the calling CPU's
-    /// deferred list (allocates one small node); never takes an allocator lock, never purges.
+    /// deferred list (allocates one 16-byte node from the host heap); never takes an
+    /// allocator lock, never purges, never flushes. When the CPU's list was empty it posts a
+    /// wake-up to the workers (a few instructions under their scheduler mutex).
     /// In [`PurgeMode::Synchronous`] the list is drained by [`Kva::purge`],
     /// [`Kva::drain_deferred`] and the next allocation.
     pub fn defer(&self, addr: u64) {
@@ -335,6 +334,12 @@ impl Kva {
     /// Remove a notifier; `false` if it was not registered.
     pub fn unregister_notifier(&self, id: NotifierId) -> bool {
         self.inner.notifiers.unregister(id)
+    }
+
+    /// Every live area overlapping `[start, end)`, ascending (what `vread`/`vwrite` walk).
+    /// Costs O(shards in the window + k log n) for k areas found.
+    pub fn busy_overlapping(&self, start: u64, end: u64) -> Vec<VmArea> {
+        self.inner.busy_overlapping(start, end)
     }
 
     /// Call `f` with a snapshot of every live area, ascending by address. `f` runs with no
@@ -641,7 +646,7 @@ impl Inner {
         match inserted {
             Ok(()) => {
                 if end > shard.end {
-                    self.nr_spanning.fetch_add(1, Ordering::Relaxed);
+                    self.shards.account_crossing(addr, end, true);
                 }
                 Ok(addr)
             }
@@ -759,13 +764,44 @@ impl Inner {
         Some(unsafe { d.read() })
     }
 
-    /// The area containing `addr` that starts in a shard below `i` (only boundary-crossing
-    /// areas can; skipped while there is none).
+    /// The area containing `addr` that starts in a shard below `i`: only an area crossing
+    /// into shard `i` can, and it crosses into every shard between its own and `i`, so the
+    /// walk down stops at the first shard nothing crosses into (`Shard::crossed_in`). The
+    /// cost is bounded by the span of the crossing areas, not by the shard count.
     fn find_spanning(&self, i: usize, addr: u64) -> Option<VmArea> {
-        if self.nr_spanning.load(Ordering::Relaxed) == 0 {
-            return None;
+        let mut k = i;
+        while k > 0 && self.shards.get(k).crossed_in.load(Ordering::Relaxed) != 0 {
+            k -= 1;
+            if let Some(a) = self.find_in(k, addr) {
+                return Some(a);
+            }
         }
-        (0..i).rev().find_map(|k| self.find_in(k, addr))
+        None
+    }
+
+    /// Every live area overlapping `[start, end)`, ascending: the one containing `start` if
+    /// it starts in a lower shard, then each shard of the window's busy tree from its first
+    /// overlapping area (`BusyTree::iter_overlapping`). O(window shards + k log n) for k
+    /// areas found; no snapshot of the whole busy set.
+    pub(crate) fn busy_overlapping(&self, start: u64, end: u64) -> Vec<VmArea> {
+        let mut out = Vec::new();
+        let lo = start.max(self.cfg.start);
+        let hi = end.min(self.cfg.end);
+        if lo >= hi {
+            return out;
+        }
+        let (first, last) = self.shards.window(lo, hi);
+        if let Some(a) = self.find_spanning(first, lo) {
+            out.push(a);
+        }
+        for k in first..=last {
+            let busy = self.shards.get(k).busy.lock();
+            out.extend(busy.tree.iter_overlapping(lo, hi).map(|(_, _, d)| {
+                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+                unsafe { d.read() }
+            }));
+        }
+        out
     }
 
     pub(crate) fn set_info(

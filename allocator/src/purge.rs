@@ -475,7 +475,7 @@ impl Inner {
                     waiting = self.lazy_backlog();
                 }
                 if waiting.saturating_add(merging) < resched_threshold {
-                    MutexGuard::bump(&mut tree);
+                    tree.bump();
                 }
             }
         }

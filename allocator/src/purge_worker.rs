@@ -18,7 +18,9 @@
 //! purger). Work items are processed with the state lock released. A purger holds the purge
 //! lock while waiting on `done`; workers never take the purge lock while holding an item, so
 //! the wait always ends (the purger itself also drains the queue). `requested` is an atomic
-//! hint so that repeated kicks past the threshold do not all take the state lock.
+//! flag so that repeated kicks past the threshold do not all take the state lock; it is
+//! changed only by `AcqRel` swaps, which is what makes a skipped kick safe (the argument is
+//! at `Sched::request_purge`).
 
 use crate::kva::Inner;
 use crate::purge::Work;
@@ -55,9 +57,16 @@ impl Sched {
     }
 
     /// Ask a worker to purge (Background mode); cheap when already asked.
+    ///
+    /// Why no kick is lost: the kicker's lazy free (its batch push or llist push) comes
+    /// before this `swap` in program order. If the swap reads `true`, a request is pending
+    /// and the worker that serves it has not yet reset the flag with its own `AcqRel` swap
+    /// (an RMW reads the latest value, so it reads ours or a later RMW in the same release
+    /// sequence): our `Release` synchronizes with it, so our push happens before that
+    /// worker's purge, which therefore takes our area. If the swap reads `false`, we post a
+    /// new request under the state lock ourselves.
     pub(crate) fn request_purge(&self) {
-        // Relaxed: a hint; the state lock orders the real hand-over.
-        if self.requested.swap(true, Ordering::Relaxed) {
+        if self.requested.swap(true, Ordering::AcqRel) {
             return;
         }
         self.state.lock().purge = true;
@@ -143,7 +152,10 @@ pub(crate) fn worker_main(inner: &Inner, i: usize) {
                 if st.purge {
                     st.purge = false;
                     // Cleared under the state lock: a kick from now on queues a new request.
-                    sched.requested.store(false, Ordering::Relaxed);
+                    // An RMW with `Acquire`, so that every kicker whose swap saw the request
+                    // pending (and returned) is visible to the purge we run next (see
+                    // `Sched::request_purge`).
+                    sched.requested.swap(false, Ordering::AcqRel);
                     break Job::Purge;
                 }
                 sched.wake.wait(&mut st);

@@ -49,6 +49,90 @@ use crate::free_tree::FreeTree;
 use crate::llist::LlistHead;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
+/// A shard's free tree behind its lock, with a lock-free hint of its largest free area.
+///
+/// The hint is rewritten (when it changed) by every guard before it unlocks, so it is the
+/// tree's `largest()` as of the last critical section: exact when nothing runs, and read
+/// `Relaxed` by searches that only want to skip shards that cannot hold a request without
+/// taking their locks. A stale hint costs a useless lock or skips a shard whose space appeared
+/// concurrently (a search racing a free: as if it had run just before the free); the
+/// allocation-failure path runs after its own drains and purge, whose tree updates it
+/// sees.
+#[derive(Debug)]
+pub(crate) struct FreeLock {
+    tree: Mutex<FreeTree>,
+    largest: AtomicU64,
+}
+
+/// The guard of a [`FreeLock`]: the locked tree; updates the hint when dropped or bumped.
+pub(crate) struct FreeGuard<'a> {
+    guard: MutexGuard<'a, FreeTree>,
+    largest: &'a AtomicU64,
+}
+
+impl FreeLock {
+    fn new(tree: FreeTree) -> Self {
+        Self {
+            largest: AtomicU64::new(tree.largest()),
+            tree: Mutex::new(tree),
+        }
+    }
+
+    /// Lock the tree.
+    #[inline]
+    pub(crate) fn lock(&self) -> FreeGuard<'_> {
+        FreeGuard {
+            guard: self.tree.lock(),
+            largest: &self.largest,
+        }
+    }
+
+    /// The largest free area as of the last critical section (a hint; see the type).
+    #[inline]
+    pub(crate) fn largest_hint(&self) -> u64 {
+        self.largest.load(Ordering::Relaxed)
+    }
+}
+
+impl FreeGuard<'_> {
+    #[inline]
+    fn publish(&self) {
+        let l = self.guard.largest();
+        if self.largest.load(Ordering::Relaxed) != l {
+            self.largest.store(l, Ordering::Relaxed);
+        }
+    }
+
+    /// Offer the lock to waiters (`cond_resched_lock`), hint up to date first.
+    #[inline]
+    pub(crate) fn bump(&mut self) {
+        self.publish();
+        MutexGuard::bump(&mut self.guard);
+    }
+}
+
+impl Drop for FreeGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+impl core::ops::Deref for FreeGuard<'_> {
+    type Target = FreeTree;
+    #[inline]
+    fn deref(&self) -> &FreeTree {
+        &self.guard
+    }
+}
+
+impl core::ops::DerefMut for FreeGuard<'_> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut FreeTree {
+        &mut self.guard
+    }
+}
+
 /// The live areas starting in a shard, with their total size.
 #[derive(Debug, Default)]
 pub(crate) struct BusyState {
@@ -81,11 +165,19 @@ pub(crate) struct Shard {
     /// End (exclusive).
     pub(crate) end: u64,
     /// Free space inside `[base, end)`.
-    pub(crate) free: CachePadded<Mutex<FreeTree>>,
+    pub(crate) free: CachePadded<FreeLock>,
     /// Live areas starting inside `[base, end)`.
     pub(crate) busy: CachePadded<Mutex<BusyState>>,
     /// Lazily freed areas starting inside `[base, end)`.
     pub(crate) lazy: CachePadded<Lazy>,
+    /// Live areas that start below `base` and end above it (they cross into this shard).
+    /// A lookup of an address here needs the lower shards' busy trees only while this is
+    /// non-zero, and only down to the first lower shard with none: an area reaching this
+    /// shard from further below crosses into every shard in between. Written only by
+    /// publishing and removing boundary-crossing areas (rare), `Relaxed`: a lookup races
+    /// nothing it may rely on (an area is found by others only after its owner handed its
+    /// address over).
+    pub(crate) crossed_in: AtomicUsize,
 }
 
 impl Shard {
@@ -97,13 +189,14 @@ impl Shard {
         Self {
             base,
             end,
-            free: CachePadded::new(Mutex::new(tree)),
+            free: CachePadded::new(FreeLock::new(tree)),
             busy: CachePadded::new(Mutex::new(BusyState {
                 tree: BusyTree::with_capacity(16),
                 bytes: 0,
                 removed: 0,
             })),
             lazy: CachePadded::new(Lazy::default()),
+            crossed_in: AtomicUsize::new(0),
         }
     }
 
@@ -216,6 +309,9 @@ impl ShardSet {
         if lo >= hi || hi - lo < size {
             return None;
         }
+        if s.free.largest_hint() < size {
+            return None;
+        }
         let mut tree = s.free.lock();
         if tree.largest() < size {
             return None;
@@ -223,8 +319,21 @@ impl ShardSet {
         tree.alloc(size, align, lo, hi)
     }
 
+    /// Count the live area `[a, b)` in `crossed_in` of every shard above its first one that
+    /// it reaches (`add`: published; else removed). O(shards crossed).
+    pub(crate) fn account_crossing(&self, a: u64, b: u64, add: bool) {
+        let (first, last) = self.window(a, b);
+        for s in &self.shards[first + 1..=last] {
+            if add {
+                s.crossed_in.fetch_add(1, Ordering::Relaxed);
+            } else {
+                s.crossed_in.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Lock the free trees of shards `first..=last`, ascending.
-    fn lock_free_run(&self, first: usize, last: usize) -> Vec<MutexGuard<'_, FreeTree>> {
+    fn lock_free_run(&self, first: usize, last: usize) -> Vec<FreeGuard<'_>> {
         self.shards[first..=last]
             .iter()
             .map(|s| s.free.lock())
@@ -234,6 +343,13 @@ impl ShardSet {
     /// A block of `size` bytes aligned to `align` inside `[vstart, vend)` that crosses at
     /// least one shard boundary (see the module documentation); carved from every tree it
     /// crosses.
+    ///
+    /// Candidate runs are found from the shards' largest-free hints without any lock: a run
+    /// crossing boundary `k` is at most shard `k`'s largest area, then wholly free shards
+    /// (largest == shard size), then shard `j`'s largest area; only a candidate that could
+    /// hold `size` has its shards `k..=j` locked (ascending) and checked exactly. The work is
+    /// a scan of the window's hints plus locks proportional to the runs worth checking, not
+    /// a lock of every shard of the window.
     pub(crate) fn alloc_spanning(
         &self,
         size: u64,
@@ -242,59 +358,88 @@ impl ShardSet {
         vend: u64,
     ) -> Option<u64> {
         let (first, last) = self.window(vstart, vend);
-        if first == last {
-            return None;
-        }
-        let mut trees = self.lock_free_run(first, last);
-        let g = |k: usize| k - first;
         let mut k = first;
         while k < last {
-            let s = &self.shards[k];
-            // The free area touching the top of shard k, if any.
-            let Some((tail_start, _)) = trees[g(k)].find_containing(s.end - 1) else {
+            // Upper bound of a run crossing the top of shard k, from the hints.
+            let mut bound = self.shards[k].free.largest_hint();
+            if bound == 0 {
                 k += 1;
                 continue;
-            };
-            // Extend through wholly free shards, then the free head of the next one.
-            let mut run_end = s.end;
+            }
             let mut j = k + 1;
-            while j <= last {
+            loop {
                 let sj = &self.shards[j];
-                match trees[g(j)].find_containing(sj.base) {
-                    Some((_, e)) if e == sj.end => {
-                        run_end = e;
-                        j += 1;
-                    }
-                    Some((_, e)) => {
-                        run_end = e;
+                let h = sj.free.largest_hint();
+                bound = bound.saturating_add(h);
+                if h < sj.end - sj.base || j == last || bound >= size {
+                    break;
+                }
+                j += 1;
+            }
+            if bound < size {
+                // No run through k..=j can hold the block; a run from a later boundary may.
+                k = if j > k + 1 { j } else { k + 1 };
+                continue;
+            }
+            if let Some(a) = self.try_run(k, last, size, align, vstart, vend) {
+                return Some(a);
+            }
+            k += 1;
+        }
+        None
+    }
+
+    /// Check, under the locks of shards `k..` (taken ascending, as far as the run reaches),
+    /// whether the free run crossing the top of shard `k` holds the block; carve it if so.
+    fn try_run(
+        &self,
+        k: usize,
+        last: usize,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+    ) -> Option<u64> {
+        let mut trees = vec![self.shards[k].free.lock()];
+        let s = &self.shards[k];
+        // The free area touching the top of shard k, if any.
+        let (tail_start, _) = trees[0].find_containing(s.end - 1)?;
+        let lo = tail_start.max(vstart);
+        // Extend through wholly free shards, then the free head of the next one.
+        let mut run_end = s.end;
+        let mut j = k + 1;
+        while j <= last {
+            let sj = &self.shards[j];
+            trees.push(sj.free.lock());
+            match trees[j - k].find_containing(sj.base) {
+                Some((_, e)) if e == sj.end => {
+                    run_end = e;
+                    j += 1;
+                    let hi = run_end.min(vend);
+                    if align_up(lo, align)
+                        .is_some_and(|a| a.checked_add(size).is_some_and(|e| e <= hi))
+                    {
                         break;
                     }
-                    None => break,
                 }
-            }
-            let lo = tail_start.max(vstart);
-            let hi = run_end.min(vend);
-            if let Some(a) = align_up(lo, align) {
-                if a.checked_add(size).is_some_and(|e| e <= hi) {
-                    return self
-                        .carve_locked(&mut trees, first, a, a + size)
-                        .then_some(a);
+                Some((_, e)) => {
+                    run_end = e;
+                    break;
                 }
+                None => break,
             }
-            k = j.max(k + 1);
+        }
+        let hi = run_end.min(vend);
+        let a = align_up(lo, align)?;
+        if a.checked_add(size).is_some_and(|e| e <= hi) {
+            return self.carve_locked(&mut trees, k, a, a + size).then_some(a);
         }
         None
     }
 
     /// Carve `[a, b)` out of the locked trees `trees` (shard `first` onwards), piece by piece;
     /// all or nothing.
-    fn carve_locked(
-        &self,
-        trees: &mut [MutexGuard<'_, FreeTree>],
-        first: usize,
-        a: u64,
-        b: u64,
-    ) -> bool {
+    fn carve_locked(&self, trees: &mut [FreeGuard<'_>], first: usize, a: u64, b: u64) -> bool {
         let (lo, hi) = match (self.index_of(a), self.index_of(b - 1)) {
             (Some(lo), Some(hi)) if lo >= first && hi - first < trees.len() => (lo, hi),
             _ => return false,

@@ -333,27 +333,27 @@ impl Vmalloc {
         if count <= VMAP_MAX_ALLOC {
             return v.vb_free(a, count);
         }
-        let removed = match v.lookup_start(a)? {
-            crate::alloc::Lookup::Live(area) => {
-                let f = area.info.flags;
-                if !f.contains(VmFlags::MAP_RAM) || f.contains(VmFlags::UNLIST) {
-                    return Err(VmallocError::WrongKind {
-                        addr: a,
-                        expected: VmFlags::MAP_RAM,
-                        found: f,
-                    });
-                }
-                if area.info.nr_pages != count {
-                    return Err(VmallocError::WrongCount {
-                        addr: a,
-                        count,
-                        expected: area.info.nr_pages,
-                    });
-                }
-                v.kva.remove(a)?
+        // Find, check and remove in ONE busy-lock critical section: an area that another
+        // thread frees or allocates at this address meanwhile is either checked here or not
+        // touched at all.
+        let removed = v.kva.remove_if(a, |area| {
+            let f = area.info.flags;
+            if !f.contains(VmFlags::MAP_RAM) || f.contains(VmFlags::UNLIST) {
+                return Err(VmallocError::WrongKind {
+                    addr: a,
+                    expected: VmFlags::MAP_RAM,
+                    found: f,
+                });
             }
-            crate::alloc::Lookup::Removed(r) => r,
-        };
+            if area.info.nr_pages != count {
+                return Err(VmallocError::WrongCount {
+                    addr: a,
+                    count,
+                    expected: area.info.nr_pages,
+                });
+            }
+            Ok(())
+        })?;
         v.release(removed)
     }
 

@@ -486,7 +486,16 @@ impl FrameAllocator {
         if self.injected(n as u64) {
             return Err(self.fail(zone, true));
         }
-        let mut got = Vec::with_capacity(n);
+        // More than the arena holds can never succeed: refuse before reserving O(n)
+        // bookkeeping, and reserve fallibly (host memory may be short even when frames are
+        // not).
+        if n as u64 > self.nframes {
+            return Err(self.fail(zone, false));
+        }
+        let mut got = Vec::new();
+        if got.try_reserve_exact(n).is_err() || out.try_reserve(n).is_err() {
+            return Err(self.fail(zone, false));
+        }
         if !self.gather(zone, n, &mut got, true) {
             self.drain_cpu_caches();
             if !self.gather(zone, n, &mut got, false) {
@@ -507,7 +516,6 @@ impl FrameAllocator {
             g.allocs += n as u64;
             self.account(&mut g, n as i64);
         }
-        out.reserve(n);
         for t in got {
             self.claim(t.index());
             out.push(self.frame_of(t.index()));

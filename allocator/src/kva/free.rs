@@ -48,12 +48,21 @@ impl Inner {
     }
 
     /// Whether an area starting at `addr` waits on shard `i`'s lazy list or in a CPU slot's
-    /// lazy batch. Error path only: takes the purge lock (so no purger holds a detached
-    /// chain or batch), looks through every slot's batch, then detaches the list, walks it
-    /// and puts it back.
+    /// lazy batch. Error path only (telling a double free from a wild pointer): takes the
+    /// purge lock (so no purger holds a detached chain or batch), looks through the batches
+    /// of the slots whose lazy counter is non-zero (a counter is written under its slot lock
+    /// and zeroed by the purger, which we exclude: an empty batch is skipped without taking
+    /// its lock), then detaches shard `i`'s list, walks it and puts it back. The work is
+    /// bounded by the lazy backlog (at most about `lazy_max_pages * 5 / 4` areas, see
+    /// `kva::lazy_step_shift`) plus one atomic load per slot.
     fn lazy_holds(&self, i: usize, addr: u64) -> bool {
         let _purging = self.purge_lock.lock();
-        if (0..self.pcpu.len()).any(|c| self.pcpu.lock(c).lazy().iter().any(|r| r.0 == addr)) {
+        let batched = (0..self.pcpu.len()).any(|c| {
+            let cell = self.pcpu.cell(c);
+            cell.lazy_pages.load(Ordering::Relaxed) != 0
+                && cell.lock().lazy().iter().any(|r| r.0 == addr)
+        });
+        if batched {
             return true;
         }
         let lazy = &self.shards.get(i).lazy.head;
@@ -102,7 +111,7 @@ impl Inner {
             return Err(self.miss_error(addr, true));
         };
         if area.end > shard.end {
-            self.nr_spanning.fetch_sub(1, Ordering::Relaxed);
+            self.shards.account_crossing(area.start, area.end, false);
         }
         // The descriptor was removed from the busy tree under its lock: it is ours now, and
         // `area` is its content (nobody wrote it since: only the busy tree's owner may).

@@ -156,9 +156,20 @@ fn boundary_crossing_areas_purge_into_both_shards() {
     let k = new(sync_cfg(64, 4, 1 << 20));
     let (s, e) = k.range();
     let a = k.alloc(40 * P, P, s, e, None, info()).unwrap();
-    assert_eq!(k.inner.nr_spanning.load(Ordering::Relaxed), 1);
+    // 16 pages per shard: the area starts in shard 0 and crosses into shards 1 and 2.
+    let crossed = |k: &Kva| {
+        k.inner
+            .shards
+            .all()
+            .iter()
+            .map(|sh| sh.crossed_in.load(Ordering::Relaxed))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(crossed(&k), [0, 1, 1, 0]);
+    assert_eq!(k.find(a + 39 * P).map(|x| x.start), Some(a));
+    assert!(k.find(a + 40 * P).is_none());
     let r = k.remove(a).unwrap();
-    assert_eq!(k.inner.nr_spanning.load(Ordering::Relaxed), 0);
+    assert_eq!(crossed(&k), [0, 0, 0, 0]);
     k.free_lazy(r, 40);
     k.purge();
     k.check_invariants().unwrap();
