@@ -203,6 +203,8 @@ pub fn tiny_kva_with(
         "StaleTlb tracks {TRACKED_PAGES} pages"
     );
     let tlb = StaleTlb::new();
+    // The struct update keeps this literal compiling when `KvaConfig` gains a field.
+    #[allow(clippy::needless_update)]
     let cfg = KvaConfig {
         start: BASE,
         end: BASE + pages(t.pages),
@@ -211,6 +213,7 @@ pub fn tiny_kva_with(
         purge_mode,
         pcpu_cache: t.pcpu_cache,
         purge_workers: workers,
+        ..KvaConfig::default()
     };
     let kva = Kva::new(cfg, tlb.clone()).expect("a valid tiny configuration");
     (StdArc::new(kva), tlb)

@@ -86,7 +86,8 @@ fn mask_of(start: u64, n: u64) -> u128 {
 
 /// The range is full (A, B: 2 pages each) and A is already on the lazy list (under the
 /// threshold). One thread frees B lazily, which crosses the threshold and kicks a purge
-/// (`try_lock`: skipped if the allocator is purging); the other allocates 2 pages.
+/// (`try_purge`: it becomes the kick purger through `kick_state` and waits for the purge
+/// lock, which the allocation's reclaim may hold); the other allocates 2 pages.
 fn kicked_purge_vs_alloc(name: &str, shape: Tiny) {
     check(name, BOUND_2_THREADS, move || {
         let (kva, tlb) = tiny_kva(shape);

@@ -39,6 +39,8 @@ const MAX_BRANCHES: usize = 100_000;
 const STAMP: [u8; 16] = *b"vmalloc-stamp-42";
 
 fn tiny(lazy_max_pages: usize) -> Vmalloc {
+    // The struct update keeps the literal compiling when `KvaConfig` gains a field.
+    #[allow(clippy::needless_update)]
     let cfg = VmallocConfig {
         kva: KvaConfig {
             start: VMALLOC_START,
@@ -48,6 +50,7 @@ fn tiny(lazy_max_pages: usize) -> Vmalloc {
             purge_mode: PurgeMode::Synchronous,
             pcpu_cache: false,
             purge_workers: 0,
+            ..KvaConfig::default()
         },
         arena: ArenaConfig {
             size: FRAMES * PAGE_SIZE,

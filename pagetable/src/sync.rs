@@ -52,9 +52,13 @@ mod imp {
     #[derive(Debug)]
     pub struct Mutex<T>(loom::sync::Mutex<T>);
 
-    /// The guard of a [`Mutex`]; an `Option` inside so that [`Condvar::wait`] can hand the
-    /// underlying guard to loom and take it back.
-    pub struct MutexGuard<'a, T>(Option<loom::sync::MutexGuard<'a, T>>);
+    /// The guard of a [`Mutex`]: the underlying loom guard in an `Option`, so that
+    /// [`Condvar::wait`] can hand it to loom and take it back and [`MutexGuard::bump`] can
+    /// drop it and lock again, and the mutex it came from (for `bump`'s relock).
+    pub struct MutexGuard<'a, T> {
+        lock: &'a loom::sync::Mutex<T>,
+        guard: Option<loom::sync::MutexGuard<'a, T>>,
+    }
 
     impl<T> Mutex<T> {
         /// A new unlocked mutex.
@@ -63,11 +67,17 @@ mod imp {
         }
         /// Lock, waiting as long as it takes.
         pub fn lock(&self) -> MutexGuard<'_, T> {
-            MutexGuard(Some(self.0.lock().unwrap()))
+            MutexGuard {
+                lock: &self.0,
+                guard: Some(self.0.lock().unwrap()),
+            }
         }
         /// Lock if free right now.
         pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-            self.0.try_lock().ok().map(|g| MutexGuard(Some(g)))
+            self.0.try_lock().ok().map(|g| MutexGuard {
+                lock: &self.0,
+                guard: Some(g),
+            })
         }
         /// Mutable access without locking (exclusive borrow).
         pub fn get_mut(&mut self) -> &mut T {
@@ -86,26 +96,28 @@ mod imp {
     }
 
     impl<T> MutexGuard<'_, T> {
-        /// Release the lock for a moment and take it again (parking_lot's `bump` analogue used
-        /// by `cond_resched_lock`-style code). Under loom this is an explicit yield point.
+        /// Release the lock for a moment and take it again (parking_lot's `bump`, used by
+        /// `cond_resched_lock`-style code). Under loom the lock is really released, then the
+        /// thread yields, then it locks again: loom explores every thread that may take the
+        /// lock in that window (parking_lot hands it to a waiter if there is one), and the
+        /// yield lets a waiter in without spending a preemption of the bound.
         pub fn bump(s: &mut Self) {
-            // loom cannot re-lock a guard it has given up without the mutex; a yield models
-            // the window in which another thread may take the lock.
-            let _ = s;
+            drop(s.guard.take());
             loom::thread::yield_now();
+            s.guard = Some(s.lock.lock().unwrap());
         }
     }
 
     impl<T> core::ops::Deref for MutexGuard<'_, T> {
         type Target = T;
         fn deref(&self) -> &T {
-            self.0.as_ref().unwrap()
+            self.guard.as_ref().unwrap()
         }
     }
 
     impl<T> core::ops::DerefMut for MutexGuard<'_, T> {
         fn deref_mut(&mut self) -> &mut T {
-            self.0.as_mut().unwrap()
+            self.guard.as_mut().unwrap()
         }
     }
 
@@ -120,8 +132,8 @@ mod imp {
         }
         /// Atomically release the lock and wait for a notification.
         pub fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
-            let g = guard.0.take().unwrap();
-            guard.0 = Some(self.0.wait(g).unwrap());
+            let g = guard.guard.take().unwrap();
+            guard.guard = Some(self.0.wait(g).unwrap());
         }
         /// Wake one waiter.
         pub fn notify_one(&self) -> bool {
