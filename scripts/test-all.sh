@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Every test of the project, in the order that fails fastest:
-#   1. unit, property, integration and doc tests of every crate (debug)
-#   2. the loom models (cargo test --features loom, at the workspace root)
-#   3. Miri over the unsafe modules (arena, page-table entries, frame allocator, llist, trees)
-#   4. each cargo-fuzz target for a bounded time (FUZZ_SECONDS, default 60) from its seed corpus
-#   5. the multi-thread stress, fault-injection and API tests under ThreadSanitizer and
+#   1. unit, property, integration and doc tests of every crate (debug), at the machine's
+#      CPU count
+#   2. the unit, integration and stress tests again as if the machine had 1, 16 and 64 CPUs
+#      (KVMALLOC_NR_CPUS: every CPU-derived default, per-CPU cache, shard and worker count
+#      follows it; threads outnumber CPUs at 1, CPUs outnumber threads at 64)
+#   3. the loom models (cargo test --features loom, at the workspace root)
+#   4. Miri over the modules with unsafe code (arena, page-table entries, frame allocator,
+#      llist, trees, area descriptors and their pool, kva, purge, deferred frees, inspection)
+#   5. each cargo-fuzz target for a bounded time (FUZZ_SECONDS, default 60) from its seed corpus
+#   6. the multi-thread stress, fault-injection and API tests under ThreadSanitizer and
 #      AddressSanitizer + LeakSanitizer (scripts/sanitize.sh; nightly, -Zbuild-std)
 # Installs what a fresh machine lacks (cargo-fuzz from crates.io; nightly's miri component).
 # Ends with one line "test-all: N passed, M failed" summing the cargo test results.
@@ -21,21 +26,27 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-echo "== 1/5 cargo test --workspace"
+echo "== 1/6 cargo test --workspace"
 cargo test --workspace 2>&1 | tee -a "$log"
 
-echo "== 2/5 loom models: cargo test --features loom"
+for n in 1 16 64; do
+    echo "== 2/6 cargo test --workspace --lib --tests with KVMALLOC_NR_CPUS=$n"
+    KVMALLOC_NR_CPUS=$n cargo test --workspace --lib --tests 2>&1 | tee -a "$log"
+done
+
+echo "== 3/6 loom models: cargo test --features loom"
 cargo test --features loom 2>&1 | tee -a "$log"
 
-echo "== 3/5 Miri over the unsafe modules"
+echo "== 4/6 Miri over the modules with unsafe code"
 cargo +nightly miri setup >/dev/null 2>&1 || true
 cargo +nightly miri test -p pagetable --lib -- arena:: entry:: frame:: addr:: page:: 2>&1 | tee -a "$log"
-cargo +nightly miri test -p vmalloc --lib -- llist:: tree:: free_tree:: busy:: 2>&1 | tee -a "$log"
+cargo +nightly miri test -p vmalloc --lib -- llist:: tree:: free_tree:: busy:: \
+    area:: kva:: purge:: deferred:: pcpu:: shard:: 2>&1 | tee -a "$log"
 
-echo "== 4/5 fuzz targets, ${FUZZ_SECONDS} s each"
+echo "== 5/6 fuzz targets, ${FUZZ_SECONDS} s each"
 bash scripts/fuzz-ci.sh
 
-echo "== 5/5 sanitizers: TSan, ASan + LSan"
+echo "== 6/6 sanitizers: TSan, ASan + LSan"
 bash scripts/sanitize.sh
 
 passed=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')

@@ -1,4 +1,6 @@
-//! Multi-thread stress of the vmalloc API with invariant checks:
+//! Multi-thread stress of the vmalloc API (sizes from one byte to 56 pages, plain, zeroed,
+//! node-preferring, and aligned up to 2 MiB inside windows of the range; vm_map_ram pieces;
+//! vfree and vfree_atomic) with invariant checks:
 //! * live areas never overlap;
 //! * every area's contents stay intact (stamped with `vwrite`, checked with `vread` through
 //!   the TLB model, from several CPU slots);
@@ -14,7 +16,7 @@ use std::sync::Mutex;
 
 use common::{Rng, model, pattern, va};
 use pagetable::{PAGE_SIZE, PhysFrame, VirtAddr, Zone, cpu};
-use vmalloc::{PAGE_KERNEL, PurgeMode, Vmalloc, VmallocConfig};
+use vmalloc::{Gfp, PAGE_KERNEL, PurgeMode, VmFlags, Vmalloc, VmallocConfig};
 
 const P: u64 = PAGE_SIZE;
 const THREADS: usize = 4;
@@ -91,9 +93,31 @@ fn worker(vm: &Vmalloc, live: &Live, t: usize, iters: usize) {
                     1 + rng.below(4)
                 };
                 let len = (pages * P - rng.below(P)) as usize;
-                let a = match rng.below(3) {
+                let a = match rng.below(5) {
                     0 => vm.vzalloc(len as u64).unwrap(),
                     1 => vm.vmalloc_node(len as u64, t).unwrap(),
+                    2 => {
+                        // Aligned (4 KiB .. 2 MiB) inside a window (one of 8 slices of the
+                        // range): the result honours both.
+                        let align = 1u64 << (12 + rng.below(10));
+                        let (lo, hi) = window(vm, rng.below(8));
+                        let a = vm
+                            .vmalloc_node_range(
+                                len as u64,
+                                align,
+                                lo,
+                                hi,
+                                Gfp::KERNEL,
+                                PAGE_KERNEL,
+                                VmFlags::empty(),
+                                None,
+                            )
+                            .unwrap();
+                        assert_eq!(a.as_u64() % align, 0, "{a:?} not aligned to {align:#x}");
+                        let size = (len as u64).div_ceil(P) * P + P;
+                        assert!(lo <= a && a + size <= hi, "{a:?} outside [{lo:?}, {hi:?})");
+                        a
+                    }
                     _ => vm.vmalloc(len as u64).unwrap(),
                 };
                 let area = vm.find_vm_area(a).unwrap();
@@ -127,6 +151,13 @@ fn worker(vm: &Vmalloc, live: &Live, t: usize, iters: usize) {
         check(vm, &obj);
         release(vm, live, obj, false);
     }
+}
+
+/// Slice `k` of 8 of the instance's vmalloc range.
+fn window(vm: &Vmalloc, k: u64) -> (VirtAddr, VirtAddr) {
+    let (s, e) = vm.range();
+    let eighth = (e.as_u64().wrapping_sub(s.as_u64())) / 8;
+    (s + k * eighth, s + (k + 1) * eighth)
 }
 
 fn check(vm: &Vmalloc, obj: &Obj) {

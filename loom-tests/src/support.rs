@@ -204,7 +204,6 @@ pub fn tiny_kva_with(
     );
     let tlb = StaleTlb::new();
     // The struct update keeps this literal compiling when `KvaConfig` gains a field.
-    #[allow(clippy::needless_update)]
     let cfg = KvaConfig {
         start: BASE,
         end: BASE + pages(t.pages),

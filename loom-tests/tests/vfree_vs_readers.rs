@@ -40,7 +40,6 @@ const STAMP: [u8; 16] = *b"vmalloc-stamp-42";
 
 fn tiny(lazy_max_pages: usize) -> Vmalloc {
     // The struct update keeps the literal compiling when `KvaConfig` gains a field.
-    #[allow(clippy::needless_update)]
     let cfg = VmallocConfig {
         kva: KvaConfig {
             start: VMALLOC_START,
