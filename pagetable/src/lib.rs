@@ -40,13 +40,19 @@
 //! oracle for "a virtual range was reused before its flush".
 //!
 //! **Fork** ([`copy_range`], seed 001's `copy_pte_range`) copies a range's entries into another
-//! space in lock-holding batches of the seed's progress count, turning private writable pages
-//! copy-on-write on both sides; [`handle_write_fault`] later copies the frame or takes it back.
+//! space in lock-holding batches of the seed's progress count, letting waiters take the locks
+//! between batches, turning private writable pages copy-on-write on both sides and carrying
+//! non-present swap and migration entries over ([`fork::copy_range_with_swap`] counts swap
+//! references in a [`fork::SwapMap`], whose count continuations it allocates between batches);
+//! [`handle_write_fault`] later copies the frame or takes it back.
 //!
 //! # Invariants
 //!
-//! * A page-table entry is all-zero or `PRESENT`; a non-leaf entry points at a table frame of
-//!   the arena owned by exactly one tree (kernel-half PDPTs by the kernel half's owner).
+//! * A page-table entry is all-zero or `PRESENT`, except that a 4 KiB leaf may also be a
+//!   non-present swap or migration entry ([`fork::SwapEntry`], made by
+//!   [`fork::install_swap_entry`] and copied by fork; map sees it as in use, unmap clears and
+//!   counts it like a page); a non-leaf entry points at a table frame of the arena owned by
+//!   exactly one tree (kernel-half PDPTs by the kernel half's owner).
 //! * The tree never owns leaf frames: unmap hands each one to the caller's callback, and
 //!   dropping an [`AddressSpace`] frees only its tables.
 //! * A failed map leaves no leaf and no table it allocated behind (tables reaching outside

@@ -108,6 +108,15 @@ mod imp {
         }
     }
 
+    impl<T> MutexGuard<'_, T> {
+        /// Unlock, handing the lock to a waiting thread if there is one (parking_lot's
+        /// `unlock_fair`). loom's mutex has no hand-off: a plain unlock, after which loom
+        /// explores every thread that may take the lock next.
+        pub fn unlock_fair(s: Self) {
+            drop(s);
+        }
+    }
+
     impl<T> core::ops::Deref for MutexGuard<'_, T> {
         type Target = T;
         fn deref(&self) -> &T {

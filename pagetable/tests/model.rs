@@ -1,19 +1,26 @@
-//! Property test: map / map_contiguous / unmap / protect / populate / clean_up / copy_range on
-//! two address spaces against a plain `BTreeMap` reference model (page -> frame, flags,
-//! leaf), checking results, errors, translations, iteration and rss after every step.
+//! Property test: map / map_contiguous / unmap / protect / populate / clean_up / swap-out /
+//! copy_range on two address spaces against a plain `BTreeMap` reference model (page ->
+//! frame, flags, leaf, or a non-present swap/migration entry), checking results, errors,
+//! translations, iteration, rss, the non-present entries and the swap counts after every
+//! step.
 //!
 //! The window is 2,048 pages straddling a 512 GiB boundary, so operations cross leaf tables,
 //! page directories and PDPTs; frames come from the allocator so that `copy_range` takes
-//! references and makes private writable pages copy-on-write.
+//! references and makes private writable pages copy-on-write. Swap-out replaces present pages
+//! by swap entries (of a swap area whose counts need a continuation for every reference
+//! beyond the first) or
+//! migration entries; copies count them, and some copies run with an allocation failure
+//! armed, which must leave both spaces and every count as they were.
 
 #![cfg(not(feature = "loom"))]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use pagetable::fork::{SwapEntry, SwapKind, SwapMap, copy_range_with_swap, install_swap_entry};
 use pagetable::{
-    AddressSpace, FrameAllocator, MapError, PageTableFlags, PhysAddr, PhysArena, PhysFrame,
-    VirtAddr, VmaKind, Zone, copy_range,
+    AddressSpace, FrameAllocator, MapError, PageTableFlags, PhysAddr, PhysArena, PhysFrame, Pte,
+    VirtAddr, VmaKind, Zone,
 };
 use proptest::prelude::*;
 
@@ -79,6 +86,19 @@ enum Op {
         n: u64,
         shared: bool,
         to_b: bool,
+        /// Arm `fail_nth(fail)` for the copy (0: no failure).
+        fail: u64,
+        /// Aim at the source: start at its first entry at or after `page`, and unmap the
+        /// destination range first (a fork's child is empty).
+        aim: bool,
+    },
+    /// Replace the first `n` present 4 KiB pages at or after `page` (wrapping around) by swap
+    /// entries (`kind` 0), write (1) or read (2) migration entries.
+    SwapOut {
+        space: usize,
+        page: u64,
+        n: u64,
+        kind: u8,
     },
 }
 
@@ -92,7 +112,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(2 * HUGE_PAGES + 3)
     ];
     prop_oneof![
-        (
+        1 => (
             space.clone(),
             page.clone(),
             n.clone(),
@@ -106,7 +126,7 @@ fn op() -> impl Strategy<Value = Op> {
                 frame,
                 flags
             }),
-        (space.clone(), 0..4u64, 0..3u64, any::<bool>(), 0..4usize).prop_map(
+        1 => (space.clone(), 0..4u64, 0..3u64, any::<bool>(), 0..4usize).prop_map(
             |(space, chunk, extra, huge, flags)| Op::MapContiguous {
                 space,
                 // Often 2 MiB aligned, sometimes not.
@@ -116,12 +136,12 @@ fn op() -> impl Strategy<Value = Op> {
                 flags
             }
         ),
-        (space.clone(), page.clone(), n.clone()).prop_map(|(space, page, n)| Op::Unmap {
+        1 => (space.clone(), page.clone(), n.clone()).prop_map(|(space, page, n)| Op::Unmap {
             space,
             page,
             n
         }),
-        (space.clone(), page.clone(), n.clone(), 0..4usize).prop_map(|(space, page, n, flags)| {
+        1 => (space.clone(), page.clone(), n.clone(), 0..4usize).prop_map(|(space, page, n, flags)| {
             Op::Protect {
                 space,
                 page,
@@ -129,21 +149,39 @@ fn op() -> impl Strategy<Value = Op> {
                 flags,
             }
         }),
-        (space.clone(), page.clone(), n.clone()).prop_map(|(space, page, n)| Op::Populate {
+        1 => (space.clone(), page.clone(), n.clone()).prop_map(|(space, page, n)| Op::Populate {
             space,
             page,
             n
         }),
-        (space, page.clone(), n.clone()).prop_map(|(space, page, n)| Op::CleanUp {
+        1 => (space, page.clone(), n.clone()).prop_map(|(space, page, n)| Op::CleanUp {
             space,
             page,
             n
         }),
-        (page, n, any::<bool>(), any::<bool>()).prop_map(|(page, n, shared, to_b)| Op::Copy {
-            page,
+        2 => (
+            page.clone(),
             n,
-            shared,
-            to_b
+            any::<bool>(),
+            any::<bool>(),
+            prop_oneof![Just(0u64), 1..7u64],
+            any::<bool>()
+        )
+            .prop_map(|(page, n, shared, to_b, fail, aim)| Op::Copy {
+                page,
+                n,
+                shared,
+                to_b,
+                fail,
+                aim
+            }),
+        2 => (0..2usize, page, 1..64u64, 0..3u8).prop_map(|(space, page, n, kind)| {
+            Op::SwapOut {
+                space,
+                page,
+                n,
+                kind,
+            }
         }),
     ]
 }
@@ -155,6 +193,8 @@ struct Entry {
     flags: PageTableFlags,
     /// First page and page count of the leaf it belongs to.
     leaf: (u64, u64),
+    /// A non-present entry (then `pa` is its address field, what unmap reports).
+    swp: Option<SwapEntry>,
 }
 
 type Model = BTreeMap<u64, Entry>;
@@ -195,6 +235,7 @@ fn observe(s: &AddressSpace) -> Model {
                     pa: map.pa.as_u64() + i * KB4,
                     flags: map.flags - IGNORED,
                     leaf: (first, pages),
+                    swp: None,
                 },
             );
         }
@@ -202,15 +243,39 @@ fn observe(s: &AddressSpace) -> Model {
     m
 }
 
+/// The raw leaf entry of `page` (unused if a table on the way is missing or a huge leaf maps
+/// it), read through the arena as the hardware walker would.
+fn raw_leaf(s: &AddressSpace, page: u64) -> Pte {
+    let arena = s.frames().arena();
+    let l = va(page).as_u64();
+    let mut table = s.root();
+    for level in (1..=4u32).rev() {
+        let i = ((l >> (12 + 9 * (level - 1))) & 511) as usize;
+        let p = arena.table(table)[i].load(std::sync::atomic::Ordering::Acquire);
+        if level == 1 {
+            return p;
+        }
+        if !p.is_present() || p.is_huge() {
+            return Pte::UNUSED;
+        }
+        table = PhysFrame::containing_address(p.addr());
+    }
+    Pte::UNUSED
+}
+
 fn check(s: &AddressSpace, m: &Model) -> Result<(), TestCaseError> {
     let seen = observe(s);
-    prop_assert_eq!(seen.len(), m.len());
+    let present = m.values().filter(|e| e.swp.is_none()).count();
+    prop_assert_eq!(seen.len(), present);
     for (p, e) in m {
-        let got = seen.get(p);
-        prop_assert_eq!(got, Some(e), "page {}", p);
+        match e.swp {
+            None => prop_assert_eq!(seen.get(p), Some(e), "page {}", p),
+            Some(x) => prop_assert_eq!(raw_leaf(s, *p), x.pte(), "page {}", p),
+        }
     }
+    // Non-present leaves count like pages (unmap clears and counts them).
     prop_assert_eq!(s.rss(), m.len());
-    if let Some((&p, e)) = m.iter().next() {
+    if let Some((&p, e)) = m.iter().find(|(_, e)| e.swp.is_none()) {
         let t = s.translate(va(p) + 123).unwrap();
         prop_assert_eq!(t.pa.as_u64(), e.pa + 123);
     }
@@ -222,6 +287,10 @@ struct World {
     spaces: [AddressSpace; 2],
     models: [Model; 2],
     pool: Vec<PhysFrame>,
+    /// The swap area (limits of 1: every copy of a swap entry needs a continuation) and its
+    /// expected counts.
+    swap: SwapMap,
+    counts: BTreeMap<SwapEntry, u64>,
 }
 
 impl World {
@@ -236,10 +305,12 @@ impl World {
             AddressSpace::new(Arc::clone(&frames)).unwrap(),
         ];
         Self {
+            swap: SwapMap::with_limits(Arc::clone(&frames), 1, 1),
             frames,
             spaces,
             models: [Model::new(), Model::new()],
             pool,
+            counts: BTreeMap::new(),
         }
     }
 
@@ -272,6 +343,7 @@ impl World {
                                 pa,
                                 flags,
                                 leaf: (page + i as u64, 1),
+                                swp: None,
                             },
                         );
                     }
@@ -315,6 +387,7 @@ impl World {
                                 pa: pa0 + i * KB4,
                                 flags,
                                 leaf: e.leaf,
+                                swp: None,
                             },
                         );
                     }
@@ -368,8 +441,11 @@ impl World {
                     );
                 } else {
                     r.unwrap();
+                    // Non-present entries are left alone.
                     for (_, e) in m.range_mut(page..page + n) {
-                        e.flags = protected(e.flags, flags) - IGNORED;
+                        if e.swp.is_none() {
+                            e.flags = protected(e.flags, flags) - IGNORED;
+                        }
                     }
                 }
             }
@@ -398,16 +474,40 @@ impl World {
                 n,
                 shared,
                 to_b,
+                fail,
+                aim,
             } => {
-                let n = clamp(page, n);
                 let (d, s) = if to_b { (1, 0) } else { (0, 1) };
+                let first = self.models[s]
+                    .range(page..)
+                    .chain(self.models[s].iter())
+                    .next();
+                let page = match first {
+                    Some((&p, _)) if aim => p,
+                    _ => page,
+                };
+                let n = clamp(page, n);
+                if aim && !cuts_leaf(&self.models[d], page, n) {
+                    self.spaces[d].unmap(va(page), n * KB4, |_, _| {}).unwrap();
+                    let gone: Vec<u64> = self.models[d]
+                        .range(page..page + n)
+                        .map(|(&p, _)| p)
+                        .collect();
+                    for p in gone {
+                        self.models[d].remove(&p);
+                    }
+                }
                 let kind = if shared {
                     VmaKind::Shared
                 } else {
                     VmaKind::Private
                 };
                 let (dst, src) = (&self.spaces[d], &self.spaces[s]);
-                let r = copy_range(dst, src, va(page), va(page + n), kind);
+                if fail > 0 {
+                    self.frames.fail_nth(Some(fail));
+                }
+                let r = copy_range_with_swap(dst, src, va(page), va(page + n), kind, &self.swap);
+                self.frames.fail_nth(None);
                 // Source leaf tables covering the range: a huge leaf anywhere in them fails.
                 let first_chunk = page / HUGE_PAGES * HUGE_PAGES;
                 let src_huge = self.models[s]
@@ -418,13 +518,32 @@ impl World {
                     prop_assert!(r.is_err(), "{:?}", r);
                     return Ok(());
                 }
+                if fail > 0 && r == Err(MapError::OutOfFrames) {
+                    // Tables or a continuation: either way both spaces and every count are as
+                    // they were (checked after this step).
+                    return Ok(());
+                }
                 let stats = r.unwrap();
                 let copied: Vec<(u64, Entry)> = self.models[s]
                     .range(page..page + n)
                     .map(|(&p, &e)| (p, e))
                     .collect();
                 prop_assert_eq!(stats.copied, copied.len() as u64);
+                let swapped = copied.iter().filter(|(_, e)| e.swp.is_some()).count();
+                prop_assert_eq!(stats.swap, swapped as u64);
                 for (p, mut e) in copied {
+                    if let Some(x) = e.swp {
+                        match x.kind() {
+                            SwapKind::Swap => *self.counts.get_mut(&x).unwrap() += 1,
+                            SwapKind::MigrationWrite if !shared => {
+                                e.swp = Some(x.to_read_migration());
+                                self.models[s].insert(p, e);
+                            }
+                            _ => {}
+                        }
+                        self.models[d].insert(p, e);
+                        continue;
+                    }
                     // Frames outside the arena (the contiguous device-like ranges) are copied
                     // as they are: no reference, no COW.
                     let managed = self.frames.arena().contains(PhysAddr::new(e.pa), KB4);
@@ -443,13 +562,60 @@ impl World {
                     self.models[d].insert(p, e);
                 }
             }
+            Op::SwapOut {
+                space,
+                page,
+                n,
+                kind,
+            } => {
+                let victims: Vec<(u64, Entry)> = self.models[space]
+                    .range(page..)
+                    .chain(self.models[space].range(..page))
+                    .filter(|(_, e)| e.swp.is_none() && e.leaf.1 == 1)
+                    .take(n as usize)
+                    .map(|(&p, &e)| (p, e))
+                    .collect();
+                for (p, e) in victims {
+                    let frame = PhysFrame::containing_address(PhysAddr::new(e.pa));
+                    let entry = match kind {
+                        0 => self.swap.alloc().unwrap(),
+                        k => SwapEntry::migration(frame, k == 1),
+                    };
+                    let old = install_swap_entry(&self.spaces[space], va(p), entry).unwrap();
+                    prop_assert_eq!(old.addr().as_u64(), e.pa);
+                    let x = Entry {
+                        pa: entry.pte().addr().as_u64(),
+                        flags: e.flags,
+                        leaf: (p, 1),
+                        swp: Some(entry),
+                    };
+                    self.models[space].insert(p, x);
+                    if kind == 0 {
+                        self.counts.insert(entry, 1);
+                    }
+                }
+                // `page` holds no present 4 KiB leaf now (one would have been the first
+                // victim): swapping it out is refused, changing nothing.
+                let e = SwapEntry::migration(PhysFrame::containing_address(PhysAddr::zero()), true);
+                let r = install_swap_entry(&self.spaces[space], va(page), e);
+                match self.models[space].get(&page) {
+                    Some(x) if x.swp.is_none() => {
+                        prop_assert!(x.leaf.1 > 1);
+                        prop_assert_eq!(r, Err(MapError::HugePageInTheWay { va: va(page) }));
+                    }
+                    _ => prop_assert_eq!(r, Err(MapError::NotMapped { va: va(page) })),
+                }
+            }
+        }
+        for (&e, &c) in &self.counts {
+            prop_assert_eq!(self.swap.count(e), c, "{:?}", e);
         }
         Ok(())
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn matches_the_btreemap_model(ops in proptest::collection::vec(op(), 1..40)) {

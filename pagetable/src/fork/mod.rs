@@ -2,20 +2,53 @@
 //! `copy_pte_range`) and breaking copy-on-write on a write fault ([`handle_write_fault`]).
 //!
 //! How it works. [`copy_range`] first checks the whole range read-only (no huge leaf in the
-//! source, nothing mapped in the destination) and allocates every destination table it will
-//! need, so it fails before changing anything. It then walks the source's leaf tables; for each
-//! one it takes the two page-table locks and copies entries in batches exactly like the seed:
-//! a progress count starts at 0, grows by 1 per empty entry and by 8 per copied one, and when
-//! it reaches 32 the locks are dropped (Linux drops them when a reschedule is due; here always,
-//! the worst case, which keeps batch boundaries deterministic) and the copy resumes at the
-//! next address. Each copied entry takes one frame reference ([`FrameAllocator::get`]) and:
-//! * private mapping, writable (or already COW): both entries lose `WRITABLE` and gain `COW`;
-//! * shared mapping: the child's entry is marked clean (`DIRTY` cleared), writable as before;
-//! * always: the child's entry is marked old (`ACCESSED` cleared).
+//! source, no entry at all, present or not, in the destination) and allocates every
+//! destination table it will need, so those errors come before anything changed. It then walks
+//! the source's leaf tables; for each one it takes the two page-table locks and copies entries
+//! in batches exactly like the seed: a progress count starts at 0, grows by 1 per empty entry
+//! and by 8 per copied one, and when it reaches 32 the batch ends (Linux ends it when a
+//! reschedule is due or a lock is contended; here always, the worst case, which keeps batch
+//! boundaries deterministic). Between batches the locks are really let go: each is released
+//! with a *fair* unlock, which hands it to a thread parked on it (Linux's `spin_needbreak`
+//! on a FIFO spinlock), and the copier yields (`cond_resched`) before it locks again, so a
+//! write fault waiting on either space gets in during a long copy. Each copied entry:
+//! * present, frame counted by the allocator: takes one frame reference
+//!   ([`FrameAllocator::get`](crate::frame::FrameAllocator::get)); a private mapping's
+//!   writable (or already COW) entry loses `WRITABLE` and gains `COW` in both spaces; a shared
+//!   mapping's child entry is marked clean (`DIRTY` cleared); the child's entry is always
+//!   marked old (`ACCESSED` cleared). Frames the allocator does not count (device memory, a
+//!   caller's own memory) are copied as they are, without reference or COW (Linux's
+//!   `VM_PFNMAP` case);
+//! * non-present but not all zero (a [`SwapEntry`], the seed's `!pte_present` branch): copied
+//!   as it is. A swap entry's slot count is raised ([`SwapMap::duplicate`], with
+//!   [`copy_range_with_swap`]; [`copy_range`] has no swap area, so it copies swap entries
+//!   without counting them, as Linux does for an entry whose swap area is gone). When the count
+//!   needs a continuation the batch ends *before* that entry, the locks are dropped, the
+//!   continuation is allocated ([`SwapMap::add_continuation`]), progress restarts at 0 and the
+//!   copy resumes at the same entry (the seed's `add_swap_count_continuation` + `goto again`;
+//!   [`CopyStats::continuations`] counts these). In a private mapping a write migration entry
+//!   becomes a read one in both spaces (`make_migration_entry_read`); a migration entry takes no
+//!   frame reference (Linux takes none either).
 //!
-//! Frames outside the arena (device memory) are copied as they are, without reference or COW
-//! (Linux's `VM_PFNMAP` case). The destination's rss grows per batch (`add_mm_rss_vec`). The
-//! source entries that lost `WRITABLE` need a TLB flush: [`CopyStats::flush`] says where.
+//! The destination's rss grows per batch (`add_mm_rss_vec`) by every entry copied, present or
+//! not: this crate's rss counts non-zero leaves (unmap clears and counts a non-present leaf
+//! like a page), where Linux counts swap entries apart (`MM_SWAPENTS`). The source entries that
+//! lost `WRITABLE` need a TLB flush: [`CopyStats::flush`] says where.
+//!
+//! All or nothing. Every error leaves both spaces as they were: the up-front errors before
+//! anything changed, and an [`MapError::OutOfFrames`] from a swap-count continuation (only
+//! [`copy_range_with_swap`] can meet one, part-way) after undoing the part copied (see
+//! `undo.rs`): the child's entries, frame references, swap counts (and the continuations they
+//! no longer need), rss and the tables this call installed inside the range go away, and the
+//! source gets back the `WRITABLE` bits and write migration entries the copy took. Linux
+//! instead returns `-ENOMEM` with the part copied left in the child, for fork's error path to
+//! tear down. What is *not* as before after such an error: `ACCESSED`/`DIRTY` bits the hardware
+//! set meanwhile; a source leaf a write fault changed between batches (it stays as the fault
+//! made it); a CPU that cached a source leaf while it was read-only takes one spurious write
+//! fault (giving `WRITABLE` back is an upgrade, no flush is needed); and other threads may have
+//! seen the partial copy between batches, as they may see any copy in progress. The caller must
+//! not access the child's range through a TLB before `copy_range` returned `Ok` (fork's child
+//! has not run yet), since an undone entry is not flushed.
 //!
 //! [`handle_write_fault`] breaks COW: under the space's lock, a `COW` leaf whose frame has more
 //! than one reference gets a private copy (new frame, contents copied, mapped writable, one
@@ -23,32 +56,45 @@
 //! translation must be flushed from other CPUs ([`FaultOutcome::needs_flush`]); with a single
 //! reference the frame is simply made writable again: [`FaultOutcome::Reused`] (an upgrade:
 //! no flush needed). A leaf without `COW` is [`FaultOutcome::NotCow`] (a genuine protection
-//! fault, or a spurious one if the leaf is already writable).
+//! fault, or a spurious one if the leaf is already writable). A non-present leaf is
+//! [`MapError::NotMapped`] (swap-in is not modelled).
 //!
 //! Locking and ordering rules:
 //! * Each space has a page-table lock (`ptl`, a `sync::Mutex<()>`); `copy_range` holds both
 //!   spaces' locks during a batch, always taking the lower space id first (so concurrent
-//!   copies in opposite directions cannot deadlock), and `handle_write_fault` holds its
-//!   space's lock. So a COW decision (reference count, entry update) never interleaves with
-//!   a copy of the same space's entries.
+//!   copies in opposite directions cannot deadlock), and `handle_write_fault` and
+//!   [`install_swap_entry`] hold their space's lock. So a COW decision (reference count, entry
+//!   update) never interleaves with a copy of the same space's entries. A swap map's lock is
+//!   taken under the `ptl`s; a continuation is allocated with no lock held.
 //! * As for fork's `mmap_lock`, the caller keeps other mappers off both ranges during
 //!   `copy_range` (map/unmap take no `ptl`). Leaf updates of the source use compare-exchange
-//!   loops (the TLB model's walker may set `ACCESSED`/`DIRTY` meanwhile); the destination's
-//!   leaves are stored with `Release` after the frame reference is taken; destination tables
-//!   are installed by compare-exchange like every table.
+//!   loops (the TLB model's walker may set `ACCESSED`/`DIRTY` meanwhile; it never writes a
+//!   non-present entry, which is stored plainly); the destination's leaves are stored with
+//!   `Release` after the frame reference or swap count is taken; destination tables are
+//!   installed by compare-exchange like every table.
 //! * The COW copy is published by a compare-exchange with `Release`, so a walker that sees the
 //!   new leaf sees the copied contents.
 
+mod swap;
+mod undo;
+
+pub use swap::{
+    Dup, MAX_SWAPFILES, SWAP_CONT_MAX, SWAP_MAP_MAX, SwapEntry, SwapKind, SwapMap,
+    install_swap_entry,
+};
+
 use crate::addr::VirtAddr;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
-use crate::frame::{FrameAllocator, Zone};
+use crate::frame::Zone;
 use crate::mapper::{
     AddressSpace, MapError, TableStash, checked_bounds, descend_create, entry_span, index,
     leaf_table,
 };
 use crate::page::{PAGE_SIZE, PhysFrame};
-use crate::sync::{Arc, MutexGuard, Ordering};
-use crate::tlb::{FlushRange, from_lin, lin};
+use crate::sync::{Arc, MutexGuard, Ordering, thread};
+use crate::tlb::{from_lin, lin};
+
+use undo::Undo;
 
 /// What kind of mapping a range is (Linux's `VM_SHARED` or not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,14 +108,19 @@ pub enum VmaKind {
 /// What [`copy_range`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct CopyStats {
-    /// Entries copied.
+    /// Entries copied, present or not.
     pub copied: u64,
+    /// Of those, non-present entries ([`SwapEntry`]: swap, migration or other).
+    pub swap: u64,
     /// Empty entries skipped inside existing source leaf tables.
     pub empty: u64,
     /// Lock hold periods (batches).
     pub batches: u64,
+    /// Times the copy stopped at a swap entry whose count needed a continuation, allocated one
+    /// with the locks dropped and retried the same entry.
+    pub continuations: u64,
     /// Source leaves that were write-protected (COW) and need a TLB flush in the source.
-    pub flush: FlushRange,
+    pub flush: crate::tlb::FlushRange,
 }
 
 /// What [`handle_write_fault`] did.
@@ -110,15 +161,33 @@ fn lock_pair<'a>(
     }
 }
 
+#[cfg(all(test, not(feature = "loom")))]
+std::thread_local! {
+    /// Test hook: run by `copy_range` on this thread right after each batch took its locks.
+    static BATCH_HOOK: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Run the test hook, if any (nothing outside unit tests).
+#[inline]
+fn batch_started() {
+    #[cfg(all(test, not(feature = "loom")))]
+    BATCH_HOOK.with(|h| {
+        if let Some(f) = h.borrow_mut().as_mut() {
+            f();
+        }
+    });
+}
+
 /// Copy the mappings of `[start, end)` (range ends as in the [`crate::tlb`] docs) from `src`
-/// to `dst` (seed 001's `copy_pte_range`; see the module docs).
+/// to `dst` (seed 001's `copy_pte_range`; see the module docs), with no swap area: swap
+/// entries are copied without counting (use [`copy_range_with_swap`] to count them).
 ///
-/// Errors before anything changed: [`MapError::IncompatibleSpaces`] (same space, or different
+/// Errors, changing nothing: [`MapError::IncompatibleSpaces`] (same space, or different
 /// frame allocators), [`MapError::Misaligned`], [`MapError::InvalidRange`],
 /// [`MapError::HugePageInTheWay`] (a huge leaf in the source range),
-/// [`MapError::AlreadyMapped`] (something mapped in the destination range: it must be
-/// empty, as a new child's is),
-/// [`MapError::OutOfFrames`] (destination tables).
+/// [`MapError::AlreadyMapped`] (an entry, present or not, in the destination range: it must
+/// be empty, as a new child's is), [`MapError::OutOfFrames`] (destination tables).
 pub fn copy_range(
     dst: &AddressSpace,
     src: &AddressSpace,
@@ -126,36 +195,64 @@ pub fn copy_range(
     end: VirtAddr,
     kind: VmaKind,
 ) -> Result<CopyStats, MapError> {
+    copy(dst, src, start, end, kind, None)
+}
+
+/// [`copy_range`] counting swap entries of `swap`'s area in `swap` (Linux's `swap_duplicate`,
+/// with its count continuations: see the module docs). Errors as for [`copy_range`], and
+/// [`MapError::OutOfFrames`] when a continuation cannot be allocated, after undoing the part
+/// copied (see the module docs for what that leaves).
+pub fn copy_range_with_swap(
+    dst: &AddressSpace,
+    src: &AddressSpace,
+    start: VirtAddr,
+    end: VirtAddr,
+    kind: VmaKind,
+    swap: &SwapMap,
+) -> Result<CopyStats, MapError> {
+    copy(dst, src, start, end, kind, Some(swap))
+}
+
+fn copy(
+    dst: &AddressSpace,
+    src: &AddressSpace,
+    start: VirtAddr,
+    end: VirtAddr,
+    kind: VmaKind,
+    swap: Option<&SwapMap>,
+) -> Result<CopyStats, MapError> {
     if dst.id() == src.id() || !Arc::ptr_eq(dst.frames(), src.frames()) {
         return Err(MapError::IncompatibleSpaces);
     }
     let (s, e) = checked_bounds(start, end)?;
-    let mut stats = CopyStats::default();
     if s >= e {
-        return Ok(stats);
+        return Ok(CopyStats::default());
     }
     let need = plan(dst, src, s, e)?;
     let mut stash = TableStash::new(dst.frames());
     stash.fill(need)?;
-
-    let pt_span = entry_span(2);
+    let mut c = Copier {
+        dst,
+        src,
+        swap,
+        kind,
+        stats: CopyStats::default(),
+        undo: Undo::default(),
+    };
     let mut l = s;
-    while l < e {
-        let chunk_end = ((l & !(pt_span - 1)) + pt_span).min(e);
-        if let Some(src_pt) = leaf_table(src, l)? {
-            let dst_pt = descend_create(dst, l, &mut stash)?;
-            copy_pt(dst, src, src_pt, dst_pt, l, chunk_end, kind, &mut stats);
+    match c.copy_all(&mut l, e, &mut stash) {
+        Ok(()) => Ok(c.stats),
+        Err(err) => {
+            undo::roll_back(dst, src, swap, (s, l, e), &c.undo, &stash);
+            Err(err)
         }
-        l = chunk_end;
     }
-    Ok(stats)
 }
 
 /// Check `[s, e)` and count the destination tables a copy needs.
 fn plan(dst: &AddressSpace, src: &AddressSpace, s: u64, e: u64) -> Result<usize, MapError> {
-    if let Some(m) = dst.mappings(from_lin(s), e - s).next() {
-        let va = if lin(m.va) < s { from_lin(s) } else { m.va };
-        return Err(MapError::AlreadyMapped { va });
+    if let Some(l) = first_used(dst, s, e)? {
+        return Err(MapError::AlreadyMapped { va: from_lin(l) });
     }
     let pt_span = entry_span(2);
     let mut need = 0;
@@ -189,14 +286,43 @@ fn plan(dst: &AddressSpace, src: &AddressSpace, s: u64, e: u64) -> Result<usize,
     Ok(need)
 }
 
-/// The start of the next 2 MiB chunk after `l` whose source tables may exist, skipping
-/// missing PDPT/PD subtrees whole.
-fn next_present_chunk(src: &AddressSpace, l: u64, e: u64) -> u64 {
-    let mut t = src.root_table();
+/// The first page of `[s, e)` where `space` has a leaf entry, present or not (a huge leaf
+/// covering `l` counts from `l`).
+fn first_used(space: &AddressSpace, s: u64, e: u64) -> Result<Option<u64>, MapError> {
+    let pt_span = entry_span(2);
+    let mut l = s;
+    while l < e {
+        let chunk_end = ((l & !(pt_span - 1)) + pt_span).min(e);
+        match leaf_table(space, l) {
+            Err(MapError::HugePageInTheWay { .. }) => return Ok(Some(l)),
+            Err(err) => return Err(err),
+            Ok(None) => {
+                l = next_present_chunk(space, l, e);
+                continue;
+            }
+            Ok(Some(t)) => {
+                let mut x = l;
+                while x < chunk_end {
+                    if !t[index(x, 1)].load(Ordering::Acquire).is_unused() {
+                        return Ok(Some(x));
+                    }
+                    x += PAGE_SIZE;
+                }
+            }
+        }
+        l = chunk_end;
+    }
+    Ok(None)
+}
+
+/// The start of the next 2 MiB chunk after `l` whose tables may exist, skipping missing
+/// PDPT/PD subtrees whole.
+fn next_present_chunk(space: &AddressSpace, l: u64, e: u64) -> u64 {
+    let mut t = space.root_table();
     for level in (2..=4u32).rev() {
         let span = entry_span(level);
         let p = t[index(l, level)].load(Ordering::Acquire);
-        match src.child(p) {
+        match space.child(p) {
             Ok(c) if p.is_present() && !p.is_huge() => t = c,
             _ => return ((l & !(span - 1)) + span).min(e),
         }
@@ -204,106 +330,198 @@ fn next_present_chunk(src: &AddressSpace, l: u64, e: u64) -> u64 {
     ((l & !(entry_span(2) - 1)) + entry_span(2)).min(e)
 }
 
-/// The batched copy of one leaf table's part `[l, chunk_end)`.
-#[allow(clippy::too_many_arguments)]
-fn copy_pt(
-    dst: &AddressSpace,
-    src: &AddressSpace,
-    src_pt: &PageTable,
-    dst_pt: &PageTable,
-    mut l: u64,
-    chunk_end: u64,
-    kind: VmaKind,
-    stats: &mut CopyStats,
-) {
-    let frames = src.frames();
-    let mut progress = 0;
-    while l < chunk_end {
-        let guards = lock_pair(dst, src);
-        stats.batches += 1;
-        let mut rss = 0;
-        loop {
-            if progress >= PROGRESS_LIMIT {
-                progress = 0;
-                break;
-            }
-            let i = index(l, 1);
-            if copy_one(frames, &src_pt[i], &dst_pt[i], l, kind, &mut stats.flush) {
-                progress += PROGRESS_COPIED;
-                stats.copied += 1;
-                rss += 1;
-            } else {
-                progress += PROGRESS_EMPTY;
-                stats.empty += 1;
-            }
-            l += PAGE_SIZE;
-            if l >= chunk_end {
-                break;
-            }
-        }
-        dst.add_rss(rss);
-        drop(guards);
-    }
+/// What became of one source entry.
+enum One {
+    /// Empty: nothing to copy.
+    Empty,
+    /// Copied (`present`: a present leaf, else a [`SwapEntry`]).
+    Copied { present: bool },
+    /// A swap entry whose count needs a continuation first: nothing was copied.
+    NeedsContinuation(SwapEntry),
 }
 
-/// Copy one source leaf into the (unused) destination slot; false if the source is empty.
-fn copy_one(
-    frames: &FrameAllocator,
-    src_entry: &PageTableEntry,
-    dst_entry: &PageTableEntry,
-    l: u64,
+/// One copy in progress: its spaces, what it did, and what a failure must undo.
+struct Copier<'a> {
+    dst: &'a AddressSpace,
+    src: &'a AddressSpace,
+    swap: Option<&'a SwapMap>,
     kind: VmaKind,
-    flush: &mut FlushRange,
-) -> bool {
-    'again: loop {
-        let mut cur = src_entry.load(Ordering::Acquire);
-        if !cur.is_present() {
-            return false;
+    stats: CopyStats,
+    undo: Undo,
+}
+
+impl Copier<'_> {
+    /// Copy `[*l, e)`, leaf table by leaf table; on error `*l` is the first address not
+    /// copied.
+    fn copy_all(
+        &mut self,
+        l: &mut u64,
+        e: u64,
+        stash: &mut TableStash<'_>,
+    ) -> Result<(), MapError> {
+        let pt_span = entry_span(2);
+        while *l < e {
+            let chunk_end = ((*l & !(pt_span - 1)) + pt_span).min(e);
+            if let Some(src_pt) = leaf_table(self.src, *l)? {
+                let dst_pt = descend_create(self.dst, *l, stash)?;
+                self.copy_pt(src_pt, dst_pt, l, chunk_end)?;
+            }
+            *l = chunk_end;
         }
-        let frame = PhysFrame::containing_address(cur.addr());
-        // The child's reference. A frame the allocator does not count (outside the arena, or
-        // never allocated from it: device memory, a caller's own memory) is copied as is,
-        // without COW (Linux's `VM_PFNMAP`).
-        let managed = frames.get(frame).is_ok();
-        loop {
-            let mut flags = cur.flags();
-            if kind == VmaKind::Private
-                && managed
-                && flags.intersects(PageTableFlags::WRITABLE | PageTableFlags::COW)
-            {
-                flags = (flags - PageTableFlags::WRITABLE) | PageTableFlags::COW;
-                let parent = cur.with_flags(flags);
-                if parent != cur {
-                    match src_entry.compare_exchange(
-                        cur,
-                        parent,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => flush.add_linear(l, l + PAGE_SIZE),
-                        Err(actual) if actual.is_present() && actual.addr() == cur.addr() => {
-                            // Only ACCESSED/DIRTY changed (a walker): recompute.
-                            cur = actual;
-                            continue;
-                        }
-                        Err(_) => {
-                            // The leaf was replaced meanwhile (outside the rules): drop our
-                            // reference and start over.
-                            if managed {
-                                let _ = frames.free(frame);
+        Ok(())
+    }
+
+    /// The batched copy of one leaf table's part `[*l, chunk_end)` (the seed's loop).
+    fn copy_pt(
+        &mut self,
+        src_pt: &PageTable,
+        dst_pt: &PageTable,
+        l: &mut u64,
+        chunk_end: u64,
+    ) -> Result<(), MapError> {
+        let mut progress = 0;
+        while *l < chunk_end {
+            let (ga, gb) = lock_pair(self.dst, self.src);
+            self.stats.batches += 1;
+            batch_started();
+            let mut rss = 0;
+            let mut needs = None;
+            loop {
+                if progress >= PROGRESS_LIMIT {
+                    progress = 0;
+                    break;
+                }
+                let i = index(*l, 1);
+                match self.copy_one(&src_pt[i], &dst_pt[i], *l) {
+                    One::Empty => {
+                        progress += PROGRESS_EMPTY;
+                        self.stats.empty += 1;
+                    }
+                    One::Copied { present } => {
+                        progress += PROGRESS_COPIED;
+                        self.stats.copied += 1;
+                        self.stats.swap += u64::from(!present);
+                        rss += 1;
+                    }
+                    One::NeedsContinuation(entry) => {
+                        // `*l` stays at this entry: the retry starts there.
+                        needs = Some(entry);
+                        break;
+                    }
+                }
+                *l += PAGE_SIZE;
+                if *l >= chunk_end {
+                    break;
+                }
+            }
+            self.dst.add_rss(rss);
+            // The seed's unlocks and `cond_resched`: a fair unlock hands the lock to a thread
+            // parked on it, the yield lets a runnable one run before we lock again.
+            MutexGuard::unlock_fair(gb);
+            MutexGuard::unlock_fair(ga);
+            thread::yield_now();
+            if let Some(entry) = needs {
+                // With no page-table lock held, as the seed's GFP_KERNEL allocation.
+                if let Some(m) = self.swap {
+                    m.add_continuation(entry)?;
+                }
+                self.stats.continuations += 1;
+                progress = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy one source entry (linear `l`) into the (unused) destination slot.
+    fn copy_one(&mut self, src_entry: &PageTableEntry, dst_entry: &PageTableEntry, l: u64) -> One {
+        let frames = self.src.frames();
+        'again: loop {
+            let mut cur = src_entry.load(Ordering::Acquire);
+            if !cur.is_present() {
+                let Some(entry) = SwapEntry::from_pte(cur) else {
+                    return One::Empty;
+                };
+                return self.copy_swap_entry(src_entry, dst_entry, l, entry);
+            }
+            let frame = PhysFrame::containing_address(cur.addr());
+            // The child's reference. A frame the allocator does not count (outside the arena,
+            // or never allocated from it: device memory, a caller's own memory) is copied as
+            // is, without COW (Linux's `VM_PFNMAP`).
+            let managed = frames.get(frame).is_ok();
+            loop {
+                let mut flags = cur.flags();
+                if self.kind == VmaKind::Private
+                    && managed
+                    && flags.intersects(PageTableFlags::WRITABLE | PageTableFlags::COW)
+                {
+                    flags = (flags - PageTableFlags::WRITABLE) | PageTableFlags::COW;
+                    let parent = cur.with_flags(flags);
+                    if parent != cur {
+                        match src_entry.compare_exchange(
+                            cur,
+                            parent,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => {
+                                self.stats.flush.add_linear(l, l + PAGE_SIZE);
+                                self.undo.protected.add(l);
                             }
-                            continue 'again;
+                            Err(actual) if actual.is_present() && actual.addr() == cur.addr() => {
+                                // Only ACCESSED/DIRTY changed (a walker): recompute.
+                                cur = actual;
+                                continue;
+                            }
+                            Err(_) => {
+                                // The leaf was replaced meanwhile (outside the rules): drop
+                                // our reference and start over.
+                                if managed {
+                                    let _ = frames.free(frame);
+                                }
+                                continue 'again;
+                            }
                         }
                     }
                 }
+                if self.kind == VmaKind::Shared {
+                    flags.remove(PageTableFlags::DIRTY);
+                }
+                flags.remove(PageTableFlags::ACCESSED);
+                dst_entry.store(cur.with_flags(flags), Ordering::Release);
+                if managed {
+                    self.undo.referenced.add(l);
+                }
+                return One::Copied { present: true };
             }
-            if kind == VmaKind::Shared {
-                flags.remove(PageTableFlags::DIRTY);
-            }
-            flags.remove(PageTableFlags::ACCESSED);
-            dst_entry.store(cur.with_flags(flags), Ordering::Release);
-            return true;
         }
+    }
+
+    /// Copy the non-present source entry `entry` (the seed's `!pte_present` branch).
+    fn copy_swap_entry(
+        &mut self,
+        src_entry: &PageTableEntry,
+        dst_entry: &PageTableEntry,
+        l: u64,
+        mut entry: SwapEntry,
+    ) -> One {
+        match entry.kind() {
+            SwapKind::Swap => match self.swap.map_or(Dup::NotOurs, |m| m.duplicate(entry)) {
+                Dup::Counted => self.undo.counted.add(l),
+                Dup::NotOurs => {}
+                Dup::NeedsContinuation => return One::NeedsContinuation(entry),
+            },
+            SwapKind::MigrationWrite if self.kind == VmaKind::Private => {
+                // COW mappings need the page read-only in both spaces. No walker writes a
+                // non-present entry and the caller keeps mappers off: a plain store, as the
+                // seed's `set_pte_at`.
+                entry = entry.to_read_migration();
+                src_entry.store(entry.pte(), Ordering::Release);
+                self.undo.downgraded.add(l);
+            }
+            _ => {}
+        }
+        dst_entry.store(entry.pte(), Ordering::Release);
+        One::Copied { present: false }
     }
 }
 
@@ -382,5 +600,9 @@ pub fn handle_write_fault(space: &AddressSpace, va: VirtAddr) -> Result<FaultOut
     outcome
 }
 
+#[cfg(all(test, feature = "loom"))]
+mod loom_tests;
+#[cfg(all(test, not(feature = "loom")))]
+mod swap_tests;
 #[cfg(all(test, not(feature = "loom")))]
 mod tests;

@@ -3,24 +3,25 @@
 use super::*;
 use crate::addr::PhysAddr;
 use crate::arena::PhysArena;
+use crate::frame::FrameAllocator;
 use crate::sync::{Arc, thread};
 use crate::tlb::{AccessError, TlbFlush, TlbModel};
 
-const KB4: u64 = PAGE_SIZE;
-const RW: PageTableFlags = PageTableFlags::PRESENT
+pub(super) const KB4: u64 = PAGE_SIZE;
+pub(super) const RW: PageTableFlags = PageTableFlags::PRESENT
     .union(PageTableFlags::WRITABLE)
     .union(PageTableFlags::USER_ACCESSIBLE);
 
-fn allocator() -> Arc<FrameAllocator> {
+pub(super) fn allocator() -> Arc<FrameAllocator> {
     let arena = PhysArena::heap(1024 * KB4, PhysAddr::new(0x20_0000)).unwrap();
     Arc::new(FrameAllocator::new(Arc::new(arena)))
 }
 
-fn va(x: u64) -> VirtAddr {
+pub(super) fn va(x: u64) -> VirtAddr {
     VirtAddr::new(x)
 }
 
-fn alloc_n(a: &FrameAllocator, n: usize) -> Vec<PhysFrame> {
+pub(super) fn alloc_n(a: &FrameAllocator, n: usize) -> Vec<PhysFrame> {
     (0..n)
         .map(|_| a.alloc_zeroed(Zone::Normal).unwrap())
         .collect()
@@ -297,4 +298,68 @@ fn opposite_copies_do_not_deadlock() {
     t.join().unwrap();
     assert_eq!(x.rss(), 84);
     assert_eq!(y.rss(), 84);
+}
+
+/// The lock break really lets a waiter in: a thread parked on the parent's page-table lock
+/// during a batch gets the lock at the end of that batch, before the copier's next one. The
+/// waiter sleeps on a condition variable of the parent's lock; the test hook, run by the copier
+/// while it holds both locks, wakes it, which moves it onto the lock's queue (parked). With the
+/// fair unlock it then holds the lock when the batch ends and records the child's rss: once
+/// per batch, 4 copies each. (Before the fix the copier unlocked and relocked at once, and the
+/// waiter got in only when the OS scheduler happened to run it in between.)
+#[test]
+fn lock_break_lets_a_waiter_in() {
+    use crate::sync::{AtomicBool, Condvar, Mutex};
+    /// Eight leaf tables: 1,024 batches, so 1,024 breaks where the waiter must get in.
+    const PAGES: u64 = 4096;
+    let a = allocator();
+    let parent = Arc::new(AddressSpace::new(Arc::clone(&a)).unwrap());
+    let child = Arc::new(AddressSpace::new(Arc::clone(&a)).unwrap());
+    let v = va(0x40_0000);
+    let f: Vec<PhysFrame> = (0..PAGES)
+        .map(|i| PhysFrame::containing_address(PhysAddr::new(0x40_0000_0000 + i * KB4)))
+        .collect();
+    parent.map(v, &f, RW).unwrap();
+    let cv = Arc::new(Condvar::new());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let waiter = {
+        let (parent, child, cv, seen, done) = (
+            Arc::clone(&parent),
+            Arc::clone(&child),
+            Arc::clone(&cv),
+            Arc::clone(&seen),
+            Arc::clone(&done),
+        );
+        thread::spawn(move || {
+            let mut g = parent.ptl().lock();
+            ready_tx.send(()).unwrap();
+            loop {
+                // Releases the lock only once parked on `cv`.
+                cv.wait(&mut g);
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                seen.lock().push(child.rss());
+            }
+        })
+    };
+    ready_rx.recv().unwrap();
+    // Taking the lock proves the waiter is parked on `cv`.
+    drop(parent.ptl().lock());
+    let hook_cv = Arc::clone(&cv);
+    BATCH_HOOK.with(|h| *h.borrow_mut() = Some(Box::new(move || _ = hook_cv.notify_one())));
+    let s = copy_range(&child, &parent, v, v + PAGES * KB4, VmaKind::Shared);
+    BATCH_HOOK.with(|h| *h.borrow_mut() = None);
+    assert_eq!(s.unwrap().batches, PAGES / 4);
+    {
+        let _g = parent.ptl().lock();
+        done.store(true, Ordering::Relaxed);
+        cv.notify_one();
+    }
+    waiter.join().unwrap();
+    let seen = seen.lock().clone();
+    let want: Vec<usize> = (1..=PAGES as usize / 4).map(|b| 4 * b).collect();
+    assert_eq!(seen, want, "the waiter got in after these rss values");
 }
