@@ -411,7 +411,8 @@ impl World {
                     let pages: Vec<u64> = m.range(page..page + n).map(|(&p, _)| p).collect();
                     for p in &pages {
                         let e = m.remove(p).unwrap();
-                        if e.leaf.0 == *p {
+                        // Non-present (swap/migration) leaves map no frame: not reported.
+                        if e.leaf.0 == *p && e.swp.is_none() {
                             want.push((e.pa, e.leaf.1 * KB4));
                         }
                     }

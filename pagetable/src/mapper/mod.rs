@@ -33,8 +33,10 @@
 //! never freed by [`AddressSpace::clean_up`].
 //!
 //! Invariants:
-//! * every entry is either all-zero (unused) or `PRESENT`; a present entry at level 4, 3 or 2
-//!   without `HUGE_PAGE` points at a table of this arena owned by the tree;
+//! * every entry above the leaf level is either all-zero (unused) or `PRESENT`; a present
+//!   entry at level 4, 3 or 2 without `HUGE_PAGE` points at a table of this arena owned by
+//!   the tree; a leaf may also be a non-present, non-zero swap or migration entry (made only
+//!   by `fork`'s `install_swap_entry` and `copy_range`), which maps no frame;
 //! * leaves are never freed or owned by the tree: unmap hands each leaf's frame to a callback,
 //!   dropping an address space frees only its tables;
 //! * `rss` is the number of 4 KiB pages mapped through this space (a 2 MiB leaf counts 512):
@@ -493,7 +495,9 @@ impl AddressSpace {
     }
 
     /// Clear every leaf in `[va, va + len)`, calling `f(frame address, leaf size in bytes)`
-    /// once per leaf so the caller frees or keeps the frame. Holes are skipped. Never
+    /// once per present leaf so the caller frees or keeps the frame. Holes are skipped;
+    /// non-present swap or migration leaves are cleared without a call (they map no frame;
+    /// their swap counts are the caller's, as Linux's `zap_pte_range` frees them). Never
     /// flushes: returns the range of the leaves cleared, which needs a TLB shootdown before
     /// the virtual range is reused. A huge leaf reaching outside the range is
     /// [`MapError::HugePageInTheWay`] (nothing is changed).

@@ -367,7 +367,12 @@ fn clear_entry<F: FnMut(crate::addr::PhysAddr, u64)>(
     // Ownership rule: nobody else stores to this entry (see the mapper docs); a walker's
     // A/D update racing with this store is lost with the mapping.
     entry.store(Pte::UNUSED, Ordering::Release);
-    f(p.addr(), PAGE_SIZE);
+    // A non-present leaf (a swap or migration entry made by `fork`) maps no frame: nothing to
+    // report (its offset is not a frame address). It still counts as a cleared page, as it
+    // counted in rss when it was installed or copied.
+    if p.flags().contains(crate::entry::PageTableFlags::PRESENT) {
+        f(p.addr(), PAGE_SIZE);
+    }
     true
 }
 
