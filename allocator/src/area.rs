@@ -316,9 +316,24 @@ pub(crate) const BATCH: usize = 4;
 
 #[derive(Debug, Default)]
 struct PoolInner {
-    /// The slab's blocks; never shrunk while the pool lives (stable addresses).
-    chunks: Vec<Box<[UnsafeCell<VmapArea>]>>,
+    /// The slab's blocks, as leaked boxes; never shrunk while the pool lives (stable
+    /// addresses), freed by `Drop`. Raw pointers, not `Box`es: every `Desc` is a raw pointer
+    /// derived from its block, and moving a `Box` (into this vector, or by its reallocation)
+    /// asserts unique ownership of the block, which would invalidate those pointers under
+    /// Rust's aliasing model (Miri's Stacked Borrows caught exactly that).
+    chunks: Vec<NonNull<[UnsafeCell<VmapArea>]>>,
     spare: DescList,
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        for chunk in self.chunks.drain(..) {
+            // SAFETY: each block was leaked from a `Box` by `DescPool::refill` and is freed
+            // only here, once; the pool is being dropped, so no `Desc` of it is used again
+            // (descriptors are plain data: nothing runs on them after this).
+            drop(unsafe { Box::from_raw(chunk.as_ptr()) });
+        }
+    }
 }
 
 /// The descriptor slab with its spare list.
@@ -354,7 +369,14 @@ impl DescPool {
                     })
                 })
                 .collect();
-            for cell in chunk.iter() {
+            // Leaked: the block lives (at a fixed address) until the pool is dropped.
+            let block = NonNull::from(Box::leak(chunk));
+            inner.chunks.push(block);
+            // SAFETY: the block was just leaked and is freed only when the pool is dropped;
+            // a shared view of its cells is all we take (each cell is reached through its
+            // `UnsafeCell` pointer from here on).
+            let cells = unsafe { block.as_ref() };
+            for cell in cells {
                 // `UnsafeCell::get` is never null.
                 let Some(p) = NonNull::new(cell.get()) else {
                     continue;
@@ -362,8 +384,6 @@ impl DescPool {
                 // SAFETY: a brand-new descriptor, owned by nobody yet.
                 unsafe { inner.spare.push(Desc(p)) };
             }
-            // Moving the box into the vector does not move its heap block: addresses stay.
-            inner.chunks.push(chunk);
         }
         inner.spare.move_to(to, n);
     }
