@@ -15,7 +15,7 @@
 //!   [`VmallocError::NoSpace`].
 //! * **remove** takes the area out of its busy tree and returns a [`RemovedArea`] token;
 //!   **free_lazy** records the area's range in the calling CPU's lazy batch and gives its
-//!   descriptor straight back to that CPU (one slot-lock section; see [`crate::pcpu`]), or,
+//!   descriptor straight back to that CPU (one slot-lock section; see the `pcpu` module), or,
 //!   with per-CPU caching off or the batch full, raises the shard's lazy-page counter and
 //!   pushes the descriptor on the shard's lock-free lazy list; past `lazy_max_pages` it kicks
 //!   a purge (see [`crate::purge`]). **free_unused** returns a never-mapped area straight to
@@ -732,18 +732,17 @@ impl Inner {
         if start < self.cfg.start || end > self.cfg.end {
             return Err(bad);
         }
-        if !self.shards.alloc_exact(start, end) {
-            if !self
+        let taken = self.shards.alloc_exact(start, end)
+            || self
                 .reclaim_then(|| self.shards.alloc_exact(start, end).then_some(()))
-                .is_some()
-            {
-                return Err(VmallocError::NoSpace {
-                    size: end - start,
-                    align: PAGE_SIZE,
-                    start,
-                    end,
-                });
-            }
+                .is_some();
+        if !taken {
+            return Err(VmallocError::NoSpace {
+                size: end - start,
+                align: PAGE_SIZE,
+                start,
+                end,
+            });
         }
         let cpu = cpu::this_cpu();
         let desc = self.pcpu.lock(cpu).descs.get(&self.pool);

@@ -47,7 +47,7 @@
 //!
 //! # Getting back the containing structure
 //!
-//! Implement [`Intrusive`] for the containing type with [`impl_llist_intrusive!`] (which
+//! Implement [`Intrusive`] for the containing type with [`impl_llist_intrusive!`](crate::impl_llist_intrusive) (which
 //! computes the field offset with `offset_of!`, so there is no unsafe code on the caller's
 //! side), then convert with [`Intrusive::to_node`] / [`Intrusive::from_node`].
 
@@ -410,7 +410,7 @@ impl<'a> IntoIterator for &'a Chain {
 ///
 /// `to_node` must return a pointer to an `LlistNode` field inside `*this`, derived from `this`
 /// (keeping its provenance), and `from_node` must be its exact inverse. Use
-/// [`impl_llist_intrusive!`], which derives both from `offset_of!`.
+/// [`impl_llist_intrusive!`](crate::impl_llist_intrusive), which derives both from `offset_of!`.
 pub unsafe trait Intrusive: Sized {
     /// The node embedded in `*this`. `this` must point into a live allocation of `Self`.
     fn to_node(this: NonNull<Self>) -> NonNull<LlistNode>;

@@ -21,6 +21,9 @@
 //! Locking: `StaleTlb`'s page bitmap is behind a loom mutex; its counters are loom atomics,
 //! so every access is visible to the model checker.
 
+// The links above name items that exist only with the `loom` feature.
+#![cfg_attr(not(feature = "loom"), allow(rustdoc::broken_intra_doc_links))]
+
 #[cfg(feature = "loom")]
 mod support;
 

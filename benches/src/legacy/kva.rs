@@ -2,7 +2,7 @@
 //! purge, faithfully, as the baseline the sharded design is measured against.
 //!
 //! How it works (the names are the kernel's):
-//! - `vmap_area_lock` ([`LegacyKva::state`], one `Mutex`) guards everything below.
+//! - `vmap_area_lock` (`LegacyKva::state`, one `Mutex`) guards everything below.
 //! - `vmap_area_root`: the busy areas keyed by start (a `BTreeMap` standing in for the
 //!   rb-tree; only lookups go through it).
 //! - `vmap_area_list`: the same areas in address order, a doubly linked list threaded through
