@@ -202,7 +202,7 @@ impl ShardSet {
         (first, last.min(self.len() - 1))
     }
 
-    /// Lowest fit inside shard `i`'s part of `[vstart, vend)`.
+    /// A fit inside shard `i`'s part of `[vstart, vend)` ([`FreeTree::alloc_fast`]).
     pub(crate) fn alloc_in(
         &self,
         i: usize,
@@ -220,7 +220,7 @@ impl ShardSet {
         if tree.largest() < size {
             return None;
         }
-        tree.alloc(size, align, lo, hi)
+        tree.alloc_fast(size, align, lo, hi)
     }
 
     /// Lock the free trees of shards `first..=last`, ascending.
