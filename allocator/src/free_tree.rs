@@ -1,8 +1,8 @@
 //! The free-space tree of the Linux 5.2+ design: free areas keyed by start address in an
 //! augmented AVL tree ([`crate::tree`]), each node knowing the largest free size in its
-//! subtree (Linux's `subtree_max_size`, the default [`MaxSize`] index) or, with the
-//! [`AlignLevels`] index, also the largest block that can start aligned to a few power-of-two
-//! alignments.
+//! subtree (Linux's `subtree_max_size`, the default [`MaxSize`] index, which the shards use)
+//! or, with the [`AlignLevels`] index, also the largest block that can start aligned to a few
+//! power-of-two alignments.
 //!
 //! # How it works
 //!
@@ -15,16 +15,43 @@
 //!   left edge (the area shrinks from the left), right edge (it shrinks from the right), no
 //!   edge (the area is split: the right remainder takes a second node from the arena's
 //!   preloaded free slots).
+//! * [`FreeTree::alloc_fast`], what the shards call, is `alloc` whenever the index prunes
+//!   `align` exactly ([`FitIndex::prunes_exactly`]; with `MaxSize`: `align <= PAGE_SIZE`, so
+//!   every page-aligned request, per-CPU refills included, runs the very same search). For a
+//!   larger alignment, three steps:
+//!   1. the exact walk, but it gives up at the ninth ([`EXACT_TRIES`] + 1) area it meets
+//!      that holds `size` bytes inside the window but not once aligned (the areas that make
+//!      it O(n)); if it does not give up, its answer is final: the lowest fit, or no fit;
+//!   2. Linux's adjusted search (`adjust_search_size`): the lowest fit among the areas of at
+//!      least `need = size + align - PAGE_SIZE` bytes, the same walk pruning by `need`
+//!      instead of `size`. An area that long holds the block wherever its page-aligned start
+//!      lies, so every subtree entered holds a fit (window edges aside). A lower fit in a
+//!      shorter area is passed over: the only case where `alloc_fast` is not the lowest fit;
+//!   3. if no area of length `>= need` has room inside the window (where Linux fails the
+//!      allocation), the exact walk in full: `alloc_fast` never fails while space exists.
 //! * [`FreeTree::insert_merge`] puts a freed range back, coalescing with the previous and the
 //!   next free area (`merge_or_add_vmap_area`): one `floor` search, O(log n).
 //!
-//! Cost: O(log n) per operation whenever the pruning is exact: with [`MaxSize`], when `align`
-//! is at most the address granularity (page-granular vmalloc with `align <= PAGE_SIZE`);
-//! with [`AlignLevels`], also for alignments at its levels. Linux instead looks for
-//! `size + align - 1`, which keeps O(log n) but can miss the lowest fit and even fail although
-//! space exists; this tree stays exact (always the lowest fitting address, which the property
-//! tests check against a linear scan), and where pruning is not exact it also visits the
-//! areas below the answer that are long enough but fail once aligned.
+//! Cost (page-granular areas, n free areas):
+//!
+//! * `alloc` / [`FreeTree::lowest_fit`]: O(log n) whenever pruning is exact (see above; with
+//!   [`AlignLevels`], also for alignments at its levels). Otherwise the walk also visits every
+//!   area below the answer that is long enough but fails once aligned: O(n) on adversarial
+//!   layouts (n areas of 4 MiB + 4 KiB, each a page past a 4 MiB boundary, asked for 4 MiB at
+//!   4 MiB alignment: all n are visited).
+//! * `alloc_fast` / [`FreeTree::fast_fit`]: O(log n) for every alignment while some area of
+//!   `size + align - PAGE_SIZE` bytes lies inside the window (in the vmalloc range, always
+//!   but near exhaustion): steps 1 and 2 visit at most a few root-to-leaf paths (39 nodes
+//!   over 1,024 misaligned areas, 47 over 16,384, where the exact walk visits 2,551). Step 3
+//!   costs what `alloc` costs, O(n) in the worst case, and runs only when no such area
+//!   exists. The index is the same, so page-aligned operations (searches, carves, merges)
+//!   cost exactly what they cost before.
+//! * An index that prunes more alignments exactly makes every update dearer: see
+//!   [`FitIndex`]'s module for the measured cost of [`AlignLevels`].
+//!
+//! Linux looks for `size + align - 1` and fails when that finds nothing; `alloc` is the exact
+//! lowest fit, which the property tests check against a linear scan, and `alloc_fast`'s
+//! placement (the lowest fit, or step 2's) is a tested property of its own.
 //!
 //! # Invariants (checked by [`FreeTree::check_invariants`])
 //!
@@ -38,6 +65,8 @@
 //! None inside: a `FreeTree` is `&mut`-only; the owner (a `vmalloc` shard) keeps it behind a
 //! lock. No atomics, so ordering is the lock's. Call [`FreeTree::reserve`] while holding the
 //! lock before a split-prone allocation if the operation must not allocate memory.
+
+use pagetable::page::PAGE_SIZE;
 
 use crate::tree::{InsertError, InvariantViolation, NodeId, Tree, TreeFull};
 
@@ -95,6 +124,25 @@ impl<I: FitIndex> Default for FreeTree<I> {
         Self::empty()
     }
 }
+
+#[cfg(test)]
+std::thread_local! {
+    /// Nodes visited by this thread's lowest-fit searches (tests only: see `visit`).
+    static VISITS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// Count one node visited by a lowest-fit search (test builds only; nothing otherwise).
+#[inline(always)]
+fn visit() {
+    #[cfg(test)]
+    VISITS.with(|v| v.set(v.get() + 1));
+}
+
+/// How many areas `alloc_fast`'s exact walk may find long enough for the block but failing
+/// once aligned before it gives up for Linux's adjusted search (see the module
+/// documentation): enough for the few misaligned neighbours of a typical answer, few enough
+/// that giving up costs a small constant.
+pub const EXACT_TRIES: usize = 8;
 
 /// `addr` rounded up to `align` (a power of two), or `None` on overflow.
 #[inline]
@@ -261,18 +309,89 @@ impl<I: FitIndex> FreeTree<I> {
     /// Where `[vstart, vend)` would get `size` bytes aligned to `align` (lowest address), with
     /// the node of the free area holding it; changes nothing.
     fn lowest_match(&self, size: u64, align: u64, vstart: u64, vend: u64) -> Option<(NodeId, u64)> {
+        let mut gave_up = false;
+        self.walk::<false, false>(
+            size,
+            align,
+            vstart,
+            vend,
+            size,
+            I::level(align),
+            &mut gave_up,
+        )
+    }
+
+    /// `alloc_fast`'s placement (see the module documentation): the exact search where the
+    /// index prunes `align` exactly, else [`FreeTree::aligned_match`].
+    #[inline]
+    fn fast_match(&self, size: u64, align: u64, vstart: u64, vend: u64) -> Option<(NodeId, u64)> {
+        if I::prunes_exactly(align) {
+            self.lowest_match(size, align, vstart, vend)
+        } else {
+            self.aligned_match(size, align, vstart, vend)
+        }
+    }
+
+    /// The exact walk, given up after [`EXACT_TRIES`] misaligned areas; then Linux's adjusted
+    /// search for `size + align - PAGE_SIZE` bytes; then, if that finds nothing, the exact walk
+    /// in full.
+    #[inline]
+    fn aligned_match(
+        &self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+    ) -> Option<(NodeId, u64)> {
+        let mut gave_up = false;
+        let level = I::level(align);
+        let found = self.walk::<false, true>(size, align, vstart, vend, size, level, &mut gave_up);
+        if !gave_up {
+            // The lowest fit, or nothing fits at all.
+            return found;
+        }
+        let need = size.saturating_add(align.saturating_sub(PAGE_SIZE));
+        self.walk::<true, false>(size, align, vstart, vend, need, 0, &mut gave_up)
+            .or_else(|| self.lowest_match(size, align, vstart, vend))
+    }
+
+    /// The lowest fit of `size` bytes aligned to `align` in `[vstart, vend)` among the areas
+    /// that may hold `need >= size` bytes: an in-order walk that skips the subtrees whose
+    /// summary at `level` rules that out and checks each visited area exactly (`LONG`: only
+    /// the areas of length `>= need`; without it, a visited area shorter than `need` could be
+    /// taken although a lower fit lies in a subtree that was skipped). With `need = size`
+    /// and the index's level for `align`, nothing that fits is skipped: the lowest fit.
+    /// `BOUNDED`: give up (`None` with `gave_up` set) at the [`EXACT_TRIES`]`+1`-th area
+    /// whose part inside the window holds `size` bytes but not once aligned (the areas that
+    /// make an inexactly pruned walk O(n)); otherwise `gave_up` is left alone. Inlined, so
+    /// that each caller's flags, `need` and `level` fold into its copy.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn walk<const LONG: bool, const BOUNDED: bool>(
+        &self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+        need: u64,
+        level: usize,
+        gave_up: &mut bool,
+    ) -> Option<(NodeId, u64)> {
         if size == 0 || !align.is_power_of_two() || vstart >= vend || vend - vstart < size {
             return None;
         }
+        let mut tries = 0;
         let t = &self.tree;
-        let level = I::level(align);
         let big_enough =
-            |id: Option<NodeId>| t.aug_of(id).is_some_and(|v| I::may_fit(&v, size, level));
+            |id: Option<NodeId>| t.aug_of(id).is_some_and(|v| I::may_fit(&v, need, level));
         // Go down-left as long as the left subtree may hold a fit: it must have a large enough
         // area and lie (partly) above vstart, i.e. the node itself must start above vstart.
         let descend = |mut i: NodeId| loop {
             match t.left(i) {
-                Some(l) if t.get(i).start > vstart && big_enough(Some(l)) => i = l,
+                Some(l) if t.get(i).start > vstart && big_enough(Some(l)) => {
+                    visit();
+                    i = l;
+                }
                 _ => return i,
             }
         };
@@ -282,16 +401,26 @@ impl<I: FitIndex> FreeTree<I> {
         }
         let mut i = descend(root?);
         loop {
+            visit();
             let a = *t.get(i);
             // In-order: every area from here on starts at or after `a.start`.
             if a.start >= vend || vend - a.start < size {
                 return None;
             }
             let lo = a.start.max(vstart);
-            if let Some(addr) = align_up(lo, align) {
+            if LONG && a.end - a.start < need {
+                // Not one of the areas searched: only passed through.
+            } else if let Some(addr) = align_up(lo, align) {
                 if addr.checked_add(size).is_some_and(|e| e <= a.end.min(vend)) {
                     return Some((i, addr));
                 }
+            }
+            if BOUNDED && a.end.min(vend).saturating_sub(lo) >= size {
+                if tries == EXACT_TRIES {
+                    *gave_up = true;
+                    return None;
+                }
+                tries += 1;
             }
             if a.end < vend && big_enough(t.right(i)) {
                 i = descend(t.right(i)?);
@@ -299,6 +428,7 @@ impl<I: FitIndex> FreeTree<I> {
             }
             // Climb to the first ancestor whose left subtree we just finished.
             loop {
+                visit();
                 let p = t.parent(i)?;
                 let from_left = t.left(p) == Some(i);
                 i = p;
@@ -314,12 +444,33 @@ impl<I: FitIndex> FreeTree<I> {
         self.lowest_match(size, align, vstart, vend).map(|(_, a)| a)
     }
 
+    /// The address at which `alloc_fast` would place the block (changes nothing).
+    pub fn fast_fit(&self, size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
+        self.fast_match(size, align, vstart, vend).map(|(_, a)| a)
+    }
+
     /// Allocate `size` bytes aligned to `align` (a power of two) at the lowest possible address
     /// in `[vstart, vend)`. `None` if nothing fits, or for `size == 0`, an `align` that is not
     /// a power of two, or an empty range. May take one node from the arena (no-edge split):
     /// see [`FreeTree::reserve`].
     pub fn alloc(&mut self, size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
         let (id, addr) = self.lowest_match(size, align, vstart, vend)?;
+        self.carve(id, addr, addr + size).ok()?;
+        Some(addr)
+    }
+
+    /// Allocate `size` bytes aligned to `align` (a power of two) in `[vstart, vend)` in
+    /// O(log n) for every alignment while the window holds a free area of at least
+    /// `size + align - PAGE_SIZE` bytes (what the shards use; see the module documentation).
+    /// Same result as [`FreeTree::alloc`] when the index prunes `align` exactly (with
+    /// [`MaxSize`]: `align <= PAGE_SIZE`). Otherwise the lowest fit too, unless the exact walk
+    /// meets more than [`EXACT_TRIES`] areas long enough but misaligned before it: then the
+    /// lowest fit among the free areas of at least `size + align - PAGE_SIZE` bytes (a lower
+    /// fit in a shorter area is passed over), or, when none of them has room, `alloc`'s
+    /// result (exact search, O(n) worst case). `None` exactly when `alloc` would return
+    /// `None`. May take one node from the arena, as `alloc`.
+    pub fn alloc_fast(&mut self, size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
+        let (id, addr) = self.fast_match(size, align, vstart, vend)?;
         self.carve(id, addr, addr + size).ok()?;
         Some(addr)
     }

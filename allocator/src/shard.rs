@@ -295,7 +295,7 @@ impl ShardSet {
         (first, last.min(self.len() - 1))
     }
 
-    /// Lowest fit inside shard `i`'s part of `[vstart, vend)`.
+    /// A fit inside shard `i`'s part of `[vstart, vend)` ([`FreeTree::alloc_fast`]).
     pub(crate) fn alloc_in(
         &self,
         i: usize,
@@ -316,7 +316,7 @@ impl ShardSet {
         if tree.largest() < size {
             return None;
         }
-        tree.alloc(size, align, lo, hi)
+        tree.alloc_fast(size, align, lo, hi)
     }
 
     /// Count the live area `[a, b)` in `crossed_in` of every shard above its first one that

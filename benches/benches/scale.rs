@@ -24,6 +24,22 @@
 //! every allocation lands in bucket 0 and a free scans all live allocations. Their
 //! 100-thousand figures are measured.
 //!
+//! Aligned search (`scale-aligned/N`): the shards' free tree alone (no `Kva`), holding N free
+//! areas laid out against the search as in the issue that introduced these rows: N areas of
+//! 4 MiB + 4 KiB, each starting one page past a 4 MiB boundary, so that every one is long
+//! enough for a 4 MiB block but none holds one at 4 MiB or 2 MiB alignment; above them,
+//! 4 MiB-aligned, the rest of the space (1 TiB free), where the lowest fit lies. One
+//! iteration = one search for
+//! - `4M-align-4M`: 4 MiB at 4 MiB alignment (a new vmap block);
+//! - `4M-align-2M`: 4 MiB at 2 MiB alignment (a huge-page vmalloc).
+//!
+//! Contenders: `free-tree`, the production path: `FreeTree::fast_fit` (the search of
+//! `alloc_fast`, which the shards call) on `FreeTree` with its default index (the type of the
+//! shards' trees); `exact`, `FreeTree::lowest_fit` on the same tree, the exact walk that was
+//! production's search before (it steps over all N areas). The `exhausted-` rows are
+//! `free-tree` on the same layout with only 4 MiB free above: no area is long enough for
+//! Linux's adjusted search, so they measure `alloc_fast`'s exact fallback (O(N)).
+//!
 //! Run: `cargo bench -p benches --bench scale`. `SCALE_ONLY=kva,legacy` (names as in the
 //! benchmark ids) limits the run, setup included, to those contenders.
 
@@ -32,9 +48,10 @@ use std::time::Instant;
 
 use benches::peers::{
     BTreeFirstFit, BuddyPeer, FreeListPeer, KvaPeer, LegacyKvaPeer, OffsetAllocPeer, PAGE,
-    RangeAllocPeer, VaAllocator, VmemPeer,
+    RangeAllocPeer, VA_BASE, VaAllocator, VmemPeer,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use vmalloc::free_tree::FreeTree;
 
 /// The managed span: 1 TiB (1 million areas of 3 pages take 12 GiB).
 const SPAN: u64 = 1 << 40;
@@ -163,5 +180,72 @@ fn bench_scale(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_scale);
+const MIB: u64 = 1 << 20;
+
+/// The adversarial layout of the module documentation: `n` misaligned areas of 4 MiB +
+/// 4 KiB, 8 MiB apart, then a 4 MiB-aligned free area of `top` bytes; returns the tree and
+/// the lowest fit (the start of the top area). `FreeTree` with its default index is the type
+/// of the shards' trees.
+fn misaligned_areas(n: usize, top: u64) -> (FreeTree, u64) {
+    let mut t = FreeTree::with_capacity(n + 1);
+    for i in 0..n as u64 {
+        let s = VA_BASE + i * 8 * MIB + PAGE;
+        t.insert_merge(s, s + 4 * MIB + PAGE)
+            .unwrap_or_else(|e| panic!("setup: {e}"));
+    }
+    let fit = VA_BASE + n as u64 * 8 * MIB;
+    t.insert_merge(fit, fit + top)
+        .unwrap_or_else(|e| panic!("setup: {e}"));
+    (t, fit)
+}
+
+/// The two aligned rows (`prefix` + row name, contender `name`) of one search over a tree
+/// whose answer is `fit`.
+fn aligned_rows(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    prefix: &str,
+    name: &str,
+    fit: u64,
+    search: impl Fn(u64, u64) -> Option<u64>,
+) {
+    for (row, align) in [("4M-align-4M", 4 * MIB), ("4M-align-2M", 2 * MIB)] {
+        assert_eq!(search(4 * MIB, align), Some(fit), "{prefix}{row}/{name}");
+        g.bench_function(BenchmarkId::new(format!("{prefix}{row}"), name), |b| {
+            b.iter(|| black_box(search(black_box(4 * MIB), align)))
+        });
+    }
+}
+
+fn bench_aligned(c: &mut Criterion) {
+    for n in SIZES {
+        if !selected("free-tree") && !selected("exact") {
+            return;
+        }
+        let mut g = c.benchmark_group(format!("scale-aligned/{n}"));
+        g.throughput(Throughput::Elements(1));
+        let (t, fit) = misaligned_areas(n, 1 << 40);
+        if selected("free-tree") {
+            aligned_rows(&mut g, "", "free-tree", fit, |size, align| {
+                t.fast_fit(size, align, 0, u64::MAX)
+            });
+        }
+        // Linear walks at large N: ten samples keep the run short.
+        g.sample_size(10);
+        if selected("exact") {
+            aligned_rows(&mut g, "", "exact", fit, |size, align| {
+                t.lowest_fit(size, align, 0, u64::MAX)
+            });
+        }
+        drop(t);
+        if selected("free-tree") {
+            let (t, fit) = misaligned_areas(n, 4 * MIB);
+            aligned_rows(&mut g, "exhausted-", "free-tree", fit, |size, align| {
+                t.fast_fit(size, align, 0, u64::MAX)
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_scale, bench_aligned);
 criterion_main!(benches);

@@ -35,6 +35,26 @@ impl Model {
         }
     }
 
+    /// The lowest fit among the areas of at least `min_len` bytes.
+    fn lowest_fit_in_areas_of(
+        &self,
+        min_len: u64,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+    ) -> Option<u64> {
+        let long = Model {
+            free: self
+                .free
+                .iter()
+                .copied()
+                .filter(|&(s, e)| e - s >= min_len)
+                .collect(),
+        };
+        long.lowest_fit(size, align, vstart, vend).map(|(_, a)| a)
+    }
+
     fn alloc(&mut self, size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
         let (i, a) = self.lowest_fit(size, align, vstart, vend)?;
         self.carve(i, a, a + size);
@@ -195,6 +215,183 @@ fn align_levels_index_prunes_exactly_and_agrees_with_max_size() {
     assert_eq!(AlignLevels::level(1), 0);
 }
 
+/// Nodes visited by the lowest-fit searches `f` runs on this thread.
+fn visits(f: impl FnOnce()) -> usize {
+    let before = VISITS.with(|v| v.get());
+    f();
+    VISITS.with(|v| v.get()) - before
+}
+
+/// A bound on the visits of a search that follows one root-to-leaf path (every node entered
+/// once when descending, once when examined) in a tree of `n` areas: an AVL tree of `n`
+/// nodes is at most `1.44 log2(n + 2)` high.
+fn path_bound(n: usize) -> usize {
+    3 * (usize::BITS - n.leading_zeros()) as usize + 2
+}
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = PAGE_SIZE;
+/// Length of the free area above the misaligned ones when the space is not exhausted.
+const TOP: u64 = 1 << 40;
+/// Misaligned areas in the layouts below (fewer under Miri, which is slow).
+const N: usize = if cfg!(miri) { 1 << 6 } else { 1 << 10 };
+
+/// The issue's adversarial layout: `n` free areas of 4 MiB + 4 KiB, each starting one page
+/// past a 4 MiB boundary (8 MiB apart), so that none holds 4 MiB at 2 MiB or 4 MiB
+/// alignment although every one is long enough; then, 4 MiB-aligned, one area of `top` bytes
+/// (>= 4 MiB), where the lowest fit lies (returned).
+fn misaligned_areas<I: FitIndex>(n: usize, top: u64) -> (FreeTree<I>, u64) {
+    let base = 0xffff_c900_0000_0000u64;
+    let mut t = FreeTree::<I>::empty_with_capacity(n + 1);
+    for i in 0..n as u64 {
+        let s = base + i * 8 * MIB + PAGE;
+        t.insert_merge(s, s + 4 * MIB + PAGE).unwrap();
+    }
+    let fit = base + n as u64 * 8 * MIB;
+    t.insert_merge(fit, fit + top).unwrap();
+    (t, fit)
+}
+
+/// The regression test of the O(n) aligned search: with the tree the shards use (the
+/// default index) and the method they call (`alloc_fast`), a 4 MiB block at 4 MiB or 2 MiB
+/// alignment over misaligned areas that are all long enough is found after a bounded number
+/// of visits (the exact walk's [`EXACT_TRIES`] misaligned areas, then one root-to-leaf path
+/// of the adjusted search), not by visiting every area (what `alloc`'s exact walk,
+/// production's search before, does: see the next test).
+#[test]
+fn production_aligned_search_visits_a_path_not_every_area() {
+    for n in [N, 16 * N] {
+        let bound = 2 * path_bound(n) + 2 * (EXACT_TRIES + 1);
+        let (t, fit): (FreeTree, u64) = misaligned_areas(n, TOP);
+        check(&t);
+        for (size, align) in [(4 * MIB, 4 * MIB), (4 * MIB, 2 * MIB)] {
+            let mut got = None;
+            let v = visits(|| got = t.fast_fit(size, align, 0, u64::MAX));
+            // Here the lowest fit lies in the long area: both searches agree.
+            assert_eq!(got, Some(fit), "n {n} align {align:#x}");
+            assert_eq!(t.lowest_fit(size, align, 0, u64::MAX), got);
+            assert!(
+                v <= bound,
+                "n {n} align {align:#x}: {v} nodes visited, bound {bound}"
+            );
+            let mut c = t.clone();
+            let v = visits(|| got = c.alloc_fast(size, align, 0, u64::MAX));
+            assert_eq!(got, Some(fit));
+            assert!(v <= bound, "alloc_fast: {v}");
+            check(&c);
+        }
+        // Nothing fits 2 TiB: refused at the root.
+        let v = visits(|| assert_eq!(t.fast_fit(2 * TOP, 4 * MIB, 0, u64::MAX), None));
+        assert_eq!(v, 0);
+    }
+}
+
+/// The exact walk (`lowest_fit`, `MaxSize`) on the same layout visits every misaligned area:
+/// what the previous test rules out for the production path.
+#[test]
+fn exact_aligned_search_visits_every_misaligned_area() {
+    let n = N;
+    let (t, fit) = misaligned_areas::<MaxSize>(n, TOP);
+    let mut got = None;
+    let v = visits(|| got = t.lowest_fit(4 * MIB, 4 * MIB, 0, u64::MAX));
+    assert_eq!(got, Some(fit));
+    assert!(v > n, "{v}");
+}
+
+/// With at most [`EXACT_TRIES`] misaligned areas before the answer, the exact walk does not
+/// give up: `alloc_fast` returns the lowest fit, as `alloc` does, not the long area above
+/// (which Linux's adjusted search alone would return).
+#[test]
+fn fast_search_is_the_lowest_fit_within_its_tries() {
+    let (mut t, short) = misaligned_areas::<MaxSize>(EXACT_TRIES, 4 * MIB);
+    let long = short + 8 * MIB;
+    t.insert_merge(long, long + 8 * MIB).unwrap();
+    let v = visits(|| assert_eq!(t.fast_fit(4 * MIB, 4 * MIB, 0, u64::MAX), Some(short)));
+    assert!(v <= 3 * (EXACT_TRIES + 1), "{v}");
+    assert_eq!(t.alloc_fast(4 * MIB, 2 * MIB, 0, u64::MAX), Some(short));
+}
+
+/// Exhausted space: the exact walk gives up, no area is `size + align - PAGE` bytes long, so
+/// the adjusted search finds nothing (Linux would fail here), and `alloc_fast` falls back
+/// to the exact walk in full, which finds the one fit after visiting every misaligned
+/// area: the documented O(n) fallback.
+#[test]
+fn fast_search_falls_back_to_the_exact_walk_when_no_area_is_long_enough() {
+    let n = N;
+    let (t, fit): (FreeTree, u64) = misaligned_areas(n, 4 * MIB);
+    let adjusted = 4 * MIB + 4 * MIB - PAGE;
+    let mut gave_up = false;
+    let exact = t.walk::<false, true>(4 * MIB, 4 * MIB, 0, u64::MAX, 4 * MIB, 0, &mut gave_up);
+    assert_eq!((exact, gave_up), (None, true));
+    let mut gave_up = false;
+    let linux = t.walk::<true, false>(4 * MIB, 4 * MIB, 0, u64::MAX, adjusted, 0, &mut gave_up);
+    assert_eq!((linux, gave_up), (None, false));
+    let mut got = None;
+    let v = visits(|| got = t.fast_fit(4 * MIB, 4 * MIB, 0, u64::MAX));
+    assert_eq!(got, Some(fit));
+    assert!(v > n, "{v}");
+    let mut c = t.clone();
+    assert_eq!(c.alloc_fast(4 * MIB, 2 * MIB, 0, u64::MAX), Some(fit));
+    assert_eq!(c.alloc_fast(4 * MIB, 2 * MIB, 0, u64::MAX), None);
+    assert_eq!(c.alloc(4 * MIB, 2 * MIB, 0, u64::MAX), None);
+    check(&c);
+}
+
+/// `alloc_fast` is not always the lowest fit for large alignments: once the exact walk has
+/// given up, a fit in an area shorter than `size + align - PAGE` is passed over for a long
+/// area above it. Page-aligned requests always get the lowest fit.
+#[test]
+fn fast_search_may_pass_over_a_lower_fit_in_a_shorter_area() {
+    // EXACT_TRIES + 1 misaligned areas (the exact walk gives up), then exactly 4 MiB,
+    // 4 MiB-aligned (the lowest fit), then 8 MiB, 4 MiB-aligned (the first long area).
+    let (mut t, short) = misaligned_areas::<MaxSize>(EXACT_TRIES + 1, 4 * MIB);
+    let long = short + 8 * MIB;
+    t.insert_merge(long, long + 8 * MIB).unwrap();
+    assert_eq!(t.lowest_fit(4 * MIB, 4 * MIB, 0, u64::MAX), Some(short));
+    assert_eq!(t.fast_fit(4 * MIB, 4 * MIB, 0, u64::MAX), Some(long));
+    // No other search for page alignment; the full exact walk where the adjusted one fails.
+    assert_eq!(t.fast_fit(4 * MIB, PAGE, short, u64::MAX), Some(short));
+    assert_eq!(
+        t.fast_fit(4 * MIB, 4 * MIB, 0, long + 4 * MIB - 1),
+        Some(short)
+    );
+    assert_eq!(t.alloc_fast(4 * MIB, 4 * MIB, 0, u64::MAX), Some(long));
+    assert_eq!(t.alloc_fast(4 * MIB, 4 * MIB, 0, u64::MAX), Some(short));
+    assert_eq!(
+        t.alloc_fast(4 * MIB, 4 * MIB, 0, u64::MAX),
+        Some(long + 4 * MIB)
+    );
+    assert_eq!(t.alloc_fast(4 * MIB, 4 * MIB, 0, u64::MAX), None);
+    check(&t);
+}
+
+/// Whether `got` is a placement `alloc_fast` may choose, from the model before the
+/// allocation: the lowest fit; or, only if the index does not prune `align` exactly (the
+/// exact walk may then give up), the lowest fit among the areas of `size + align - PAGE`
+/// bytes or more. So `None` exactly when nothing fits.
+fn fast_allowed<I: FitIndex>(
+    m: &Model,
+    got: Option<u64>,
+    size: u64,
+    align: u64,
+    vstart: u64,
+    vend: u64,
+) -> Result<(), String> {
+    let lowest = m.lowest_fit(size, align, vstart, vend).map(|(_, a)| a);
+    if got == lowest {
+        return Ok(());
+    }
+    let need = size.saturating_add(align.saturating_sub(PAGE));
+    let long = m.lowest_fit_in_areas_of(need, size, align, vstart, vend);
+    if I::prunes_exactly(align) || long.is_none() || got != long {
+        return Err(format!(
+            "size {size:#x} align {align:#x} [{vstart:#x}, {vend:#x}): got {got:x?}, lowest \
+             {lowest:x?}, lowest among areas of {need:#x} bytes {long:x?}"
+        ));
+    }
+    Ok(())
+}
+
 #[test]
 fn merges_with_both_neighbours() {
     let mut t = FreeTree::new();
@@ -283,17 +480,23 @@ fn reserve_makes_splits_allocation_free() {
 
 #[test]
 fn page_granular_workload_matches_model() {
-    page_workload::<MaxSize>();
+    page_workload::<MaxSize>(false);
 }
 
 #[test]
 fn page_granular_workload_matches_model_align_levels() {
-    page_workload::<AlignLevels>();
+    page_workload::<AlignLevels>(false);
 }
 
-fn page_workload<I: FitIndex>() {
+/// The same workload through `alloc_fast` (the shards' call), checked with [`fast_allowed`].
+#[test]
+fn page_granular_fast_workload_keeps_its_placement_property() {
+    page_workload::<MaxSize>(true);
+    page_workload::<AlignLevels>(true);
+}
+
+fn page_workload<I: FitIndex>(fast: bool) {
     // A vmalloc-like pseudo-random workload at page granularity with guard pages.
-    const PAGE: u64 = 4096;
     let (lo, hi) = (
         0xffff_c900_0000_0000u64,
         0xffff_c900_0000_0000u64 + (1 << 30),
@@ -315,10 +518,19 @@ fn page_workload<I: FitIndex>() {
             let pages = 1 + rnd() % 64;
             let size = (pages + 1) * PAGE; // + guard page
             let align = PAGE << (rnd() % 11);
-            let got = t.alloc(size, align, lo, hi);
-            assert_eq!(got, m.alloc(size, align, lo, hi), "step {step}");
-            if let Some(a) = got {
-                live.push((a, a + size));
+            if fast {
+                let got = t.alloc_fast(size, align, lo, hi);
+                fast_allowed::<I>(&m, got, size, align, lo, hi).unwrap();
+                if let Some(a) = got {
+                    assert!(m.alloc_at(a, a + size), "step {step}: {a:#x} not free");
+                    live.push((a, a + size));
+                }
+            } else {
+                let got = t.alloc(size, align, lo, hi);
+                assert_eq!(got, m.alloc(size, align, lo, hi), "step {step}");
+                if let Some(a) = got {
+                    live.push((a, a + size));
+                }
             }
         } else if !live.is_empty() {
             let (s, e) = live.swap_remove((rnd() % live.len() as u64) as usize);
@@ -342,6 +554,8 @@ enum Op {
         align_shift: u32,
         vstart: u64,
         vlen: u64,
+        /// Through `alloc_fast` (else `alloc`).
+        fast: bool,
     },
     Free {
         pick: usize,
@@ -362,8 +576,8 @@ const SPACE: u64 = 1024;
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (1u64..80, 0u32..8, 0u64..SPACE, 1u64..=SPACE + 64)
-            .prop_map(|(size, align_shift, vstart, vlen)| Op::Alloc { size, align_shift, vstart, vlen }),
+        5 => (1u64..80, 0u32..8, 0u64..SPACE, 1u64..=SPACE + 64, any::<bool>())
+            .prop_map(|(size, align_shift, vstart, vlen, fast)| Op::Alloc { size, align_shift, vstart, vlen, fast }),
         4 => (any::<usize>(), 0u64..4, 0u64..4)
             .prop_map(|(pick, trim_front, trim_back)| Op::Free { pick, trim_front, trim_back }),
         1 => (0u64..SPACE, 1u64..40).prop_map(|(start, len)| Op::AllocAt { start, len }),
@@ -379,13 +593,15 @@ proptest! {
     })]
 
     /// Random alloc (size/align/range), exact-range alloc and frees of allocated pieces,
-    /// against the linear-scan model: same addresses, same free set, invariants every step.
+    /// against the linear-scan model: same addresses (`alloc_fast`: its documented placement,
+    /// [`fast_allowed`]), same free set, invariants every step.
     #[test]
     fn matches_linear_scan_model(
         base in prop_oneof![Just(0u64), Just(0x1000u64), Just(u64::MAX - ((2 * SPACE) << 13)), 0u64..1 << 40],
         // Every length and offset is multiplied by 2^scale, so that the alignments (2^scale
-        // times 1..128) cross the tracked alignment levels while `base` may be misaligned.
-        scale in prop_oneof![Just(0u32), Just(10u32), Just(13u32)],
+        // times 1..128) cross the tracked alignment levels and the page size while `base` may
+        // be misaligned.
+        scale in prop_oneof![Just(0u32), Just(10u32), Just(12u32), Just(13u32)],
         ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 25 } else { 200 }),
         align_levels in any::<bool>(),
     ) {
@@ -412,12 +628,24 @@ fn run_model<I: FitIndex>(base: u64, scale: u32, ops: Vec<Op>) -> Result<(), Tes
                 align_shift,
                 vstart,
                 vlen,
+                fast,
             } => {
                 let (size, align) = (size * sc, sc << align_shift);
                 let vstart = base + vstart * sc;
                 let vend = vstart.saturating_add(vlen * sc);
-                let got = t.alloc(size, align, vstart, vend);
-                prop_assert_eq!(got, m.alloc(size, align, vstart, vend));
+                let got = if fast {
+                    let got = t.alloc_fast(size, align, vstart, vend);
+                    fast_allowed::<I>(&m, got, size, align, vstart, vend)
+                        .map_err(TestCaseError::fail)?;
+                    if let Some(a) = got {
+                        prop_assert!(m.alloc_at(a, a + size));
+                    }
+                    got
+                } else {
+                    let got = t.alloc(size, align, vstart, vend);
+                    prop_assert_eq!(got, m.alloc(size, align, vstart, vend));
+                    got
+                };
                 if let Some(a) = got {
                     prop_assert_eq!(a % align, 0);
                     prop_assert!(vstart <= a && a + size <= vend);
