@@ -343,16 +343,35 @@ impl<I: FitIndex> FreeTree<I> {
         vstart: u64,
         vend: u64,
     ) -> Option<(NodeId, u64)> {
+        match self.aligned_quick(size, align, vstart, vend) {
+            Ok(found) => found,
+            Err(()) => self.lowest_match(size, align, vstart, vend),
+        }
+    }
+
+    /// The first two steps of [`FreeTree::aligned_match`], O(log n): `Ok(found)` when the
+    /// answer is final (`Ok(None)`: nothing fits anywhere), `Err(())` when only the full exact
+    /// walk could still find a fit (no area of `size + align - PAGE_SIZE` bytes has room).
+    #[inline]
+    fn aligned_quick(
+        &self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+    ) -> Result<Option<(NodeId, u64)>, ()> {
         let mut gave_up = false;
         let level = I::level(align);
         let found = self.walk::<false, true>(size, align, vstart, vend, size, level, &mut gave_up);
         if !gave_up {
             // The lowest fit, or nothing fits at all.
-            return found;
+            return Ok(found);
         }
         let need = size.saturating_add(align.saturating_sub(PAGE_SIZE));
-        self.walk::<true, false>(size, align, vstart, vend, need, 0, &mut gave_up)
-            .or_else(|| self.lowest_match(size, align, vstart, vend))
+        match self.walk::<true, false>(size, align, vstart, vend, need, 0, &mut gave_up) {
+            Some(m) => Ok(Some(m)),
+            None => Err(()),
+        }
     }
 
     /// The lowest fit of `size` bytes aligned to `align` in `[vstart, vend)` among the areas
@@ -473,6 +492,26 @@ impl<I: FitIndex> FreeTree<I> {
         let (id, addr) = self.fast_match(size, align, vstart, vend)?;
         self.carve(id, addr, addr + size).ok()?;
         Some(addr)
+    }
+
+    /// [`FreeTree::alloc_fast`] without its last resort: always O(log n), and `None` also when
+    /// only the exact walk near exhaustion could have found room. For a caller with other
+    /// places to look first (the shards try every shard this way before paying for an exact
+    /// walk in any of them); `alloc_fast` afterwards gives the definitive answer.
+    pub fn alloc_quick(&mut self, size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
+        let (id, addr) = if I::prunes_exactly(align) {
+            self.lowest_match(size, align, vstart, vend)?
+        } else {
+            self.aligned_quick(size, align, vstart, vend).ok()??
+        };
+        self.carve(id, addr, addr + size).ok()?;
+        Some(addr)
+    }
+
+    /// Whether [`FreeTree::alloc_quick`] is always as good as [`FreeTree::alloc_fast`] for
+    /// `align` (the index prunes it exactly: no last resort exists).
+    pub fn quick_is_exact(align: u64) -> bool {
+        I::prunes_exactly(align)
     }
 
     /// Take the exact range `[start, end)` out of the free space (early or reserved areas).

@@ -7,12 +7,15 @@
 //!   alignment, a window covering the home shard) pops a chunk and a descriptor from the
 //!   calling CPU's slot under one uncontended lock, refilling an empty class with one batch
 //!   carved from the home shard's tree. Otherwise the home shard's free tree is searched
-//!   (lowest fit), then the other shards the `[vstart, vend)` window intersects, then runs of
+//!   (`FreeTree::alloc_fast`: the lowest fit for page alignment; for larger alignments the
+//!   lowest fit among the first few candidates, else Linux's `size + align - PAGE_SIZE`
+//!   search, O(log n)), then the other shards the `[vstart, vend)` window intersects
+//!   (skipping, without locking, those whose largest-free hint is too small), then runs of
 //!   free space crossing shard boundaries (see the `shard` module). The area is then inserted
-//!   into the busy tree of the shard containing its start. No space: drain every per-CPU
-//!   cache into the trees, purge synchronously and retry once; then call the notifiers and
-//!   retry while they free something (bounded); then fail with
-//!   [`VmallocError::NoSpace`].
+//!   into the busy tree of the shard containing its start. No space: `reclaim_then` (the
+//!   deferred frees run, everything lazy purged into the trees, every per-CPU cache drained,
+//!   and the search repeated, all under the purge lock); then call the notifiers and retry
+//!   while they free something (bounded); then fail with [`VmallocError::NoSpace`].
 //! * **remove** takes the area out of its busy tree and returns a [`RemovedArea`] token;
 //!   **free_lazy** records the area's range in the calling CPU's lazy batch and gives its
 //!   descriptor straight back to that CPU (one slot-lock section; see the `pcpu` module), or,
@@ -53,6 +56,7 @@ use crate::area::{AreaInfo, Desc, RemovedArea, VmArea};
 use crate::config::{KvaConfig, PurgeMode, Resolved};
 use crate::deferred::{Deferred, Notifiers};
 use crate::error::VmallocError;
+use crate::free_tree::{FreeTree, MaxSize};
 use crate::pcpu::{self, Pcpu, Slot};
 use crate::purge::{PurgeCounters, PurgeReport};
 use crate::purge_worker::{self, Sched};
@@ -595,25 +599,40 @@ impl Inner {
         tree.alloc(bytes, PAGE_SIZE, s.base, s.end)
     }
 
-    /// Lowest fit in the home shard, then in the other shards of the window, then across
-    /// shard boundaries.
+    /// A fit in the home shard, then in the other shards of the window, then across shard
+    /// boundaries. Every shard is first tried with the O(log n) search (`alloc_quick`); only
+    /// for alignments where that search may miss (above a page) and when nothing was found
+    /// anywhere does a second pass pay for the exact walk (`alloc_fast`), so one nearly full
+    /// shard does not cost an O(n) walk while another shard has room.
     fn search_trees(&self, home: usize, size: u64, align: u64, lo: u64, hi: u64) -> Option<u64> {
         let (first, last) = self.shards.window(lo, hi);
         let home_in = (first..=last).contains(&home);
-        if home_in {
-            if let Some(a) = self.shards.alloc_in(home, size, align, lo, hi) {
-                return Some(a);
+        let passes: &[bool] = if FreeTree::<MaxSize>::quick_is_exact(align) {
+            &[true]
+        } else {
+            &[true, false]
+        };
+        for (pass, &quick) in passes.iter().enumerate() {
+            if home_in {
+                if let Some(a) = self.shards.alloc_in(home, size, align, lo, hi, quick) {
+                    return Some(a);
+                }
+            }
+            for i in first..=last {
+                if home_in && i == home {
+                    continue;
+                }
+                if let Some(a) = self.shards.alloc_in(i, size, align, lo, hi, quick) {
+                    return Some(a);
+                }
+            }
+            if pass == 0 {
+                if let Some(a) = self.shards.alloc_spanning(size, align, lo, hi) {
+                    return Some(a);
+                }
             }
         }
-        for i in first..=last {
-            if home_in && i == home {
-                continue;
-            }
-            if let Some(a) = self.shards.alloc_in(i, size, align, lo, hi) {
-                return Some(a);
-            }
-        }
-        self.shards.alloc_spanning(size, align, lo, hi)
+        None
     }
 
     /// Fill the descriptor and insert it into the busy tree of the shard of `addr`.

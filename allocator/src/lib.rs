@@ -30,8 +30,9 @@
 //! **Layer 1, the KVA allocator** ([`Kva`]; no page tables, flushes through a
 //! [`TlbFlush`](pagetable::TlbFlush) hook). The range is cut into contiguous shards (one per
 //! CPU slot by default), each with its own free tree (an augmented AVL tree of free areas
-//! keyed by start, every node knowing the largest free size below it: lowest fit with
-//! alignment and `[vstart, vend)` in O(log n), Linux 5.2's design; [`free_tree`]), busy
+//! keyed by start, every node knowing the largest free size below it: a fit with alignment
+//! and `[vstart, vend)` in O(log n), Linux 5.2's design, exact lowest fit for page-aligned
+//! requests; [`free_tree`]), busy
 //! lookup ([`busy`]) and lock-free lazy list ([`llist`]), each behind its own lock (Linux
 //! 6.9's vmap nodes). Per-CPU caches hold small free areas and area descriptors, so a small
 //! allocation or free touches only the calling CPU's slot and one shard's busy lock, and

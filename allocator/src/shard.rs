@@ -295,7 +295,8 @@ impl ShardSet {
         (first, last.min(self.len() - 1))
     }
 
-    /// A fit inside shard `i`'s part of `[vstart, vend)` ([`FreeTree::alloc_fast`]).
+    /// A fit inside shard `i`'s part of `[vstart, vend)`: [`FreeTree::alloc_quick`] (always
+    /// O(log n)) with `quick`, else [`FreeTree::alloc_fast`] (definitive).
     pub(crate) fn alloc_in(
         &self,
         i: usize,
@@ -303,6 +304,7 @@ impl ShardSet {
         align: u64,
         vstart: u64,
         vend: u64,
+        quick: bool,
     ) -> Option<u64> {
         let s = &self.shards[i];
         let (lo, hi) = (vstart.max(s.base), vend.min(s.end));
@@ -316,7 +318,11 @@ impl ShardSet {
         if tree.largest() < size {
             return None;
         }
-        tree.alloc_fast(size, align, lo, hi)
+        if quick {
+            tree.alloc_quick(size, align, lo, hi)
+        } else {
+            tree.alloc_fast(size, align, lo, hi)
+        }
     }
 
     /// Count the live area `[a, b)` in `crossed_in` of every shard above its first one that
@@ -521,10 +527,10 @@ mod tests {
     #[test]
     fn per_shard_alloc_respects_bounds() {
         let s = set(2, 8);
-        let a = s.alloc_in(1, 2 * P, P, 0, u64::MAX).unwrap();
+        let a = s.alloc_in(1, 2 * P, P, 0, u64::MAX, false).unwrap();
         assert_eq!(a, 0x100000 + 8 * P);
-        assert_eq!(s.alloc_in(0, 9 * P, P, 0, u64::MAX), None);
-        assert_eq!(s.alloc_in(0, P, P, 0x100000 + 8 * P, u64::MAX), None);
+        assert_eq!(s.alloc_in(0, 9 * P, P, 0, u64::MAX, false), None);
+        assert_eq!(s.alloc_in(0, P, P, 0x100000 + 8 * P, u64::MAX, false), None);
     }
 
     #[test]

@@ -331,6 +331,15 @@ fn fast_search_falls_back_to_the_exact_walk_when_no_area_is_long_enough() {
     assert_eq!(got, Some(fit));
     assert!(v > n, "{v}");
     let mut c = t.clone();
+    // The quick search stops before the exact walk: O(log n), no answer here (the shards
+    // try every shard this way first), and nothing changed.
+    let mut q = None;
+    let v = visits(|| q = c.alloc_quick(4 * MIB, 4 * MIB, 0, u64::MAX));
+    assert_eq!(q, None);
+    assert!(v < 100, "{v}");
+    assert_eq!(c.free_bytes(), t.free_bytes());
+    assert!(!FreeTree::<MaxSize>::quick_is_exact(4 * MIB));
+    assert!(FreeTree::<MaxSize>::quick_is_exact(PAGE));
     assert_eq!(c.alloc_fast(4 * MIB, 2 * MIB, 0, u64::MAX), Some(fit));
     assert_eq!(c.alloc_fast(4 * MIB, 2 * MIB, 0, u64::MAX), None);
     assert_eq!(c.alloc(4 * MIB, 2 * MIB, 0, u64::MAX), None);
