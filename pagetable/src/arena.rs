@@ -93,9 +93,17 @@ pub enum ArenaError {
         /// The OS error number, if any.
         errno: Option<i32>,
     },
-    /// The mmap backing was asked for where it does not exist (under loom).
-    #[error("the mmap backing is not available in this build (loom)")]
+    /// The mmap backing was asked for where it does not exist (without the `std` feature,
+    /// or under loom).
+    #[error("the mmap backing is not available in this build (needs `std`, not under loom)")]
     MmapUnavailable,
+    /// [`Backing::DirectMap`] given to [`PhysArena::new`]: such an arena is made by the
+    /// unsafe [`PhysArena::from_direct_map`], which takes the memory's address.
+    #[error("a direct-map arena is built with PhysArena::from_direct_map")]
+    DirectMapNeedsAddress,
+    /// Raw pointers into the arena are not available in this build (loom models the words).
+    #[error("raw access to the arena is not available under loom")]
+    NoRawAccess,
 }
 
 /// Where the arena's memory comes from.
@@ -104,12 +112,16 @@ pub enum Backing {
     /// A zeroed heap allocation (tests, Miri, loom, fuzzing).
     #[default]
     Heap,
-    /// An anonymous `MAP_NORESERVE` mapping; `huge_pages` adds `MADV_HUGEPAGE`.
+    /// An anonymous `MAP_NORESERVE` mapping; `huge_pages` adds `MADV_HUGEPAGE` (needs the
+    /// `std` feature; [`ArenaError::MmapUnavailable`] otherwise).
     Mmap {
         /// Ask for transparent huge pages (best effort, see
         /// [`PhysArena::huge_page_advice_applied`]).
         huge_pages: bool,
     },
+    /// Memory the host already maps, e.g. a kernel's direct map of physical RAM (see
+    /// [`PhysArena::from_direct_map`]); the arena borrows it and never frees it.
+    DirectMap,
 }
 
 /// How to build a [`PhysArena`].
@@ -140,16 +152,22 @@ pub struct PhysArena {
     size: u64,
     backing: Backing,
     huge_applied: bool,
+    /// Whether every word was zero when the arena was built (not for a direct map the host
+    /// did not clear): the frame allocator's never-touched frames are then known zero.
+    starts_zeroed: bool,
     mem: Memory,
 }
 
 #[cfg(not(feature = "loom"))]
 enum Owner {
     /// Allocated with `alloc_zeroed(layout)`; freed in `Memory::drop`.
-    Heap(std::alloc::Layout),
+    Heap(alloc::alloc::Layout),
     /// The mapping; unmapped when dropped. Kept only for ownership: after construction its
     /// memory is reached exclusively through `Memory::ptr`.
+    #[cfg(feature = "std")]
     Mmap(#[allow(dead_code)] memmap2::MmapMut),
+    /// The host's memory (a kernel's direct map): borrowed, never freed.
+    Borrowed,
 }
 
 /// The storage: `words` atomics starting at `ptr`, owned as described by `owner`.
@@ -167,7 +185,7 @@ impl Drop for Memory {
             // SAFETY: `ptr` was returned by `alloc_zeroed(layout)` in `PhysArena::new` and is
             // freed exactly once, here; every reference into it borrows the arena, so none
             // outlives this drop.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast::<u8>(), layout) };
+            unsafe { alloc::alloc::dealloc(self.ptr.as_ptr().cast::<u8>(), layout) };
         }
     }
 }
@@ -186,10 +204,10 @@ unsafe impl Sync for Memory {}
 impl Memory {
     fn heap(size: u64) -> Result<Self, ArenaError> {
         let bytes = usize::try_from(size).map_err(|_| ArenaError::InvalidSize { size })?;
-        let layout = std::alloc::Layout::from_size_align(bytes, PAGE_SIZE as usize)
+        let layout = alloc::alloc::Layout::from_size_align(bytes, PAGE_SIZE as usize)
             .map_err(|_| ArenaError::InvalidSize { size })?;
         // SAFETY: `layout` has a non-zero size (checked by `PhysArena::new`).
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let raw = unsafe { alloc::alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw.cast::<AtomicU64>()).ok_or(ArenaError::OutOfMemory { size })?;
         Ok(Self {
             ptr,
@@ -198,6 +216,7 @@ impl Memory {
         })
     }
 
+    #[cfg(feature = "std")]
     fn mmap(size: u64, huge_pages: bool) -> Result<(Self, bool), ArenaError> {
         let bytes = usize::try_from(size).map_err(|_| ArenaError::InvalidSize { size })?;
         let mut map = memmap2::MmapOptions::new()
@@ -263,6 +282,27 @@ impl PhysArena {
     /// Build an arena as `cfg` says.
     pub fn new(cfg: ArenaConfig) -> Result<PhysArena, ArenaError> {
         let (base, size) = (cfg.base.as_u64(), cfg.size);
+        Self::check_geometry(base, size)?;
+        let (mem, huge_applied) = match cfg.backing {
+            Backing::Heap => (Memory::heap(size)?, false),
+            #[cfg(all(feature = "std", not(feature = "loom")))]
+            Backing::Mmap { huge_pages } => Memory::mmap(size, huge_pages)?,
+            #[cfg(any(not(feature = "std"), feature = "loom"))]
+            Backing::Mmap { .. } => return Err(ArenaError::MmapUnavailable),
+            Backing::DirectMap => return Err(ArenaError::DirectMapNeedsAddress),
+        };
+        Ok(PhysArena {
+            base,
+            size,
+            backing: cfg.backing,
+            huge_applied,
+            starts_zeroed: true,
+            mem,
+        })
+    }
+
+    /// Check a base and size (shared by the constructors).
+    fn check_geometry(base: u64, size: u64) -> Result<(), ArenaError> {
         if size == 0 || size % PAGE_SIZE != 0 || usize::try_from(size).is_err() {
             return Err(ArenaError::InvalidSize { size });
         }
@@ -270,23 +310,75 @@ impl PhysArena {
             return Err(ArenaError::MisalignedBase { base });
         }
         match base.checked_add(size) {
-            Some(end) if end <= PhysAddr::MASK => {}
-            _ => return Err(ArenaError::TooLarge { base, size }),
+            Some(end) if end <= PhysAddr::MASK => Ok(()),
+            _ => Err(ArenaError::TooLarge { base, size }),
         }
-        let (mem, huge_applied) = match cfg.backing {
-            Backing::Heap => (Memory::heap(size)?, false),
-            #[cfg(not(feature = "loom"))]
-            Backing::Mmap { huge_pages } => Memory::mmap(size, huge_pages)?,
-            #[cfg(feature = "loom")]
-            Backing::Mmap { .. } => return Err(ArenaError::MmapUnavailable),
-        };
+    }
+
+    /// An arena over memory the host already maps: physical `base .. base + size` is
+    /// reachable at `virt .. virt + size` (a kernel's direct map, Linux's `__va(base)`). The
+    /// arena borrows that memory for its whole life and never frees it ([`Backing::DirectMap`]).
+    /// `zeroed` says whether the host cleared it: if not, frames the frame allocator hands out
+    /// for the first time are not known to be zero and `alloc_zeroed` clears them.
+    ///
+    /// # Safety
+    ///
+    /// `virt` must be 4 KiB aligned and valid for reads and writes of `size` bytes for as
+    /// long as the arena (and everything built on it) lives; nothing else may access that
+    /// memory other than through this arena (the page-table walker of the CPU excepted: it
+    /// reads the tables the arena holds, which is what they are for), and no reference to it
+    /// may exist outside the arena.
+    pub unsafe fn from_direct_map(
+        virt: core::ptr::NonNull<u8>,
+        base: PhysAddr,
+        size: u64,
+        zeroed: bool,
+    ) -> Result<PhysArena, ArenaError> {
+        let base = base.as_u64();
+        Self::check_geometry(base, size)?;
+        #[cfg(feature = "loom")]
+        {
+            let _ = (virt, zeroed);
+            Err(ArenaError::NoRawAccess)
+        }
+        #[cfg(not(feature = "loom"))]
+        {
+            Self::direct_map(virt, base, size, zeroed)
+        }
+    }
+
+    #[cfg(not(feature = "loom"))]
+    fn direct_map(
+        virt: NonNull<u8>,
+        base: u64,
+        size: u64,
+        zeroed: bool,
+    ) -> Result<PhysArena, ArenaError> {
+        if virt.as_ptr() as usize % PAGE_SIZE as usize != 0 {
+            return Err(ArenaError::Misaligned {
+                addr: PhysAddr::new_truncate(base),
+                align: PAGE_SIZE,
+            });
+        }
         Ok(PhysArena {
             base,
             size,
-            backing: cfg.backing,
-            huge_applied,
-            mem,
+            backing: Backing::DirectMap,
+            huge_applied: false,
+            starts_zeroed: zeroed,
+            mem: Memory {
+                ptr: virt.cast::<AtomicU64>(),
+                words: size as usize / WORD,
+                owner: Owner::Borrowed,
+            },
         })
+    }
+
+    /// Whether every byte of the arena was zero when it was built (a heap or mmap arena, or
+    /// a direct map the host declared zeroed).
+    #[inline]
+    pub fn starts_zeroed(&self) -> bool {
+        self.starts_zeroed
     }
 
     /// A heap-backed arena of `size` bytes at physical `base`.
@@ -401,7 +493,7 @@ impl PhysArena {
 
     /// The `n` words starting at `addr` (8-byte aligned).
     #[inline]
-    pub fn words(&self, addr: PhysAddr, n: usize) -> Result<&[AtomicU64], ArenaError> {
+    pub(crate) fn words(&self, addr: PhysAddr, n: usize) -> Result<&[AtomicU64], ArenaError> {
         if !addr.is_aligned(WORD as u64) {
             return Err(ArenaError::Misaligned {
                 addr,
@@ -481,24 +573,37 @@ impl PhysArena {
 
     /// A raw pointer to `addr`, valid for `len` bytes (bounds-checked). Dereferencing it is
     /// the caller's unsafe business: concurrent non-atomic access to memory that others reach
-    /// through the atomic API is a data race.
-    #[cfg(not(feature = "loom"))]
+    /// through the atomic API is a data race. ([`ArenaError::NoRawAccess`] under loom.)
     pub fn ptr(&self, addr: PhysAddr, len: u64) -> Result<*mut u8, ArenaError> {
         let off = self.offset(addr, len)?;
+        #[cfg(feature = "loom")]
+        {
+            let _ = off;
+            Err(ArenaError::NoRawAccess)
+        }
         // SAFETY: `offset` checked `off + len <= size`, so the result stays inside (or one
         // past the end of) the block that `ptr` points to.
+        #[cfg(not(feature = "loom"))]
         Ok(unsafe { self.mem.ptr.as_ptr().cast::<u8>().add(off) })
     }
 
-    /// The physical address of host pointer `p`, if it points into the arena.
-    #[cfg(not(feature = "loom"))]
+    /// The physical address of host pointer `p`, if it points into the arena (always `None`
+    /// under loom).
     pub fn phys_of(&self, p: *const u8) -> Option<PhysAddr> {
-        let start = self.mem.ptr.as_ptr() as usize;
-        let off = (p as usize).checked_sub(start)?;
-        if (off as u64) < self.size {
-            Some(PhysAddr::new_truncate(self.base + off as u64))
-        } else {
+        #[cfg(feature = "loom")]
+        {
+            let _ = p;
             None
+        }
+        #[cfg(not(feature = "loom"))]
+        {
+            let start = self.mem.ptr.as_ptr() as usize;
+            let off = (p as usize).checked_sub(start)?;
+            if (off as u64) < self.size {
+                Some(PhysAddr::new_truncate(self.base + off as u64))
+            } else {
+                None
+            }
         }
     }
 }

@@ -17,6 +17,7 @@
 //! updates whose data is published elsewhere may use `Relaxed`. The ordering is the caller's
 //! choice: every method takes it explicitly.
 
+use alloc::boxed::Box;
 use core::fmt;
 use core::ops::Index;
 
@@ -246,12 +247,6 @@ impl PageTableEntry {
     pub fn is_unused(&self, order: Ordering) -> bool {
         self.load(order).is_unused()
     }
-
-    /// The underlying atomic word.
-    #[inline]
-    pub fn as_atomic(&self) -> &AtomicU64 {
-        &self.0
-    }
 }
 
 impl fmt::Debug for PageTableEntry {
@@ -277,7 +272,7 @@ impl PageTable {
     /// View 512 atomic words as a table.
     ///
     /// Returns `None` unless `words.len() == 512`.
-    pub fn from_words(words: &[AtomicU64]) -> Option<&PageTable> {
+    pub(crate) fn from_words(words: &[AtomicU64]) -> Option<&PageTable> {
         if words.len() != ENTRIES_PER_TABLE {
             return None;
         }
@@ -466,7 +461,8 @@ mod tests {
 
     #[test]
     fn concurrent_cas_install_has_one_winner() {
-        use crate::sync::{Arc, thread};
+        use std::sync::Arc;
+use std::thread;
         let t: Arc<PageTable> = Arc::from(PageTable::new_zeroed());
         let wins: Vec<_> = (0..4u64)
             .map(|k| {

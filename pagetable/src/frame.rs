@@ -10,7 +10,7 @@
 //!   in front of a bump region of never-touched frames. Bump frames are known to be zero, so
 //!   [`FrameAllocator::alloc_zeroed`] skips their memset, and an mmap-backed arena's pages stay
 //!   untouched (costing no memory) until a frame is really used.
-//! * **Per-CPU caches.** Each CPU slot ([`crate::cpu::this_cpu`]) has a
+//! * **Per-CPU caches.** Each CPU slot ([`Platform::this_cpu`]) has a
 //!   `CachePadded<Mutex<..>>` with a frame list per zone. Allocating or freeing one frame
 //!   locks only that (normally uncontended) mutex and pushes/pops a `Vec`; an empty list is
 //!   refilled with `batch` frames from the pool, a list longer than `high` gives its coldest
@@ -49,11 +49,15 @@ use core::fmt;
 use crossbeam_utils::CachePadded;
 
 use self::pcp::{HIGH, LOW, Pcp, Tagged, ZoneState};
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
 use crate::addr::PhysAddr;
 use crate::arena::{ArenaError, PhysArena};
-use crate::cpu;
 use crate::page::{PAGE_SIZE, PhysFrame, Size4KiB};
-use crate::sync::{Arc, AtomicI64, AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::platform::{DefaultPlatform, Platform};
+use crate::sync::{AtomicI64, AtomicU32, AtomicU64, Mutex, Ordering};
 
 /// A CPU's unfolded allocation balance is folded into the shared counter when it reaches
 /// `±FOLD` frames (see the module documentation, "Counters").
@@ -152,15 +156,16 @@ pub struct FrameStats {
     pub failed: u64,
 }
 
-/// The frame allocator (see the module documentation).
-pub struct FrameAllocator {
+/// The frame allocator (see the module documentation), typed by its [`Platform`] (locks and
+/// the current CPU); [`FrameAllocator::new`] builds one for the [`DefaultPlatform`].
+pub struct FrameAllocator<P: Platform = DefaultPlatform> {
     arena: Arc<PhysArena>,
     base: u64,
     nframes: u64,
     /// Frame index where the high zone starts.
     low_end: u64,
-    zones: [ZoneState; 2],
-    pcps: Box<[CachePadded<Mutex<Pcp>>]>,
+    zones: [ZoneState<P>; 2],
+    pcps: Box<[CachePadded<Mutex<P, Pcp>>]>,
     refcounts: Box<[AtomicU32]>,
     batch: usize,
     high: usize,
@@ -183,7 +188,7 @@ struct Inject {
 fn zeroed_counts(n: usize) -> Box<[AtomicU32]> {
     // `vec![0; n]` is a zeroed allocation (calloc): a large arena's counts stay untouched
     // (costing no memory) until used.
-    let mut v = core::mem::ManuallyDrop::new(vec![0u32; n]);
+    let mut v = core::mem::ManuallyDrop::new(alloc::vec![0u32; n]);
     let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
     // SAFETY: `AtomicU32` has the size and bit validity of `u32` and alignment 4, equal to
     // `u32`'s on every target with 32-bit atomics, so the buffer's layout for `cap` elements is
@@ -198,14 +203,22 @@ fn zeroed_counts(n: usize) -> Box<[AtomicU32]> {
     (0..n).map(|_| AtomicU32::new(0)).collect()
 }
 
-impl FrameAllocator {
+impl FrameAllocator<DefaultPlatform> {
     /// An allocator owning every frame of `arena`, with default per-CPU cache tuning.
-    pub fn new(arena: Arc<PhysArena>) -> FrameAllocator {
+    pub fn new(arena: Arc<PhysArena>) -> Self {
         Self::with_config(arena, FrameConfig::default())
     }
 
     /// An allocator owning every frame of `arena`, tuned by `cfg`.
-    pub fn with_config(arena: Arc<PhysArena>, cfg: FrameConfig) -> FrameAllocator {
+    pub fn with_config(arena: Arc<PhysArena>, cfg: FrameConfig) -> Self {
+        Self::with_platform(arena, cfg)
+    }
+}
+
+impl<P: Platform> FrameAllocator<P> {
+    /// An allocator for platform `P` owning every frame of `arena`, tuned by `cfg` (one
+    /// per-CPU cache per `P::nr_cpu_ids()`).
+    pub fn with_platform(arena: Arc<PhysArena>, cfg: FrameConfig) -> Self {
         let base = arena.base().as_u64();
         let nframes = arena.frames();
         let low_end = DMA32_LIMIT
@@ -214,13 +227,17 @@ impl FrameAllocator {
             .min(nframes);
         let batch = cfg.pcp_batch.max(1);
         let high = cfg.pcp_high.max(cfg.pcp_batch);
-        let nr = cpu::nr_cpu_ids().max(1);
-        let pcps = (0..nr).map(|_| CachePadded::new(Mutex::new(Pcp::new(high + batch + 1))));
-        FrameAllocator {
+        let nr = P::nr_cpu_ids().max(1);
+        let pcps =
+            (0..nr).map(|_| CachePadded::new(Mutex::<P, _>::new(Pcp::new(high + batch + 1))));
+        Self {
             base,
             nframes,
             low_end,
-            zones: [ZoneState::new(0, low_end), ZoneState::new(low_end, nframes)],
+            zones: [
+                ZoneState::new(0, low_end, arena.starts_zeroed()),
+                ZoneState::new(low_end, nframes, arena.starts_zeroed()),
+            ],
             pcps: pcps.collect(),
             // The arena's size fits in `usize`, so its frame count does too.
             refcounts: zeroed_counts(nframes as usize),
@@ -278,11 +295,11 @@ impl FrameAllocator {
     }
 
     #[inline]
-    fn pcp(&self) -> &Mutex<Pcp> {
-        // A drawn CPU id is below `nr_cpu_ids() == pcps.len()`; a pinned one may not be
-        // (`cpu::set_this_cpu` takes any id): it folds onto slot `id % len`, off the fast path.
+    fn pcp(&self) -> &Mutex<P, Pcp> {
+        // A CPU id is normally below `nr_cpu_ids() == pcps.len()`; any other (a host may hand
+        // out ids beyond the count) folds onto slot `id % len`, off the fast path.
         let pcps = &self.pcps;
-        let c = cpu::this_cpu();
+        let c = P::this_cpu();
         pcps.get(c).unwrap_or_else(|| &pcps[c % pcps.len()])
     }
 
@@ -713,7 +730,7 @@ impl FrameAllocator {
     }
 }
 
-impl fmt::Debug for FrameAllocator {
+impl<P: Platform> fmt::Debug for FrameAllocator<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FrameAllocator")
             .field("arena", &self.arena)

@@ -130,15 +130,21 @@
 //! # }
 //! ```
 
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
 pub mod addr;
 pub mod arena;
+#[cfg(feature = "std")]
 pub mod cpu;
 pub mod entry;
 pub mod fork;
 pub mod frame;
 pub mod mapper;
 pub mod page;
-pub mod sync;
+pub mod platform;
+mod sync;
 pub mod tlb;
 
 pub use addr::{AddrError, PhysAddr, VirtAddr};
@@ -151,4 +157,6 @@ pub use page::{
     PAGE_SHIFT, PAGE_SIZE, Page, PageRange, PageSize, PageTableIndex, PhysFrame, PhysFrameRange,
     Size1GiB, Size2MiB, Size4KiB,
 };
-pub use tlb::{AccessError, CountingFlush, FlushRange, TlbFlush, TlbModel, TlbStats};
+pub use tlb::{CountingFlush, FlushRange, TlbFlush, TlbStats};
+#[cfg(feature = "std")]
+pub use tlb::{AccessError, TlbModel};

@@ -4,7 +4,7 @@
 #![cfg(not(feature = "loom"))]
 #![cfg(target_os = "linux")]
 
-use pagetable::sync::Arc;
+use std::sync::Arc;
 use pagetable::{FrameAllocator, PAGE_SIZE, PhysAddr, PhysArena, Zone};
 
 const MIB: u64 = 1 << 20;

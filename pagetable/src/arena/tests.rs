@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::entry::{PageTableFlags, Pte};
-use crate::sync::{Arc, thread};
+use std::sync::Arc;
+use std::thread;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;

@@ -83,6 +83,7 @@ pub use swap::{
     install_swap_entry,
 };
 
+use crate::platform::Platform;
 use crate::addr::VirtAddr;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
 use crate::frame::Zone;
@@ -91,7 +92,9 @@ use crate::mapper::{
     leaf_table,
 };
 use crate::page::{PAGE_SIZE, PhysFrame};
-use crate::sync::{Arc, MutexGuard, Ordering, thread};
+use alloc::sync::Arc;
+
+use crate::sync::{MutexGuard, Ordering};
 use crate::tlb::{from_lin, lin};
 
 use undo::Undo;
@@ -148,10 +151,10 @@ const PROGRESS_EMPTY: u32 = 1;
 const PROGRESS_COPIED: u32 = 8;
 
 /// Lock both spaces' page-table locks, lower id first.
-fn lock_pair<'a>(
-    a: &'a AddressSpace,
-    b: &'a AddressSpace,
-) -> (MutexGuard<'a, ()>, MutexGuard<'a, ()>) {
+fn lock_pair<'a, P: Platform>(
+    a: &'a AddressSpace<P>,
+    b: &'a AddressSpace<P>,
+) -> (MutexGuard<'a, P, ()>, MutexGuard<'a, P, ()>) {
     if a.id() < b.id() {
         let ga = a.ptl().lock();
         (ga, b.ptl().lock())
@@ -188,9 +191,9 @@ fn batch_started() {
 /// [`MapError::HugePageInTheWay`] (a huge leaf in the source range),
 /// [`MapError::AlreadyMapped`] (an entry, present or not, in the destination range: it must
 /// be empty, as a new child's is), [`MapError::OutOfFrames`] (destination tables).
-pub fn copy_range(
-    dst: &AddressSpace,
-    src: &AddressSpace,
+pub fn copy_range<P: Platform>(
+    dst: &AddressSpace<P>,
+    src: &AddressSpace<P>,
     start: VirtAddr,
     end: VirtAddr,
     kind: VmaKind,
@@ -202,24 +205,24 @@ pub fn copy_range(
 /// with its count continuations: see the module docs). Errors as for [`copy_range`], and
 /// [`MapError::OutOfFrames`] when a continuation cannot be allocated, after undoing the part
 /// copied (see the module docs for what that leaves).
-pub fn copy_range_with_swap(
-    dst: &AddressSpace,
-    src: &AddressSpace,
+pub fn copy_range_with_swap<P: Platform>(
+    dst: &AddressSpace<P>,
+    src: &AddressSpace<P>,
     start: VirtAddr,
     end: VirtAddr,
     kind: VmaKind,
-    swap: &SwapMap,
+    swap: &SwapMap<P>,
 ) -> Result<CopyStats, MapError> {
     copy(dst, src, start, end, kind, Some(swap))
 }
 
-fn copy(
-    dst: &AddressSpace,
-    src: &AddressSpace,
+fn copy<P: Platform>(
+    dst: &AddressSpace<P>,
+    src: &AddressSpace<P>,
     start: VirtAddr,
     end: VirtAddr,
     kind: VmaKind,
-    swap: Option<&SwapMap>,
+    swap: Option<&SwapMap<P>>,
 ) -> Result<CopyStats, MapError> {
     if dst.id() == src.id() || !Arc::ptr_eq(dst.frames(), src.frames()) {
         return Err(MapError::IncompatibleSpaces);
@@ -250,7 +253,7 @@ fn copy(
 }
 
 /// Check `[s, e)` and count the destination tables a copy needs.
-fn plan(dst: &AddressSpace, src: &AddressSpace, s: u64, e: u64) -> Result<usize, MapError> {
+fn plan<P: Platform>(dst: &AddressSpace<P>, src: &AddressSpace<P>, s: u64, e: u64) -> Result<usize, MapError> {
     if let Some(l) = first_used(dst, s, e)? {
         return Err(MapError::AlreadyMapped { va: from_lin(l) });
     }
@@ -288,7 +291,7 @@ fn plan(dst: &AddressSpace, src: &AddressSpace, s: u64, e: u64) -> Result<usize,
 
 /// The first page of `[s, e)` where `space` has a leaf entry, present or not (a huge leaf
 /// covering `l` counts from `l`).
-fn first_used(space: &AddressSpace, s: u64, e: u64) -> Result<Option<u64>, MapError> {
+fn first_used<P: Platform>(space: &AddressSpace<P>, s: u64, e: u64) -> Result<Option<u64>, MapError> {
     let pt_span = entry_span(2);
     let mut l = s;
     while l < e {
@@ -317,7 +320,7 @@ fn first_used(space: &AddressSpace, s: u64, e: u64) -> Result<Option<u64>, MapEr
 
 /// The start of the next 2 MiB chunk after `l` whose tables may exist, skipping missing
 /// PDPT/PD subtrees whole.
-fn next_present_chunk(space: &AddressSpace, l: u64, e: u64) -> u64 {
+fn next_present_chunk<P: Platform>(space: &AddressSpace<P>, l: u64, e: u64) -> u64 {
     let mut t = space.root_table();
     for level in (2..=4u32).rev() {
         let span = entry_span(level);
@@ -341,23 +344,23 @@ enum One {
 }
 
 /// One copy in progress: its spaces, what it did, and what a failure must undo.
-struct Copier<'a> {
-    dst: &'a AddressSpace,
-    src: &'a AddressSpace,
-    swap: Option<&'a SwapMap>,
+struct Copier<'a, P: Platform> {
+    dst: &'a AddressSpace<P>,
+    src: &'a AddressSpace<P>,
+    swap: Option<&'a SwapMap<P>>,
     kind: VmaKind,
     stats: CopyStats,
     undo: Undo,
 }
 
-impl Copier<'_> {
+impl<P: Platform> Copier<'_, P> {
     /// Copy `[*l, e)`, leaf table by leaf table; on error `*l` is the first address not
     /// copied.
     fn copy_all(
         &mut self,
         l: &mut u64,
         e: u64,
-        stash: &mut TableStash<'_>,
+        stash: &mut TableStash<'_, P>,
     ) -> Result<(), MapError> {
         let pt_span = entry_span(2);
         while *l < e {
@@ -417,9 +420,9 @@ impl Copier<'_> {
             self.dst.add_rss(rss);
             // The seed's unlocks and `cond_resched`: a fair unlock hands the lock to a thread
             // parked on it, the yield lets a runnable one run before we lock again.
-            MutexGuard::unlock_fair(gb);
-            MutexGuard::unlock_fair(ga);
-            thread::yield_now();
+            MutexGuard::<'_, P, ()>::unlock_fair(gb);
+            MutexGuard::<'_, P, ()>::unlock_fair(ga);
+            P::cond_resched();
             if let Some(entry) = needs {
                 // With no page-table lock held, as the seed's GFP_KERNEL allocation.
                 if let Some(m) = self.swap {
@@ -528,7 +531,7 @@ impl Copier<'_> {
 /// Resolve a write fault at `va` in `space` (see the module docs). Errors:
 /// [`MapError::NotMapped`], [`MapError::HugePageInTheWay`] (a COW huge leaf: not supported),
 /// [`MapError::OutOfFrames`] (nothing changed).
-pub fn handle_write_fault(space: &AddressSpace, va: VirtAddr) -> Result<FaultOutcome, MapError> {
+pub fn handle_write_fault<P: Platform>(space: &AddressSpace<P>, va: VirtAddr) -> Result<FaultOutcome, MapError> {
     let _ptl = space.ptl().lock();
     let l = lin(va);
     let mut new_frame: Option<PhysFrame> = None;

@@ -35,14 +35,18 @@
 //! a frame that turns out not to be needed any more is freed again). Lock order: page-table
 //! locks (`ptl`), then this lock, then the frame allocator's.
 
-use std::collections::BTreeMap;
+use alloc::vec::Vec;
+use alloc::collections::BTreeMap;
 
+use crate::platform::{DefaultPlatform, Platform};
 use crate::addr::VirtAddr;
 use crate::entry::{ADDR_MASK, Pte};
 use crate::frame::{FrameAllocator, Zone};
 use crate::mapper::{AddressSpace, MapError};
 use crate::page::{PAGE_SIZE, PhysFrame};
-use crate::sync::{Arc, Mutex, Ordering};
+use alloc::sync::Arc;
+
+use crate::sync::{Mutex, Ordering};
 use crate::tlb::lin;
 
 /// First bit of a non-present entry's type field.
@@ -209,28 +213,28 @@ struct Slots {
 
 /// One swap area's slot counts with continuations (see the module docs).
 #[derive(Debug)]
-pub struct SwapMap {
-    frames: Arc<FrameAllocator>,
+pub struct SwapMap<P: Platform = DefaultPlatform> {
+    frames: Arc<FrameAllocator<P>>,
     map_max: u64,
     cont_max: u64,
-    slots: Mutex<Slots>,
+    slots: Mutex<P, Slots>,
 }
 
-impl SwapMap {
+impl<P: Platform> SwapMap<P> {
     /// An empty swap area (type 0) with Linux's limits; continuations come from `frames`.
-    pub fn new(frames: Arc<FrameAllocator>) -> SwapMap {
+    pub fn new(frames: Arc<FrameAllocator<P>>) -> SwapMap<P> {
         Self::with_limits(frames, SWAP_MAP_MAX, SWAP_CONT_MAX)
     }
 
     /// An empty swap area whose map holds counts up to `map_max` and whose continuation
     /// frames hold `cont_max` more each (both at least 1): small limits make continuations
     /// easy to reach in tests.
-    pub fn with_limits(frames: Arc<FrameAllocator>, map_max: u64, cont_max: u64) -> SwapMap {
+    pub fn with_limits(frames: Arc<FrameAllocator<P>>, map_max: u64, cont_max: u64) -> SwapMap<P> {
         SwapMap {
             frames,
             map_max: map_max.max(1),
             cont_max: cont_max.max(1),
-            slots: Mutex::new(Slots {
+            slots: Mutex::<P, _>::new(Slots {
                 next: 1,
                 ..Slots::default()
             }),
@@ -354,7 +358,7 @@ impl SwapMap {
     }
 }
 
-impl Drop for SwapMap {
+impl<P: Platform> Drop for SwapMap<P> {
     fn drop(&mut self) {
         let frames: Vec<PhysFrame> = self
             .slots
@@ -378,8 +382,8 @@ impl Drop for SwapMap {
 ///
 /// Errors, changing nothing: [`MapError::Misaligned`], [`MapError::NotMapped`] (no present
 /// leaf), [`MapError::HugePageInTheWay`] (a huge leaf covers `va`).
-pub fn install_swap_entry(
-    space: &AddressSpace,
+pub fn install_swap_entry<P: Platform>(
+    space: &AddressSpace<P>,
     va: VirtAddr,
     entry: SwapEntry,
 ) -> Result<Pte, MapError> {

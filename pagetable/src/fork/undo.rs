@@ -23,6 +23,8 @@
 //! so no write fault interleaves. A source leaf that a write fault changed since (copied or
 //! reused: no longer `COW`) is left as the fault made it.
 
+use alloc::vec::Vec;
+use crate::platform::Platform;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
 use crate::mapper::{AddressSpace, TableStash, entry_span, index, leaf_table};
 use crate::page::{PAGE_SIZE, PhysFrame};
@@ -72,20 +74,20 @@ pub(super) struct Undo {
 }
 
 /// The leaf-table entry for linear `l` in `space`, if its leaf table exists.
-fn slot(space: &AddressSpace, l: u64) -> Option<&PageTableEntry> {
+fn slot<P: Platform>(space: &AddressSpace<P>, l: u64) -> Option<&PageTableEntry> {
     let t: &PageTable = leaf_table(space, l).ok()??;
     Some(&t[index(l, 1)])
 }
 
 /// Undo the copy of `[s, stop)` (of the range `[s, e)`) from `src` to `dst` (see the module
 /// docs).
-pub(super) fn roll_back(
-    dst: &AddressSpace,
-    src: &AddressSpace,
-    swap: Option<&SwapMap>,
+pub(super) fn roll_back<P: Platform>(
+    dst: &AddressSpace<P>,
+    src: &AddressSpace<P>,
+    swap: Option<&SwapMap<P>>,
     range: (u64, u64, u64),
     undo: &Undo,
-    stash: &TableStash<'_>,
+    stash: &TableStash<'_, P>,
 ) {
     let (s, stop, e) = range;
     let _guards = lock_pair(dst, src);
@@ -156,7 +158,7 @@ pub(super) fn roll_back(
 
 /// Free the tables `stash` installed in `space` whose whole span lies inside `[s, e)` and
 /// that are empty, deepest first (as a failed map's rollback does).
-fn free_installed_tables(space: &AddressSpace, stash: &TableStash<'_>, s: u64, e: u64) {
+fn free_installed_tables<P: Platform>(space: &AddressSpace<P>, stash: &TableStash<'_, P>, s: u64, e: u64) {
     for &(base, level) in stash.installed().iter().rev() {
         let span = entry_span(level + 1);
         if base < s || base + span > e {

@@ -18,6 +18,9 @@
 
 use crossbeam_utils::CachePadded;
 
+use alloc::vec::Vec;
+
+use crate::platform::Platform;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 
 /// Zone index of frames below 4 GiB physical (`Zone::Dma32` and the `Zone::Normal` fallback).
@@ -58,6 +61,8 @@ pub(super) struct Pool {
     bump_next: u64,
     /// The end of the bump region (exclusive frame index).
     bump_end: u64,
+    /// Whether bump frames are known to be zero (the arena started zeroed).
+    bump_zero: bool,
 }
 
 impl Pool {
@@ -79,16 +84,15 @@ impl Pool {
         out.extend(
             (first..first + from_bump)
                 .rev()
-                .map(|i| Tagged::new(i, true)),
+                .map(|i| Tagged::new(i, self.bump_zero)),
         );
         from_free + from_bump as usize
     }
 }
 
 /// One zone: its pool and a lock-free availability hint.
-#[derive(Debug)]
-pub(super) struct ZoneState {
-    pool: CachePadded<Mutex<Pool>>,
+pub(super) struct ZoneState<P: Platform> {
+    pool: CachePadded<Mutex<P, Pool>>,
     available: AtomicU64,
     /// Frame indexes `first .. end` of the arena belong to this zone.
     pub(super) first: u64,
@@ -96,14 +100,16 @@ pub(super) struct ZoneState {
     pub(super) end: u64,
 }
 
-impl ZoneState {
-    /// A zone owning frame indexes `first .. end`, all in the bump region.
-    pub(super) fn new(first: u64, end: u64) -> Self {
+impl<P: Platform> ZoneState<P> {
+    /// A zone owning frame indexes `first .. end`, all in the bump region (known zero if
+    /// `bump_zero`).
+    pub(super) fn new(first: u64, end: u64, bump_zero: bool) -> Self {
         Self {
-            pool: CachePadded::new(Mutex::new(Pool {
+            pool: CachePadded::new(Mutex::<P, _>::new(Pool {
                 free: Vec::new(),
                 bump_next: first,
                 bump_end: end,
+                bump_zero,
             })),
             available: AtomicU64::new(end - first),
             first,
@@ -192,7 +198,7 @@ impl Pcp {
     /// If list `z` holds more than `high` frames, give the coldest ones (the bottom of the
     /// stack: at least `batch`, at least the excess) back to `zone`.
     #[inline]
-    pub(super) fn trim(&mut self, z: usize, zone: &ZoneState, high: usize, batch: usize) {
+    pub(super) fn trim<P: Platform>(&mut self, z: usize, zone: &ZoneState<P>, high: usize, batch: usize) {
         let list = &mut self.lists[z];
         if list.len() > high {
             let n = (list.len() - high).max(batch).min(list.len());
@@ -202,7 +208,7 @@ impl Pcp {
     }
 
     /// Give every cached frame back to its zone.
-    pub(super) fn drain_all(&mut self, zones: &[ZoneState; 2]) {
+    pub(super) fn drain_all<P: Platform>(&mut self, zones: &[ZoneState<P>; 2]) {
         for (list, zone) in self.lists.iter_mut().zip(zones) {
             zone.give(list);
             list.clear();
@@ -225,7 +231,7 @@ mod tests {
     #[cfg(not(feature = "loom"))]
     #[test]
     fn pool_serves_free_list_before_bump() {
-        let z = ZoneState::new(10, 20);
+        let z = ZoneState::<crate::platform::StdPlatform>::new(10, 20, true);
         let mut out = Vec::new();
         assert_eq!(z.take(3, &mut out), 3);
         // Popping yields ascending fresh frames, all known zero.
@@ -243,13 +249,13 @@ mod tests {
         assert_eq!(z.take(100, &mut again), 6);
         assert_eq!((z.hint(), z.pooled()), (0, 0));
         assert_eq!(z.take(1, &mut again), 0);
-        assert!(!ZoneState::new(5, 5).exists());
+        assert!(!ZoneState::<crate::platform::StdPlatform>::new(5, 5, true).exists());
     }
 
     #[cfg(not(feature = "loom"))]
     #[test]
     fn trim_gives_back_the_coldest() {
-        let z = ZoneState::new(0, 100);
+        let z = ZoneState::<crate::platform::StdPlatform>::new(0, 100, true);
         let mut p = Pcp::new(8);
         z.take(10, &mut p.lists[LOW]);
         p.trim(LOW, &z, 6, 3);
@@ -258,7 +264,7 @@ mod tests {
         assert_eq!(z.pooled(), 94);
         p.trim(LOW, &z, 6, 3);
         assert_eq!(p.lists[LOW].len(), 6);
-        let zones = [z, ZoneState::new(100, 100)];
+        let zones = [z, ZoneState::<crate::platform::StdPlatform>::new(100, 100, true)];
         p.drain_all(&zones);
         assert_eq!(p.cached(), 0);
         assert_eq!(zones[LOW].pooled(), 100);

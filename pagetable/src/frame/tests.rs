@@ -1,7 +1,9 @@
 //! Unit tests of the frame allocator (heap arenas, sized for Miri).
 
 use super::*;
-use crate::sync::thread;
+use std::thread;
+
+use crate::cpu;
 
 const GIB: u64 = 1 << 30;
 

@@ -17,6 +17,7 @@
 //! Ordering: as in the [`mapper`](super) docs (installs by `AcqRel` compare-exchange, leaves
 //! stored with `Release` by their owner).
 
+use crate::platform::Platform;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
 use crate::page::{PAGE_SIZE, PhysFrame};
 use crate::sync::Ordering;
@@ -106,8 +107,8 @@ impl Source<'_> {
 
 /// Plan walk: check the table levels of `[s, e)` against `plan` and count the tables to
 /// create.
-pub(crate) fn count_tables(
-    space: &AddressSpace,
+pub(crate) fn count_tables<P: Platform>(
+    space: &AddressSpace<P>,
     plan: Plan,
     s: u64,
     e: u64,
@@ -117,8 +118,8 @@ pub(crate) fn count_tables(
     Ok(need)
 }
 
-fn count_level(
-    space: &AddressSpace,
+fn count_level<P: Platform>(
+    space: &AddressSpace<P>,
     t: Option<&PageTable>,
     level: u32,
     plan: Plan,
@@ -157,14 +158,14 @@ fn count_level(
 /// pages mapped; on error, `*done` is the linear address below which this walk wrote leaves
 /// (from `s`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn build(
-    space: &AddressSpace,
+pub(crate) fn build<P: Platform>(
+    space: &AddressSpace<P>,
     plan: Plan,
     s: u64,
     e: u64,
     src: &Source<'_>,
     flags: PageTableFlags,
-    stash: &mut TableStash<'_>,
+    stash: &mut TableStash<'_, P>,
     done: &mut u64,
 ) -> Result<usize, MapError> {
     let mut pages = 0;
@@ -183,17 +184,17 @@ pub(crate) fn build(
 }
 
 /// The state of a build walk.
-struct Builder<'w, 's, 'f> {
-    space: &'s AddressSpace,
+struct Builder<'w, 's, 'f, P: Platform> {
+    space: &'s AddressSpace<P>,
     plan: Plan,
     src: &'w Source<'w>,
     flags: u64,
-    stash: &'w mut TableStash<'f>,
+    stash: &'w mut TableStash<'f, P>,
     pages: &'w mut usize,
     done: &'w mut u64,
 }
 
-impl Builder<'_, '_, '_> {
+impl<P: Platform> Builder<'_, '_, '_, P> {
     fn level(&mut self, t: &PageTable, level: u32, s: u64, e: u64) -> Result<(), MapError> {
         if level == 1 {
             if let Plan::Map { .. } = self.plan {
@@ -242,7 +243,7 @@ impl Builder<'_, '_, '_> {
 
 /// Undo a build of `[s, e)` that stopped at `done`: clear the leaves in `[s, done)` and free
 /// the tables the build installed whose span lies inside `[s, e)`.
-pub(crate) fn rollback(space: &AddressSpace, s: u64, done: u64, e: u64, stash: &TableStash<'_>) {
+pub(crate) fn rollback<P: Platform>(space: &AddressSpace<P>, s: u64, done: u64, e: u64, stash: &TableStash<'_, P>) {
     if done > s {
         clear(
             space,
@@ -293,8 +294,8 @@ pub(crate) fn rollback(space: &AddressSpace, s: u64, done: u64, e: u64, stash: &
 /// (no table was installed, so that is the whole rollback) and is
 /// [`MapError::AlreadyMapped`]. Returns the number of pages mapped.
 #[inline]
-pub(crate) fn map_fast(
-    space: &AddressSpace,
+pub(crate) fn map_fast<P: Platform>(
+    space: &AddressSpace<P>,
     s: u64,
     e: u64,
     src: &Source<'_>,

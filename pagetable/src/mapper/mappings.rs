@@ -5,6 +5,7 @@
 //! a torn value. The iterator keeps the leaf table it is scanning, so a dense range costs one
 //! root walk per leaf table; missing subtrees are skipped a whole table span at a time.
 
+use crate::platform::{DefaultPlatform, Platform};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::entry::{PageTable, PageTableFlags};
 use crate::page::PAGE_SIZE;
@@ -44,8 +45,8 @@ pub struct Mapping {
 /// Iterator over the leaves intersecting a range, in address order (see
 /// [`AddressSpace::mappings`]).
 #[derive(Debug)]
-pub struct Mappings<'a> {
-    space: &'a AddressSpace,
+pub struct Mappings<'a, P: Platform = DefaultPlatform> {
+    space: &'a AddressSpace<P>,
     /// Next linear address to look at.
     next: u64,
     /// Linear end of the range.
@@ -54,7 +55,7 @@ pub struct Mappings<'a> {
     pt: Option<(&'a PageTable, u64)>,
 }
 
-impl Iterator for Mappings<'_> {
+impl<P: Platform> Iterator for Mappings<'_, P> {
     type Item = Mapping;
 
     fn next(&mut self) -> Option<Mapping> {
@@ -122,7 +123,7 @@ impl Iterator for Mappings<'_> {
     }
 }
 
-impl AddressSpace {
+impl<P: Platform> AddressSpace<P> {
     /// Where `va` leads: the physical address of that byte, the leaf's flags and size.
     #[inline]
     pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
@@ -138,7 +139,7 @@ impl AddressSpace {
     /// The leaves intersecting `[va, va + len)`, in address order (a huge leaf is reported
     /// once, with its own start, even if the range starts inside it). The range is rounded
     /// out to pages and clipped at the end of `va`'s half of the address space.
-    pub fn mappings(&self, va: VirtAddr, len: u64) -> Mappings<'_> {
+    pub fn mappings(&self, va: VirtAddr, len: u64) -> Mappings<'_, P> {
         let s = lin(va) & !(PAGE_SIZE - 1);
         let half_end = if s < UPPER_HALF {
             UPPER_HALF

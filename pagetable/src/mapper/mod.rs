@@ -78,13 +78,16 @@ pub use mappings::{Mapping, Mappings, Translation};
 
 use crossbeam_utils::CachePadded;
 
+use crate::platform::{DefaultPlatform, Platform};
 use crate::addr::{AddrError, PhysAddr, VirtAddr};
 use crate::arena::{ArenaError, PhysArena};
-use crate::cpu;
 use crate::entry::{PageTable, PageTableFlags};
 use crate::frame::{FrameAllocator, FrameError, Zone};
 use crate::page::{PAGE_SIZE, PhysFrame};
-use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+
+use crate::sync::{AtomicUsize, Mutex, Ordering};
 use crate::tlb::FlushRange;
 
 use build::{Plan, Source};
@@ -183,19 +186,19 @@ impl From<FrameError> for MapError {
 
 /// Source of unique address-space ids. A plain std atomic: ids only need to be unique (the
 /// TLB model keys translations by them), not ordered with anything, and loom has no statics.
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 /// PML4 index where the kernel (upper) half starts.
 const KERNEL_PML4_START: usize = 256;
 
 /// The kernel half's owner: the root whose PML4 entries 256..512 every sharing space copies.
 /// Freed (its kernel-half tables, then the root itself) when the last space sharing it goes.
-struct KernelHalf {
-    frames: Arc<FrameAllocator>,
+struct KernelHalf<P: Platform> {
+    frames: Arc<FrameAllocator<P>>,
     root: PhysFrame,
 }
 
-impl Drop for KernelHalf {
+impl<P: Platform> Drop for KernelHalf<P> {
     fn drop(&mut self) {
         let arena = self.frames.arena();
         let root = arena.table(self.root);
@@ -208,18 +211,18 @@ impl Drop for KernelHalf {
 }
 
 /// A 4-level address space (see the module docs).
-pub struct AddressSpace {
-    frames: Arc<FrameAllocator>,
+pub struct AddressSpace<P: Platform = DefaultPlatform> {
+    frames: Arc<FrameAllocator<P>>,
     arena: Arc<PhysArena>,
     root: PhysFrame,
     id: u64,
     /// Per-CPU page counts (see [`AddressSpace::rss`]).
     rss: Box<[CachePadded<AtomicUsize>]>,
-    ptl: Mutex<()>,
-    kernel: Arc<KernelHalf>,
+    ptl: Mutex<P, ()>,
+    kernel: Arc<KernelHalf<P>>,
 }
 
-impl fmt::Debug for AddressSpace {
+impl<P: Platform> fmt::Debug for AddressSpace<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AddressSpace")
             .field("id", &self.id)
@@ -230,9 +233,9 @@ impl fmt::Debug for AddressSpace {
     }
 }
 
-impl AddressSpace {
+impl<P: Platform> AddressSpace<P> {
     /// An empty address space with its own kernel half.
-    pub fn new(frames: Arc<FrameAllocator>) -> Result<AddressSpace, MapError> {
+    pub fn new(frames: Arc<FrameAllocator<P>>) -> Result<AddressSpace<P>, MapError> {
         let root = frames.alloc_zeroed(Zone::Normal)?;
         let kernel = Arc::new(KernelHalf {
             frames: Arc::clone(&frames),
@@ -244,7 +247,7 @@ impl AddressSpace {
     /// An empty user half sharing `kernel`'s kernel half: PML4 entries 256..512 are copied,
     /// so the kernel tables behind them (see [`AddressSpace::preallocate`]) are the same
     /// tables. Keeps `kernel`'s kernel half alive as long as this space exists.
-    pub fn new_sharing_kernel(kernel: &AddressSpace) -> Result<AddressSpace, MapError> {
+    pub fn new_sharing_kernel(kernel: &AddressSpace<P>) -> Result<AddressSpace<P>, MapError> {
         let frames = Arc::clone(&kernel.frames);
         let root = frames.alloc_zeroed(Zone::Normal)?;
         let src = kernel.arena.table(kernel.kernel.root);
@@ -260,16 +263,16 @@ impl AddressSpace {
         Ok(Self::with_root(frames, root, Arc::clone(&kernel.kernel)))
     }
 
-    fn with_root(frames: Arc<FrameAllocator>, root: PhysFrame, kernel: Arc<KernelHalf>) -> Self {
+    fn with_root(frames: Arc<FrameAllocator<P>>, root: PhysFrame, kernel: Arc<KernelHalf<P>>) -> Self {
         Self {
             arena: Arc::clone(frames.arena()),
             frames,
             root,
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            rss: (0..cpu::nr_cpu_ids())
+            id: NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
+            rss: (0..P::nr_cpu_ids().max(1))
                 .map(|_| CachePadded::new(AtomicUsize::new(0)))
                 .collect(),
-            ptl: Mutex::new(()),
+            ptl: Mutex::<P, _>::new(()),
             kernel,
         }
     }
@@ -285,7 +288,7 @@ impl AddressSpace {
     }
 
     /// The frame allocator tables (and COW copies) come from.
-    pub fn frames(&self) -> &Arc<FrameAllocator> {
+    pub fn frames(&self) -> &Arc<FrameAllocator<P>> {
         &self.frames
     }
 
@@ -307,7 +310,7 @@ impl AddressSpace {
     fn rss_slot(&self) -> &AtomicUsize {
         // A drawn CPU id is below `nr_cpu_ids() == rss.len()`; a pinned one may not be: it
         // folds onto slot `id % len`, off the fast path.
-        let c = cpu::this_cpu();
+        let c = P::this_cpu();
         self.rss
             .get(c)
             .unwrap_or_else(|| &self.rss[c % self.rss.len()])
@@ -315,12 +318,12 @@ impl AddressSpace {
 
     /// Whether this space was made by [`AddressSpace::new_sharing_kernel`] (or is the owner)
     /// of the same kernel half as `other`.
-    pub fn shares_kernel_with(&self, other: &AddressSpace) -> bool {
+    pub fn shares_kernel_with(&self, other: &AddressSpace<P>) -> bool {
         Arc::ptr_eq(&self.kernel, &other.kernel)
     }
 
     /// The page-table lock (see [`crate::fork`]).
-    pub(crate) fn ptl(&self) -> &Mutex<()> {
+    pub(crate) fn ptl(&self) -> &Mutex<P, ()> {
         &self.ptl
     }
 
@@ -595,7 +598,7 @@ impl AddressSpace {
     }
 }
 
-impl Drop for AddressSpace {
+impl<P: Platform> Drop for AddressSpace<P> {
     fn drop(&mut self) {
         let root = self.arena.table(self.root);
         for e in &root.entries()[..KERNEL_PML4_START] {

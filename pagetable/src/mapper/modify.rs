@@ -6,6 +6,7 @@
 //! parent entry before its frame is freed, and only when its whole span is inside the range
 //! the caller vouches nobody uses.
 
+use crate::platform::Platform;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
 use crate::frame::FrameAllocator;
 use crate::page::PhysFrame;
@@ -58,8 +59,8 @@ fn protect_leaf(
 }
 
 /// Protect walk over `[s, e)` (huge leaves at the edges already checked).
-pub(crate) fn protect(
-    space: &AddressSpace,
+pub(crate) fn protect<P: Platform>(
+    space: &AddressSpace<P>,
     s: u64,
     e: u64,
     flags: PageTableFlags,
@@ -68,8 +69,8 @@ pub(crate) fn protect(
     protect_level(space, space.root_table(), 4, s, e, flags, flush);
 }
 
-fn protect_level(
-    space: &AddressSpace,
+fn protect_level<P: Platform>(
+    space: &AddressSpace<P>,
     t: &PageTable,
     level: u32,
     s: u64,
@@ -98,13 +99,13 @@ fn protect_level(
 }
 
 /// Free the empty tables whose span lies inside `[s, e)`; returns how many.
-pub(crate) fn clean_up(space: &AddressSpace, s: u64, e: u64) -> usize {
+pub(crate) fn clean_up<P: Platform>(space: &AddressSpace<P>, s: u64, e: u64) -> usize {
     let mut freed = 0;
     clean_level(space, space.root_table(), 4, s, e, &mut freed);
     freed
 }
 
-fn clean_level(space: &AddressSpace, t: &PageTable, level: u32, s: u64, e: u64, freed: &mut usize) {
+fn clean_level<P: Platform>(space: &AddressSpace<P>, t: &PageTable, level: u32, s: u64, e: u64, freed: &mut usize) {
     let span = entry_span(level);
     let mut l = s;
     while l < e {
@@ -143,7 +144,7 @@ fn clean_level(space: &AddressSpace, t: &PageTable, level: u32, s: u64, e: u64, 
 
 /// Free the tables below `entry` (an entry of a level-`level` table) and unlink it. Leaves
 /// and their frames are left alone (the tree does not own them).
-pub(crate) fn free_subtree(frames: &FrameAllocator, entry: &PageTableEntry, level: u32) {
+pub(crate) fn free_subtree<P: Platform>(frames: &FrameAllocator<P>, entry: &PageTableEntry, level: u32) {
     let p = entry.load(Ordering::Acquire);
     if level < 2 || !p.is_present() || p.is_huge() {
         return;

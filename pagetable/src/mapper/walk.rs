@@ -7,6 +7,8 @@
 //! `Acquire`, leaf stores `Release` under the ownership rule, leaf updates of present entries
 //! by compare-exchange loops.
 
+use alloc::vec::Vec;
+use crate::platform::Platform;
 use crate::addr::VirtAddr;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
 use crate::frame::{FrameAllocator, Zone};
@@ -105,15 +107,15 @@ fn table_flags(l: u64) -> PageTableFlags {
 }
 
 /// Zeroed frames set aside for the tables a walk will install; leftovers are freed on drop.
-pub(crate) struct TableStash<'a> {
-    frames: &'a FrameAllocator,
+pub(crate) struct TableStash<'a, P: Platform> {
+    frames: &'a FrameAllocator<P>,
     stash: Vec<PhysFrame>,
     /// Tables installed from this stash: (linear base of the table's span, table level).
     installed: Vec<(u64, u32)>,
 }
 
-impl<'a> TableStash<'a> {
-    pub(crate) fn new(frames: &'a FrameAllocator) -> Self {
+impl<'a, P: Platform> TableStash<'a, P> {
+    pub(crate) fn new(frames: &'a FrameAllocator<P>) -> Self {
         Self {
             frames,
             stash: Vec::new(),
@@ -157,7 +159,7 @@ impl<'a> TableStash<'a> {
     }
 }
 
-impl Drop for TableStash<'_> {
+impl<P: Platform> Drop for TableStash<'_, P> {
     fn drop(&mut self) {
         if !self.stash.is_empty() {
             // Frames allocated by `fill`/`take` and never installed: freeing them cannot be
@@ -167,7 +169,7 @@ impl Drop for TableStash<'_> {
     }
 }
 
-impl AddressSpace {
+impl<P: Platform> AddressSpace<P> {
     /// The table a present, non-huge entry value points at; [`MapError::Arena`] if it points
     /// outside the arena (a corrupted entry: only possible if a page table was written to as
     /// data).
@@ -243,12 +245,12 @@ impl Leaf<'_> {
 
 /// The table behind `entry` (an entry of a level-`level` table, for linear `l`), installing
 /// a zeroed one from `stash` if it is unused.
-pub(crate) fn next_or_install<'s>(
-    space: &'s AddressSpace,
+pub(crate) fn next_or_install<'s, P: Platform>(
+    space: &'s AddressSpace<P>,
     entry: &PageTableEntry,
     level: u32,
     l: u64,
-    stash: &mut TableStash<'_>,
+    stash: &mut TableStash<'_, P>,
 ) -> Result<&'s PageTable, MapError> {
     let va = from_lin(l);
     let cur = entry.load(Ordering::Acquire);
@@ -284,10 +286,10 @@ pub(crate) fn next_or_install<'s>(
 }
 
 /// The leaf table covering linear `l`, creating missing tables from `stash`.
-pub(crate) fn descend_create<'s>(
-    space: &'s AddressSpace,
+pub(crate) fn descend_create<'s, P: Platform>(
+    space: &'s AddressSpace<P>,
     l: u64,
-    stash: &mut TableStash<'_>,
+    stash: &mut TableStash<'_, P>,
 ) -> Result<&'s PageTable, MapError> {
     let mut t = space.root_table();
     for level in (2..=4).rev() {
@@ -298,7 +300,7 @@ pub(crate) fn descend_create<'s>(
 
 /// The existing leaf table covering linear `l` (`Ok(None)` if a table on the way is
 /// missing; [`MapError::HugePageInTheWay`] if a huge leaf covers `l`).
-pub(crate) fn leaf_table(space: &AddressSpace, l: u64) -> Result<Option<&PageTable>, MapError> {
+pub(crate) fn leaf_table<P: Platform>(space: &AddressSpace<P>, l: u64) -> Result<Option<&PageTable>, MapError> {
     let mut t = space.root_table();
     for level in (2..=4).rev() {
         let p = t[index(l, level)].load(Ordering::Acquire);
@@ -315,7 +317,7 @@ pub(crate) fn leaf_table(space: &AddressSpace, l: u64) -> Result<Option<&PageTab
 
 /// [`MapError::HugePageInTheWay`] if a huge leaf covers `s` or `e - 1` and reaches outside
 /// `[s, e)` (only the edges of a range can cut a leaf).
-pub(crate) fn check_huge_edges(space: &AddressSpace, s: u64, e: u64) -> Result<(), MapError> {
+pub(crate) fn check_huge_edges<P: Platform>(space: &AddressSpace<P>, s: u64, e: u64) -> Result<(), MapError> {
     for l in [s, e - 1] {
         if let Some(leaf) = space.leaf(l) {
             let ls = l & !(leaf.size - 1);
@@ -378,8 +380,8 @@ fn clear_entry<F: FnMut(crate::addr::PhysAddr, u64)>(
 
 /// Unmap walk: clear every leaf in `[s, e)`, report it to `f` and to `flush`. Returns the
 /// number of 4 KiB pages unmapped.
-pub(crate) fn clear<F: FnMut(crate::addr::PhysAddr, u64)>(
-    space: &AddressSpace,
+pub(crate) fn clear<P: Platform, F: FnMut(crate::addr::PhysAddr, u64)>(
+    space: &AddressSpace<P>,
     s: u64,
     e: u64,
     f: &mut F,
@@ -391,8 +393,8 @@ pub(crate) fn clear<F: FnMut(crate::addr::PhysAddr, u64)>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn clear_level<F: FnMut(crate::addr::PhysAddr, u64)>(
-    space: &AddressSpace,
+fn clear_level<P: Platform, F: FnMut(crate::addr::PhysAddr, u64)>(
+    space: &AddressSpace<P>,
     t: &PageTable,
     level: u32,
     s: u64,
@@ -500,7 +502,7 @@ pub(crate) enum Above<'a> {
 /// One walk from the root to the leaf table covering linear `l`, with `Acquire` loads (a
 /// table whose entry we see is seen zeroed or newer, as for every walk).
 #[inline]
-pub(crate) fn above(space: &AddressSpace, l: u64) -> Above<'_> {
+pub(crate) fn above<P: Platform>(space: &AddressSpace<P>, l: u64) -> Above<'_> {
     // As in `leaf`: the arena's word slice is fetched once into registers (an `Acquire`
     // load would otherwise make the compiler re-read the arena's bounds at every level),
     // and each level is one bounds-checked slice of it.
@@ -539,8 +541,8 @@ pub(crate) fn above(space: &AddressSpace, l: u64) -> Above<'_> {
 /// table means nothing to clear), then the leaf loop. `None`: a huge leaf (or a corrupted
 /// entry) is on the way, the caller takes the general path, which changed nothing yet.
 #[inline]
-pub(crate) fn clear_fast<F: FnMut(crate::addr::PhysAddr, u64)>(
-    space: &AddressSpace,
+pub(crate) fn clear_fast<P: Platform, F: FnMut(crate::addr::PhysAddr, u64)>(
+    space: &AddressSpace<P>,
     s: u64,
     e: u64,
     f: &mut F,

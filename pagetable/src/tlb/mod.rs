@@ -22,8 +22,10 @@
 //! [`AddressSpace::unmap`]: crate::mapper::AddressSpace::unmap
 //! [`AddressSpace::protect`]: crate::mapper::AddressSpace::protect
 
+#[cfg(feature = "std")]
 pub mod model;
 
+#[cfg(feature = "std")]
 pub use model::{AccessError, TlbModel};
 
 use crate::addr::VirtAddr;

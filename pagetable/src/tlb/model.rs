@@ -35,6 +35,7 @@
 
 use crossbeam_utils::CachePadded;
 
+use crate::platform::{Platform, StdPlatform};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::arena::ArenaError;
 use crate::entry::{PageTableFlags, Pte};
@@ -179,7 +180,7 @@ impl CpuTlb {
 
 /// The software TLB: per-CPU translation caches plus shootdowns (see the module docs).
 pub struct TlbModel {
-    cpus: Box<[CachePadded<Mutex<CpuTlb>>]>,
+    cpus: Box<[CachePadded<Mutex<StdPlatform, CpuTlb>>]>,
     counters: FlushCounters,
 }
 
@@ -196,7 +197,7 @@ impl TlbModel {
     /// A model of `nr_cpus` CPUs (at least one) with empty caches.
     pub fn new(nr_cpus: usize) -> Self {
         let cpus = (0..nr_cpus.max(1))
-            .map(|_| CachePadded::new(Mutex::new(CpuTlb::new())))
+            .map(|_| CachePadded::new(Mutex::<StdPlatform, _>::new(CpuTlb::new())))
             .collect();
         Self {
             cpus,
@@ -209,7 +210,7 @@ impl TlbModel {
         self.cpus.len()
     }
 
-    fn cpu(&self, cpu: usize) -> Result<&Mutex<CpuTlb>, AccessError> {
+    fn cpu(&self, cpu: usize) -> Result<&Mutex<StdPlatform, CpuTlb>, AccessError> {
         self.cpus
             .get(cpu)
             .map(|c| &**c)
@@ -220,10 +221,10 @@ impl TlbModel {
     }
 
     /// Read `buf.len()` bytes at `va` as CPU `cpu` running `space`.
-    pub fn read(
+    pub fn read<P: Platform>(
         &self,
         cpu: usize,
-        space: &AddressSpace,
+        space: &AddressSpace<P>,
         va: VirtAddr,
         buf: &mut [u8],
     ) -> Result<(), AccessError> {
@@ -239,10 +240,10 @@ impl TlbModel {
     }
 
     /// Write `data` at `va` as CPU `cpu` running `space`.
-    pub fn write(
+    pub fn write<P: Platform>(
         &self,
         cpu: usize,
-        space: &AddressSpace,
+        space: &AddressSpace<P>,
         va: VirtAddr,
         data: &[u8],
     ) -> Result<(), AccessError> {
@@ -259,7 +260,7 @@ impl TlbModel {
 
     /// The physical address CPU `cpu` would use for `va` in `space` right now from its cache
     /// alone (`None` on a miss or a bad CPU index). Does not count as an access.
-    pub fn cached(&self, cpu: usize, space: &AddressSpace, va: VirtAddr) -> Option<PhysAddr> {
+    pub fn cached<P: Platform>(&self, cpu: usize, space: &AddressSpace<P>, va: VirtAddr) -> Option<PhysAddr> {
         let t = self.cpus.get(cpu)?.lock();
         let l = lin(va);
         let way = t.lookup(space.id(), l / PAGE_SIZE)?;
@@ -333,9 +334,9 @@ fn pieces(va: VirtAddr, len: usize) -> Result<impl Iterator<Item = (u64, usize)>
 }
 
 /// Translate linear `l` for CPU cache `t` (lock held), filling the cache on a miss.
-fn translate(
+fn translate<P: Platform>(
     t: &mut CpuTlb,
-    space: &AddressSpace,
+    space: &AddressSpace<P>,
     l: u64,
     write: bool,
 ) -> Result<PhysAddr, AccessError> {
@@ -369,7 +370,7 @@ fn translate(
 
 /// The hardware page walk: the 4 KiB physical page of linear `l` with the leaf's flags, after
 /// setting `ACCESSED` (and `DIRTY` for a permitted write) in the leaf.
-fn walk(space: &AddressSpace, l: u64, write: bool) -> Option<Pte> {
+fn walk<P: Platform>(space: &AddressSpace<P>, l: u64, write: bool) -> Option<Pte> {
     loop {
         let leaf = space.leaf(l)?;
         let flags = leaf.pte.flags();

@@ -3,7 +3,7 @@
 use super::*;
 use crate::frame::{FrameAllocator, Zone};
 use crate::page::PhysFrame;
-use crate::sync::Arc;
+use std::sync::Arc;
 use crate::tlb::{FlushRange, TLB_SINGLE_PAGE_FLUSH_CEILING};
 
 const KB4: u64 = PAGE_SIZE;
