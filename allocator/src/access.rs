@@ -12,7 +12,7 @@
 //!   side effects), in an unmapped page of an area, or in a page of a vmap block that belongs
 //!   to no live `vm_map_ram` piece are holes: `vread` zero-fills them, `vwrite` skips them;
 //! * other bytes are copied through the [`TlbModel`](pagetable::TlbModel) as the calling CPU
-//!   (`pagetable::cpu::this_cpu()`), so a translation that CPU still caches is used exactly
+//!   (`Platform::this_cpu()`), so a translation that CPU still caches is used exactly
 //!   as hardware would; a write to a read-only page is skipped like a hole. Without a model
 //!   ([`TlbChoice::Counting`](crate::instance::TlbChoice) / `Custom`) the page tables are
 //!   walked instead.
@@ -24,12 +24,15 @@
 //! atomic words) but may read zeros or write into the freed frames. No lock is taken beyond
 //! the `Kva`'s lookups and the TLB model's per-CPU lock.
 
-use pagetable::{PAGE_SIZE, VirtAddr, cpu};
+#[allow(unused_imports)]
+use crate::prelude::*;
+use pagetable::platform::Platform;
+use pagetable::{PAGE_SIZE, VirtAddr};
 
-use crate::alloc::usable_end;
 use crate::area::VmArea;
 use crate::flags::VmFlags;
 use crate::instance::{Inner, Vmalloc};
+use crate::valloc::usable_end;
 use crate::vmap_block::VMAP_BLOCK_SIZE;
 
 /// The buffer of a copy: read into or write from.
@@ -54,7 +57,7 @@ impl Buf<'_> {
     }
 }
 
-impl Vmalloc {
+impl<P: Platform> Vmalloc<P> {
     /// `vread(addr, buf)`: read `buf.len()` bytes at `addr` from the vmalloc range; holes read
     /// as zeros (see the module documentation). Returns `buf.len()`, or 0 (buffer untouched)
     /// if the range intersects no live area.
@@ -70,7 +73,7 @@ impl Vmalloc {
     }
 }
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     fn access(&self, addr: VirtAddr, mut buf: Buf<'_>) -> usize {
         let a = addr.as_u64();
         // Never run past the end of the address space (3.7: `count = -(unsigned long)addr`).
@@ -115,7 +118,7 @@ impl Inner {
             return;
         }
         let block = f.contains(VmFlags::MAP_RAM | VmFlags::UNLIST);
-        let cpu = cpu::this_cpu();
+        let cpu = P::this_cpu();
         let mut p = s;
         while p < e {
             let piece_end = ((p / PAGE_SIZE + 1) * PAGE_SIZE).min(e);
@@ -132,31 +135,28 @@ impl Inner {
     /// Copy one piece within a page through the TLB model (or a page walk); false = hole.
     fn copy_piece(&self, cpu: usize, va: u64, buf: &mut Buf<'_>, from: usize, to: usize) -> bool {
         let v = VirtAddr::new_truncate(va);
-        match &self.model {
-            Some(m) => {
-                let cpu = cpu % m.nr_cpus();
-                let r = match buf {
-                    Buf::Read(b) => m.read(cpu, &self.space, v, &mut b[from..to]),
-                    Buf::Write(b) => m.write(cpu, &self.space, v, &b[from..to]),
-                };
-                // Not mapped, read-only, or outside the arena: a hole.
-                r.is_ok()
-            }
-            None => {
-                let Some(t) = self.space.translate(v) else {
-                    return false;
-                };
-                if matches!(buf, Buf::Write(_))
-                    && !t.flags.contains(pagetable::PageTableFlags::WRITABLE)
-                {
-                    return false;
-                }
-                let arena = self.frames.arena();
-                match buf {
-                    Buf::Read(b) => arena.read(t.pa, &mut b[from..to]).is_ok(),
-                    Buf::Write(b) => arena.write(t.pa, &b[from..to]).is_ok(),
-                }
-            }
+        #[cfg(feature = "std")]
+        if let Some(m) = &self.model {
+            let cpu = cpu % m.nr_cpus();
+            let r = match buf {
+                Buf::Read(b) => m.read(cpu, &self.space, v, &mut b[from..to]),
+                Buf::Write(b) => m.write(cpu, &self.space, v, &b[from..to]),
+            };
+            // Not mapped, read-only, or outside the arena: a hole.
+            return r.is_ok();
+        }
+        #[cfg(not(feature = "std"))]
+        let _ = cpu;
+        let Some(t) = self.space.translate(v) else {
+            return false;
+        };
+        if matches!(buf, Buf::Write(_)) && !t.flags.contains(pagetable::PageTableFlags::WRITABLE) {
+            return false;
+        }
+        let arena = self.frames.arena();
+        match buf {
+            Buf::Read(b) => arena.read(t.pa, &mut b[from..to]).is_ok(),
+            Buf::Write(b) => arena.write(t.pa, &b[from..to]).is_ok(),
         }
     }
 }

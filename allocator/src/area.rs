@@ -28,9 +28,12 @@
 //! The pool's spare list and chunk vector share one `Mutex` (taken once per `BATCH`
 //! descriptors at most). A `DescList` has no lock of its own: its owner's lock protects it.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use core::cell::UnsafeCell;
 use core::panic::Location;
 use core::ptr::NonNull;
+use pagetable::platform::Platform;
 
 use crate::flags::VmFlags;
 use crate::llist::{Chain, Intrusive, LlistNode};
@@ -337,21 +340,30 @@ impl Drop for PoolInner {
 }
 
 /// The descriptor slab with its spare list.
-#[derive(Debug, Default)]
-pub(crate) struct DescPool {
-    inner: Mutex<PoolInner>,
+pub(crate) struct DescPool<P: Platform> {
+    inner: Mutex<P, PoolInner>,
 }
 
 // SAFETY: the `UnsafeCell`s are only reached through `Desc` handles under the ownership rules
 // of the module documentation; the chunk vector itself is behind the mutex.
-unsafe impl Sync for DescPool {}
+unsafe impl<P: Platform> Sync for DescPool<P> {}
 // SAFETY: the pool owns its chunks; moving it moves the boxes, not the descriptors.
-unsafe impl Send for DescPool {}
+unsafe impl<P: Platform> Send for DescPool<P> {}
 
-impl DescPool {
+impl<P: Platform> core::fmt::Debug for DescPool<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DescPool")
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+impl<P: Platform> DescPool<P> {
     /// An empty pool (the first request grows it).
     pub(crate) fn new() -> Self {
-        Self::default()
+        Self {
+            inner: Mutex::<P, _>::new(PoolInner::default()),
+        }
     }
 
     /// Move `n` descriptors into `to`, growing the slab when the spare list runs short.
@@ -423,7 +435,7 @@ impl DescPool {
 impl DescList {
     /// One descriptor, refilling `BATCH` from `pool` if empty.
     #[inline]
-    pub(crate) fn get(&mut self, pool: &DescPool) -> Desc {
+    pub(crate) fn get<P: Platform>(&mut self, pool: &DescPool<P>) -> Desc {
         loop {
             if let Some(d) = self.pop() {
                 return d;
@@ -438,7 +450,7 @@ impl DescList {
     ///
     /// As for [`DescList::push`].
     #[inline]
-    pub(crate) unsafe fn put(&mut self, pool: &DescPool, d: Desc) {
+    pub(crate) unsafe fn put<P: Platform>(&mut self, pool: &DescPool<P>, d: Desc) {
         // SAFETY: forwarded from the caller.
         unsafe { self.push(d) };
         if self.len > 2 * BATCH {
@@ -448,7 +460,7 @@ impl DescList {
 
     /// Move `BATCH` descriptors to `pool` (the list grew past `2 * BATCH`).
     #[cold]
-    fn spill(&mut self, pool: &DescPool) {
+    fn spill<P: Platform>(&mut self, pool: &DescPool<P>) {
         let mut spill = DescList::default();
         self.move_to(&mut spill, BATCH);
         pool.give_back(&mut spill);

@@ -19,6 +19,8 @@
 //! None inside: `&mut`-only, kept behind its owner's lock (a `vmalloc` shard's busy lock). No
 //! atomics, so ordering is the lock's.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use core::fmt;
 
 use crate::tree::{InsertError, InvariantViolation, Keyed, NoAugment, NodeId, Tree, TreeFull};

@@ -2,15 +2,17 @@
 //! purge scheduling, per-CPU caches).
 //!
 //! Zero / `None` fields mean "as Linux would do it on this machine": as many CPU slots as
-//! `pagetable::cpu::nr_cpu_ids()` (the machine's count, or `KVMALLOC_NR_CPUS`), one shard and
+//! `Platform::nr_cpu_ids()` (the machine's count, or `KVMALLOC_NR_CPUS`), one shard and
 //! one purge worker per CPU slot, and `lazy_max_pages = fls(nr_cpus) * 32 MiB / PAGE_SIZE`. [`KvaConfig::single_lock`] gives
 //! the Linux 5.x design (one free tree under one lock, no per-CPU caches), kept for comparison.
 //! A configuration is checked once by `KvaConfig::resolve`; nothing here holds state.
 
 use crate::error::VmallocError;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use pagetable::VirtAddr;
-use pagetable::cpu;
 use pagetable::page::PAGE_SIZE;
+use pagetable::platform::Platform;
 
 /// Who runs the merge work of a lazy purge, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,15 +53,15 @@ pub struct KvaConfig {
     /// contend).
     pub purge_workers: usize,
     /// Number of CPU slots the instance is built for (per-CPU caches, lazy batches, deferred
-    /// lists, and the defaults above); `0` = `pagetable::cpu::nr_cpu_ids()`. A thread whose
-    /// CPU id (`pagetable::cpu::this_cpu()`) is `c` uses slot `c % nr_cpus`, so an instance
+    /// lists, and the defaults above); `0` = `Platform::nr_cpu_ids()`. A thread whose
+    /// CPU id (`Platform::this_cpu()`) is `c` uses slot `c % nr_cpus`, so an instance
     /// can simulate more CPUs than the machine has (threads pinned with
     /// `pagetable::cpu::set_this_cpu`) or fewer. At most [`MAX_NR_CPUS`].
     pub nr_cpus: usize,
 }
 
 /// The largest [`KvaConfig::nr_cpus`] accepted (Linux's largest x86_64 `CONFIG_NR_CPUS`).
-pub const MAX_NR_CPUS: usize = pagetable::cpu::MAX_NR_CPU_IDS;
+pub const MAX_NR_CPUS: usize = pagetable::platform::MAX_NR_CPUS;
 
 /// x86_64 Linux's `VMALLOC_START` (4-level paging).
 pub const VMALLOC_START: u64 = 0xffff_c900_0000_0000;
@@ -147,7 +149,7 @@ impl KvaConfig {
     }
 
     /// Check the configuration and fill in the machine-dependent defaults.
-    pub(crate) fn resolve(&self) -> Result<Resolved, VmallocError> {
+    pub(crate) fn resolve<P: Platform>(&self) -> Result<Resolved, VmallocError> {
         let (start, end) = (self.start, self.end);
         if start >= end
             || start % PAGE_SIZE != 0
@@ -157,7 +159,7 @@ impl KvaConfig {
             return Err(VmallocError::InvalidRange { start, end });
         }
         let nr_cpus = match self.nr_cpus {
-            0 => cpu::nr_cpu_ids(),
+            0 => P::nr_cpu_ids(),
             n if n > MAX_NR_CPUS => {
                 return Err(VmallocError::InvalidConfig {
                     what: "nr_cpus",
@@ -227,7 +229,7 @@ mod tests {
                 end: e,
                 ..KvaConfig::default()
             }
-            .resolve()
+            .resolve::<pagetable::platform::StdPlatform>()
         };
         assert!(matches!(
             bad(0x2000, 0x1000),
@@ -256,10 +258,14 @@ mod tests {
         ));
         assert!(
             KvaConfig::with_range(0x7fff_ffff_0000, 1 << 47)
-                .resolve()
+                .resolve::<pagetable::platform::StdPlatform>()
                 .is_ok()
         );
-        assert!(KvaConfig::default().resolve().is_ok());
+        assert!(
+            KvaConfig::default()
+                .resolve::<pagetable::platform::StdPlatform>()
+                .is_ok()
+        );
     }
 
     #[test]
@@ -270,7 +276,7 @@ mod tests {
             shards: 3,
             ..KvaConfig::default()
         }
-        .resolve()
+        .resolve::<pagetable::platform::StdPlatform>()
         .unwrap();
         assert_eq!(r.shards, 3);
         assert_eq!(r.shard_size, 4 * PAGE_SIZE);
@@ -281,7 +287,7 @@ mod tests {
             shards: 8,
             ..KvaConfig::default()
         }
-        .resolve()
+        .resolve::<pagetable::platform::StdPlatform>()
         .unwrap();
         assert_eq!((r.shards, r.shard_size), (2, PAGE_SIZE));
         // Rounding that would leave the last shard empty shrinks the count.
@@ -291,7 +297,7 @@ mod tests {
             shards: 4,
             ..KvaConfig::default()
         }
-        .resolve()
+        .resolve::<pagetable::platform::StdPlatform>()
         .unwrap();
         assert_eq!((r.shards, r.shard_size), (3, 2 * PAGE_SIZE));
     }
@@ -300,13 +306,21 @@ mod tests {
     fn presets() {
         let c = KvaConfig::single_lock(0x1000, 0x100000);
         assert_eq!((c.shards, c.pcpu_cache), (1, false));
-        let r = c.resolve().unwrap();
+        let r = c.resolve::<pagetable::platform::StdPlatform>().unwrap();
         assert_eq!(r.shards, 1);
-        assert_eq!(r.lazy_max_pages, linux_lazy_max_pages(cpu::nr_cpu_ids()));
+        assert_eq!(
+            r.lazy_max_pages,
+            linux_lazy_max_pages(pagetable::cpu::nr_cpu_ids())
+        );
         let s = KvaConfig {
             purge_mode: PurgeMode::Synchronous,
             ..KvaConfig::default()
         };
-        assert_eq!(s.resolve().unwrap().purge_workers, 0);
+        assert_eq!(
+            s.resolve::<pagetable::platform::StdPlatform>()
+                .unwrap()
+                .purge_workers,
+            0
+        );
     }
 }

@@ -20,28 +20,38 @@
 //! so a push is either taken by that drain or leaves the flag set (argued at `take_all`).
 //!
 //! A drain takes the lists under the `drains` mutex and counts itself in flight there; it
-//! runs its handlers unlocked and uncounts itself (notifying `drained`) when they are done.
-//! [`Inner::wait_for_drains`] (called by `Kva::purge`, i.e. `purge_vmap_area_lazy`) waits
-//! until no drain is in flight, so a purge that found the lists empty because a worker had
-//! just taken them still returns only after those frees ran and can purge what they freed.
-//! Because taking the lists and counting happen in one critical section, a waiter that
-//! locks `drains` after a drain took the lists sees that drain counted (or already
-//! finished). A thread that is itself inside a drain (a handler calling `purge`) does not
-//! wait (thread-local depth): it would wait for itself, or for a drain that waits for it. Handler and notifier lists sit behind their own mutexes, held only to clone an
+//! runs its handlers unlocked and uncounts itself under the mutex when they are done.
+//! [`Inner::wait_for_drains`] (called by `Kva::purge`, i.e. `purge_vmap_area_lazy`, and by
+//! the allocation-failure path) waits until no drain is in flight, so a purge that found the
+//! lists empty because a worker had just taken them still returns only after those frees ran
+//! and can purge what they freed. Because taking the lists and counting happen in one
+//! critical section, a waiter that locks `drains` after a drain took the lists sees that
+//! drain counted (or already finished). The wait is a loop of short lock sections with the
+//! platform's reschedule point between them (no condition variable: the core runs where
+//! there is no thread library). A caller that is itself inside a drain (a handler calling
+//! `purge`) does not wait: it would wait for itself, or for a drain that waits for it. "Inside
+//! a drain" is a thread-local depth with `std`; without it, a depth per CPU slot (a kernel
+//! runs a drain's handlers on one CPU: its workqueue item is not migrated while a handler
+//! waits). Handler and notifier lists sit behind their own mutexes, held only to clone an
 //! `Arc` out or to edit the list; callbacks always run unlocked, so they may call back into
 //! the allocator.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+use alloc::boxed::Box;
+use alloc::sync::Arc as StdArc;
+use alloc::vec::Vec;
 use core::ptr::NonNull;
-use std::sync::Arc as StdArc;
 
 use crossbeam_utils::CachePadded;
 use pagetable::page::PAGE_SIZE;
+use pagetable::platform::Platform;
 
 use crate::kva::Inner;
 use crate::llist::{Intrusive, LlistHead, LlistNode};
-use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
+use crate::sync::{AtomicBool, Mutex, Ordering};
 
-#[cfg(not(feature = "loom"))]
+#[cfg(all(feature = "std", not(feature = "loom")))]
 std::thread_local! {
     /// How many drains the current thread is inside (handlers may drain again).
     static DRAIN_DEPTH: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
@@ -66,17 +76,18 @@ type Handler = StdArc<dyn Fn(u64) + Send + Sync>;
 type Notifier = StdArc<dyn Fn(u64) -> usize + Send + Sync>;
 
 /// Per-CPU lists of deferred frees and their handler.
-pub(crate) struct Deferred {
+pub(crate) struct Deferred<P: Platform> {
     lists: Box<[CachePadded<LlistHead>]>,
     pending: AtomicBool,
-    handler: Mutex<Option<Handler>>,
+    handler: Mutex<P, Option<Handler>>,
     /// Drains that took the lists and have not finished their handlers.
-    drains: Mutex<usize>,
-    /// Notified when `drains` drops to zero.
-    drained: Condvar,
+    drains: Mutex<P, usize>,
+    /// Without `std`: how many drains each CPU slot is inside (see the module docs).
+    #[cfg(not(feature = "std"))]
+    depth: Box<[crate::sync::AtomicUsize]>,
 }
 
-impl core::fmt::Debug for Deferred {
+impl<P: Platform> core::fmt::Debug for Deferred<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Deferred")
             .field("pending", &self.pending())
@@ -84,17 +95,43 @@ impl core::fmt::Debug for Deferred {
     }
 }
 
-impl Deferred {
+impl<P: Platform> Deferred<P> {
     pub(crate) fn new(nr_cpus: usize) -> Self {
         Self {
             lists: (0..nr_cpus.max(1))
                 .map(|_| CachePadded::new(LlistHead::new()))
                 .collect(),
             pending: AtomicBool::new(false),
-            handler: Mutex::new(None),
-            drains: Mutex::new(0),
-            drained: Condvar::new(),
+            handler: Mutex::<P, _>::new(None),
+            drains: Mutex::<P, _>::new(0),
+            #[cfg(not(feature = "std"))]
+            depth: (0..nr_cpus.max(1))
+                .map(|_| crate::sync::AtomicUsize::new(0))
+                .collect(),
         }
+    }
+
+    /// Enter (`+1`) or leave (`-1`) a drain on the calling thread (std) or CPU slot.
+    fn add_depth(&self, delta: isize) {
+        #[cfg(feature = "std")]
+        DRAIN_DEPTH.with(|d| d.set(d.get().wrapping_add_signed(delta)));
+        #[cfg(not(feature = "std"))]
+        {
+            let d = &self.depth[P::this_cpu() % self.depth.len()];
+            if delta > 0 {
+                d.fetch_add(1, Ordering::Relaxed);
+            } else {
+                d.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether the caller is inside a drain.
+    fn in_drain(&self) -> bool {
+        #[cfg(feature = "std")]
+        return DRAIN_DEPTH.with(|d| d.get()) > 0;
+        #[cfg(not(feature = "std"))]
+        return self.depth[P::this_cpu() % self.depth.len()].load(Ordering::Relaxed) > 0;
     }
 
     /// Whether deferred frees may be waiting (a hint: drains that must not miss anything,
@@ -146,7 +183,7 @@ impl Deferred {
     }
 }
 
-impl Drop for Deferred {
+impl<P: Platform> Drop for Deferred<P> {
     fn drop(&mut self) {
         // Frees still queued when the allocator goes away: release the nodes.
         let _ = self.take_all();
@@ -158,12 +195,11 @@ impl Drop for Deferred {
 pub struct NotifierId(u64);
 
 /// The failure notifiers.
-#[derive(Default)]
-pub(crate) struct Notifiers {
-    list: Mutex<(u64, Vec<(u64, Notifier)>)>,
+pub(crate) struct Notifiers<P: Platform> {
+    list: Mutex<P, (u64, Vec<(u64, Notifier)>)>,
 }
 
-impl core::fmt::Debug for Notifiers {
+impl<P: Platform> core::fmt::Debug for Notifiers<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Notifiers")
             .field("count", &self.list.lock().1.len())
@@ -171,7 +207,13 @@ impl core::fmt::Debug for Notifiers {
     }
 }
 
-impl Notifiers {
+impl<P: Platform> Notifiers<P> {
+    pub(crate) fn new() -> Self {
+        Self {
+            list: Mutex::<P, _>::new((0, Vec::new())),
+        }
+    }
+
     pub(crate) fn register(&self, f: Box<dyn Fn(u64) -> usize + Send + Sync>) -> NotifierId {
         let mut l = self.list.lock();
         l.0 += 1;
@@ -203,10 +245,15 @@ impl Notifiers {
     }
 }
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     pub(crate) fn defer(&self, addr: u64) {
-        let was_empty = self.deferred.push(pagetable::cpu::this_cpu(), addr);
+        let was_empty = self.deferred.push(P::this_cpu(), addr);
         if was_empty {
+            if let Some(w) = &self.work {
+                w.schedule_deferred();
+                return;
+            }
+            #[cfg(feature = "std")]
             if let Some(s) = &self.sched {
                 s.kick_deferred();
             }
@@ -225,18 +272,14 @@ impl Inner {
             addrs
         };
         // Uncounts this drain when the handlers are done (also if one panics).
-        struct InFlight<'a>(&'a Deferred);
-        impl Drop for InFlight<'_> {
+        struct InFlight<'a, P: Platform>(&'a Deferred<P>);
+        impl<P: Platform> Drop for InFlight<'_, P> {
             fn drop(&mut self) {
-                DRAIN_DEPTH.with(|d| d.set(d.get() - 1));
-                let mut drains = self.0.drains.lock();
-                *drains -= 1;
-                if *drains == 0 {
-                    self.0.drained.notify_all();
-                }
+                self.0.add_depth(-1);
+                *self.0.drains.lock() -= 1;
             }
         }
-        DRAIN_DEPTH.with(|d| d.set(d.get() + 1));
+        self.deferred.add_depth(1);
         let _in_flight = InFlight(&self.deferred);
         let handler = self.deferred.handler.lock().clone();
         for &addr in &addrs {
@@ -256,12 +299,12 @@ impl Inner {
     /// Wait until every drain that had taken deferred frees has run them (see the module
     /// documentation); returns at once on a thread that is itself inside a drain.
     pub(crate) fn wait_for_drains(&self) {
-        if DRAIN_DEPTH.with(|d| d.get()) > 0 {
+        if self.deferred.in_drain() {
             return;
         }
-        let mut drains = self.deferred.drains.lock();
-        while *drains > 0 {
-            self.deferred.drained.wait(&mut drains);
+        while *self.deferred.drains.lock() > 0 {
+            P::cond_resched();
+            P::cpu_relax();
         }
     }
 }

@@ -6,6 +6,8 @@
 //! sizes are in bytes.
 
 use crate::flags::VmFlags;
+#[allow(unused_imports)]
+use crate::prelude::*;
 
 /// What went wrong in a vmalloc / KVA operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -157,6 +159,12 @@ pub enum VmallocError {
         value: u64,
         /// The largest value accepted.
         max: u64,
+    },
+    /// A feature this build does not have (e.g. the TLB model without `std`).
+    #[error("not available in this build: {what}")]
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
     },
     /// The host refused a resource the allocator needs at construction (a purge worker
     /// thread could not be spawned).

@@ -66,6 +66,8 @@
 //! lock. No atomics, so ordering is the lock's. Call [`FreeTree::reserve`] while holding the
 //! lock before a split-prone allocation if the operation must not allocate memory.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use pagetable::page::PAGE_SIZE;
 
 use crate::tree::{InsertError, InvariantViolation, NodeId, Tree, TreeFull};

@@ -10,8 +10,11 @@
 //! counter of their own for this: `VmallocUsed` is summed from the areas, as Linux 3.7's
 //! `get_vmalloc_info` walked the `vmlist`.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use core::fmt;
 use core::fmt::Write as _;
+use pagetable::platform::Platform;
 
 use pagetable::{FrameStats, PAGE_SIZE, TlbStats};
 
@@ -100,7 +103,7 @@ pub fn vmallocinfo_line(a: &VmArea) -> String {
     s
 }
 
-impl Vmalloc {
+impl<P: Platform> Vmalloc<P> {
     /// `/proc/vmallocinfo`: one line per live area in address order,
     /// `0x<start>-0x<end> <size> <file>:<line> [pages=N] [phys=0x..] [ioremap] [vmalloc]
     /// [vmap] [user] [vpages]`, sizes including the guard page; `vm_map_ram` areas and vmap

@@ -17,8 +17,10 @@
 
 use crate::area::{Desc, VmArea};
 use crate::kva::Inner;
-use crate::shard::ShardSet;
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crate::sync::Ordering;
+use pagetable::platform::Platform;
 
 /// Counters and occupancy of a [`Kva`](crate::kva::Kva).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,7 +74,7 @@ pub struct KvaStats {
     pub nr_shards: usize,
 }
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     pub(crate) fn stats(&self) -> KvaStats {
         let mut s = KvaStats {
             total: self.cfg.end - self.cfg.start,
@@ -187,7 +189,7 @@ impl Inner {
                 // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the chain
                 // we detached (under the purge lock, so no purger races with us).
                 let a = unsafe { Desc::from_node(node).read() };
-                pages += ShardSet::pages(a.start, a.end);
+                pages += crate::shard::pages(a.start, a.end);
                 lazy_listed += a.end - a.start;
                 ranges.push((a.start, a.end, "lazy"));
             }
@@ -205,7 +207,7 @@ impl Inner {
             let slot = cell.lock();
             let mut batch_pages = 0;
             for &(s, e) in slot.lazy() {
-                batch_pages += ShardSet::pages(s, e);
+                batch_pages += crate::shard::pages(s, e);
                 lazy_listed += e - s;
                 ranges.push((s, e, "lazy"));
             }

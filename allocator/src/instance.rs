@@ -34,33 +34,39 @@
 //!
 //! This module takes no lock of its own; see the other vmalloc modules for theirs.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+use alloc::boxed::Box;
+use alloc::sync::{Arc as StdArc, Weak};
+use alloc::vec::Vec;
 use core::fmt;
 use core::panic::Location;
-// The instance state and the TLB hook are shared with std's `Arc`/`Weak` (shared ownership
-// only, nothing for loom to model, and loom's `Arc` has no `Weak`; `Kva` takes a std `Arc`
-// hook). The frame allocator and arena are shared the way `pagetable` shares them: through the
-// sync facade's `Arc` (loom's under the `loom` feature).
-use std::sync::{Arc as StdArc, Weak};
 
 use pagetable::frame::{FrameAllocator, FrameConfig, FrameStats};
 use pagetable::mapper::AddressSpace;
-use pagetable::tlb::{CountingFlush, TlbFlush, TlbModel};
-use pagetable::{ArenaConfig, Backing, PAGE_SIZE, PhysAddr, PhysArena, VirtAddr, cpu};
+use pagetable::platform::{DefaultPlatform, Platform};
+#[cfg(feature = "std")]
+use pagetable::tlb::TlbModel;
+use pagetable::tlb::{CountingFlush, TlbFlush};
+use pagetable::{ArenaConfig, Backing, PAGE_SIZE, PhysAddr, PhysArena, VirtAddr};
 
 use crate::area::{AreaInfo, VmArea};
 use crate::config::{KvaConfig, VMALLOC_END, VMALLOC_START};
 use crate::error::VmallocError;
 use crate::flags::VmFlags;
-use crate::kva::Kva;
-use crate::sync::Arc as SyncArc;
+use crate::kva::{Kva, PurgeWork};
 use crate::sync::{AtomicU64, Ordering};
 use crate::vmap_block::VmapBlocks;
+
+/// The frame allocator and arena are shared through `alloc`'s `Arc`, as `pagetable` takes them.
+type SyncArc<T> = StdArc<T>;
 
 /// Which TLB the instance flushes (and, for the model, reads and writes through).
 #[derive(Clone, Default)]
 pub enum TlbChoice {
-    /// A [`TlbModel`] with one cache per CPU slot: `vread`/`vwrite` go through it, so stale
-    /// translations are observable (and tests can ask [`TlbModel::holds_any`]). The default.
+    /// A `TlbModel` with one cache per CPU slot: `vread`/`vwrite` go through it, so stale
+    /// translations are observable (and tests can ask `TlbModel::holds_any`). The default;
+    /// needs the `std` feature ([`VmallocError::Unsupported`] otherwise).
     #[default]
     Model,
     /// A [`CountingFlush`]: flushes are counted, nothing is cached; `vread`/`vwrite` walk the
@@ -156,13 +162,14 @@ impl VmallocConfig {
 }
 
 /// The state of an instance (shared with the callbacks installed into the [`Kva`]).
-pub(crate) struct Inner {
-    pub(crate) kva: Kva,
-    pub(crate) space: AddressSpace,
-    pub(crate) frames: SyncArc<FrameAllocator>,
+pub(crate) struct Inner<P: Platform> {
+    pub(crate) kva: Kva<P>,
+    pub(crate) space: AddressSpace<P>,
+    pub(crate) frames: SyncArc<FrameAllocator<P>>,
     pub(crate) tlb: StdArc<dyn TlbFlush>,
+    #[cfg(feature = "std")]
     pub(crate) model: Option<StdArc<TlbModel>>,
-    pub(crate) blocks: VmapBlocks,
+    pub(crate) blocks: VmapBlocks<P>,
     /// `[start, end)` of the vmalloc range.
     pub(crate) start: u64,
     pub(crate) end: u64,
@@ -173,53 +180,96 @@ pub(crate) struct Inner {
 }
 
 /// A vmalloc instance: the Linux vmalloc API over one kernel address space (see the crate
-/// documentation). `Send + Sync`: share it with an `Arc` or scoped threads.
-pub struct Vmalloc {
+/// documentation), typed by its [`Platform`]. `Send + Sync`: share it with an `Arc` or
+/// scoped threads.
+pub struct Vmalloc<P: Platform = DefaultPlatform> {
     /// Always `Some` until `Drop`.
-    pub(crate) inner: Option<StdArc<Inner>>,
+    pub(crate) inner: Option<StdArc<Inner<P>>>,
 }
 
-impl fmt::Debug for Vmalloc {
+impl<P: Platform> fmt::Debug for Vmalloc<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = self.v();
         f.debug_struct("Vmalloc")
             .field("range", &format_args!("{:#x}..{:#x}", v.start, v.end))
             .field("kva", &v.kva)
             .field("space", &v.space)
-            .field("tlb_model", &v.model.is_some())
+            .field("tlb", &v.tlb.stats())
             .finish()
     }
 }
 
-impl Vmalloc {
-    /// Build an instance (see the module documentation). Errors: an invalid KVA range or
-    /// configuration, an arena that cannot be created, or not enough frames for the root
-    /// and the preallocated tables of the vmalloc range, or an early area that does not fit.
+impl Vmalloc<DefaultPlatform> {
+    /// Build an instance for the default platform (see the module documentation): the arena,
+    /// frame allocator and TLB as `cfg` says. Errors: an invalid KVA range or configuration,
+    /// an arena that cannot be created, not enough frames for the root and the preallocated
+    /// tables of the vmalloc range, an early area that does not fit.
     #[track_caller]
-    pub fn new(cfg: VmallocConfig) -> Result<Vmalloc, VmallocError> {
+    pub fn new(cfg: VmallocConfig) -> Result<Self, VmallocError> {
         let caller = Location::caller();
         let arena = SyncArc::new(PhysArena::new(cfg.arena)?);
         let frames = SyncArc::new(FrameAllocator::with_config(arena, cfg.frames));
+        Self::build(cfg.kva, &cfg.early, frames, cfg.tlb, None, caller)
+    }
+}
+
+impl<P: Platform> Vmalloc<P> {
+    /// Build an instance for platform `P` over the host's frame allocator (a kernel: one over
+    /// [`PhysArena::from_direct_map`]), flushing through `tlb` (its `invlpg`/IPI code, or a
+    /// [`TlbChoice`]), with background work queued through `work` (see
+    /// [`Kva::with_platform`]). `early` are the boot-time areas. Errors as for
+    /// [`Vmalloc::new`].
+    #[track_caller]
+    pub fn with_platform(
+        kva: KvaConfig,
+        early: &[EarlyArea],
+        frames: SyncArc<FrameAllocator<P>>,
+        tlb: TlbChoice,
+        work: Option<StdArc<dyn PurgeWork>>,
+    ) -> Result<Self, VmallocError> {
+        Self::build(kva, early, frames, tlb, work, Location::caller())
+    }
+
+    fn build(
+        kva_cfg: KvaConfig,
+        early: &[EarlyArea],
+        frames: SyncArc<FrameAllocator<P>>,
+        tlb_choice: TlbChoice,
+        work: Option<StdArc<dyn PurgeWork>>,
+        caller: &'static Location<'static>,
+    ) -> Result<Self, VmallocError> {
         let space = AddressSpace::new(SyncArc::clone(&frames))?;
-        let (start, end) = (cfg.kva.start, cfg.kva.end);
+        let (start, end) = (kva_cfg.start, kva_cfg.end);
         // The CPU count the whole instance is built for (the TLB model's CPUs, the vmap-block
-        // queues and the KVA's slots agree): the configured one, or the machine's.
-        let nr_cpus = match cfg.kva.nr_cpus {
-            0 => cpu::nr_cpu_ids(),
+        // queues and the KVA's slots agree): the configured one, or the platform's.
+        #[cfg(feature = "std")]
+        let nr_cpus = match kva_cfg.nr_cpus {
+            0 => P::nr_cpu_ids(),
             n => n,
         };
-        let model = match cfg.tlb {
+        #[cfg(feature = "std")]
+        let model = match tlb_choice {
             TlbChoice::Model => Some(StdArc::new(TlbModel::new(
                 nr_cpus.min(crate::config::MAX_NR_CPUS),
             ))),
             _ => None,
         };
-        let tlb: StdArc<dyn TlbFlush> = match (&model, cfg.tlb) {
-            (Some(m), _) => StdArc::clone(m) as StdArc<dyn TlbFlush>,
-            (None, TlbChoice::Custom(t)) => t,
-            (None, _) => StdArc::new(CountingFlush::new()),
+        let tlb: StdArc<dyn TlbFlush> = match tlb_choice {
+            #[cfg(feature = "std")]
+            TlbChoice::Model => match &model {
+                Some(m) => StdArc::clone(m) as StdArc<dyn TlbFlush>,
+                None => StdArc::new(CountingFlush::new()),
+            },
+            #[cfg(not(feature = "std"))]
+            TlbChoice::Model => {
+                return Err(VmallocError::Unsupported {
+                    what: "the TLB model (TlbChoice::Model) needs the `std` feature",
+                });
+            }
+            TlbChoice::Custom(t) => t,
+            TlbChoice::Counting => StdArc::new(CountingFlush::new()),
         };
-        let kva = Kva::new(cfg.kva, StdArc::clone(&tlb))?;
+        let kva = Kva::with_platform(kva_cfg, StdArc::clone(&tlb), work)?;
         let blocks = VmapBlocks::new(kva.nr_cpus());
         // The range is valid now (the Kva checked it): both ends are canonical in one half.
         space.preallocate(VirtAddr::new_truncate(start), VirtAddr::new_truncate(end))?;
@@ -228,6 +278,7 @@ impl Vmalloc {
             space,
             frames,
             tlb,
+            #[cfg(feature = "std")]
             model,
             blocks,
             start,
@@ -236,8 +287,7 @@ impl Vmalloc {
             deferred_errors: AtomicU64::new(0),
         });
         let mut vm = Vmalloc { inner: Some(inner) };
-        let early = cfg
-            .early
+        let early = early
             .iter()
             .map(|e| vm.v().add_early(e, caller))
             .collect::<Result<Vec<_>, _>>()?;
@@ -252,7 +302,7 @@ impl Vmalloc {
     /// Install the deferred-free handler and the fragmented-block notifier (Weak references).
     fn install_callbacks(&self) {
         let Some(inner) = &self.inner else { return };
-        let weak: Weak<Inner> = StdArc::downgrade(inner);
+        let weak: Weak<Inner<P>> = StdArc::downgrade(inner);
         let w = weak.clone();
         inner.kva.set_deferred_handler(Box::new(move |addr| {
             if let Some(v) = w.upgrade() {
@@ -271,7 +321,7 @@ impl Vmalloc {
 
     /// The shared state.
     #[inline]
-    pub(crate) fn v(&self) -> &Inner {
+    pub(crate) fn v(&self) -> &Inner<P> {
         match &self.inner {
             Some(i) => i,
             // `inner` is `None` only inside `Drop`.
@@ -285,12 +335,13 @@ impl Vmalloc {
     }
 
     /// The TLB model, when the instance was built with [`TlbChoice::Model`].
+    #[cfg(feature = "std")]
     pub fn tlb_model(&self) -> Option<&StdArc<TlbModel>> {
         self.v().model.as_ref()
     }
 
     /// The frame allocator (data pages and page tables come from it).
-    pub fn frames(&self) -> &SyncArc<FrameAllocator> {
+    pub fn frames(&self) -> &SyncArc<FrameAllocator<P>> {
         &self.v().frames
     }
 
@@ -300,12 +351,12 @@ impl Vmalloc {
     }
 
     /// The kernel address space (`init_mm`): every vmalloc mapping lives here.
-    pub fn kernel_space(&self) -> &AddressSpace {
+    pub fn kernel_space(&self) -> &AddressSpace<P> {
         &self.v().space
     }
 
     /// The KVA allocator underneath.
-    pub fn kva(&self) -> &Kva {
+    pub fn kva(&self) -> &Kva<P> {
         &self.v().kva
     }
 
@@ -326,7 +377,7 @@ impl Vmalloc {
     /// A new (user) address space sharing the kernel half of [`Vmalloc::kernel_space`]:
     /// because the vmalloc range's PML4-level tables were preallocated, every kernel mapping
     /// made later is visible through it at once.
-    pub fn new_user_space(&self) -> Result<AddressSpace, VmallocError> {
+    pub fn new_user_space(&self) -> Result<AddressSpace<P>, VmallocError> {
         Ok(AddressSpace::new_sharing_kernel(&self.v().space)?)
     }
 
@@ -339,7 +390,7 @@ impl Vmalloc {
     }
 }
 
-impl Drop for Vmalloc {
+impl<P: Platform> Drop for Vmalloc<P> {
     fn drop(&mut self) {
         let Some(mut inner) = self.inner.take() else {
             return;
@@ -357,14 +408,15 @@ impl Drop for Vmalloc {
                 }
                 Err(still_shared) => {
                     inner = still_shared;
-                    std::thread::yield_now();
+                    P::cond_resched();
+                    P::cpu_relax();
                 }
             }
         }
     }
 }
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     /// Reserve one early area.
     fn add_early(
         &self,

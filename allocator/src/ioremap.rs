@@ -19,7 +19,10 @@
 //!
 //! None of its own.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use core::panic::Location;
+use pagetable::platform::Platform;
 
 use pagetable::{PAGE_SIZE, PageTableFlags, PhysAddr, VirtAddr};
 
@@ -27,9 +30,9 @@ use crate::error::VmallocError;
 use crate::flags::VmFlags;
 use crate::instance::Vmalloc;
 
-impl Vmalloc {
+impl<P: Platform> Vmalloc<P> {
     /// `ioremap(phys, size)` with protection `prot` (usually
-    /// [`PAGE_KERNEL_IO`](crate::alloc::PAGE_KERNEL_IO)): returns the virtual address of
+    /// [`PAGE_KERNEL_IO`](crate::valloc::PAGE_KERNEL_IO)): returns the virtual address of
     /// `phys`. Errors: size 0 ([`VmallocError::InvalidSize`]), a range beyond 52 bits
     /// ([`VmallocError::InvalidRange`]), RAM ([`VmallocError::IoremapOfRam`]), no VA space.
     #[track_caller]

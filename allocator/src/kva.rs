@@ -46,9 +46,10 @@
 //! the purger under the slot lock, the lazy list's `Release` push / `Acquire` `del_all` hands
 //! descriptors to it.
 
-use std::sync::Arc as StdArc;
+#[allow(unused_imports)]
+use crate::prelude::*;
+use pagetable::platform::{DefaultPlatform, Platform};
 
-use pagetable::cpu;
 use pagetable::page::PAGE_SIZE;
 use pagetable::tlb::TlbFlush;
 
@@ -59,9 +60,14 @@ use crate::error::VmallocError;
 use crate::free_tree::{FreeTree, MaxSize};
 use crate::pcpu::{self, Pcpu, Slot};
 use crate::purge::{PurgeCounters, PurgeReport};
+#[cfg(feature = "std")]
 use crate::purge_worker::{self, Sched};
 use crate::shard::ShardSet;
-use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering, thread};
+use alloc::sync::Arc;
+
+#[cfg(feature = "std")]
+use crate::sync::thread;
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
 pub use crate::deferred::NotifierId;
 pub use crate::inspect::KvaStats;
@@ -73,19 +79,19 @@ const MAX_NOTIFIER_ROUNDS: usize = 8;
 /// Largest capacity of a CPU slot's lazy batch, in areas.
 const LAZY_BATCH_MAX: usize = 1 << 14;
 
-/// Source of allocator ids (tokens carry their allocator's id). A plain std atomic: ids only
+/// Source of allocator ids (tokens carry their allocator's id). A plain core atomic: ids only
 /// need to be unique, nothing is ordered by them, so loom need not see it.
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 /// State shared by the allocator's handle and its purge workers.
-pub(crate) struct Inner {
+pub(crate) struct Inner<P: Platform> {
     pub(crate) id: u64,
     pub(crate) cfg: Resolved,
-    pub(crate) shards: ShardSet,
-    pub(crate) pcpu: Pcpu,
-    pub(crate) pool: crate::area::DescPool,
+    pub(crate) shards: ShardSet<P>,
+    pub(crate) pcpu: Pcpu<P>,
+    pub(crate) pool: crate::area::DescPool<P>,
     /// The TLB shootdown hook (std `Arc`: an immutable shared hook, not a sync primitive).
-    pub(crate) flush: StdArc<dyn TlbFlush>,
+    pub(crate) flush: Arc<dyn TlbFlush>,
     /// CPU slot -> home shard.
     pub(crate) home: Box<[usize]>,
     /// Shard -> the CPU slots whose home it is.
@@ -108,45 +114,82 @@ pub(crate) struct Inner {
     /// at these plus the waiting backlog, as the seed does.
     pub(crate) merging: AtomicUsize,
     /// Serialises purgers (Linux's `vmap_purge_lock`).
-    pub(crate) purge_lock: Mutex<()>,
+    pub(crate) purge_lock: Mutex<P, ()>,
     /// Kick-triggered purge state, `KICK_RUNNING | KICK_AGAIN` (see `Inner::try_purge`).
     pub(crate) kick_state: AtomicUsize,
     pub(crate) pstats: PurgeCounters,
-    /// Purge workers' shared state (`None` in [`PurgeMode::Synchronous`]).
+    /// Purge workers' shared state (std threads; `None` in [`PurgeMode::Synchronous`] or
+    /// when the host runs the work through a [`PurgeWork`] hook).
+    #[cfg(feature = "std")]
     pub(crate) sched: Option<Sched>,
-    pub(crate) deferred: Deferred,
-    pub(crate) notifiers: Notifiers,
+    /// The host's "run the purge work soon" hook, if it gave one.
+    pub(crate) work: Option<Arc<dyn PurgeWork>>,
+    pub(crate) deferred: Deferred<P>,
+    pub(crate) notifiers: Notifiers<P>,
     /// Capacity of a CPU slot's lazy batch (areas).
     pub(crate) lazy_cap: usize,
     /// Empty arrays the purger swaps for the slots' lazy batches (used only under
     /// `purge_lock`; a mutex only to be `Sync`, never contended).
-    pub(crate) lazy_spares: Mutex<Vec<Vec<(u64, u64)>>>,
+    pub(crate) lazy_spares: Mutex<P, Vec<Vec<(u64, u64)>>>,
 }
 
-/// The KVA allocator; see the module documentation.
-pub struct Kva {
-    inner: Arc<Inner>,
+/// "Run the purge work soon": how a host without threads (a kernel) gets the allocator's
+/// background work done, as Linux queues `drain_vmap_work` and `vfree_atomic`'s work on a
+/// workqueue. Given to [`Kva::with_platform`]; the hosted default instead runs purge worker
+/// threads.
+///
+/// Both methods are called from the freeing path with no allocator lock held and must only
+/// queue the work (never run it inline: the caller may be in a context that cannot purge).
+pub trait PurgeWork: Send + Sync {
+    /// The lazy backlog crossed the threshold: call [`Kva::purge_work`] soon, on any CPU,
+    /// with no allocator lock held. Calls may coalesce (one run serves every request made
+    /// before it starts).
+    fn schedule_purge(&self);
+    /// `vfree_atomic`s are queued: call [`Kva::drain_deferred`] soon.
+    fn schedule_deferred(&self);
+}
+
+/// The KVA allocator, typed by its [`Platform`] (locks, CPU ids); see the module
+/// documentation.
+pub struct Kva<P: Platform = DefaultPlatform> {
+    inner: Arc<Inner<P>>,
+    #[cfg(feature = "std")]
     workers: Vec<thread::JoinHandle<()>>,
 }
 
-impl core::fmt::Debug for Kva {
+impl<P: Platform> core::fmt::Debug for Kva<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Kva")
             .field("range", &self.range())
             .field("shards", &self.nr_shards())
             .field("lazy_max_pages", &self.lazy_max_pages())
             .field("purge_mode", &self.inner.cfg.purge_mode)
-            .field("workers", &self.workers.len())
+            .field("workers", &self.nr_workers())
             .finish()
     }
 }
 
-impl Kva {
-    /// Build an allocator over `cfg.start .. cfg.end`, flushing TLBs through `flush`.
-    /// Spawns `cfg.purge_workers` purge threads unless the mode is
-    /// [`PurgeMode::Synchronous`].
-    pub fn new(cfg: KvaConfig, flush: StdArc<dyn TlbFlush>) -> Result<Kva, VmallocError> {
-        let cfg = cfg.resolve()?;
+impl Kva<DefaultPlatform> {
+    /// Build an allocator over `cfg.start .. cfg.end` for the default platform, flushing TLBs
+    /// through `flush`. With `std`, spawns `cfg.purge_workers` purge threads unless the mode
+    /// is [`PurgeMode::Synchronous`].
+    pub fn new(cfg: KvaConfig, flush: Arc<dyn TlbFlush>) -> Result<Self, VmallocError> {
+        Self::with_platform(cfg, flush, None)
+    }
+}
+
+impl<P: Platform> Kva<P> {
+    /// Build an allocator for platform `P` (see [`Kva::new`]). Background work (kicked
+    /// purges in [`PurgeMode::Background`], `vfree_atomic`'s deferred frees) goes to `work`
+    /// when given; otherwise, with `std`, to `cfg.purge_workers` threads; otherwise (a host
+    /// without threads and no hook) it runs on the thread that triggers it, as in
+    /// [`PurgeMode::Inline`], and deferred frees wait for the next allocation or purge.
+    pub fn with_platform(
+        cfg: KvaConfig,
+        flush: Arc<dyn TlbFlush>,
+        work: Option<Arc<dyn PurgeWork>>,
+    ) -> Result<Self, VmallocError> {
+        let cfg = cfg.resolve::<P>()?;
         let nr_cpus = cfg.nr_cpus.max(1);
         let shards = ShardSet::new(cfg.start, cfg.end, cfg.shards, cfg.shard_size);
         let nr = shards.len();
@@ -160,9 +203,10 @@ impl Kva {
         // reserve megabytes per CPU (16 bytes per entry, touched only when used).
         let lazy_cap = cfg.lazy_max_pages.clamp(1, LAZY_BATCH_MAX);
         let pcpu = Pcpu::new(nr_cpus, cfg.pcpu_cache, cfg.shard_size, lazy_cap);
-        let sched = (cfg.purge_mode != PurgeMode::Synchronous).then(Sched::new);
+        #[cfg(feature = "std")]
+        let sched = (cfg.purge_mode != PurgeMode::Synchronous && work.is_none()).then(Sched::new);
         let inner = Arc::new(Inner {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             nr_cpus,
             lazy_step_shift: lazy_step_shift(
                 cfg.lazy_max_pages,
@@ -176,30 +220,52 @@ impl Kva {
             flush,
             home,
             shard_cpus,
-            purge_lock: Mutex::new(()),
+            purge_lock: Mutex::<P, _>::new(()),
             kick_state: AtomicUsize::new(0),
             pstats: PurgeCounters::default(),
+            #[cfg(feature = "std")]
             sched,
+            work,
             deferred: Deferred::new(nr_cpus),
-            notifiers: Notifiers::default(),
+            notifiers: Notifiers::new(),
             lazy_cap,
-            lazy_spares: Mutex::new(Vec::new()),
+            lazy_spares: Mutex::<P, _>::new(Vec::new()),
             cfg,
         });
-        let mut kva = Kva {
-            inner,
-            workers: Vec::new(),
-        };
-        if kva.inner.sched.is_some() {
-            for i in 0..kva.inner.cfg.purge_workers {
-                match spawn_worker(&kva.inner, i) {
-                    Ok(h) => kva.workers.push(h),
-                    // Dropping `kva` stops and joins the workers started so far.
-                    Err(_) => return Err(VmallocError::WorkerSpawn { index: i }),
+        #[cfg(feature = "std")]
+        {
+            let mut kva = Kva {
+                inner,
+                workers: Vec::new(),
+            };
+            if kva.inner.sched.is_some() {
+                for i in 0..kva.inner.cfg.purge_workers {
+                    match spawn_worker(&kva.inner, i) {
+                        Ok(h) => kva.workers.push(h),
+                        // Dropping `kva` stops and joins the workers started so far.
+                        Err(_) => return Err(VmallocError::WorkerSpawn { index: i }),
+                    }
                 }
             }
+            Ok(kva)
         }
-        Ok(kva)
+        #[cfg(not(feature = "std"))]
+        Ok(Kva { inner })
+    }
+
+    /// Purge worker threads running for this allocator (0 without `std`).
+    fn nr_workers(&self) -> usize {
+        #[cfg(feature = "std")]
+        return self.workers.len();
+        #[cfg(not(feature = "std"))]
+        return 0;
+    }
+
+    /// The work a [`PurgeWork::schedule_purge`] asked for: purge unless a kicked purge is
+    /// already running (then it runs one more round: nothing is lost). Returns what this call
+    /// purged, if it purged.
+    pub fn purge_work(&self) -> Option<PurgeReport> {
+        self.inner.try_purge()
     }
 
     /// Allocate `size` bytes (whole pages, guard page included) aligned to `align` (a power
@@ -373,7 +439,7 @@ impl Kva {
     }
 
     /// Number of CPU slots the allocator was built for ([`KvaConfig::nr_cpus`] resolved): a
-    /// thread of CPU id `c` (`pagetable::cpu::this_cpu()`) uses slot `c % nr_cpus()`.
+    /// thread of CPU id `c` (`Platform::this_cpu()`) uses slot `c % nr_cpus()`.
     pub fn nr_cpus(&self) -> usize {
         self.inner.nr_cpus
     }
@@ -391,14 +457,15 @@ impl Kva {
 }
 
 #[cfg(all(test, not(feature = "loom")))]
-impl Kva {
+impl<P: Platform> Kva<P> {
     /// The shared state, for white-box tests.
-    pub(crate) fn inner_for_tests(&self) -> &Inner {
+    pub(crate) fn inner_for_tests(&self) -> &Inner<P> {
         &self.inner
     }
 }
 
-impl Drop for Kva {
+#[cfg(feature = "std")]
+impl<P: Platform> Drop for Kva<P> {
     fn drop(&mut self) {
         if let Some(sched) = &self.inner.sched {
             sched.shutdown();
@@ -429,7 +496,11 @@ pub(crate) fn lazy_step_shift(lazy_max_pages: usize, counters: usize) -> u32 {
 }
 
 /// Start purge worker `i` (a named std thread; a plain loom thread under loom).
-fn spawn_worker(inner: &Arc<Inner>, i: usize) -> Result<thread::JoinHandle<()>, ()> {
+#[cfg(feature = "std")]
+fn spawn_worker<P: Platform>(
+    inner: &Arc<Inner<P>>,
+    i: usize,
+) -> Result<thread::JoinHandle<()>, ()> {
     let inner = Arc::clone(inner);
     #[cfg(not(feature = "loom"))]
     {
@@ -444,7 +515,7 @@ fn spawn_worker(inner: &Arc<Inner>, i: usize) -> Result<thread::JoinHandle<()>, 
     }
 }
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     /// Check a request; returns the effective alignment and window.
     fn check_request(
         &self,
@@ -506,7 +577,7 @@ impl Inner {
         if self.cfg.purge_mode == PurgeMode::Synchronous && self.deferred.pending() {
             self.drain_deferred();
         }
-        let cpu = cpu::this_cpu();
+        let cpu = P::this_cpu();
         if let Some((addr, desc)) = self.find_space(cpu, size, align, lo, hi, node) {
             return self.publish(cpu, addr, size, desc, info);
         }
@@ -515,7 +586,7 @@ impl Inner {
         // retrying while they free something.
         let mut rounds = 0;
         loop {
-            let cpu = cpu::this_cpu();
+            let cpu = P::this_cpu();
             if let Some((addr, desc)) =
                 self.reclaim_then(|| self.find_space(cpu, size, align, lo, hi, node))
             {
@@ -567,7 +638,12 @@ impl Inner {
 
     /// Refill class `class` of `slot` from shard `shard` with one batch carved in one go;
     /// returns one chunk for the caller.
-    fn refill(&self, slot: &mut MutexGuard<'_, Slot>, shard: usize, class: usize) -> Option<u64> {
+    fn refill(
+        &self,
+        slot: &mut MutexGuard<'_, P, Slot>,
+        shard: usize,
+        class: usize,
+    ) -> Option<u64> {
         let bytes = pcpu::class_bytes(class);
         // While an allocation-failure reclaim runs, carve only what this allocation takes
         // (see `reclaim_then`). `Relaxed` suffices: the reclaimer raises the count before it
@@ -763,7 +839,7 @@ impl Inner {
                 end,
             });
         }
-        let cpu = cpu::this_cpu();
+        let cpu = P::this_cpu();
         let desc = self.pcpu.lock(cpu).descs.get(&self.pool);
         self.publish(cpu, start, end - start, desc, info).map(drop)
     }

@@ -101,7 +101,21 @@
 //! `remap_vmalloc_range` of a freed area, a racing double free) are use-after-free bugs of
 //! the caller, as in Linux: memory safe here (the arena is atomic words), but not meaningful.
 
-pub use pagetable::sync;
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+/// What the `std` prelude would give, for the `no_std` build.
+#[allow(unused_imports)]
+mod prelude {
+    pub(crate) use alloc::boxed::Box;
+    pub(crate) use alloc::format;
+    pub(crate) use alloc::string::{String, ToString};
+    pub(crate) use alloc::vec;
+    pub(crate) use alloc::vec::Vec;
+}
+
+mod sync;
 
 pub mod busy;
 pub mod free_tree;
@@ -117,6 +131,7 @@ mod inspect;
 pub mod kva;
 mod pcpu;
 pub mod purge;
+#[cfg(feature = "std")]
 mod purge_worker;
 mod shard;
 
@@ -124,22 +139,22 @@ pub use area::{AreaInfo, RemovedArea, VmArea};
 pub use config::{KvaConfig, PurgeMode};
 pub use error::VmallocError;
 pub use flags::VmFlags;
-pub use kva::{Kva, KvaStats, NotifierId};
+pub use kva::{Kva, KvaStats, NotifierId, PurgeWork};
 pub use purge::PurgeReport;
 
 // Layer 2: the vmalloc API over the KVA allocator and the page tables.
 mod access;
-pub mod alloc;
 pub mod info;
 pub mod instance;
 mod ioremap;
 pub mod remap;
+pub mod valloc;
 pub mod vmap;
 pub mod vmap_block;
 
-pub use alloc::{Gfp, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_IO, PAGE_KERNEL_RO};
 pub use info::VmallocStats;
 pub use instance::{EarlyArea, TlbChoice, Vmalloc, VmallocConfig};
 pub use remap::PAGE_USER;
+pub use valloc::{Gfp, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_IO, PAGE_KERNEL_RO};
 pub use vmap::IOREMAP_MAX_ORDER;
 pub use vmap_block::{VMAP_BBMAP_BITS, VMAP_BLOCK_SIZE, VMAP_MAX_ALLOC};

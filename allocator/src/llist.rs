@@ -51,6 +51,8 @@
 //! computes the field offset with `offset_of!`, so there is no unsafe code on the caller's
 //! side), then convert with [`Intrusive::to_node`] / [`Intrusive::from_node`].
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use core::iter::FusedIterator;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};

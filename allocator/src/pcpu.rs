@@ -3,7 +3,7 @@
 //!
 //! # How it works
 //!
-//! Each CPU slot (`pagetable::cpu::this_cpu()`) owns one [`Slot`] behind its own
+//! Each CPU slot (`Platform::this_cpu()`) owns one [`Slot`] behind its own
 //! cache-padded mutex. A slot holds, per size class (1 ..= [`MAX_CLASS_PAGES`] pages, guard
 //! page included, default page alignment), a stack of free chunk starts of exactly that size,
 //! all inside the slot's home shard; and a [`DescList`] of free descriptors. The allocator
@@ -42,8 +42,11 @@
 //! merges into trees in separate critical sections. Correctness never depends on a thread
 //! staying on its CPU: a migrated thread just uses another slot's lock.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crossbeam_utils::CachePadded;
 use pagetable::page::PAGE_SIZE;
+use pagetable::platform::Platform;
 
 use crate::area::DescList;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
@@ -190,8 +193,8 @@ impl Slot {
 
 /// A slot's lock and, beside it (same cache line), the page count of its lazy batch.
 #[derive(Debug)]
-pub(crate) struct SlotCell {
-    slot: Mutex<Slot>,
+pub(crate) struct SlotCell<P: Platform> {
+    slot: Mutex<P, Slot>,
     /// Pages of the areas in the slot's lazy batch: changed only under `slot`'s lock (by a
     /// `Relaxed` load + store, the lock serialising writers), read without it (`Relaxed`:
     /// the purge trigger's heuristic; exact when nothing runs).
@@ -200,13 +203,13 @@ pub(crate) struct SlotCell {
 
 /// All CPU slots plus the per-class batch sizes.
 #[derive(Debug)]
-pub(crate) struct Pcpu {
-    slots: Box<[CachePadded<SlotCell>]>,
+pub(crate) struct Pcpu<P: Platform> {
+    slots: Box<[CachePadded<SlotCell<P>>]>,
     /// Chunks carved per refill, per class (0 when caching is off).
     batch: [usize; MAX_CLASS_PAGES],
 }
 
-impl Pcpu {
+impl<P: Platform> Pcpu<P> {
     /// `nr_cpus` slots; with `enabled`, classes sized for shards of `shard_bytes`: a refill
     /// carves at most 1/64 of a shard, so caches never hold more than a small fraction of the
     /// space (tiny test ranges get batches of one).
@@ -224,7 +227,7 @@ impl Pcpu {
         let slots = (0..nr_cpus.max(1))
             .map(|_| {
                 CachePadded::new(SlotCell {
-                    slot: Mutex::new(Slot::new(&caps, lazy_cap)),
+                    slot: Mutex::<P, _>::new(Slot::new(&caps, lazy_cap)),
                     lazy_pages: AtomicUsize::new(0),
                 })
             })
@@ -250,13 +253,13 @@ impl Pcpu {
     /// Lock slot `cpu` (taken modulo the slot count; `this_cpu()` is always in range, so the
     /// division is off the fast path).
     #[inline]
-    pub(crate) fn lock(&self, cpu: usize) -> MutexGuard<'_, Slot> {
+    pub(crate) fn lock(&self, cpu: usize) -> MutexGuard<'_, P, Slot> {
         self.cell(cpu).slot.lock()
     }
 
     /// Slot `cpu` (modulo the slot count, as for [`Pcpu::lock`]) with its lazy-page counter.
     #[inline]
-    pub(crate) fn cell(&self, cpu: usize) -> &SlotCell {
+    pub(crate) fn cell(&self, cpu: usize) -> &SlotCell<P> {
         match self.slots.get(cpu) {
             Some(s) => s,
             None => &self.slots[cpu % self.slots.len()],
@@ -273,10 +276,10 @@ impl Pcpu {
     }
 }
 
-impl SlotCell {
+impl<P: Platform> SlotCell<P> {
     /// Lock the slot.
     #[inline]
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Slot> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, P, Slot> {
         self.slot.lock()
     }
 }

@@ -45,8 +45,11 @@
 //! descriptors. `kick_state` is changed only by `AcqRel` read-modify-writes. Counters are
 //! `Relaxed`; a slot's lazy counter is written only under its lock.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use pagetable::VirtAddr;
 use pagetable::page::PAGE_SIZE;
+use pagetable::platform::Platform;
 
 use crate::area::{BATCH, Desc, DescList};
 use crate::free_tree::FreeTree;
@@ -122,7 +125,7 @@ pub(crate) fn helpers_for(
     (backlog_pages / lazy_max_pages.max(1)).clamp(1, shards_with_work.max(1)) - 1
 }
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     /// Purge unless a kick-triggered purge is already running (a kick past the threshold).
     ///
     /// Kicks go through one atomic word, `kick_state` (bits [`KICK_RUNNING`] and
@@ -202,7 +205,7 @@ impl Inner {
     /// it afterwards, as the allocation-failure path does).
     pub(crate) fn purge_locked(
         &self,
-        _guard: &MutexGuard<'_, ()>,
+        _guard: &MutexGuard<'_, P, ()>,
         to_caches: bool,
         extra: Option<(u64, u64)>,
     ) -> PurgeReport {
@@ -239,7 +242,7 @@ impl Inner {
             // Most of a CPU's frees are in its home shard: room for all of them there.
             buckets[self.home[c % self.home.len()]].reserve(batch.len());
             for &(s, e) in &batch {
-                pages += crate::shard::ShardSet::pages(s, e);
+                pages += crate::shard::pages(s, e);
                 match self.shards.index_of(s).and_then(|i| buckets.get_mut(i)) {
                     Some(b) => b.push((s, e)),
                     // Unreachable: free_lazy recorded a range of ours. Leak it, visibly.
@@ -337,10 +340,15 @@ impl Inner {
         st.unmapped_pages.fetch_add(unmapped, Ordering::Relaxed);
 
         let helpers = helpers_for(pages, self.cfg.lazy_max_pages, work.len());
+        #[cfg(feature = "std")]
         let cached = match &self.sched {
             Some(sched) if helpers > 0 => sched.run(self, work, helpers),
             _ => work.into_iter().map(|w| self.merge(w)).sum(),
         };
+        // Without worker threads the purger merges every shard's item itself (a kernel's
+        // purge runs in its workqueue item, as Linux 6.9's does without helper nodes).
+        #[cfg(not(feature = "std"))]
+        let cached = work.into_iter().map(|w| self.merge(w)).sum();
         st.to_caches.fetch_add(cached as u64, Ordering::Relaxed);
         PurgeReport {
             areas,
@@ -542,11 +550,11 @@ mod tests {
     }
 
     /// `free_lazy` without the threshold check, to build a big backlog by hand.
-    fn push_lazy(inner: &Inner, r: RemovedArea) {
+    fn push_lazy<P: Platform>(inner: &Inner<P>, r: RemovedArea) {
         let i = inner.shards.index_of(r.start()).unwrap();
         let lazy = &inner.shards.get(i).lazy;
         lazy.pages
-            .fetch_add(ShardSet::pages(r.start(), r.end()), Ordering::Relaxed);
+            .fetch_add(crate::shard::pages(r.start(), r.end()), Ordering::Relaxed);
         // SAFETY: the token owns the descriptor; the list takes it over.
         unsafe { lazy.head.add(r.desc.node()) };
     }

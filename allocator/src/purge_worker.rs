@@ -22,9 +22,14 @@
 //! changed only by `AcqRel` swaps, which is what makes a skipped kick safe (the argument is
 //! at `Sched::request_purge`).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+use alloc::vec::Vec;
+
 use crate::kva::Inner;
 use crate::purge::Work;
 use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
+use pagetable::platform::{Platform, StdPlatform};
 
 #[derive(Debug, Default)]
 struct SchedState {
@@ -45,7 +50,7 @@ struct SchedState {
 /// Shared state of the purge workers.
 #[derive(Debug, Default)]
 pub(crate) struct Sched {
-    state: Mutex<SchedState>,
+    state: Mutex<StdPlatform, SchedState>,
     wake: Condvar,
     done: Condvar,
     requested: AtomicBool,
@@ -87,7 +92,12 @@ impl Sched {
 
     /// Queue `work`, wake `helpers` workers, take items until none is left, wait for the
     /// helpers' items; returns the areas sent to per-CPU caches.
-    pub(crate) fn run(&self, inner: &Inner, work: Vec<Work>, helpers: usize) -> usize {
+    pub(crate) fn run<P: Platform>(
+        &self,
+        inner: &Inner<P>,
+        work: Vec<Work>,
+        helpers: usize,
+    ) -> usize {
         {
             let mut st = self.state.lock();
             st.outstanding += work.len();
@@ -130,7 +140,7 @@ enum Job {
 }
 
 /// Body of purge worker `i`.
-pub(crate) fn worker_main(inner: &Inner, i: usize) {
+pub(crate) fn worker_main<P: Platform>(inner: &Inner<P>, i: usize) {
     pagetable::cpu::set_this_cpu(i);
     let Some(sched) = inner.sched.as_ref() else {
         return;

@@ -20,12 +20,15 @@
 //! None of its own. Remapping an area that another thread frees at the same time is a use
 //! after free by the caller (as in Linux).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+use pagetable::platform::Platform;
 use pagetable::{AddressSpace, PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr};
 
-use crate::alloc::usable_end;
 use crate::error::VmallocError;
 use crate::flags::VmFlags;
 use crate::instance::Vmalloc;
+use crate::valloc::usable_end;
 
 /// Permissions of a remapped page in user space: present, writable, user, non-executable.
 pub const PAGE_USER: PageTableFlags = PageTableFlags::PRESENT
@@ -36,7 +39,7 @@ pub const PAGE_USER: PageTableFlags = PageTableFlags::PRESENT
 /// First address above the user (lower) half.
 const USER_END: u64 = 1 << 47;
 
-impl Vmalloc {
+impl<P: Platform> Vmalloc<P> {
     /// `remap_vmalloc_range(vma, addr, pgoff)`: map `len` bytes of the `VM_USERMAP` area at
     /// `kaddr`, starting `pgoff` pages in, at `uaddr` of `user` (a space from
     /// [`Vmalloc::new_user_space`], or any space over this instance's frame allocator).
@@ -49,7 +52,7 @@ impl Vmalloc {
     /// frames for tables: [`VmallocError::Map`]).
     pub fn remap_vmalloc_range(
         &self,
-        user: &AddressSpace,
+        user: &AddressSpace<P>,
         uaddr: VirtAddr,
         len: u64,
         kaddr: VirtAddr,

@@ -40,8 +40,11 @@
 //! never the reverse. The lazy list is lock-free (llist); its counters are `Relaxed` atomics
 //! (heuristics and statistics: the list itself orders the descriptors).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use crossbeam_utils::CachePadded;
 use pagetable::page::PAGE_SIZE;
+use pagetable::platform::Platform;
 
 use crate::area::Desc;
 use crate::busy::BusyTree;
@@ -59,28 +62,28 @@ use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 /// allocation-failure path runs after its own drains and purge, whose tree updates it
 /// sees.
 #[derive(Debug)]
-pub(crate) struct FreeLock {
-    tree: Mutex<FreeTree>,
+pub(crate) struct FreeLock<P: Platform> {
+    tree: Mutex<P, FreeTree>,
     largest: AtomicU64,
 }
 
 /// The guard of a [`FreeLock`]: the locked tree; updates the hint when dropped or bumped.
-pub(crate) struct FreeGuard<'a> {
-    guard: MutexGuard<'a, FreeTree>,
+pub(crate) struct FreeGuard<'a, P: Platform> {
+    guard: MutexGuard<'a, P, FreeTree>,
     largest: &'a AtomicU64,
 }
 
-impl FreeLock {
+impl<P: Platform> FreeLock<P> {
     fn new(tree: FreeTree) -> Self {
         Self {
             largest: AtomicU64::new(tree.largest()),
-            tree: Mutex::new(tree),
+            tree: Mutex::<P, _>::new(tree),
         }
     }
 
     /// Lock the tree.
     #[inline]
-    pub(crate) fn lock(&self) -> FreeGuard<'_> {
+    pub(crate) fn lock(&self) -> FreeGuard<'_, P> {
         FreeGuard {
             guard: self.tree.lock(),
             largest: &self.largest,
@@ -94,7 +97,7 @@ impl FreeLock {
     }
 }
 
-impl FreeGuard<'_> {
+impl<P: Platform> FreeGuard<'_, P> {
     #[inline]
     fn publish(&self) {
         let l = self.guard.largest();
@@ -107,18 +110,18 @@ impl FreeGuard<'_> {
     #[inline]
     pub(crate) fn bump(&mut self) {
         self.publish();
-        MutexGuard::bump(&mut self.guard);
+        MutexGuard::<'_, P, FreeTree>::bump(&mut self.guard);
     }
 }
 
-impl Drop for FreeGuard<'_> {
+impl<P: Platform> Drop for FreeGuard<'_, P> {
     #[inline]
     fn drop(&mut self) {
         self.publish();
     }
 }
 
-impl core::ops::Deref for FreeGuard<'_> {
+impl<P: Platform> core::ops::Deref for FreeGuard<'_, P> {
     type Target = FreeTree;
     #[inline]
     fn deref(&self) -> &FreeTree {
@@ -126,7 +129,7 @@ impl core::ops::Deref for FreeGuard<'_> {
     }
 }
 
-impl core::ops::DerefMut for FreeGuard<'_> {
+impl<P: Platform> core::ops::DerefMut for FreeGuard<'_, P> {
     #[inline]
     fn deref_mut(&mut self) -> &mut FreeTree {
         &mut self.guard
@@ -159,15 +162,15 @@ pub(crate) struct Lazy {
 
 /// One shard.
 #[derive(Debug)]
-pub(crate) struct Shard {
+pub(crate) struct Shard<P: Platform> {
     /// First address.
     pub(crate) base: u64,
     /// End (exclusive).
     pub(crate) end: u64,
     /// Free space inside `[base, end)`.
-    pub(crate) free: CachePadded<FreeLock>,
+    pub(crate) free: CachePadded<FreeLock<P>>,
     /// Live areas starting inside `[base, end)`.
-    pub(crate) busy: CachePadded<Mutex<BusyState>>,
+    pub(crate) busy: CachePadded<Mutex<P, BusyState>>,
     /// Lazily freed areas starting inside `[base, end)`.
     pub(crate) lazy: CachePadded<Lazy>,
     /// Live areas that start below `base` and end above it (they cross into this shard).
@@ -180,7 +183,7 @@ pub(crate) struct Shard {
     pub(crate) crossed_in: AtomicUsize,
 }
 
-impl Shard {
+impl<P: Platform> Shard<P> {
     fn new(base: u64, end: u64) -> Self {
         let mut tree = FreeTree::with_capacity(16);
         // `base < end` by construction; an error here would mean an empty shard, which
@@ -190,7 +193,7 @@ impl Shard {
             base,
             end,
             free: CachePadded::new(FreeLock::new(tree)),
-            busy: CachePadded::new(Mutex::new(BusyState {
+            busy: CachePadded::new(Mutex::<P, _>::new(BusyState {
                 tree: BusyTree::with_capacity(16),
                 bytes: 0,
                 removed: 0,
@@ -216,8 +219,8 @@ impl Shard {
 
 /// The shards of one KVA range.
 #[derive(Debug)]
-pub(crate) struct ShardSet {
-    shards: Box<[Shard]>,
+pub(crate) struct ShardSet<P: Platform> {
+    shards: Box<[Shard<P>]>,
     start: u64,
     end: u64,
     shard_size: u64,
@@ -231,7 +234,7 @@ fn align_up(x: u64, align: u64) -> Option<u64> {
     Some(x.checked_add(align - 1)? & !(align - 1))
 }
 
-impl ShardSet {
+impl<P: Platform> ShardSet<P> {
     /// `nr` shards of `shard_size` bytes (the last one takes the remainder) over
     /// `[start, end)`; the caller has checked that `nr * shard_size` covers the range and no
     /// shard is empty.
@@ -262,13 +265,13 @@ impl ShardSet {
 
     /// All shards, ascending.
     #[inline]
-    pub(crate) fn all(&self) -> &[Shard] {
+    pub(crate) fn all(&self) -> &[Shard<P>] {
         &self.shards
     }
 
     /// Shard `i`.
     #[inline]
-    pub(crate) fn get(&self, i: usize) -> &Shard {
+    pub(crate) fn get(&self, i: usize) -> &Shard<P> {
         &self.shards[i]
     }
 
@@ -339,7 +342,7 @@ impl ShardSet {
     }
 
     /// Lock the free trees of shards `first..=last`, ascending.
-    fn lock_free_run(&self, first: usize, last: usize) -> Vec<FreeGuard<'_>> {
+    fn lock_free_run(&self, first: usize, last: usize) -> Vec<FreeGuard<'_, P>> {
         self.shards[first..=last]
             .iter()
             .map(|s| s.free.lock())
@@ -445,7 +448,7 @@ impl ShardSet {
 
     /// Carve `[a, b)` out of the locked trees `trees` (shard `first` onwards), piece by piece;
     /// all or nothing.
-    fn carve_locked(&self, trees: &mut [FreeGuard<'_>], first: usize, a: u64, b: u64) -> bool {
+    fn carve_locked(&self, trees: &mut [FreeGuard<'_, P>], first: usize, a: u64, b: u64) -> bool {
         let (lo, hi) = match (self.index_of(a), self.index_of(b - 1)) {
             (Some(lo), Some(hi)) if lo >= first && hi - first < trees.len() => (lo, hi),
             _ => return false,
@@ -488,12 +491,6 @@ impl ShardSet {
         }
         ok
     }
-
-    /// Pages in `[a, b)`.
-    #[inline]
-    pub(crate) fn pages(a: u64, b: u64) -> usize {
-        ((b - a) / PAGE_SIZE) as usize
-    }
 }
 
 #[cfg(all(test, not(feature = "loom")))]
@@ -502,7 +499,7 @@ mod tests {
 
     const P: u64 = PAGE_SIZE;
 
-    fn set(nr: usize, pages_each: u64) -> ShardSet {
+    fn set<P: Platform>(nr: usize, pages_each: u64) -> ShardSet<P> {
         ShardSet::new(
             0x100000,
             0x100000 + nr as u64 * pages_each * P,
@@ -584,4 +581,10 @@ mod tests {
         assert!(s.free_range(0x100000 + 6 * P, 0x100000 + 10 * P));
         assert_eq!(s.get(1).free.lock().free_bytes(), 8 * P);
     }
+}
+
+/// Pages in `[a, b)`.
+#[inline]
+pub(crate) fn pages(a: u64, b: u64) -> usize {
+    ((b - a) / PAGE_SIZE) as usize
 }

@@ -31,6 +31,8 @@
 //! None inside: a `Tree` is a plain `&mut` data structure; callers put it behind their lock
 //! (the shard lock in `vmalloc`). It holds no atomics, so memory ordering is the lock's.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use core::fmt;
 use core::iter::FusedIterator;
 

@@ -22,9 +22,12 @@
 //!
 //! # Locking
 //!
-//! None of its own (see [`crate::alloc`]).
+//! None of its own (see [`crate::valloc`]).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use core::panic::Location;
+use pagetable::platform::Platform;
 
 use pagetable::{PAGE_SHIFT, PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr};
 
@@ -55,7 +58,7 @@ pub fn ioremap_align(size: u64) -> u64 {
     1u64 << order.clamp(PAGE_SHIFT, IOREMAP_MAX_ORDER)
 }
 
-impl Vmalloc {
+impl<P: Platform> Vmalloc<P> {
     /// `vmap(pages, flags, prot)`: map `pages` (frames of this instance's arena, owned by the
     /// caller) at consecutive addresses with `prot`, followed by a guard page. The area gets
     /// `flags | VM_MAP`; `ALLOC`, `IOREMAP`, `MAP_RAM` and `EARLY` are
@@ -139,7 +142,7 @@ impl Vmalloc {
             None,
             Location::caller(),
         )?;
-        let len = crate::alloc::usable_end(&area) - area.start;
+        let len = crate::valloc::usable_end(&area) - area.start;
         if let Err(e) = v.space.populate(VirtAddr::new_truncate(area.start), len) {
             v.drop_unused(area.start);
             return Err(e.into());
@@ -167,7 +170,7 @@ impl Vmalloc {
     }
 }
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     /// `__get_vm_area_node`: reserve an area of `size` bytes (rounded up to pages) plus a
     /// guard page unless `NO_GUARD`, anywhere in the vmalloc range.
     #[allow(clippy::too_many_arguments)] // the fields of the area, one by one
@@ -181,7 +184,7 @@ impl Inner {
         node: Option<usize>,
         caller: &'static Location<'static>,
     ) -> Result<VmArea, VmallocError> {
-        let pages = crate::alloc::size_to_pages(size)?;
+        let pages = crate::valloc::size_to_pages(size)?;
         let bytes = pages * PAGE_SIZE;
         let align = if flags.contains(VmFlags::IOREMAP) {
             ioremap_align(bytes)

@@ -42,12 +42,15 @@
 //! unmap of a piece happens under its block's lock, so a block cannot die (and its range be
 //! recycled) while one of its pieces is being unmapped.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc as StdArc;
 use core::panic::Location;
-use std::collections::HashMap;
-use std::sync::Arc as StdArc;
+use pagetable::platform::Platform;
 
 use crossbeam_utils::CachePadded;
-use pagetable::{PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr, cpu};
+use pagetable::{PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr};
 
 use crate::area::AreaInfo;
 use crate::error::VmallocError;
@@ -185,49 +188,49 @@ impl BlockState {
 
 /// One vmap block.
 #[derive(Debug)]
-struct VmapBlock {
+struct VmapBlock<P: Platform> {
     start: u64,
-    st: Mutex<BlockState>,
+    st: Mutex<P, BlockState>,
 }
 
 /// One CPU's queue of blocks with free space.
-type Queue = CachePadded<Mutex<Vec<StdArc<VmapBlock>>>>;
+type Queue<P> = CachePadded<Mutex<P, Vec<StdArc<VmapBlock<P>>>>>;
 /// One shard of the block map: block index -> block.
-type MapShard = CachePadded<Mutex<HashMap<u64, StdArc<VmapBlock>>>>;
+type MapShard<P> = CachePadded<Mutex<P, BTreeMap<u64, StdArc<VmapBlock<P>>>>>;
 
 /// Every vmap block of an instance: per-CPU queues of blocks with free space, and a sharded
 /// map from block index to block (for `vm_unmap_ram`, `vm_unmap_aliases` and `vread`).
 #[derive(Debug)]
-pub(crate) struct VmapBlocks {
-    queues: Box<[Queue]>,
-    map: Box<[MapShard]>,
+pub(crate) struct VmapBlocks<P: Platform> {
+    queues: Box<[Queue<P>]>,
+    map: Box<[MapShard<P>]>,
     /// Serialises `vm_unmap_aliases` (Linux's `vmap_purge_lock`).
-    aliases: Mutex<()>,
+    aliases: Mutex<P, ()>,
     nr_blocks: AtomicUsize,
 }
 
-impl VmapBlocks {
+impl<P: Platform> VmapBlocks<P> {
     /// Queues for `nr_cpus` CPU slots (a thread of CPU id `c` uses queue `c % nr_cpus`).
     pub(crate) fn new(nr_cpus: usize) -> Self {
         let n = nr_cpus.max(1);
         Self {
             queues: (0..n)
-                .map(|_| CachePadded::new(Mutex::new(Vec::new())))
+                .map(|_| CachePadded::new(Mutex::<P, _>::new(Vec::new())))
                 .collect(),
             map: (0..n.next_power_of_two())
-                .map(|_| CachePadded::new(Mutex::new(HashMap::new())))
+                .map(|_| CachePadded::new(Mutex::<P, _>::new(BTreeMap::new())))
                 .collect(),
-            aliases: Mutex::new(()),
+            aliases: Mutex::<P, _>::new(()),
             nr_blocks: AtomicUsize::new(0),
         }
     }
 
-    fn shard(&self, block_start: u64) -> &Mutex<HashMap<u64, StdArc<VmapBlock>>> {
+    fn shard(&self, block_start: u64) -> &Mutex<P, BTreeMap<u64, StdArc<VmapBlock<P>>>> {
         let idx = block_start / VMAP_BLOCK_SIZE;
         &self.map[(idx as usize) & (self.map.len() - 1)]
     }
 
-    fn lookup(&self, block_start: u64) -> Option<StdArc<VmapBlock>> {
+    fn lookup(&self, block_start: u64) -> Option<StdArc<VmapBlock<P>>> {
         self.shard(block_start)
             .lock()
             .get(&(block_start / VMAP_BLOCK_SIZE))
@@ -260,7 +263,7 @@ impl VmapBlocks {
     }
 }
 
-impl Vmalloc {
+impl<P: Platform> Vmalloc<P> {
     /// `vm_map_ram(pages, node, prot)`: map `pages` (frames of this arena, owned by the
     /// caller) contiguously. Up to [`VMAP_MAX_ALLOC`] pages come from the calling CPU's vmap
     /// blocks (a new block is taken from the `Kva`, preferring shard `node`, when none has
@@ -365,12 +368,12 @@ impl Vmalloc {
     }
 }
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     /// `vb_alloc`: a piece of `count.next_power_of_two()` pages from this CPU's blocks.
     fn vb_alloc(&self, count: usize, node: Option<usize>) -> Result<u64, VmallocError> {
         let pages = count.next_power_of_two() as u32;
         let b = &self.blocks;
-        let cpu = cpu::this_cpu() % b.queues.len();
+        let cpu = P::this_cpu() % b.queues.len();
         {
             let mut q = b.queues[cpu].lock();
             let mut i = 0;
@@ -418,7 +421,7 @@ impl Inner {
         st.take(pages);
         let vb = StdArc::new(VmapBlock {
             start,
-            st: Mutex::new(st),
+            st: Mutex::<P, _>::new(st),
         });
         let b = &self.blocks;
         b.shard(start)
@@ -506,7 +509,7 @@ impl Inner {
     }
 
     /// Hand a dead block's range to the `Kva`'s lazy list (no lock of ours held).
-    fn retire_block(&self, vb: &VmapBlock) {
+    fn retire_block(&self, vb: &VmapBlock<P>) {
         self.blocks.unlist(vb.start);
         match self.kva.remove(vb.start) {
             Ok(r) => self.kva.free_lazy(r, VMAP_BBMAP_BITS),

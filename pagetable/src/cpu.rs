@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The largest CPU count [`nr_cpu_ids`] accepts from `KVMALLOC_NR_CPUS` (Linux's largest
 /// `CONFIG_NR_CPUS` on x86_64 is 8192).
-pub const MAX_NR_CPU_IDS: usize = 8192;
+pub const MAX_NR_CPU_IDS: usize = crate::platform::MAX_NR_CPUS;
 
 /// The environment variable that overrides [`nr_cpu_ids`].
 pub const NR_CPUS_ENV: &str = "KVMALLOC_NR_CPUS";

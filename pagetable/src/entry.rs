@@ -462,7 +462,7 @@ mod tests {
     #[test]
     fn concurrent_cas_install_has_one_winner() {
         use std::sync::Arc;
-use std::thread;
+        use std::thread;
         let t: Arc<PageTable> = Arc::from(PageTable::new_zeroed());
         let wins: Vec<_> = (0..4u64)
             .map(|k| {

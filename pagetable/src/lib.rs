@@ -157,6 +157,6 @@ pub use page::{
     PAGE_SHIFT, PAGE_SIZE, Page, PageRange, PageSize, PageTableIndex, PhysFrame, PhysFrameRange,
     Size1GiB, Size2MiB, Size4KiB,
 };
-pub use tlb::{CountingFlush, FlushRange, TlbFlush, TlbStats};
 #[cfg(feature = "std")]
 pub use tlb::{AccessError, TlbModel};
+pub use tlb::{CountingFlush, FlushRange, TlbFlush, TlbStats};

@@ -59,6 +59,10 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 pub use lock_api;
 
+/// The largest CPU count the crates size per-CPU arrays for (Linux's largest x86_64
+/// `CONFIG_NR_CPUS`).
+pub const MAX_NR_CPUS: usize = 8192;
+
 /// What the crates need from their host (see the module documentation). All associated
 /// functions: per-CPU code calls them on hot paths, so they should be cheap and inlinable.
 pub trait Platform: Send + Sync + 'static {

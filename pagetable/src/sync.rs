@@ -15,10 +15,10 @@ pub(crate) use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize
 #[cfg(feature = "loom")]
 pub(crate) use loom::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-#[cfg(all(feature = "std", not(feature = "loom")))]
-pub(crate) use std::thread;
 #[cfg(feature = "loom")]
 pub(crate) use loom::thread;
+#[cfg(all(feature = "std", not(feature = "loom")))]
+pub(crate) use std::thread;
 
 #[cfg(not(feature = "loom"))]
 use crate::platform::Platform;

@@ -4,8 +4,8 @@
 #![cfg(not(feature = "loom"))]
 #![cfg(target_os = "linux")]
 
-use std::sync::Arc;
 use pagetable::{FrameAllocator, PAGE_SIZE, PhysAddr, PhysArena, Zone};
+use std::sync::Arc;
 
 const MIB: u64 = 1 << 20;
 

@@ -23,6 +23,8 @@
 //! levels still cost +16%, a compact one with every level from 8 KiB to 16 MiB +32%. This is
 //! why production keeps `MaxSize` (`docs/BENCHMARKS.md`, "aligned search").
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use pagetable::page::PAGE_SIZE;
 
 use crate::tree::{Augment, Keyed};

@@ -18,16 +18,17 @@
 //! before the `Release` push. The miss path of `remove` takes the purge lock, then one slot
 //! lock at a time.
 
-use pagetable::cpu;
+#[allow(unused_imports)]
+use crate::prelude::*;
+use pagetable::platform::Platform;
 
 use super::Inner;
 use crate::area::{Desc, RemovedArea, VmArea};
 use crate::config::PurgeMode;
 use crate::error::VmallocError;
-use crate::shard::ShardSet;
 use crate::sync::Ordering;
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     /// Why `addr` is not the start of a live area.
     pub(super) fn miss_error(&self, addr: u64, check_lazy: bool) -> VmallocError {
         let Some(i) = self.shards.index_of(addr) else {
@@ -140,7 +141,7 @@ impl Inner {
         let Some(i) = self.shards.index_of(area.area.start) else {
             return;
         };
-        let pages = ShardSet::pages(area.area.start, area.area.end);
+        let pages = crate::shard::pages(area.area.start, area.area.end);
         // A caller cannot have unmapped more pages than the area has (a larger count is a
         // caller bug; clamped, so the statistics cannot overflow).
         let unmapped_pages = unmapped_pages.min(pages);
@@ -149,7 +150,7 @@ impl Inner {
             // free) for a purge, which takes it under this same lock; the descriptor goes
             // straight back to the slot's list (the token owned it), still in this CPU's
             // cache for the next allocation.
-            let cell = self.pcpu.cell(cpu::this_cpu());
+            let cell = self.pcpu.cell(P::this_cpu());
             let mut slot = cell.lock();
             if slot.push_lazy(area.area.start, area.area.end, unmapped_pages) {
                 // Load + store under the slot lock, which every writer of the counter holds.
@@ -208,7 +209,7 @@ impl Inner {
         // SAFETY: the token owned the descriptor.
         unsafe {
             self.pcpu
-                .lock(cpu::this_cpu())
+                .lock(P::this_cpu())
                 .descs
                 .put(&self.pool, area.desc)
         };
@@ -227,7 +228,18 @@ impl Inner {
     /// Past the threshold: hand the purge to a worker (Background) or run it here unless
     /// somebody already purges (Inline, Synchronous).
     pub(crate) fn kick_purge(&self) {
-        match (&self.sched, self.cfg.purge_mode) {
+        if self.cfg.purge_mode == PurgeMode::Background {
+            if let Some(w) = &self.work {
+                w.schedule_purge();
+                return;
+            }
+        }
+        #[cfg(feature = "std")]
+        let sched = &self.sched;
+        #[cfg(not(feature = "std"))]
+        let sched: &Option<()> = &None;
+        match (sched, self.cfg.purge_mode) {
+            #[cfg(feature = "std")]
             (Some(s), PurgeMode::Background) => s.request_purge(),
             _ => {
                 let _ = self.try_purge();

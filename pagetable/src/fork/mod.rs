@@ -83,7 +83,6 @@ pub use swap::{
     install_swap_entry,
 };
 
-use crate::platform::Platform;
 use crate::addr::VirtAddr;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
 use crate::frame::Zone;
@@ -92,6 +91,7 @@ use crate::mapper::{
     leaf_table,
 };
 use crate::page::{PAGE_SIZE, PhysFrame};
+use crate::platform::Platform;
 use alloc::sync::Arc;
 
 use crate::sync::{MutexGuard, Ordering};
@@ -253,7 +253,12 @@ fn copy<P: Platform>(
 }
 
 /// Check `[s, e)` and count the destination tables a copy needs.
-fn plan<P: Platform>(dst: &AddressSpace<P>, src: &AddressSpace<P>, s: u64, e: u64) -> Result<usize, MapError> {
+fn plan<P: Platform>(
+    dst: &AddressSpace<P>,
+    src: &AddressSpace<P>,
+    s: u64,
+    e: u64,
+) -> Result<usize, MapError> {
     if let Some(l) = first_used(dst, s, e)? {
         return Err(MapError::AlreadyMapped { va: from_lin(l) });
     }
@@ -291,7 +296,11 @@ fn plan<P: Platform>(dst: &AddressSpace<P>, src: &AddressSpace<P>, s: u64, e: u6
 
 /// The first page of `[s, e)` where `space` has a leaf entry, present or not (a huge leaf
 /// covering `l` counts from `l`).
-fn first_used<P: Platform>(space: &AddressSpace<P>, s: u64, e: u64) -> Result<Option<u64>, MapError> {
+fn first_used<P: Platform>(
+    space: &AddressSpace<P>,
+    s: u64,
+    e: u64,
+) -> Result<Option<u64>, MapError> {
     let pt_span = entry_span(2);
     let mut l = s;
     while l < e {
@@ -531,7 +540,10 @@ impl<P: Platform> Copier<'_, P> {
 /// Resolve a write fault at `va` in `space` (see the module docs). Errors:
 /// [`MapError::NotMapped`], [`MapError::HugePageInTheWay`] (a COW huge leaf: not supported),
 /// [`MapError::OutOfFrames`] (nothing changed).
-pub fn handle_write_fault<P: Platform>(space: &AddressSpace<P>, va: VirtAddr) -> Result<FaultOutcome, MapError> {
+pub fn handle_write_fault<P: Platform>(
+    space: &AddressSpace<P>,
+    va: VirtAddr,
+) -> Result<FaultOutcome, MapError> {
     let _ptl = space.ptl().lock();
     let l = lin(va);
     let mut new_frame: Option<PhysFrame> = None;

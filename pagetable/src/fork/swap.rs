@@ -35,15 +35,15 @@
 //! a frame that turns out not to be needed any more is freed again). Lock order: page-table
 //! locks (`ptl`), then this lock, then the frame allocator's.
 
-use alloc::vec::Vec;
 use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 
-use crate::platform::{DefaultPlatform, Platform};
 use crate::addr::VirtAddr;
 use crate::entry::{ADDR_MASK, Pte};
 use crate::frame::{FrameAllocator, Zone};
 use crate::mapper::{AddressSpace, MapError};
 use crate::page::{PAGE_SIZE, PhysFrame};
+use crate::platform::{DefaultPlatform, Platform};
 use alloc::sync::Arc;
 
 use crate::sync::{Mutex, Ordering};

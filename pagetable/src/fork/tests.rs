@@ -4,9 +4,9 @@ use super::*;
 use crate::addr::PhysAddr;
 use crate::arena::PhysArena;
 use crate::frame::FrameAllocator;
+use crate::tlb::{AccessError, TlbFlush, TlbModel};
 use std::sync::Arc;
 use std::thread;
-use crate::tlb::{AccessError, TlbFlush, TlbModel};
 
 pub(super) const KB4: u64 = PAGE_SIZE;
 pub(super) const RW: PageTableFlags = PageTableFlags::PRESENT
@@ -310,8 +310,8 @@ fn opposite_copies_do_not_deadlock() {
 /// waiter got in only when the OS scheduler happened to run it in between.)
 #[test]
 fn lock_break_lets_a_waiter_in() {
-    use std::sync::atomic::AtomicBool;
     use parking_lot::{Condvar, Mutex};
+    use std::sync::atomic::AtomicBool;
     /// Eight leaf tables: 1,024 batches, so 1,024 breaks where the waiter must get in.
     const PAGES: u64 = 4096;
     let a = allocator();

@@ -23,12 +23,12 @@
 //! so no write fault interleaves. A source leaf that a write fault changed since (copied or
 //! reused: no longer `COW`) is left as the fault made it.
 
-use alloc::vec::Vec;
-use crate::platform::Platform;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
 use crate::mapper::{AddressSpace, TableStash, entry_span, index, leaf_table};
 use crate::page::{PAGE_SIZE, PhysFrame};
+use crate::platform::Platform;
 use crate::sync::Ordering;
+use alloc::vec::Vec;
 
 use super::lock_pair;
 use super::swap::{SwapEntry, SwapKind, SwapMap};
@@ -158,7 +158,12 @@ pub(super) fn roll_back<P: Platform>(
 
 /// Free the tables `stash` installed in `space` whose whole span lies inside `[s, e)` and
 /// that are empty, deepest first (as a failed map's rollback does).
-fn free_installed_tables<P: Platform>(space: &AddressSpace<P>, stash: &TableStash<'_, P>, s: u64, e: u64) {
+fn free_installed_tables<P: Platform>(
+    space: &AddressSpace<P>,
+    stash: &TableStash<'_, P>,
+    s: u64,
+    e: u64,
+) {
     for &(base, level) in stash.installed().iter().rev() {
         let span = entry_span(level + 1);
         if base < s || base + span > e {

@@ -198,7 +198,13 @@ impl Pcp {
     /// If list `z` holds more than `high` frames, give the coldest ones (the bottom of the
     /// stack: at least `batch`, at least the excess) back to `zone`.
     #[inline]
-    pub(super) fn trim<P: Platform>(&mut self, z: usize, zone: &ZoneState<P>, high: usize, batch: usize) {
+    pub(super) fn trim<P: Platform>(
+        &mut self,
+        z: usize,
+        zone: &ZoneState<P>,
+        high: usize,
+        batch: usize,
+    ) {
         let list = &mut self.lists[z];
         if list.len() > high {
             let n = (list.len() - high).max(batch).min(list.len());
@@ -264,7 +270,10 @@ mod tests {
         assert_eq!(z.pooled(), 94);
         p.trim(LOW, &z, 6, 3);
         assert_eq!(p.lists[LOW].len(), 6);
-        let zones = [z, ZoneState::<crate::platform::StdPlatform>::new(100, 100, true)];
+        let zones = [
+            z,
+            ZoneState::<crate::platform::StdPlatform>::new(100, 100, true),
+        ];
         p.drain_all(&zones);
         assert_eq!(p.cached(), 0);
         assert_eq!(zones[LOW].pooled(), 100);

@@ -17,9 +17,9 @@
 //! Ordering: as in the [`mapper`](super) docs (installs by `AcqRel` compare-exchange, leaves
 //! stored with `Release` by their owner).
 
-use crate::platform::Platform;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
 use crate::page::{PAGE_SIZE, PhysFrame};
+use crate::platform::Platform;
 use crate::sync::Ordering;
 use crate::tlb::from_lin;
 
@@ -243,7 +243,13 @@ impl<P: Platform> Builder<'_, '_, '_, P> {
 
 /// Undo a build of `[s, e)` that stopped at `done`: clear the leaves in `[s, done)` and free
 /// the tables the build installed whose span lies inside `[s, e)`.
-pub(crate) fn rollback<P: Platform>(space: &AddressSpace<P>, s: u64, done: u64, e: u64, stash: &TableStash<'_, P>) {
+pub(crate) fn rollback<P: Platform>(
+    space: &AddressSpace<P>,
+    s: u64,
+    done: u64,
+    e: u64,
+    stash: &TableStash<'_, P>,
+) {
     if done > s {
         clear(
             space,

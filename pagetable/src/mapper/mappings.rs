@@ -5,10 +5,10 @@
 //! a torn value. The iterator keeps the leaf table it is scanning, so a dense range costs one
 //! root walk per leaf table; missing subtrees are skipped a whole table span at a time.
 
-use crate::platform::{DefaultPlatform, Platform};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::entry::{PageTable, PageTableFlags};
 use crate::page::PAGE_SIZE;
+use crate::platform::{DefaultPlatform, Platform};
 use crate::sync::Ordering;
 use crate::tlb::{LINEAR_END, from_lin, lin};
 

@@ -78,12 +78,12 @@ pub use mappings::{Mapping, Mappings, Translation};
 
 use crossbeam_utils::CachePadded;
 
-use crate::platform::{DefaultPlatform, Platform};
 use crate::addr::{AddrError, PhysAddr, VirtAddr};
 use crate::arena::{ArenaError, PhysArena};
 use crate::entry::{PageTable, PageTableFlags};
 use crate::frame::{FrameAllocator, FrameError, Zone};
 use crate::page::{PAGE_SIZE, PhysFrame};
+use crate::platform::{DefaultPlatform, Platform};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 
@@ -263,7 +263,11 @@ impl<P: Platform> AddressSpace<P> {
         Ok(Self::with_root(frames, root, Arc::clone(&kernel.kernel)))
     }
 
-    fn with_root(frames: Arc<FrameAllocator<P>>, root: PhysFrame, kernel: Arc<KernelHalf<P>>) -> Self {
+    fn with_root(
+        frames: Arc<FrameAllocator<P>>,
+        root: PhysFrame,
+        kernel: Arc<KernelHalf<P>>,
+    ) -> Self {
         Self {
             arena: Arc::clone(frames.arena()),
             frames,

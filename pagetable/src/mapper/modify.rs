@@ -6,10 +6,10 @@
 //! parent entry before its frame is freed, and only when its whole span is inside the range
 //! the caller vouches nobody uses.
 
-use crate::platform::Platform;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
 use crate::frame::FrameAllocator;
 use crate::page::PhysFrame;
+use crate::platform::Platform;
 use crate::sync::Ordering;
 use crate::tlb::FlushRange;
 
@@ -105,7 +105,14 @@ pub(crate) fn clean_up<P: Platform>(space: &AddressSpace<P>, s: u64, e: u64) -> 
     freed
 }
 
-fn clean_level<P: Platform>(space: &AddressSpace<P>, t: &PageTable, level: u32, s: u64, e: u64, freed: &mut usize) {
+fn clean_level<P: Platform>(
+    space: &AddressSpace<P>,
+    t: &PageTable,
+    level: u32,
+    s: u64,
+    e: u64,
+    freed: &mut usize,
+) {
     let span = entry_span(level);
     let mut l = s;
     while l < e {
@@ -144,7 +151,11 @@ fn clean_level<P: Platform>(space: &AddressSpace<P>, t: &PageTable, level: u32, 
 
 /// Free the tables below `entry` (an entry of a level-`level` table) and unlink it. Leaves
 /// and their frames are left alone (the tree does not own them).
-pub(crate) fn free_subtree<P: Platform>(frames: &FrameAllocator<P>, entry: &PageTableEntry, level: u32) {
+pub(crate) fn free_subtree<P: Platform>(
+    frames: &FrameAllocator<P>,
+    entry: &PageTableEntry,
+    level: u32,
+) {
     let p = entry.load(Ordering::Acquire);
     if level < 2 || !p.is_present() || p.is_huge() {
         return;

@@ -7,14 +7,14 @@
 //! `Acquire`, leaf stores `Release` under the ownership rule, leaf updates of present entries
 //! by compare-exchange loops.
 
-use alloc::vec::Vec;
-use crate::platform::Platform;
 use crate::addr::VirtAddr;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
 use crate::frame::{FrameAllocator, Zone};
 use crate::page::{ENTRIES_PER_TABLE, PAGE_SIZE, PhysFrame};
+use crate::platform::Platform;
 use crate::sync::Ordering;
 use crate::tlb::{FlushRange, LINEAR_END, from_lin, lin, lin_end};
+use alloc::vec::Vec;
 
 use super::{AddressSpace, MapError};
 
@@ -300,7 +300,10 @@ pub(crate) fn descend_create<'s, P: Platform>(
 
 /// The existing leaf table covering linear `l` (`Ok(None)` if a table on the way is
 /// missing; [`MapError::HugePageInTheWay`] if a huge leaf covers `l`).
-pub(crate) fn leaf_table<P: Platform>(space: &AddressSpace<P>, l: u64) -> Result<Option<&PageTable>, MapError> {
+pub(crate) fn leaf_table<P: Platform>(
+    space: &AddressSpace<P>,
+    l: u64,
+) -> Result<Option<&PageTable>, MapError> {
     let mut t = space.root_table();
     for level in (2..=4).rev() {
         let p = t[index(l, level)].load(Ordering::Acquire);
@@ -317,7 +320,11 @@ pub(crate) fn leaf_table<P: Platform>(space: &AddressSpace<P>, l: u64) -> Result
 
 /// [`MapError::HugePageInTheWay`] if a huge leaf covers `s` or `e - 1` and reaches outside
 /// `[s, e)` (only the edges of a range can cut a leaf).
-pub(crate) fn check_huge_edges<P: Platform>(space: &AddressSpace<P>, s: u64, e: u64) -> Result<(), MapError> {
+pub(crate) fn check_huge_edges<P: Platform>(
+    space: &AddressSpace<P>,
+    s: u64,
+    e: u64,
+) -> Result<(), MapError> {
     for l in [s, e - 1] {
         if let Some(leaf) = space.leaf(l) {
             let ls = l & !(leaf.size - 1);

@@ -35,12 +35,12 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::platform::{Platform, StdPlatform};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::arena::ArenaError;
 use crate::entry::{PageTableFlags, Pte};
 use crate::mapper::AddressSpace;
 use crate::page::PAGE_SIZE;
+use crate::platform::{Platform, StdPlatform};
 use crate::sync::{Mutex, Ordering};
 use crate::tlb::{FlushCounters, FlushKind, TlbFlush, TlbStats, from_lin, lin, lin_end};
 
@@ -260,7 +260,12 @@ impl TlbModel {
 
     /// The physical address CPU `cpu` would use for `va` in `space` right now from its cache
     /// alone (`None` on a miss or a bad CPU index). Does not count as an access.
-    pub fn cached<P: Platform>(&self, cpu: usize, space: &AddressSpace<P>, va: VirtAddr) -> Option<PhysAddr> {
+    pub fn cached<P: Platform>(
+        &self,
+        cpu: usize,
+        space: &AddressSpace<P>,
+        va: VirtAddr,
+    ) -> Option<PhysAddr> {
         let t = self.cpus.get(cpu)?.lock();
         let l = lin(va);
         let way = t.lookup(space.id(), l / PAGE_SIZE)?;

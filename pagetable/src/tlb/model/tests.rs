@@ -3,8 +3,8 @@
 use super::*;
 use crate::frame::{FrameAllocator, Zone};
 use crate::page::PhysFrame;
-use std::sync::Arc;
 use crate::tlb::{FlushRange, TLB_SINGLE_PAGE_FLUSH_CEILING};
+use std::sync::Arc;
 
 const KB4: u64 = PAGE_SIZE;
 const RW: PageTableFlags = PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE);

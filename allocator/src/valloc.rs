@@ -40,7 +40,10 @@
 //! caches, and page-table updates are lock-free under the ownership rule (only the owner of
 //! an area maps or unmaps inside it).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
 use core::panic::Location;
+use pagetable::platform::Platform;
 
 use pagetable::frame::{FrameError, Zone};
 use pagetable::{PAGE_SIZE, PageTableFlags, PhysAddr, PhysFrame, VirtAddr};
@@ -134,7 +137,7 @@ pub(crate) struct Request {
     pub(crate) caller: &'static Location<'static>,
 }
 
-impl Vmalloc {
+impl<P: Platform> Vmalloc<P> {
     /// The common request: the whole vmalloc range, page alignment, no node.
     #[inline]
     fn req(
@@ -349,7 +352,7 @@ impl Vmalloc {
     }
 }
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     /// `__vmalloc_node_range` proper (see the module documentation).
     pub(crate) fn vmalloc_area(&self, r: &Request) -> Result<VirtAddr, VmallocError> {
         if r.flags.intersects(NOT_FOR_VMALLOC) {
@@ -551,7 +554,7 @@ mod tests {
     use super::*;
     use crate::instance::VmallocConfig;
 
-    fn vm() -> Vmalloc {
+    fn vm<P: Platform>() -> Vmalloc<P> {
         Vmalloc::new(VmallocConfig::small_heap(8 << 20)).unwrap()
     }
 
