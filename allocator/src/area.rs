@@ -470,10 +470,11 @@ impl DescList {
 #[cfg(all(test, not(feature = "loom")))]
 mod tests {
     use super::*;
+    use pagetable::platform::StdPlatform;
 
     #[test]
     fn descriptors_round_trip_and_are_stable() {
-        let pool = DescPool::new();
+        let pool = DescPool::<StdPlatform>::new();
         let mut cpu = DescList::default();
         let a = cpu.get(&pool);
         assert_eq!(pool.capacity(), CHUNK);
@@ -500,7 +501,7 @@ mod tests {
 
     #[test]
     fn lists_spill_and_refill_in_batches() {
-        let pool = DescPool::new();
+        let pool = DescPool::<StdPlatform>::new();
         let mut cpu = DescList::default();
         let taken: Vec<Desc> = (0..200).map(|_| cpu.get(&pool)).collect();
         let mut seen = std::collections::HashSet::new();
@@ -520,7 +521,7 @@ mod tests {
 
     #[test]
     fn spliced_chains_are_popped_without_loss() {
-        let pool = DescPool::new();
+        let pool = DescPool::<StdPlatform>::new();
         let mut cpu = DescList::default();
         let mut chain = Chain::new();
         let n = 70;

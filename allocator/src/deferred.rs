@@ -312,10 +312,11 @@ impl<P: Platform> Inner<P> {
 #[cfg(all(test, not(feature = "loom")))]
 mod tests {
     use super::*;
+    use pagetable::platform::StdPlatform;
 
     #[test]
     fn deferred_addresses_come_out_oldest_first_per_cpu() {
-        let d = Deferred::new(2);
+        let d = Deferred::<StdPlatform>::new(2);
         assert!(!d.pending());
         assert!(d.push(0, 1));
         assert!(!d.push(0, 2));
@@ -331,7 +332,7 @@ mod tests {
 
     #[test]
     fn notifiers_register_call_and_unregister() {
-        let n = Notifiers::default();
+        let n = Notifiers::<StdPlatform>::new();
         assert_eq!(n.call(4096), 0);
         let a = n.register(Box::new(|size| (size / 4096) as usize));
         let b = n.register(Box::new(|_| usize::MAX));

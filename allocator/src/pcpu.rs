@@ -287,6 +287,7 @@ impl<P: Platform> SlotCell<P> {
 #[cfg(all(test, not(feature = "loom")))]
 mod tests {
     use super::*;
+    use pagetable::platform::StdPlatform;
 
     #[test]
     fn classes() {
@@ -301,7 +302,7 @@ mod tests {
     #[test]
     fn bounded_stacks_and_byte_count() {
         // 128 pages per shard: class 0 batches 2 chunks, capacity 4.
-        let p = Pcpu::new(2, true, 128 * PAGE_SIZE, 4);
+        let p = Pcpu::<StdPlatform>::new(2, true, 128 * PAGE_SIZE, 4);
         assert!(p.enabled());
         assert_eq!(p.batch(0), 2);
         assert_eq!(p.batch(15), 1);
@@ -325,7 +326,7 @@ mod tests {
 
     #[test]
     fn lazy_batch_is_bounded_and_swapped_whole() {
-        let p = Pcpu::new(1, true, 128 * PAGE_SIZE, 2);
+        let p = Pcpu::<StdPlatform>::new(1, true, 128 * PAGE_SIZE, 2);
         let mut s = p.lock(0);
         assert!(s.push_lazy(0x1000, 0x3000, 1));
         assert!(s.push_lazy(0x5000, 0x6000, 1));
@@ -341,13 +342,13 @@ mod tests {
         p.cell(0).lazy_pages.store(1, Ordering::Relaxed);
         assert_eq!(p.lazy_pages(), 1);
         // Disabled caches keep no lazy batch either: free_lazy uses the shard lists.
-        let q = Pcpu::new(1, false, 128 * PAGE_SIZE, 2);
+        let q = Pcpu::<StdPlatform>::new(1, false, 128 * PAGE_SIZE, 2);
         assert!(!q.lock(0).push_lazy(0x1000, 0x2000, 1));
     }
 
     #[test]
     fn disabled_caches_hold_nothing() {
-        let p = Pcpu::new(1, false, 1 << 30, 4);
+        let p = Pcpu::<StdPlatform>::new(1, false, 1 << 30, 4);
         assert!(!p.enabled());
         let mut s = p.lock(0);
         assert!(!s.push(0, 0));

@@ -532,11 +532,11 @@ mod tests {
     use pagetable::tlb::CountingFlush;
 
     use super::*;
+    use pagetable::platform::StdPlatform;
     use crate::area::{AreaInfo, RemovedArea};
     use crate::config::{KvaConfig, PurgeMode};
     use crate::flags::VmFlags;
     use crate::kva::Kva;
-    use crate::shard::ShardSet;
 
     const P: u64 = PAGE_SIZE;
 
@@ -550,7 +550,7 @@ mod tests {
     }
 
     /// `free_lazy` without the threshold check, to build a big backlog by hand.
-    fn push_lazy<P: Platform>(inner: &Inner<P>, r: RemovedArea) {
+    fn push_lazy(inner: &Inner<StdPlatform>, r: RemovedArea) {
         let i = inner.shards.index_of(r.start()).unwrap();
         let lazy = &inner.shards.get(i).lazy;
         lazy.pages

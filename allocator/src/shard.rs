@@ -496,11 +496,12 @@ impl<P: Platform> ShardSet<P> {
 #[cfg(all(test, not(feature = "loom")))]
 mod tests {
     use super::*;
+    use pagetable::platform::StdPlatform;
 
     const P: u64 = PAGE_SIZE;
 
-    fn set<P: Platform>(nr: usize, pages_each: u64) -> ShardSet<P> {
-        ShardSet::new(
+    fn set(nr: usize, pages_each: u64) -> ShardSet<StdPlatform> {
+        ShardSet::<StdPlatform>::new(
             0x100000,
             0x100000 + nr as u64 * pages_each * P,
             nr,

@@ -554,7 +554,7 @@ mod tests {
     use super::*;
     use crate::instance::VmallocConfig;
 
-    fn vm<P: Platform>() -> Vmalloc<P> {
+    fn vm() -> Vmalloc {
         Vmalloc::new(VmallocConfig::small_heap(8 << 20)).unwrap()
     }
 

@@ -12,4 +12,3 @@ pub mod peers;
 pub mod runner;
 
 pub use impls::{AllocatorKind, ImplConfig, ImplError, ImplStats, PageBatch, VmallocImpl};
-pub use pagetable::sync;

@@ -7,6 +7,7 @@ use pagetable::page::PAGE_SIZE;
 use pagetable::tlb::CountingFlush;
 
 use super::*;
+use pagetable::cpu;
 use crate::flags::VmFlags;
 
 const P: u64 = PAGE_SIZE;

@@ -7,7 +7,9 @@ use std::ptr::NonNull;
 use proptest::prelude::*;
 
 use super::*;
-use crate::sync::{Arc, AtomicBool, Ordering, thread};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 
 struct Item {
     value: u64,

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 // The frame allocator and arena travel in the sync facade's `Arc` (loom's under the `loom`
 // feature, where this module is compiled but never run); the TLB hook is a plain `Arc<dyn _>`.
-use pagetable::sync::Arc as PtArc;
+use std::sync::Arc as PtArc;
 
 use pagetable::arena::PhysArena;
 use pagetable::frame::{FrameAllocator, Zone};
