@@ -115,11 +115,6 @@ pub(crate) struct Condvar(loom::sync::Condvar);
 
 #[cfg(feature = "loom")]
 impl Condvar {
-    /// A new condition variable.
-    pub(crate) fn new() -> Self {
-        Self(loom::sync::Condvar::new())
-    }
-
     /// Atomically release the lock and wait for a notification.
     pub(crate) fn wait<P, T>(&self, guard: &mut MutexGuard<'_, P, T>) {
         let g = guard.guard.take().unwrap();

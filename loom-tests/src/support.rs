@@ -4,7 +4,8 @@ use std::sync::Arc as StdArc;
 
 use pagetable::VirtAddr;
 use pagetable::page::PAGE_SIZE;
-use pagetable::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
+use loom::sync::Mutex;
+use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use pagetable::tlb::{TlbFlush, TlbStats};
 use vmalloc::{AreaInfo, Kva, KvaConfig, PurgeMode, VmFlags};
 
@@ -103,13 +104,13 @@ impl StaleTlb {
     /// Record that `[start, end)` was just unmapped without a flush (call it right before
     /// freeing the range lazily).
     pub fn unmapped(&self, start: u64, end: u64) {
-        *self.stale.lock() |= mask(start, end);
+        *self.stale.lock().unwrap() |= mask(start, end);
     }
 
     /// Panic if a page of `[start, end)` is stale: the range was handed out before a flush
     /// covering its last unmapping completed.
     pub fn assert_fresh(&self, start: u64, end: u64) {
-        let stale = *self.stale.lock() & mask(start, end);
+        let stale = *self.stale.lock().unwrap() & mask(start, end);
         assert_eq!(
             stale, 0,
             "[{start:#x}, {end:#x}) handed out while pages {stale:#b} (bit i = BASE + i pages) \
@@ -119,12 +120,12 @@ impl StaleTlb {
 
     /// The stale-page bitmap (bit `i` = page `BASE + i * PAGE_SIZE`).
     pub fn stale(&self) -> u128 {
-        *self.stale.lock()
+        *self.stale.lock().unwrap()
     }
 
     /// Every range flushed so far, in order.
     pub fn log(&self) -> Vec<(u64, u64)> {
-        self.log.lock().clone()
+        self.log.lock().unwrap().clone()
     }
 
     fn enter(&self) {
@@ -144,8 +145,8 @@ impl TlbFlush for StaleTlb {
     fn flush_range(&self, start: VirtAddr, end: VirtAddr) {
         self.enter();
         let (s, e) = (start.as_u64(), end.as_u64());
-        *self.stale.lock() &= !mask(s, e);
-        self.log.lock().push((s, e));
+        *self.stale.lock().unwrap() &= !mask(s, e);
+        self.log.lock().unwrap().push((s, e));
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.pages_flushed
             .fetch_add(e.saturating_sub(s) / PAGE_SIZE, Ordering::Relaxed);
@@ -154,8 +155,8 @@ impl TlbFlush for StaleTlb {
 
     fn flush_all(&self) {
         self.enter();
-        *self.stale.lock() = 0;
-        self.log.lock().push((0, u64::MAX));
+        *self.stale.lock().unwrap() = 0;
+        self.log.lock().unwrap().push((0, u64::MAX));
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.full_flushes.fetch_add(1, Ordering::Relaxed);
         self.leave();

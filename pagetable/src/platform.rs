@@ -25,6 +25,11 @@
 //! # Example: a kernel's platform
 //!
 //! ```
+//! # // Loom's atomics only work inside a loom model: the example runs without the feature.
+//! # #[cfg(feature = "loom")]
+//! # fn main() {}
+//! # #[cfg(not(feature = "loom"))]
+//! # fn main() {
 //! use pagetable::platform::{Platform, RawSpinlock};
 //!
 //! /// A kernel with up to 64 CPUs whose per-CPU id lives in a register (here: a stub).
@@ -53,6 +58,7 @@
 //! ));
 //! let space = AddressSpace::new(Arc::clone(&frames)).unwrap(); // an AddressSpace<MyKernel>
 //! assert_eq!((frames.stats().total, space.rss()), (256, 0));
+//! # }
 //! ```
 
 use core::sync::atomic::{AtomicBool, Ordering};

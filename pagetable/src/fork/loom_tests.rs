@@ -10,7 +10,7 @@ use crate::addr::PhysAddr;
 use crate::arena::PhysArena;
 use crate::frame::{FrameAllocator, Zone};
 use std::sync::Arc;
-use std::thread;
+use loom::thread;
 
 /// A private copy of 5 pages (two batches: 4 + 1) against `handle_write_fault` on the first
 /// page of the source. The fault runs before the copy reached that page (`NotCow`, and the
