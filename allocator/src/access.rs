@@ -29,9 +29,9 @@ use crate::prelude::*;
 use pagetable::platform::Platform;
 use pagetable::{PAGE_SIZE, VirtAddr};
 
-use crate::area::VmArea;
-use crate::flags::VmFlags;
 use crate::instance::{Inner, Vmalloc};
+use crate::kva::area::VmArea;
+use crate::kva::flags::VmFlags;
 use crate::valloc::usable_end;
 use crate::vmap_block::VMAP_BLOCK_SIZE;
 

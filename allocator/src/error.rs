@@ -5,7 +5,8 @@
 //! above (page mapping) can add variants without breaking matches downstream. Addresses and
 //! sizes are in bytes.
 
-use crate::flags::VmFlags;
+use crate::kva::error::KvaError;
+use crate::kva::flags::VmFlags;
 #[allow(unused_imports)]
 use crate::prelude::*;
 
@@ -173,6 +174,35 @@ pub enum VmallocError {
         /// Index of the worker that could not be started.
         index: usize,
     },
+}
+
+impl From<KvaError> for VmallocError {
+    /// The KVA layer's error as the variant of the same name.
+    fn from(e: KvaError) -> Self {
+        match e {
+            KvaError::NoSpace {
+                size,
+                align,
+                start,
+                end,
+            } => Self::NoSpace {
+                size,
+                align,
+                start,
+                end,
+            },
+            KvaError::InvalidSize { size } => Self::InvalidSize { size },
+            KvaError::InvalidAlign { align } => Self::InvalidAlign { align },
+            KvaError::InvalidRange { start, end } => Self::InvalidRange { start, end },
+            KvaError::NotAllocated { addr } => Self::NotAllocated { addr },
+            KvaError::NotStartOfArea { addr, start } => Self::NotStartOfArea { addr, start },
+            KvaError::DoubleFree { addr } => Self::DoubleFree { addr },
+            KvaError::InvalidConfig { what, value, max } => {
+                Self::InvalidConfig { what, value, max }
+            }
+            KvaError::WorkerSpawn { index } => Self::WorkerSpawn { index },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,10 +18,10 @@ use pagetable::platform::Platform;
 
 use pagetable::{FrameStats, PAGE_SIZE, TlbStats};
 
-use crate::area::VmArea;
-use crate::flags::VmFlags;
 use crate::instance::Vmalloc;
 use crate::kva::KvaStats;
+use crate::kva::area::VmArea;
+use crate::kva::flags::VmFlags;
 use crate::sync::Ordering;
 
 /// The vmalloc figures of `/proc/meminfo` and the counters behind them.
@@ -157,7 +157,7 @@ impl<P: Platform> Vmalloc<P> {
 #[cfg(all(test, not(feature = "loom")))]
 mod tests {
     use super::*;
-    use crate::area::AreaInfo;
+    use crate::kva::area::AreaInfo;
 
     #[test]
     fn line_format_matches_proc() {

@@ -42,18 +42,18 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::panic::Location;
 
-use pagetable::frame::{FrameAllocator, FrameConfig, FrameStats};
-use pagetable::mapper::AddressSpace;
-use pagetable::platform::{DefaultPlatform, Platform};
+use pagetable::AddressSpace;
 #[cfg(feature = "std")]
-use pagetable::tlb::TlbModel;
-use pagetable::tlb::{CountingFlush, TlbFlush};
+use pagetable::TlbModel;
+use pagetable::platform::{DefaultPlatform, Platform};
 use pagetable::{ArenaConfig, Backing, PAGE_SIZE, PhysAddr, PhysArena, VirtAddr};
+use pagetable::{CountingFlush, TlbFlush};
+use pagetable::{FrameAllocator, FrameConfig, FrameStats};
 
-use crate::area::{AreaInfo, VmArea};
-use crate::config::{KvaConfig, VMALLOC_END, VMALLOC_START};
 use crate::error::VmallocError;
-use crate::flags::VmFlags;
+use crate::kva::area::{AreaInfo, VmArea};
+use crate::kva::config::{KvaConfig, VMALLOC_END, VMALLOC_START};
+use crate::kva::flags::VmFlags;
 use crate::kva::{Kva, PurgeWork};
 use crate::sync::{AtomicU64, Ordering};
 use crate::vmap_block::VmapBlocks;
@@ -250,7 +250,7 @@ impl<P: Platform> Vmalloc<P> {
         #[cfg(feature = "std")]
         let model = match tlb_choice {
             TlbChoice::Model => Some(StdArc::new(TlbModel::new(
-                nr_cpus.min(crate::config::MAX_NR_CPUS),
+                nr_cpus.min(crate::kva::config::MAX_NR_CPUS),
             ))),
             _ => None,
         };
@@ -383,7 +383,7 @@ impl<P: Platform> Vmalloc<P> {
 
     /// Linux's `purge_vmap_area_lazy()`: free fragmented vmap blocks, run the deferred frees,
     /// and purge every lazily freed area now (one TLB flush of their union).
-    pub fn purge_vmap_area_lazy(&self) -> crate::purge::PurgeReport {
+    pub fn purge_vmap_area_lazy(&self) -> crate::kva::purge::PurgeReport {
         let v = self.v();
         v.purge_fragmented_blocks();
         v.kva.purge()

@@ -27,8 +27,8 @@ use pagetable::platform::Platform;
 use pagetable::{PAGE_SIZE, PageTableFlags, PhysAddr, VirtAddr};
 
 use crate::error::VmallocError;
-use crate::flags::VmFlags;
 use crate::instance::Vmalloc;
+use crate::kva::flags::VmFlags;
 
 impl<P: Platform> Vmalloc<P> {
     /// `ioremap(phys, size)` with protection `prot` (usually

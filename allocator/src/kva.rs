@@ -15,13 +15,13 @@
 //!   into the busy tree of the shard containing its start. No space: `reclaim_then` (the
 //!   deferred frees run, everything lazy purged into the trees, every per-CPU cache drained,
 //!   and the search repeated, all under the purge lock); then call the notifiers and retry
-//!   while they free something (bounded); then fail with [`VmallocError::NoSpace`].
+//!   while they free something (bounded); then fail with [`KvaError::NoSpace`].
 //! * **remove** takes the area out of its busy tree and returns a [`RemovedArea`] token;
 //!   **free_lazy** records the area's range in the calling CPU's lazy batch and gives its
 //!   descriptor straight back to that CPU (one slot-lock section; see the `pcpu` module), or,
 //!   with per-CPU caching off or the batch full, raises the shard's lazy-page counter and
 //!   pushes the descriptor on the shard's lock-free lazy list; past `lazy_max_pages` it kicks
-//!   a purge (see [`crate::purge`]). **free_unused** returns a never-mapped area straight to
+//!   a purge (see [`crate::kva::purge`]). **free_unused** returns a never-mapped area straight to
 //!   the trees. (The freeing side lives in the `free` submodule.)
 //! * **find** looks in the busy tree of the shard containing the address, then (only while
 //!   some live area crosses a shard boundary) in the lower shards' trees.
@@ -50,28 +50,28 @@
 use crate::prelude::*;
 use pagetable::platform::{DefaultPlatform, Platform};
 
-use pagetable::page::PAGE_SIZE;
-use pagetable::tlb::TlbFlush;
+use pagetable::PAGE_SIZE;
+use pagetable::TlbFlush;
 
-use crate::area::{AreaInfo, Desc, RemovedArea, VmArea};
-use crate::config::{KvaConfig, PurgeMode, Resolved};
-use crate::deferred::{Deferred, Notifiers};
-use crate::error::VmallocError;
-use crate::free_tree::{FreeTree, MaxSize};
-use crate::pcpu::{self, Pcpu, Slot};
-use crate::purge::{PurgeCounters, PurgeReport};
+use crate::kva::area::{AreaInfo, Desc, RemovedArea, VmArea};
+use crate::kva::config::{KvaConfig, PurgeMode, Resolved};
+use crate::kva::deferred::{Deferred, Notifiers};
+use crate::kva::free_tree::{FreeTree, MaxSize};
+use crate::kva::pcpu::{Pcpu, Slot};
+use crate::kva::purge::{PurgeCounters, PurgeReport};
+use crate::kva::shard::ShardSet;
 #[cfg(feature = "std")]
-use crate::purge_worker::{self, Sched};
-use crate::shard::ShardSet;
+use crate::kva::workers::Sched;
 use alloc::sync::Arc;
 
 #[cfg(feature = "std")]
 use crate::sync::thread;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
-pub use crate::deferred::NotifierId;
-pub use crate::inspect::KvaStats;
-pub use crate::pcpu::MAX_CLASS_PAGES;
+pub use crate::kva::deferred::NotifierId;
+pub use crate::kva::error::KvaError;
+pub use crate::kva::inspect::KvaStats;
+pub use crate::kva::pcpu::MAX_CLASS_PAGES;
 
 /// Rounds of "notifiers freed something, retry" before an allocation gives up.
 const MAX_NOTIFIER_ROUNDS: usize = 8;
@@ -89,7 +89,7 @@ pub(crate) struct Inner<P: Platform> {
     pub(crate) cfg: Resolved,
     pub(crate) shards: ShardSet<P>,
     pub(crate) pcpu: Pcpu<P>,
-    pub(crate) pool: crate::area::DescPool<P>,
+    pub(crate) pool: crate::kva::area::DescPool<P>,
     /// The TLB shootdown hook (std `Arc`: an immutable shared hook, not a sync primitive).
     pub(crate) flush: Arc<dyn TlbFlush>,
     /// CPU slot -> home shard.
@@ -173,7 +173,7 @@ impl Kva<DefaultPlatform> {
     /// Build an allocator over `cfg.start .. cfg.end` for the default platform, flushing TLBs
     /// through `flush`. With `std`, spawns `cfg.purge_workers` purge threads unless the mode
     /// is [`PurgeMode::Synchronous`].
-    pub fn new(cfg: KvaConfig, flush: Arc<dyn TlbFlush>) -> Result<Self, VmallocError> {
+    pub fn new(cfg: KvaConfig, flush: Arc<dyn TlbFlush>) -> Result<Self, KvaError> {
         Self::with_platform(cfg, flush, None)
     }
 }
@@ -188,7 +188,7 @@ impl<P: Platform> Kva<P> {
         cfg: KvaConfig,
         flush: Arc<dyn TlbFlush>,
         work: Option<Arc<dyn PurgeWork>>,
-    ) -> Result<Self, VmallocError> {
+    ) -> Result<Self, KvaError> {
         let cfg = cfg.resolve::<P>()?;
         let nr_cpus = cfg.nr_cpus.max(1);
         let shards = ShardSet::new(cfg.start, cfg.end, cfg.shards, cfg.shard_size);
@@ -216,7 +216,7 @@ impl<P: Platform> Kva<P> {
             merging: AtomicUsize::new(0),
             shards,
             pcpu,
-            pool: crate::area::DescPool::new(),
+            pool: crate::kva::area::DescPool::new(),
             flush,
             home,
             shard_cpus,
@@ -243,7 +243,7 @@ impl<P: Platform> Kva<P> {
                     match spawn_worker(&kva.inner, i) {
                         Ok(h) => kva.workers.push(h),
                         // Dropping `kva` stops and joins the workers started so far.
-                        Err(_) => return Err(VmallocError::WorkerSpawn { index: i }),
+                        Err(_) => return Err(KvaError::WorkerSpawn { index: i }),
                     }
                 }
             }
@@ -280,13 +280,13 @@ impl<P: Platform> Kva<P> {
         vend: u64,
         node: Option<usize>,
         info: AreaInfo,
-    ) -> Result<u64, VmallocError> {
+    ) -> Result<u64, KvaError> {
         self.inner.alloc(size, align, vstart, vend, node, info)
     }
 
     /// Reserve exactly `[start, end)` (Linux's `vm_area_add_early`); page aligned, inside the
     /// range, and free (after a purge if need be), else an error.
-    pub fn alloc_at(&self, start: u64, end: u64, info: AreaInfo) -> Result<(), VmallocError> {
+    pub fn alloc_at(&self, start: u64, end: u64, info: AreaInfo) -> Result<(), KvaError> {
         self.inner.alloc_at(start, end, info)
     }
 
@@ -297,17 +297,17 @@ impl<P: Platform> Kva<P> {
 
     /// Change the info of the live area starting at `start`. `f` runs under the shard's busy
     /// lock: it must not call back into this allocator.
-    pub fn set_info(&self, start: u64, f: impl FnOnce(&mut AreaInfo)) -> Result<(), VmallocError> {
+    pub fn set_info(&self, start: u64, f: impl FnOnce(&mut AreaInfo)) -> Result<(), KvaError> {
         self.inner.set_info(start, f)
     }
 
     /// Detach the live area starting at `addr` from the busy lookup (it is no longer found);
     /// the token must go back through [`Kva::free_lazy`] or [`Kva::free_unused`].
     ///
-    /// Errors: [`VmallocError::NotStartOfArea`] if `addr` is inside a live area,
-    /// [`VmallocError::DoubleFree`] if it starts an area still waiting on a lazy list,
-    /// [`VmallocError::NotAllocated`] otherwise.
-    pub fn remove(&self, addr: u64) -> Result<RemovedArea, VmallocError> {
+    /// Errors: [`KvaError::NotStartOfArea`] if `addr` is inside a live area,
+    /// [`KvaError::DoubleFree`] if it starts an area still waiting on a lazy list,
+    /// [`KvaError::NotAllocated`] otherwise.
+    pub fn remove(&self, addr: u64) -> Result<RemovedArea, KvaError> {
         self.inner.remove(addr)
     }
 
@@ -316,11 +316,11 @@ impl<P: Platform> Kva<P> {
     /// If `check` returns an error, it is returned and nothing changes. Misses give the
     /// errors of [`Kva::remove`]. `check` runs under the shard's busy lock: it must not call
     /// back into this allocator.
-    pub fn remove_if(
+    pub fn remove_if<E: From<KvaError>>(
         &self,
         addr: u64,
-        check: impl FnOnce(&VmArea) -> Result<(), VmallocError>,
-    ) -> Result<RemovedArea, VmallocError> {
+        check: impl FnOnce(&VmArea) -> Result<(), E>,
+    ) -> Result<RemovedArea, E> {
         self.inner.remove_if(addr, check)
     }
 
@@ -506,12 +506,12 @@ fn spawn_worker<P: Platform>(
     {
         thread::Builder::new()
             .name(format!("vmalloc-purge/{i}"))
-            .spawn(move || purge_worker::worker_main(&inner, i))
+            .spawn(move || workers::worker_main(&inner, i))
             .map_err(drop)
     }
     #[cfg(feature = "loom")]
     {
-        Ok(thread::spawn(move || purge_worker::worker_main(&inner, i)))
+        Ok(thread::spawn(move || workers::worker_main(&inner, i)))
     }
 }
 
@@ -523,16 +523,16 @@ impl<P: Platform> Inner<P> {
         align: u64,
         vstart: u64,
         vend: u64,
-    ) -> Result<(u64, u64, u64), VmallocError> {
+    ) -> Result<(u64, u64, u64), KvaError> {
         if size == 0 || size % PAGE_SIZE != 0 {
-            return Err(VmallocError::InvalidSize { size });
+            return Err(KvaError::InvalidSize { size });
         }
         if !align.is_power_of_two() {
-            return Err(VmallocError::InvalidAlign { align });
+            return Err(KvaError::InvalidAlign { align });
         }
         let align = align.max(PAGE_SIZE);
         if vstart >= vend {
-            return Err(VmallocError::InvalidRange {
+            return Err(KvaError::InvalidRange {
                 start: vstart,
                 end: vend,
             });
@@ -540,13 +540,13 @@ impl<P: Platform> Inner<P> {
         let lo = align_up(vstart.max(self.cfg.start), PAGE_SIZE).unwrap_or(u64::MAX);
         let hi = vend.min(self.cfg.end) & !(PAGE_SIZE - 1);
         if lo >= hi {
-            return Err(VmallocError::InvalidRange {
+            return Err(KvaError::InvalidRange {
                 start: vstart,
                 end: vend,
             });
         }
         if size > hi - lo {
-            return Err(VmallocError::NoSpace {
+            return Err(KvaError::NoSpace {
                 size,
                 align,
                 start: lo,
@@ -572,7 +572,7 @@ impl<P: Platform> Inner<P> {
         vend: u64,
         node: Option<usize>,
         info: AreaInfo,
-    ) -> Result<u64, VmallocError> {
+    ) -> Result<u64, KvaError> {
         let (align, lo, hi) = self.check_request(size, align, vstart, vend)?;
         if self.cfg.purge_mode == PurgeMode::Synchronous && self.deferred.pending() {
             self.drain_deferred();
@@ -596,7 +596,7 @@ impl<P: Platform> Inner<P> {
                 rounds += 1;
                 continue;
             }
-            return Err(VmallocError::NoSpace {
+            return Err(KvaError::NoSpace {
                 size,
                 align,
                 start: lo,
@@ -719,7 +719,7 @@ impl<P: Platform> Inner<P> {
         size: u64,
         desc: Desc,
         info: AreaInfo,
-    ) -> Result<u64, VmallocError> {
+    ) -> Result<u64, KvaError> {
         let end = addr + size;
         // SAFETY: `desc` was just taken from a free list: this thread owns it.
         unsafe { desc.write(addr, end, info) };
@@ -727,7 +727,7 @@ impl<P: Platform> Inner<P> {
             // Unreachable: the space came from our trees. Keep the descriptor, lose nothing.
             // SAFETY: still ours.
             unsafe { self.pcpu.lock(cpu).descs.put(&self.pool, desc) };
-            return Err(VmallocError::InvalidRange { start: addr, end });
+            return Err(KvaError::InvalidRange { start: addr, end });
         };
         let shard = self.shards.get(i);
         let inserted = {
@@ -750,7 +750,7 @@ impl<P: Platform> Inner<P> {
                 self.shards.free_range(addr, end);
                 // SAFETY: the insertion failed, so the descriptor is still ours.
                 unsafe { self.pcpu.lock(cpu).descs.put(&self.pool, desc) };
-                Err(VmallocError::NoSpace {
+                Err(KvaError::NoSpace {
                     size,
                     align: PAGE_SIZE,
                     start: addr,
@@ -814,13 +814,8 @@ impl<P: Platform> Inner<P> {
         }
     }
 
-    pub(crate) fn alloc_at(
-        &self,
-        start: u64,
-        end: u64,
-        info: AreaInfo,
-    ) -> Result<(), VmallocError> {
-        let bad = VmallocError::InvalidRange { start, end };
+    pub(crate) fn alloc_at(&self, start: u64, end: u64, info: AreaInfo) -> Result<(), KvaError> {
+        let bad = KvaError::InvalidRange { start, end };
         if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
             return Err(bad);
         }
@@ -832,7 +827,7 @@ impl<P: Platform> Inner<P> {
                 .reclaim_then(|| self.shards.alloc_exact(start, end).then_some(()))
                 .is_some();
         if !taken {
-            return Err(VmallocError::NoSpace {
+            return Err(KvaError::NoSpace {
                 size: end - start,
                 align: PAGE_SIZE,
                 start,
@@ -902,7 +897,7 @@ impl<P: Platform> Inner<P> {
         &self,
         start: u64,
         f: impl FnOnce(&mut AreaInfo),
-    ) -> Result<(), VmallocError> {
+    ) -> Result<(), KvaError> {
         if let Some(i) = self.shards.index_of(start) {
             let busy = self.shards.get(i).busy.lock();
             if let Some((_, _, d)) = busy.tree.get(start) {
@@ -915,7 +910,22 @@ impl<P: Platform> Inner<P> {
     }
 }
 
+pub(crate) mod area;
+pub mod busy;
+pub(crate) mod config;
+pub(crate) mod deferred;
+pub(crate) mod error;
+pub(crate) mod flags;
 mod free;
+pub mod free_tree;
+mod inspect;
+pub mod llist;
+pub(crate) mod pcpu;
+pub(crate) mod purge;
+pub(crate) mod shard;
+pub mod tree;
+#[cfg(feature = "std")]
+mod workers;
 
 #[cfg(all(test, not(feature = "loom")))]
 mod tests;

@@ -117,44 +117,44 @@ mod prelude {
 
 mod sync;
 
-pub mod busy;
-pub mod free_tree;
-pub mod llist;
-pub mod tree;
+// Layer 1, the KVA allocator: everything under `kva/`.
+mod kva;
 
-pub mod area;
-pub mod config;
-mod deferred;
-pub mod error;
-pub mod flags;
-mod inspect;
-pub mod kva;
-mod pcpu;
-pub mod purge;
-#[cfg(feature = "std")]
-mod purge_worker;
-mod shard;
-
-pub use area::{AreaInfo, RemovedArea, VmArea};
-pub use config::{KvaConfig, PurgeMode};
-pub use error::VmallocError;
-pub use flags::VmFlags;
-pub use kva::{Kva, KvaStats, NotifierId, PurgeWork};
-pub use purge::PurgeReport;
-
-// Layer 2: the vmalloc API over the KVA allocator and the page tables.
+// Layer 2, the vmalloc API over the KVA allocator and the page tables.
 mod access;
-pub mod info;
-pub mod instance;
+mod error;
+mod info;
+mod instance;
 mod ioremap;
-pub mod remap;
-pub mod valloc;
-pub mod vmap;
-pub mod vmap_block;
+mod remap;
+mod valloc;
+mod vmap;
+mod vmap_block;
 
-pub use info::VmallocStats;
-pub use instance::{EarlyArea, TlbChoice, Vmalloc, VmallocConfig};
+// One path per item: the modules are private and everything public is re-exported here.
+pub use error::VmallocError;
+pub use info::{VmallocStats, vmallocinfo_line};
+pub use instance::{
+    DEFAULT_ARENA_BYTES, EarlyArea, SMALL_KVA_BYTES, TlbChoice, Vmalloc, VmallocConfig,
+};
+pub use kva::area::{AreaInfo, RemovedArea, VmArea};
+pub use kva::config::{
+    KvaConfig, MAX_LAZY_MAX_PAGES, MAX_NR_CPUS, PurgeMode, VMALLOC_END, VMALLOC_START,
+    linux_lazy_max_pages,
+};
+pub use kva::flags::VmFlags;
+pub use kva::purge::{PurgeReport, RESCHED_EVERY};
+pub use kva::{Kva, KvaError, KvaStats, MAX_CLASS_PAGES, NotifierId, PurgeWork};
 pub use remap::PAGE_USER;
 pub use valloc::{Gfp, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_IO, PAGE_KERNEL_RO};
-pub use vmap::IOREMAP_MAX_ORDER;
+pub use vmap::{IOREMAP_MAX_ORDER, ioremap_align};
 pub use vmap_block::{VMAP_BBMAP_BITS, VMAP_BLOCK_SIZE, VMAP_MAX_ALLOC};
+
+/// The KVA layer's building blocks, for the fuzz targets, the loom models and benchmarks
+/// that drive them alone (the augmented AVL tree, the free-area tree, the busy lookup, the
+/// lock-free llist). Not part of the supported API: their shape follows the allocator's
+/// needs and may change without notice.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::kva::{busy, free_tree, llist, tree};
+}

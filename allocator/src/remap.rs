@@ -26,8 +26,8 @@ use pagetable::platform::Platform;
 use pagetable::{AddressSpace, PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr};
 
 use crate::error::VmallocError;
-use crate::flags::VmFlags;
 use crate::instance::Vmalloc;
+use crate::kva::flags::VmFlags;
 use crate::valloc::usable_end;
 
 /// Permissions of a remapped page in user space: present, writable, user, non-executable.

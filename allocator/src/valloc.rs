@@ -8,7 +8,7 @@
 //! pages; the area is `pages + 1` pages (the guard page) unless `VmFlags::NO_GUARD`; the
 //! [`Kva`](crate::kva::Kva) hands out the VA with the area's [`AreaInfo`] already set
 //! (`ALLOC`, `nr_pages`, the caller from `#[track_caller]`); frames come from the
-//! [`FrameAllocator`](pagetable::frame::FrameAllocator) in the requested zone (zeroed for
+//! [`FrameAllocator`](pagetable::FrameAllocator) in the requested zone (zeroed for
 //! `Gfp::ZERO`; never-touched frames are known zero and not written) and are mapped with ONE
 //! [`AddressSpace::map`](pagetable::AddressSpace::map) call, which walks each page-table page
 //! once. Up to [`STACK_FRAMES`] pages (the common case) the frame list lives on the stack and
@@ -45,13 +45,13 @@ use crate::prelude::*;
 use core::panic::Location;
 use pagetable::platform::Platform;
 
-use pagetable::frame::{FrameError, Zone};
+use pagetable::{FrameError, Zone};
 use pagetable::{PAGE_SIZE, PageTableFlags, PhysAddr, PhysFrame, VirtAddr};
 
-use crate::area::{AreaInfo, RemovedArea, VmArea};
 use crate::error::VmallocError;
-use crate::flags::VmFlags;
 use crate::instance::{Inner, Vmalloc};
+use crate::kva::area::{AreaInfo, RemovedArea, VmArea};
+use crate::kva::flags::VmFlags;
 
 bitflags::bitflags! {
     /// Page-allocator flags of the vmalloc family (the part of Linux's `gfp_t` that matters

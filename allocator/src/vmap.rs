@@ -31,10 +31,10 @@ use pagetable::platform::Platform;
 
 use pagetable::{PAGE_SHIFT, PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr};
 
-use crate::area::{AreaInfo, VmArea};
 use crate::error::VmallocError;
-use crate::flags::VmFlags;
 use crate::instance::{Inner, Vmalloc};
+use crate::kva::area::{AreaInfo, VmArea};
+use crate::kva::flags::VmFlags;
 
 /// Linux 3.7's `IOREMAP_MAX_ORDER`: `7 + PAGE_SHIFT` (ioremap alignment tops at 128 pages).
 pub const IOREMAP_MAX_ORDER: u32 = 7 + PAGE_SHIFT;

@@ -52,10 +52,10 @@ use pagetable::platform::Platform;
 use crossbeam_utils::CachePadded;
 use pagetable::{PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr};
 
-use crate::area::AreaInfo;
 use crate::error::VmallocError;
-use crate::flags::VmFlags;
 use crate::instance::{Inner, Vmalloc};
+use crate::kva::area::AreaInfo;
+use crate::kva::flags::VmFlags;
 use crate::sync::{AtomicUsize, Mutex, Ordering};
 
 /// Largest `vm_map_ram` served from a vmap block, in pages (Linux: `BITS_PER_LONG`).

@@ -567,10 +567,7 @@ fn vmallocinfo_lists_every_kind_in_order() {
 fn stats_follow_meminfo() {
     let vm = vm();
     let s0 = vm.stats();
-    assert_eq!(
-        s0.vmalloc_total_kb,
-        vmalloc::instance::SMALL_KVA_BYTES >> 10
-    );
+    assert_eq!(s0.vmalloc_total_kb, vmalloc::SMALL_KVA_BYTES >> 10);
     let a = vm.vmalloc(10 * P).unwrap();
     let s = vm.stats();
     assert_eq!(s.vmalloc_used_kb, 40);
@@ -631,7 +628,7 @@ fn allocation_failure_purges_and_retries() {
 
 #[test]
 fn early_areas_appear_in_vmallocinfo() {
-    let (s, _) = (vmalloc::config::VMALLOC_START, 0);
+    let (s, _) = (vmalloc::VMALLOC_START, 0);
     let c = VmallocConfig {
         early: vec![EarlyArea {
             addr: Some(s + (2 << 30)),

@@ -8,17 +8,17 @@ mod common;
 use std::sync::Arc;
 
 use common::{snapshot, vm};
+use pagetable::CountingFlush;
+use pagetable::PAGE_SIZE;
 use pagetable::cpu;
-use pagetable::page::PAGE_SIZE;
-use pagetable::tlb::CountingFlush;
-use vmalloc::config::{MAX_LAZY_MAX_PAGES, MAX_NR_CPUS};
-use vmalloc::vmap::ioremap_align;
-use vmalloc::{AreaInfo, Kva, KvaConfig, PurgeMode, VmFlags, VmallocError};
+use vmalloc::ioremap_align;
+use vmalloc::{AreaInfo, Kva, KvaConfig, KvaError, PurgeMode, VmFlags, VmallocError};
+use vmalloc::{MAX_LAZY_MAX_PAGES, MAX_NR_CPUS};
 
 const P: u64 = PAGE_SIZE;
 const BASE: u64 = 0x4000_0000;
 
-fn kva(cfg: KvaConfig) -> Result<Kva, VmallocError> {
+fn kva(cfg: KvaConfig) -> Result<Kva, KvaError> {
     Kva::new(cfg, Arc::new(CountingFlush::new()))
 }
 
@@ -100,7 +100,7 @@ fn cpu_counts_beyond_the_limit_are_refused() {
     .unwrap_err();
     assert_eq!(
         e,
-        VmallocError::InvalidConfig {
+        KvaError::InvalidConfig {
             what: "nr_cpus",
             value: MAX_NR_CPUS as u64 + 1,
             max: MAX_NR_CPUS as u64

@@ -4,7 +4,7 @@
 #![cfg(not(feature = "loom"))]
 
 use pagetable::{Zone, cpu};
-use vmalloc::config::VMALLOC_START;
+use vmalloc::VMALLOC_START;
 use vmalloc::{KvaConfig, PAGE_KERNEL, PurgeMode, TlbChoice, Vmalloc, VmallocConfig};
 
 /// The fuzz target's instance: 2 shards over 32 MiB, a 4 MiB arena, Synchronous purges.

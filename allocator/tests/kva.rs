@@ -8,10 +8,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pagetable::PAGE_SIZE;
 use pagetable::VirtAddr;
-use pagetable::page::PAGE_SIZE;
-use pagetable::tlb::{TlbFlush, TlbStats};
-use vmalloc::{AreaInfo, Kva, KvaConfig, PurgeMode, VmFlags, VmallocError};
+use pagetable::{TlbFlush, TlbStats};
+use vmalloc::{AreaInfo, Kva, KvaConfig, KvaError, PurgeMode, VmFlags};
 
 const P: u64 = PAGE_SIZE;
 const BASE: u64 = 0x1000_0000;
@@ -91,7 +91,7 @@ fn info() -> AreaInfo {
 }
 
 /// Allocate anywhere in the allocator's range.
-fn alloc(k: &Kva, size: u64) -> Result<u64, VmallocError> {
+fn alloc(k: &Kva, size: u64) -> Result<u64, KvaError> {
     let (s, e) = k.range();
     k.alloc(size, P, s, e, None, info())
 }
@@ -197,7 +197,7 @@ fn spanning_allocations_cross_shard_boundaries() {
     }
     assert_eq!(
         k.remove(a + 20 * P).unwrap_err(),
-        VmallocError::NotStartOfArea {
+        KvaError::NotStartOfArea {
             addr: a + 20 * P,
             start: a
         }
@@ -229,34 +229,34 @@ fn every_error_variant() {
     let (s, e) = k.range();
     assert_eq!(
         k.alloc(0, P, s, e, None, info()),
-        Err(VmallocError::InvalidSize { size: 0 })
+        Err(KvaError::InvalidSize { size: 0 })
     );
     assert_eq!(
         k.alloc(P + 1, P, s, e, None, info()),
-        Err(VmallocError::InvalidSize { size: P + 1 })
+        Err(KvaError::InvalidSize { size: P + 1 })
     );
     assert_eq!(
         k.alloc(P, 3 * P, s, e, None, info()),
-        Err(VmallocError::InvalidAlign { align: 3 * P })
+        Err(KvaError::InvalidAlign { align: 3 * P })
     );
     assert_eq!(
         k.alloc(P, 0, s, e, None, info()),
-        Err(VmallocError::InvalidAlign { align: 0 })
+        Err(KvaError::InvalidAlign { align: 0 })
     );
     assert_eq!(
         k.alloc(P, P, e, s, None, info()),
-        Err(VmallocError::InvalidRange { start: e, end: s })
+        Err(KvaError::InvalidRange { start: e, end: s })
     );
     assert_eq!(
         k.alloc(P, P, 0, BASE, None, info()),
-        Err(VmallocError::InvalidRange {
+        Err(KvaError::InvalidRange {
             start: 0,
             end: BASE
         })
     );
     assert_eq!(
         k.alloc(65 * P, P, s, e, None, info()),
-        Err(VmallocError::NoSpace {
+        Err(KvaError::NoSpace {
             size: 65 * P,
             align: P,
             start: s,
@@ -266,56 +266,50 @@ fn every_error_variant() {
     // Alignment no address of the range satisfies.
     assert!(matches!(
         k.alloc(P, 1 << 40, s, e, None, info()),
-        Err(VmallocError::NoSpace { .. })
+        Err(KvaError::NoSpace { .. })
     ));
     let a = alloc(&k, 4 * P).unwrap();
     assert_eq!(
         k.remove(a + P).unwrap_err(),
-        VmallocError::NotStartOfArea {
+        KvaError::NotStartOfArea {
             addr: a + P,
             start: a
         }
     );
     assert_eq!(
         k.set_info(a + P, |_| ()),
-        Err(VmallocError::NotStartOfArea {
+        Err(KvaError::NotStartOfArea {
             addr: a + P,
             start: a
         })
     );
     assert_eq!(
         k.remove(0x10).unwrap_err(),
-        VmallocError::NotAllocated { addr: 0x10 }
+        KvaError::NotAllocated { addr: 0x10 }
     );
     assert_eq!(
         k.remove(e - P).unwrap_err(),
-        VmallocError::NotAllocated { addr: e - P }
+        KvaError::NotAllocated { addr: e - P }
     );
     assert_eq!(
         k.set_info(e - P, |_| ()),
-        Err(VmallocError::NotAllocated { addr: e - P })
+        Err(KvaError::NotAllocated { addr: e - P })
     );
     vfree(&k, &rec, a);
-    assert_eq!(
-        k.remove(a).unwrap_err(),
-        VmallocError::DoubleFree { addr: a }
-    );
+    assert_eq!(k.remove(a).unwrap_err(), KvaError::DoubleFree { addr: a });
     k.purge();
-    assert_eq!(
-        k.remove(a).unwrap_err(),
-        VmallocError::NotAllocated { addr: a }
-    );
+    assert_eq!(k.remove(a).unwrap_err(), KvaError::NotAllocated { addr: a });
     // Exact reservations.
     assert_eq!(
         k.alloc_at(s + 1, s + P, info()),
-        Err(VmallocError::InvalidRange {
+        Err(KvaError::InvalidRange {
             start: s + 1,
             end: s + P
         })
     );
     assert_eq!(
         k.alloc_at(s - P, s + P, info()),
-        Err(VmallocError::InvalidRange {
+        Err(KvaError::InvalidRange {
             start: s - P,
             end: s + P
         })
@@ -323,7 +317,7 @@ fn every_error_variant() {
     k.alloc_at(s + 8 * P, s + 40 * P, info()).unwrap();
     assert_eq!(
         k.alloc_at(s + 30 * P, s + 50 * P, info()),
-        Err(VmallocError::NoSpace {
+        Err(KvaError::NoSpace {
             size: 20 * P,
             align: P,
             start: s + 30 * P,
@@ -333,7 +327,7 @@ fn every_error_variant() {
     assert_eq!(k.find(s + 33 * P).unwrap().start, s + 8 * P);
     k.check_invariants().unwrap();
     // Errors render with their numbers.
-    let msg = VmallocError::NoSpace {
+    let msg = KvaError::NoSpace {
         size: 65 * P,
         align: P,
         start: s,
@@ -475,11 +469,11 @@ fn notifiers_free_space_and_allocation_retries() {
     assert_eq!(*calls.lock().unwrap(), vec![8 * P]);
     // Nothing left to give: the notifier is called, frees nothing, the allocation fails.
     let _fill = alloc(&k, 56 * P).unwrap();
-    assert!(matches!(alloc(&k, P), Err(VmallocError::NoSpace { .. })));
+    assert!(matches!(alloc(&k, P), Err(KvaError::NoSpace { .. })));
     assert_eq!(calls.lock().unwrap().len(), 2);
     assert!(k.unregister_notifier(id));
     assert!(!k.unregister_notifier(id));
-    assert!(matches!(alloc(&k, P), Err(VmallocError::NoSpace { .. })));
+    assert!(matches!(alloc(&k, P), Err(KvaError::NoSpace { .. })));
     assert_eq!(calls.lock().unwrap().len(), 2);
 }
 
@@ -641,23 +635,20 @@ fn bad_configs_are_refused() {
     };
     assert!(matches!(
         Kva::new(bad(BASE, BASE), rec.clone()),
-        Err(VmallocError::InvalidRange { .. })
+        Err(KvaError::InvalidRange { .. })
     ));
     assert!(matches!(
         Kva::new(bad(BASE + 1, BASE + P), rec.clone()),
-        Err(VmallocError::InvalidRange { .. })
+        Err(KvaError::InvalidRange { .. })
     ));
     let k = Kva::new(KvaConfig::default(), rec).unwrap();
-    assert_eq!(
-        k.range(),
-        (vmalloc::config::VMALLOC_START, vmalloc::config::VMALLOC_END)
-    );
+    assert_eq!(k.range(), (vmalloc::VMALLOC_START, vmalloc::VMALLOC_END));
     assert_eq!(
         k.lazy_max_pages(),
-        vmalloc::config::linux_lazy_max_pages(pagetable::cpu::nr_cpu_ids())
+        vmalloc::linux_lazy_max_pages(pagetable::cpu::nr_cpu_ids())
     );
     let a = alloc(&k, P).unwrap();
-    assert!(a >= vmalloc::config::VMALLOC_START);
+    assert!(a >= vmalloc::VMALLOC_START);
 }
 
 /// Four threads allocate and free random sizes (some spanning shards), checking the
@@ -693,7 +684,7 @@ fn multi_thread_stress() {
                                     rec.assert_flushed(a, a + size);
                                     live.push(a);
                                 }
-                                Err(VmallocError::NoSpace { .. }) => {}
+                                Err(KvaError::NoSpace { .. }) => {}
                                 Err(e) => panic!("{e}"),
                             }
                         } else if let Some(a) = live.pop() {

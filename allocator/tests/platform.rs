@@ -18,8 +18,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use pagetable::platform::{Platform, RawSpinlock};
 use pagetable::{
-    FrameAllocator, FrameConfig, PAGE_SIZE, PhysAddr, PhysArena, TlbFlush, TlbStats, VirtAddr,
-    Zone,
+    FrameAllocator, FrameConfig, PAGE_SIZE, PhysAddr, PhysArena, TlbFlush, TlbStats, VirtAddr, Zone,
 };
 use vmalloc::{
     KvaConfig, PAGE_KERNEL, PurgeMode, PurgeWork, TlbChoice, VmFlags, Vmalloc, VmallocError,
@@ -115,12 +114,16 @@ static RAM_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// The direct-map arena over `RAM` (once per process: the memory is handed over for good).
 fn direct_map() -> Arc<PhysArena> {
-    assert!(!RAM_TAKEN.swap(true, Ordering::SeqCst), "RAM handed out twice");
+    assert!(
+        !RAM_TAKEN.swap(true, Ordering::SeqCst),
+        "RAM handed out twice"
+    );
     // SAFETY: `RAM` is a 4 KiB-aligned static of 8 MiB that lives for the whole process,
     // handed to the arena exactly once (checked above) and never touched otherwise.
     let virt = unsafe { NonNull::new_unchecked(core::ptr::addr_of_mut!(RAM).cast::<u8>()) };
     // SAFETY: as above; the static starts zeroed.
-    let arena = unsafe { PhysArena::from_direct_map(virt, PhysAddr::new(0x20_0000), 8 << 20, true) };
+    let arena =
+        unsafe { PhysArena::from_direct_map(virt, PhysAddr::new(0x20_0000), 8 << 20, true) };
     Arc::new(arena.expect("direct map"))
 }
 
@@ -184,7 +187,9 @@ fn the_vmalloc_api_on_a_std_free_platform() {
     assert!(flushes >= 1, "the purge flushed");
 
     // vmap and vm_map_ram of frames the kernel owns.
-    let pages: alloc::vec::Vec<_> = (0..3).map(|_| frames.alloc(Zone::Normal).unwrap()).collect();
+    let pages: alloc::vec::Vec<_> = (0..3)
+        .map(|_| frames.alloc(Zone::Normal).unwrap())
+        .collect();
     let m = vm.vmap(&pages, VmFlags::empty(), PAGE_KERNEL).unwrap();
     let r = vm.vm_map_ram(&pages, None, PAGE_KERNEL).unwrap();
     assert_eq!(vm.vwrite(m, b"kernel"), 6);

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use pagetable::PAGE_SIZE;
 use pagetable::VirtAddr;
 use pagetable::cpu;
-use pagetable::page::PAGE_SIZE;
-use pagetable::tlb::{TlbFlush, TlbStats};
-use vmalloc::{AreaInfo, Kva, KvaConfig, PurgeMode, VmFlags, VmallocError};
+use pagetable::{TlbFlush, TlbStats};
+use vmalloc::{AreaInfo, Kva, KvaConfig, KvaError, PurgeMode, VmFlags};
 
 const P: u64 = PAGE_SIZE;
 const BASE: u64 = 0x2000_0000;
@@ -70,7 +70,7 @@ fn info() -> AreaInfo {
     AreaInfo::new(VmFlags::ALLOC)
 }
 
-fn alloc(k: &Kva, size: u64) -> Result<u64, VmallocError> {
+fn alloc(k: &Kva, size: u64) -> Result<u64, KvaError> {
     let (s, e) = k.range();
     k.alloc(size, P, s, e, None, info())
 }

@@ -306,8 +306,8 @@ fn blocks_are_recycled_when_kva_runs_out() {
         pcpu_cache: false,
         purge_mode: vmalloc::PurgeMode::Synchronous,
         ..vmalloc::KvaConfig::with_range(
-            vmalloc::config::VMALLOC_START,
-            vmalloc::config::VMALLOC_START + 2 * VMAP_BLOCK_SIZE,
+            vmalloc::VMALLOC_START,
+            vmalloc::VMALLOC_START + 2 * VMAP_BLOCK_SIZE,
         )
     };
     let vm = Vmalloc::new(c).unwrap();

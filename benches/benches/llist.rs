@@ -23,7 +23,7 @@ use benches::peers::run_together;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
-use vmalloc::llist::{Intrusive, LlistHead, LlistNode};
+use vmalloc::internals::llist::{Intrusive, LlistHead, LlistNode};
 
 /// A lazily freed "area": a payload and the link.
 struct Item {

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pagetable::frame::{FrameAllocator, Zone};
-use pagetable::mapper::AddressSpace;
+use pagetable::AddressSpace;
+use pagetable::{FrameAllocator, Zone};
 use pagetable::{PageTableFlags, PhysAddr, PhysArena, PhysFrame, VirtAddr};
 use x86_64::structures::paging as x86p;
 use x86_64::structures::paging::mapper::{Mapper, Translate};

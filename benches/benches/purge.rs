@@ -26,7 +26,7 @@ use std::time::Instant;
 use benches::peers::{KvaPeer, LegacyKvaPeer, PAGE, SharedVaAllocator};
 use benches::{AllocatorKind, ImplConfig};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use pagetable::tlb::TlbStats;
+use pagetable::TlbStats;
 
 /// Frees per counting run.
 const FREES: u64 = 1_000_000;

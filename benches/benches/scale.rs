@@ -51,7 +51,7 @@ use benches::peers::{
     RangeAllocPeer, VA_BASE, VaAllocator, VmemPeer,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use vmalloc::free_tree::FreeTree;
+use vmalloc::internals::free_tree::FreeTree;
 
 /// The managed span: 1 TiB (1 million areas of 3 pages take 12 GiB).
 const SPAN: u64 = 1 << 40;

@@ -14,7 +14,7 @@
 //! an input may switch to byte units for the whole run.
 
 use arbitrary::Arbitrary;
-use vmalloc::free_tree::{FreeTree, FreeTreeError};
+use vmalloc::internals::free_tree::{FreeTree, FreeTreeError};
 
 /// Base address of the managed window: page aligned, not 8 KiB aligned.
 const BASE: u64 = 0x7f00_0000_0000 + 0x1000;

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::ptr::NonNull;
 
 use arbitrary::Arbitrary;
-use vmalloc::llist::{Chain, Intrusive, LlistHead, LlistNode};
+use vmalloc::internals::llist::{Chain, Intrusive, LlistHead, LlistNode};
 
 /// Nodes in the pool.
 pub const NODES: usize = 16;

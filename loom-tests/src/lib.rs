@@ -3,7 +3,7 @@
 //!
 //! This library holds what the models share (only built with the `loom` feature):
 //!
-//! * [`StaleTlb`], a [`TlbFlush`](pagetable::tlb::TlbFlush) that is also the oracle for
+//! * [`StaleTlb`], a [`TlbFlush`](pagetable::TlbFlush) that is also the oracle for
 //!   premature reuse. A model calls [`StaleTlb::unmapped`] for a range right before it frees
 //!   it lazily (the moment the range's page-table entries would have been cleared without a
 //!   flush): its pages become *stale*, i.e. some CPU may still cache a translation for them.

@@ -2,11 +2,11 @@
 
 use std::sync::Arc as StdArc;
 
-use pagetable::VirtAddr;
-use pagetable::page::PAGE_SIZE;
 use loom::sync::Mutex;
 use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use pagetable::tlb::{TlbFlush, TlbStats};
+use pagetable::PAGE_SIZE;
+use pagetable::VirtAddr;
+use pagetable::{TlbFlush, TlbStats};
 use vmalloc::{AreaInfo, Kva, KvaConfig, PurgeMode, VmFlags};
 
 /// First address of every model's KVA range (low canonical half, so linear == canonical).

@@ -1,4 +1,4 @@
-//! Loom models of `vmalloc::llist`, the lock-free list behind lazy freeing.
+//! Loom models of `vmalloc::internals::llist`, the lock-free list behind lazy freeing.
 //!
 //! Each node carries a payload in a loom `UnsafeCell`, written by its producer right before the
 //! push and read by whoever takes it off: loom reports a causality violation if the push's
@@ -21,7 +21,7 @@ use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
 use loom_tests::check;
-use vmalloc::llist::{Chain, Intrusive, LlistHead, LlistNode};
+use vmalloc::internals::llist::{Chain, Intrusive, LlistHead, LlistNode};
 
 /// Preemption bound of these models (they are small: 3 costs seconds).
 const BOUND: usize = 3;

@@ -32,7 +32,7 @@ use loom_tests::{
     BASE, BOUND_2_THREADS, TRACKED_PAGES, Tiny, alloc, assert_invariants, builder, check_with,
     free_lazy, pages, tiny_kva,
 };
-use vmalloc::purge::RESCHED_EVERY;
+use vmalloc::RESCHED_EVERY;
 
 /// Lazily freed areas: one run more than a bump interval.
 const LAZY: u64 = RESCHED_EVERY as u64 + 1;

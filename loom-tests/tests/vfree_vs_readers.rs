@@ -1,6 +1,6 @@
 //! Loom models of `vfree` racing the readers of the vmalloc API: `find_vm_area` and `vread`,
 //! on a tiny heap-backed [`Vmalloc`] (a few frames, an 8-page KVA range, synchronous purges,
-//! the [`TlbModel`](pagetable::tlb::TlbModel) so stale translations really are used).
+//! the [`TlbModel`](pagetable::TlbModel) so stale translations really are used).
 //!
 //! The area (one page plus its guard page) is stamped before the race, and the reader's CPU
 //! (slot 1) has its translation cached, so the stale-TLB path is reachable. Asserted:
@@ -21,11 +21,11 @@
 
 use loom::thread;
 use loom_tests::{BOUND_2_THREADS, check_with};
+use pagetable::FrameConfig;
 use pagetable::cpu;
-use pagetable::frame::FrameConfig;
 use pagetable::{ArenaConfig, Backing, PAGE_SIZE, PhysAddr, VirtAddr};
 use std::sync::Arc;
-use vmalloc::config::VMALLOC_START;
+use vmalloc::VMALLOC_START;
 use vmalloc::{KvaConfig, PurgeMode, TlbChoice, VmFlags, Vmalloc, VmallocConfig, VmallocError};
 
 /// Frames in the arena: the PML4, the PDPT preallocated for the range, a PD and a PT on the

@@ -134,29 +134,34 @@
 
 extern crate alloc;
 
-pub mod addr;
-pub mod arena;
+mod addr;
+mod arena;
 #[cfg(feature = "std")]
 pub mod cpu;
-pub mod entry;
-pub mod fork;
-pub mod frame;
-pub mod mapper;
-pub mod page;
+mod entry;
+mod fork;
+mod frame;
+mod mapper;
+mod page;
 pub mod platform;
 mod sync;
-pub mod tlb;
+mod tlb;
 
+// One path per item: the modules are private, everything public is re-exported here (except
+// the two modules that are namespaces of their own: `platform` and, with `std`, `cpu`).
 pub use addr::{AddrError, PhysAddr, VirtAddr};
 pub use arena::{ArenaConfig, ArenaError, Backing, PhysArena};
-pub use entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
-pub use fork::{CopyStats, FaultOutcome, VmaKind, copy_range, handle_write_fault};
-pub use frame::{FrameAllocator, FrameConfig, FrameError, FrameStats, Zone};
+pub use entry::{ADDR_MASK, PageTable, PageTableEntry, PageTableFlags, Pte};
+pub use fork::{
+    CopyStats, Dup, FaultOutcome, MAX_SWAPFILES, SWAP_CONT_MAX, SWAP_MAP_MAX, SwapEntry, SwapKind,
+    SwapMap, VmaKind, copy_range, copy_range_with_swap, handle_write_fault, install_swap_entry,
+};
+pub use frame::{DMA32_LIMIT, FOLD, FrameAllocator, FrameConfig, FrameError, FrameStats, Zone};
 pub use mapper::{AddressSpace, MapError, Mapping, Mappings, Translation};
 pub use page::{
-    PAGE_SHIFT, PAGE_SIZE, Page, PageRange, PageSize, PageTableIndex, PhysFrame, PhysFrameRange,
-    Size1GiB, Size2MiB, Size4KiB,
+    ENTRIES_PER_TABLE, PAGE_SHIFT, PAGE_SIZE, Page, PageRange, PageSize, PageTableIndex, PhysFrame,
+    PhysFrameRange, Size1GiB, Size2MiB, Size4KiB,
 };
 #[cfg(feature = "std")]
-pub use tlb::{AccessError, TlbModel};
-pub use tlb::{CountingFlush, FlushRange, TlbFlush, TlbStats};
+pub use tlb::{AccessError, SETS, TlbModel, WAYS};
+pub use tlb::{CountingFlush, FlushRange, TLB_SINGLE_PAGE_FLUSH_CEILING, TlbFlush, TlbStats};

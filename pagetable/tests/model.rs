@@ -17,11 +17,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pagetable::fork::{SwapEntry, SwapKind, SwapMap, copy_range_with_swap, install_swap_entry};
 use pagetable::{
     AddressSpace, FrameAllocator, MapError, PageTableFlags, PhysAddr, PhysArena, PhysFrame, Pte,
     VirtAddr, VmaKind, Zone,
 };
+use pagetable::{SwapEntry, SwapKind, SwapMap, copy_range_with_swap, install_swap_entry};
 use proptest::prelude::*;
 
 const KB4: u64 = 4096;

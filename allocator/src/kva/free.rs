@@ -23,29 +23,29 @@ use crate::prelude::*;
 use pagetable::platform::Platform;
 
 use super::Inner;
-use crate::area::{Desc, RemovedArea, VmArea};
-use crate::config::PurgeMode;
-use crate::error::VmallocError;
+use crate::kva::area::{Desc, RemovedArea, VmArea};
+use crate::kva::config::PurgeMode;
+use crate::kva::error::KvaError;
 use crate::sync::Ordering;
 
 impl<P: Platform> Inner<P> {
     /// Why `addr` is not the start of a live area.
-    pub(super) fn miss_error(&self, addr: u64, check_lazy: bool) -> VmallocError {
+    pub(super) fn miss_error(&self, addr: u64, check_lazy: bool) -> KvaError {
         let Some(i) = self.shards.index_of(addr) else {
-            return VmallocError::NotAllocated { addr };
+            return KvaError::NotAllocated { addr };
         };
         if let Some(a) = self.find(addr) {
             if a.start != addr {
-                return VmallocError::NotStartOfArea {
+                return KvaError::NotStartOfArea {
                     addr,
                     start: a.start,
                 };
             }
         }
         if check_lazy && self.lazy_holds(i, addr) {
-            return VmallocError::DoubleFree { addr };
+            return KvaError::DoubleFree { addr };
         }
-        VmallocError::NotAllocated { addr }
+        KvaError::NotAllocated { addr }
     }
 
     /// Whether an area starting at `addr` waits on shard `i`'s lazy list or in a CPU slot's
@@ -79,17 +79,17 @@ impl<P: Platform> Inner<P> {
         found
     }
 
-    pub(crate) fn remove(&self, addr: u64) -> Result<RemovedArea, VmallocError> {
-        self.remove_if(addr, |_| Ok(()))
+    pub(crate) fn remove(&self, addr: u64) -> Result<RemovedArea, KvaError> {
+        self.remove_if(addr, |_| Ok::<(), KvaError>(()))
     }
 
-    pub(crate) fn remove_if(
+    pub(crate) fn remove_if<E: From<KvaError>>(
         &self,
         addr: u64,
-        check: impl FnOnce(&VmArea) -> Result<(), VmallocError>,
-    ) -> Result<RemovedArea, VmallocError> {
+        check: impl FnOnce(&VmArea) -> Result<(), E>,
+    ) -> Result<RemovedArea, E> {
         let Some(i) = self.shards.index_of(addr) else {
-            return Err(VmallocError::NotAllocated { addr });
+            return Err(KvaError::NotAllocated { addr }.into());
         };
         let shard = self.shards.get(i);
         let removed = {
@@ -109,7 +109,7 @@ impl<P: Platform> Inner<P> {
             r.zip(seen)
         };
         let Some(((_, _, desc), area)) = removed else {
-            return Err(self.miss_error(addr, true));
+            return Err(self.miss_error(addr, true).into());
         };
         if area.end > shard.end {
             self.shards.account_crossing(area.start, area.end, false);
@@ -141,7 +141,7 @@ impl<P: Platform> Inner<P> {
         let Some(i) = self.shards.index_of(area.area.start) else {
             return;
         };
-        let pages = crate::shard::pages(area.area.start, area.area.end);
+        let pages = crate::kva::shard::pages(area.area.start, area.area.end);
         // A caller cannot have unmapped more pages than the area has (a larger count is a
         // caller bug; clamped, so the statistics cannot overflow).
         let unmapped_pages = unmapped_pages.min(pages);

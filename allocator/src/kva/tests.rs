@@ -3,12 +3,12 @@
 
 use std::sync::Arc as StdArc;
 
-use pagetable::page::PAGE_SIZE;
-use pagetable::tlb::CountingFlush;
+use pagetable::CountingFlush;
+use pagetable::PAGE_SIZE;
 
 use super::*;
+use crate::kva::flags::VmFlags;
 use pagetable::cpu;
-use crate::flags::VmFlags;
 
 const P: u64 = PAGE_SIZE;
 const BASE: u64 = 0x4000_0000;
@@ -244,27 +244,30 @@ fn remove_if_checks_under_the_lock_and_changes_nothing_on_refusal() {
         .unwrap();
     let refused = k.remove_if(a, |area| {
         assert_eq!((area.start, area.end), (a, a + 2 * P));
-        Err(VmallocError::InvalidFlags {
+        Err(crate::VmallocError::InvalidFlags {
             flags: area.info.flags,
         })
     });
-    assert!(matches!(refused, Err(VmallocError::InvalidFlags { .. })));
+    assert!(matches!(
+        refused,
+        Err(crate::VmallocError::InvalidFlags { .. })
+    ));
     assert_eq!(
         k.find(a).map(|x| x.start),
         Some(a),
         "refusal removed the area"
     );
     assert!(matches!(
-        k.remove_if(a + P, |_| Ok(())),
-        Err(VmallocError::NotStartOfArea { .. })
+        k.remove_if(a + P, |_| Ok::<(), KvaError>(())),
+        Err(KvaError::NotStartOfArea { .. })
     ));
-    let r = k.remove_if(a, |_| Ok(())).unwrap();
+    let r = k.remove_if(a, |_| Ok::<(), KvaError>(())).unwrap();
     assert_eq!((r.start(), r.end()), (a, a + 2 * P));
     assert!(k.find(a).is_none());
     k.free_lazy(r, 1);
     assert_eq!(
         k.remove_if(a, |_| Ok(())).err(),
-        Some(VmallocError::DoubleFree { addr: a })
+        Some(KvaError::DoubleFree { addr: a })
     );
     k.check_invariants().unwrap();
 }
@@ -290,7 +293,7 @@ fn lazy_frees_wait_in_the_cpu_batch_and_recycle_the_descriptor_at_once() {
     assert_eq!((st.lazy_pages, st.pending, st.nr_busy), (2, 2 * P, 0));
     k.check_invariants().unwrap();
     // Pending, not free: freeing it again is a double free, and the range is not reused.
-    assert!(matches!(k.remove(a), Err(VmallocError::DoubleFree { .. })));
+    assert!(matches!(k.remove(a), Err(KvaError::DoubleFree { .. })));
     let b = k.alloc(2 * P, P, s, e, None, info()).unwrap();
     assert_ne!(b, a);
     // The descriptor went straight back to this CPU: the next allocation reused it.

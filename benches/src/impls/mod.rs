@@ -29,7 +29,7 @@ use core::fmt;
 use core::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pagetable::page::{PhysFrame, Size4KiB};
+use pagetable::{PhysFrame, Size4KiB};
 use serde::Serialize;
 
 mod sharded;
@@ -37,7 +37,7 @@ mod sharded;
 pub use sharded::ShardedImpl;
 
 /// Page size used by every implementation (x86_64 4 KiB pages).
-pub const PAGE_SIZE: u64 = pagetable::page::PAGE_SIZE;
+pub const PAGE_SIZE: u64 = pagetable::PAGE_SIZE;
 
 /// A failed operation of a [`VmallocImpl`]. Tests count these as failures; nothing panics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

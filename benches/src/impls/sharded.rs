@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pagetable::frame::Zone;
+use pagetable::Zone;
 use pagetable::{PhysAddr, VirtAddr};
 use vmalloc::{
     Gfp, KvaConfig, PAGE_KERNEL, TlbChoice, VmFlags, Vmalloc, VmallocConfig, VmallocError,

@@ -41,9 +41,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use pagetable::PAGE_SIZE;
+use pagetable::TlbFlush;
 use pagetable::VirtAddr;
-use pagetable::page::PAGE_SIZE;
-use pagetable::tlb::TlbFlush;
 use parking_lot::Mutex;
 
 /// "No area" in the index-linked list.

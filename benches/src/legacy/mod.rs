@@ -32,11 +32,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 // feature, where this module is compiled but never run); the TLB hook is a plain `Arc<dyn _>`.
 use std::sync::Arc as PtArc;
 
-use pagetable::arena::PhysArena;
-use pagetable::frame::{FrameAllocator, Zone};
-use pagetable::mapper::{AddressSpace, MapError};
-use pagetable::page::{PAGE_SIZE, PhysFrame};
-use pagetable::tlb::{CountingFlush, TlbFlush};
+use pagetable::PhysArena;
+use pagetable::{AddressSpace, MapError};
+use pagetable::{CountingFlush, TlbFlush};
+use pagetable::{FrameAllocator, Zone};
+use pagetable::{PAGE_SIZE, PhysFrame};
 use pagetable::{PageTableFlags, PhysAddr, VirtAddr};
 
 use crate::impls::{ImplConfig, ImplError, ImplStats, InstanceId, PageBatch, VmallocImpl};

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use pagetable::tlb::{CountingFlush, TlbFlush, TlbStats};
+use pagetable::{CountingFlush, TlbFlush, TlbStats};
 
 use super::{PAGE, PeerError, SharedVaAllocator, VA_BASE, VaAllocator};
 

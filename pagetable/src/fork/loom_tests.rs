@@ -9,8 +9,8 @@ use super::*;
 use crate::addr::PhysAddr;
 use crate::arena::PhysArena;
 use crate::frame::{FrameAllocator, Zone};
-use std::sync::Arc;
 use loom::thread;
+use std::sync::Arc;
 
 /// A private copy of 5 pages (two batches: 4 + 1) against `handle_write_fault` on the first
 /// page of the source. The fault runs before the copy reached that page (`NotCow`, and the

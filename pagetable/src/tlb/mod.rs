@@ -23,10 +23,10 @@
 //! [`AddressSpace::protect`]: crate::mapper::AddressSpace::protect
 
 #[cfg(feature = "std")]
-pub mod model;
+mod model;
 
 #[cfg(feature = "std")]
-pub use model::{AccessError, TlbModel};
+pub use model::{AccessError, SETS, TlbModel, WAYS};
 
 use crate::addr::VirtAddr;
 use crate::page::PAGE_SIZE;

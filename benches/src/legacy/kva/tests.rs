@@ -4,7 +4,7 @@
 use std::sync::Weak;
 use std::sync::atomic::AtomicUsize;
 
-use pagetable::tlb::CountingFlush;
+use pagetable::CountingFlush;
 
 use super::*;
 

@@ -16,7 +16,7 @@
 //!    detached. The union range `[min start, max end)` of everything taken is computed on
 //!    the way. Lazy counters thus count what still waits on a list or in a batch; the areas
 //!    being merged stay "pending" (`returned` is raised as they merge).
-//! 3. ONE flush of that range through the [`TlbFlush`](pagetable::tlb::TlbFlush) hook. Only
+//! 3. ONE flush of that range through the [`TlbFlush`](pagetable::TlbFlush) hook. Only
 //!    after it returns does any purged range become allocatable again.
 //! 4. Each shard's chain is one work item: its small areas go back to the per-CPU caches of
 //!    the CPUs whose home is that shard (bounded; when the purge comes from an allocation
@@ -47,15 +47,15 @@
 
 #[allow(unused_imports)]
 use crate::prelude::*;
+use pagetable::PAGE_SIZE;
 use pagetable::VirtAddr;
-use pagetable::page::PAGE_SIZE;
 use pagetable::platform::Platform;
 
-use crate::area::{BATCH, Desc, DescList};
-use crate::free_tree::FreeTree;
 use crate::kva::Inner;
-use crate::llist::Chain;
-use crate::pcpu;
+use crate::kva::area::{BATCH, Desc, DescList};
+use crate::kva::free_tree::FreeTree;
+use crate::kva::llist::Chain;
+use crate::kva::pcpu;
 use crate::sync::{AtomicU64, AtomicUsize, MutexGuard, Ordering};
 
 /// `kick_state` bit: a kick-triggered purge is running.
@@ -242,7 +242,7 @@ impl<P: Platform> Inner<P> {
             // Most of a CPU's frees are in its home shard: room for all of them there.
             buckets[self.home[c % self.home.len()]].reserve(batch.len());
             for &(s, e) in &batch {
-                pages += crate::shard::pages(s, e);
+                pages += crate::kva::shard::pages(s, e);
                 match self.shards.index_of(s).and_then(|i| buckets.get_mut(i)) {
                     Some(b) => b.push((s, e)),
                     // Unreachable: free_lazy recorded a range of ours. Leak it, visibly.
@@ -529,14 +529,14 @@ impl<P: Platform> Inner<P> {
 mod tests {
     use std::sync::Arc as StdArc;
 
-    use pagetable::tlb::CountingFlush;
+    use pagetable::CountingFlush;
 
     use super::*;
-    use pagetable::platform::StdPlatform;
-    use crate::area::{AreaInfo, RemovedArea};
-    use crate::config::{KvaConfig, PurgeMode};
-    use crate::flags::VmFlags;
     use crate::kva::Kva;
+    use crate::kva::area::{AreaInfo, RemovedArea};
+    use crate::kva::config::{KvaConfig, PurgeMode};
+    use crate::kva::flags::VmFlags;
+    use pagetable::platform::StdPlatform;
 
     const P: u64 = PAGE_SIZE;
 
@@ -553,8 +553,10 @@ mod tests {
     fn push_lazy(inner: &Inner<StdPlatform>, r: RemovedArea) {
         let i = inner.shards.index_of(r.start()).unwrap();
         let lazy = &inner.shards.get(i).lazy;
-        lazy.pages
-            .fetch_add(crate::shard::pages(r.start(), r.end()), Ordering::Relaxed);
+        lazy.pages.fetch_add(
+            crate::kva::shard::pages(r.start(), r.end()),
+            Ordering::Relaxed,
+        );
         // SAFETY: the token owns the descriptor; the list takes it over.
         unsafe { lazy.head.add(r.desc.node()) };
     }

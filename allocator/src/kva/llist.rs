@@ -430,7 +430,7 @@ pub unsafe trait Intrusive: Sized {
 ///
 /// ```
 /// # #[cfg(not(feature = "loom"))] {
-/// use vmalloc::llist::{Intrusive, LlistHead, LlistNode};
+/// use vmalloc::internals::llist::{Intrusive, LlistHead, LlistNode};
 /// struct Area { start: u64, link: LlistNode }
 /// vmalloc::impl_llist_intrusive!(Area, link);
 ///
@@ -451,11 +451,11 @@ macro_rules! impl_llist_intrusive {
     ($ty:ty, $field:ident) => {
         // SAFETY: `to_node` projects to the `$field` place of `*this` (same provenance), and
         // `from_node` subtracts exactly `offset_of!($ty, $field)`, the inverse.
-        unsafe impl $crate::llist::Intrusive for $ty {
+        unsafe impl $crate::internals::llist::Intrusive for $ty {
             fn to_node(
                 this: ::core::ptr::NonNull<Self>,
-            ) -> ::core::ptr::NonNull<$crate::llist::LlistNode> {
-                let field: *mut $crate::llist::LlistNode = this
+            ) -> ::core::ptr::NonNull<$crate::internals::llist::LlistNode> {
+                let field: *mut $crate::internals::llist::LlistNode = this
                     .as_ptr()
                     .cast::<u8>()
                     .wrapping_add(::core::mem::offset_of!($ty, $field))
@@ -466,7 +466,7 @@ macro_rules! impl_llist_intrusive {
             }
 
             unsafe fn from_node(
-                node: ::core::ptr::NonNull<$crate::llist::LlistNode>,
+                node: ::core::ptr::NonNull<$crate::internals::llist::LlistNode>,
             ) -> ::core::ptr::NonNull<Self> {
                 // SAFETY: per the trait contract `node` came from `to_node`, so stepping back
                 // by the field offset lands on the start of the same live structure.

@@ -44,11 +44,11 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use crossbeam_utils::CachePadded;
-use pagetable::page::PAGE_SIZE;
+use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
 use crate::kva::Inner;
-use crate::llist::{Intrusive, LlistHead, LlistNode};
+use crate::kva::llist::{Intrusive, LlistHead, LlistNode};
 use crate::sync::{AtomicBool, Mutex, Ordering};
 
 #[cfg(all(feature = "std", not(feature = "loom")))]

@@ -27,7 +27,7 @@ use crate::prelude::*;
 use alloc::vec::Vec;
 
 use crate::kva::Inner;
-use crate::purge::Work;
+use crate::kva::purge::Work;
 use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
 use pagetable::platform::{Platform, StdPlatform};
 

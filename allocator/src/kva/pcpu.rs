@@ -45,10 +45,10 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 use crossbeam_utils::CachePadded;
-use pagetable::page::PAGE_SIZE;
+use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
-use crate::area::DescList;
+use crate::kva::area::DescList;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// Largest cached size class, in pages (guard page included).

@@ -7,11 +7,11 @@
 //! the Linux 5.x design (one free tree under one lock, no per-CPU caches), kept for comparison.
 //! A configuration is checked once by `KvaConfig::resolve`; nothing here holds state.
 
-use crate::error::VmallocError;
+use crate::kva::error::KvaError;
 #[allow(unused_imports)]
 use crate::prelude::*;
+use pagetable::PAGE_SIZE;
 use pagetable::VirtAddr;
-use pagetable::page::PAGE_SIZE;
 use pagetable::platform::Platform;
 
 /// Who runs the merge work of a lazy purge, and when.
@@ -149,19 +149,19 @@ impl KvaConfig {
     }
 
     /// Check the configuration and fill in the machine-dependent defaults.
-    pub(crate) fn resolve<P: Platform>(&self) -> Result<Resolved, VmallocError> {
+    pub(crate) fn resolve<P: Platform>(&self) -> Result<Resolved, KvaError> {
         let (start, end) = (self.start, self.end);
         if start >= end
             || start % PAGE_SIZE != 0
             || end % PAGE_SIZE != 0
             || !canonical_range(start, end)
         {
-            return Err(VmallocError::InvalidRange { start, end });
+            return Err(KvaError::InvalidRange { start, end });
         }
         let nr_cpus = match self.nr_cpus {
             0 => P::nr_cpu_ids(),
             n if n > MAX_NR_CPUS => {
-                return Err(VmallocError::InvalidConfig {
+                return Err(KvaError::InvalidConfig {
                     what: "nr_cpus",
                     value: n as u64,
                     max: MAX_NR_CPUS as u64,
@@ -233,28 +233,28 @@ mod tests {
         };
         assert!(matches!(
             bad(0x2000, 0x1000),
-            Err(VmallocError::InvalidRange { .. })
+            Err(KvaError::InvalidRange { .. })
         ));
         assert!(matches!(
             bad(0x1000, 0x1000),
-            Err(VmallocError::InvalidRange { .. })
+            Err(KvaError::InvalidRange { .. })
         ));
         assert!(matches!(
             bad(0x1001, 0x3000),
-            Err(VmallocError::InvalidRange { .. })
+            Err(KvaError::InvalidRange { .. })
         ));
         assert!(matches!(
             bad(0x1000, 0x3001),
-            Err(VmallocError::InvalidRange { .. })
+            Err(KvaError::InvalidRange { .. })
         ));
         // Non-canonical, or straddling the hole between the halves.
         assert!(matches!(
             bad(0x1000, 0x8000_0000_1000),
-            Err(VmallocError::InvalidRange { .. })
+            Err(KvaError::InvalidRange { .. })
         ));
         assert!(matches!(
             bad(0x1000, VMALLOC_START),
-            Err(VmallocError::InvalidRange { .. })
+            Err(KvaError::InvalidRange { .. })
         ));
         assert!(
             KvaConfig::with_range(0x7fff_ffff_0000, 1 << 47)

@@ -15,8 +15,8 @@
 //! Purge lock (invariant check only) -> one busy, free or slot lock at a time. Callbacks of
 //! `for_each_busy` run with no lock held (snapshots are taken shard by shard).
 
-use crate::area::{Desc, VmArea};
 use crate::kva::Inner;
+use crate::kva::area::{Desc, VmArea};
 #[allow(unused_imports)]
 use crate::prelude::*;
 use crate::sync::Ordering;
@@ -189,7 +189,7 @@ impl<P: Platform> Inner<P> {
                 // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the chain
                 // we detached (under the purge lock, so no purger races with us).
                 let a = unsafe { Desc::from_node(node).read() };
-                pages += crate::shard::pages(a.start, a.end);
+                pages += crate::kva::shard::pages(a.start, a.end);
                 lazy_listed += a.end - a.start;
                 ranges.push((a.start, a.end, "lazy"));
             }
@@ -207,7 +207,7 @@ impl<P: Platform> Inner<P> {
             let slot = cell.lock();
             let mut batch_pages = 0;
             for &(s, e) in slot.lazy() {
-                batch_pages += crate::shard::pages(s, e);
+                batch_pages += crate::kva::shard::pages(s, e);
                 lazy_listed += e - s;
                 ranges.push((s, e, "lazy"));
             }

@@ -2,7 +2,7 @@
 //!
 //! # How it works
 //!
-//! A plain (non-augmented) AVL tree from [`crate::tree`] of `(start, end, value)` entries,
+//! A plain (non-augmented) AVL tree from [`crate::kva::tree`] of `(start, end, value)` entries,
 //! where `value` is a small `Copy` handle to the caller's descriptor (a pointer or an index).
 //! Exact lookup by start ([`BusyTree::get`], [`BusyTree::remove`]) and "which area contains
 //! this address" ([`BusyTree::find_containing`], a `floor` search) are O(log n) with no
@@ -12,7 +12,7 @@
 //!
 //! * Entries are non-empty and pairwise disjoint (insertion refuses overlap); adjacent
 //!   entries are fine (two live areas may touch).
-//! * The tree invariants of [`crate::tree`].
+//! * The tree invariants of [`crate::kva::tree`].
 //!
 //! # Locking
 //!
@@ -23,7 +23,7 @@
 use crate::prelude::*;
 use core::fmt;
 
-use crate::tree::{InsertError, InvariantViolation, Keyed, NoAugment, NodeId, Tree, TreeFull};
+use crate::kva::tree::{InsertError, InvariantViolation, Keyed, NoAugment, NodeId, Tree, TreeFull};
 
 /// Why a busy-tree insertion was refused (nothing was changed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

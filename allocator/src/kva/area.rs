@@ -35,8 +35,8 @@ use core::panic::Location;
 use core::ptr::NonNull;
 use pagetable::platform::Platform;
 
-use crate::flags::VmFlags;
-use crate::llist::{Chain, Intrusive, LlistNode};
+use crate::kva::flags::VmFlags;
+use crate::kva::llist::{Chain, Intrusive, LlistNode};
 use crate::sync::Mutex;
 
 /// What an area is for: the part of Linux's `struct vm_struct` the KVA allocator keeps.

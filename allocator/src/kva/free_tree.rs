@@ -1,5 +1,5 @@
 //! The free-space tree of the Linux 5.2+ design: free areas keyed by start address in an
-//! augmented AVL tree ([`crate::tree`]), each node knowing the largest free size in its
+//! augmented AVL tree ([`crate::kva::tree`]), each node knowing the largest free size in its
 //! subtree (Linux's `subtree_max_size`, the default [`MaxSize`] index, which the shards use)
 //! or, with the [`AlignLevels`] index, also the largest block that can start aligned to a few
 //! power-of-two alignments.
@@ -56,7 +56,7 @@
 //! # Invariants (checked by [`FreeTree::check_invariants`])
 //!
 //! * Areas are non-empty, disjoint and never adjacent (adjacent free areas are merged).
-//! * The tree invariants of [`crate::tree`], with the augmentation = the index's summary of
+//! * The tree invariants of [`crate::kva::tree`], with the augmentation = the index's summary of
 //!   the subtree (largest length; per alignment level, largest `end - align_up(start)`).
 //! * `free_bytes()` is the sum of the areas' lengths.
 //!
@@ -68,9 +68,9 @@
 
 #[allow(unused_imports)]
 use crate::prelude::*;
-use pagetable::page::PAGE_SIZE;
+use pagetable::PAGE_SIZE;
 
-use crate::tree::{InsertError, InvariantViolation, NodeId, Tree, TreeFull};
+use crate::kva::tree::{InsertError, InvariantViolation, NodeId, Tree, TreeFull};
 
 /// Why a free-tree operation was refused (nothing was changed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

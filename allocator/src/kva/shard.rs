@@ -43,13 +43,13 @@
 #[allow(unused_imports)]
 use crate::prelude::*;
 use crossbeam_utils::CachePadded;
-use pagetable::page::PAGE_SIZE;
+use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
-use crate::area::Desc;
-use crate::busy::BusyTree;
-use crate::free_tree::FreeTree;
-use crate::llist::LlistHead;
+use crate::kva::area::Desc;
+use crate::kva::busy::BusyTree;
+use crate::kva::free_tree::FreeTree;
+use crate::kva::llist::LlistHead;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// A shard's free tree behind its lock, with a lock-free hint of its largest free area.

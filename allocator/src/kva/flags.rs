@@ -2,7 +2,7 @@
 //!
 //! The low six bits keep the values of Linux 3.7 (`VM_IOREMAP` .. `VM_UNLIST`); the flags that
 //! later kernels added (and two of our own) use higher bits. The KVA allocator stores them in
-//! each area's [`AreaInfo`](crate::area::AreaInfo) without interpreting them, except
+//! each area's [`AreaInfo`](crate::kva::area::AreaInfo) without interpreting them, except
 //! [`VmFlags::NO_GUARD`] which callers use to decide whether the size they pass includes a
 //! guard page.
 

@@ -25,9 +25,9 @@
 
 #[allow(unused_imports)]
 use crate::prelude::*;
-use pagetable::page::PAGE_SIZE;
+use pagetable::PAGE_SIZE;
 
-use crate::tree::{Augment, Keyed};
+use crate::kva::tree::{Augment, Keyed};
 
 /// One free area `[start, end)`, the item of a [`super::FreeTree`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
