@@ -82,7 +82,7 @@ impl<P: Platform> Inner<P> {
             return 0;
         }
         let end = a + len;
-        if let Some(area) = self.kva.find(a) {
+        if let Some(area) = self.kva.find(VirtAddr::new_truncate(a)) {
             if a >= area.start && end <= usable_end(&area) {
                 self.copy_area(&area, a, end, a, &mut buf);
                 return len as usize;

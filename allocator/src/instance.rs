@@ -306,7 +306,7 @@ impl<P: Platform> Vmalloc<P> {
         let w = weak.clone();
         inner.kva.set_deferred_handler(Box::new(move |addr| {
             if let Some(v) = w.upgrade() {
-                if v.vfree_now(addr).is_err() {
+                if v.vfree_now(addr.as_u64()).is_err() {
                     v.deferred_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -440,12 +440,14 @@ impl<P: Platform> Inner<P> {
                     start: a,
                     end: u64::MAX,
                 })?;
-                self.kva.alloc_at(a, end, info)?;
+                self.kva
+                    .alloc_at(VirtAddr::new_truncate(a), end - a, info)?;
                 a
             }
             None => self
                 .kva
-                .alloc(size, e.align, self.start, self.end, None, info)?,
+                .alloc(size, e.align, self.start, self.end, None, info)?
+                .as_u64(),
         };
         Ok(VmArea {
             start,
@@ -522,7 +524,9 @@ mod tests {
         assert_eq!(e[1].start % (1 << 20), 0);
         assert_eq!(e[1].size(), PAGE_SIZE);
         assert_eq!(
-            vm.kva().find(e[0].start + PAGE_SIZE).map(|a| a.start),
+            vm.kva()
+                .find(VirtAddr::new_truncate(e[0].start + PAGE_SIZE))
+                .map(|a| a.start),
             Some(e[0].start)
         );
     }

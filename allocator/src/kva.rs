@@ -50,8 +50,7 @@
 use crate::prelude::*;
 use pagetable::platform::{DefaultPlatform, Platform};
 
-use pagetable::PAGE_SIZE;
-use pagetable::TlbFlush;
+use pagetable::{PAGE_SIZE, TlbFlush, VirtAddr};
 
 use crate::kva::area::{AreaInfo, Desc, RemovedArea, VmArea};
 use crate::kva::config::{KvaConfig, PurgeMode, Resolved};
@@ -269,9 +268,36 @@ impl<P: Platform> Kva<P> {
     }
 
     /// Allocate `size` bytes (whole pages, guard page included) aligned to `align` (a power
-    /// of two; below a page means a page) inside `[vstart, vend)` (clipped to the allocator's
-    /// range), preferring shard `node` (modulo the shard count) or the calling CPU's home
-    /// shard. Returns the start; the area is live (findable) with `info`.
+    /// of two; below a page means a page) inside the window `[vstart, vend)` (clipped to the
+    /// allocator's range), preferring shard `node` (modulo the shard count) or the calling
+    /// CPU's home shard. Returns the start; the area is live (findable) with `info`.
+    ///
+    /// The window's bounds are linear 48-bit addresses, like [`Kva::range`]'s (`u64`, not
+    /// [`VirtAddr`]: an exclusive end such as the lower half's `1 << 47` is not a canonical
+    /// address); `(0, u64::MAX)` means the whole range.
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "loom"))] {
+    /// use std::sync::Arc;
+    /// use pagetable::{CountingFlush, PAGE_SIZE};
+    /// use vmalloc::{AreaInfo, Kva, KvaConfig, PurgeMode, VmFlags};
+    ///
+    /// let cfg = KvaConfig {
+    ///     purge_mode: PurgeMode::Synchronous,
+    ///     ..KvaConfig::with_range(0xffff_c900_0000_0000, 0xffff_c900_4000_0000)
+    /// };
+    /// let kva = Kva::new(cfg, Arc::new(CountingFlush::new()))?;
+    /// // Two pages (one usable + a guard page), 2 MiB aligned, anywhere in the range.
+    /// let a = kva.alloc(2 * PAGE_SIZE, 2 << 20, 0, u64::MAX, None, AreaInfo::new(VmFlags::MAP))?;
+    /// assert_eq!(a.as_u64() % (2 << 20), 0);
+    /// assert_eq!(kva.find(a + PAGE_SIZE).unwrap().start, a.as_u64());
+    /// // Free it lazily: no flush yet; a purge flushes the union of everything lazy once.
+    /// let token = kva.remove(a)?;
+    /// kva.free_lazy(token, 1);
+    /// assert_eq!(kva.purge().flushed, Some((a.as_u64(), a.as_u64() + 2 * PAGE_SIZE)));
+    /// # }
+    /// # Ok::<(), vmalloc::KvaError>(())
+    /// ```
     pub fn alloc(
         &self,
         size: u64,
@@ -280,25 +306,32 @@ impl<P: Platform> Kva<P> {
         vend: u64,
         node: Option<usize>,
         info: AreaInfo,
-    ) -> Result<u64, KvaError> {
-        self.inner.alloc(size, align, vstart, vend, node, info)
+    ) -> Result<VirtAddr, KvaError> {
+        self.inner
+            .alloc(size, align, vstart, vend, node, info)
+            .map(VirtAddr::new_truncate)
     }
 
-    /// Reserve exactly `[start, end)` (Linux's `vm_area_add_early`); page aligned, inside the
-    /// range, and free (after a purge if need be), else an error.
-    pub fn alloc_at(&self, start: u64, end: u64, info: AreaInfo) -> Result<(), KvaError> {
+    /// Reserve exactly `size` bytes at `addr` (Linux's `vm_area_add_early`); page aligned,
+    /// inside the range, and free (after a purge if need be), else an error.
+    pub fn alloc_at(&self, addr: VirtAddr, size: u64, info: AreaInfo) -> Result<(), KvaError> {
+        let start = addr.as_u64();
+        let end = start.checked_add(size).ok_or(KvaError::InvalidRange {
+            start,
+            end: u64::MAX,
+        })?;
         self.inner.alloc_at(start, end, info)
     }
 
     /// The live area containing `addr`.
-    pub fn find(&self, addr: u64) -> Option<VmArea> {
-        self.inner.find(addr)
+    pub fn find(&self, addr: VirtAddr) -> Option<VmArea> {
+        self.inner.find(addr.as_u64())
     }
 
     /// Change the info of the live area starting at `start`. `f` runs under the shard's busy
     /// lock: it must not call back into this allocator.
-    pub fn set_info(&self, start: u64, f: impl FnOnce(&mut AreaInfo)) -> Result<(), KvaError> {
-        self.inner.set_info(start, f)
+    pub fn set_info(&self, start: VirtAddr, f: impl FnOnce(&mut AreaInfo)) -> Result<(), KvaError> {
+        self.inner.set_info(start.as_u64(), f)
     }
 
     /// Detach the live area starting at `addr` from the busy lookup (it is no longer found);
@@ -307,8 +340,8 @@ impl<P: Platform> Kva<P> {
     /// Errors: [`KvaError::NotStartOfArea`] if `addr` is inside a live area,
     /// [`KvaError::DoubleFree`] if it starts an area still waiting on a lazy list,
     /// [`KvaError::NotAllocated`] otherwise.
-    pub fn remove(&self, addr: u64) -> Result<RemovedArea, KvaError> {
-        self.inner.remove(addr)
+    pub fn remove(&self, addr: VirtAddr) -> Result<RemovedArea, KvaError> {
+        self.inner.remove(addr.as_u64())
     }
 
     /// [`Kva::remove`] only if `check` accepts the live area starting at `addr`: one lookup
@@ -318,10 +351,10 @@ impl<P: Platform> Kva<P> {
     /// back into this allocator.
     pub fn remove_if<E: From<KvaError>>(
         &self,
-        addr: u64,
+        addr: VirtAddr,
         check: impl FnOnce(&VmArea) -> Result<(), E>,
     ) -> Result<RemovedArea, E> {
-        self.inner.remove_if(addr, check)
+        self.inner.remove_if(addr.as_u64(), check)
     }
 
     /// Free a removed area whose pages the caller has unmapped WITHOUT flushing the TLB: the
@@ -379,15 +412,17 @@ impl<P: Platform> Kva<P> {
     /// wake-up to the workers (a few instructions under their scheduler mutex).
     /// In [`PurgeMode::Synchronous`] the list is drained by [`Kva::purge`],
     /// [`Kva::drain_deferred`] and the next allocation.
-    pub fn defer(&self, addr: u64) {
-        self.inner.defer(addr);
+    pub fn defer(&self, addr: VirtAddr) {
+        self.inner.defer(addr.as_u64());
     }
 
     /// Set what a drained deferred free does with its address (default: `remove` then
     /// `free_lazy` of the whole area, no unmapping). The handler runs with no allocator lock
     /// held and may call any method of this allocator.
-    pub fn set_deferred_handler(&self, h: Box<dyn Fn(u64) + Send + Sync>) {
-        self.inner.deferred.set_handler(h);
+    pub fn set_deferred_handler(&self, h: Box<dyn Fn(VirtAddr) + Send + Sync>) {
+        self.inner
+            .deferred
+            .set_handler(Box::new(move |a| h(VirtAddr::new_truncate(a))));
     }
 
     /// Run the deferred frees queued so far (on every CPU's list); returns how many ran.

@@ -79,7 +79,7 @@ impl<P: Platform> Vmalloc<P> {
         }
         let area = v
             .kva
-            .find(k)
+            .find(VirtAddr::new_truncate(k))
             .ok_or(VmallocError::NotAllocated { addr: k })?;
         if !area.info.flags.contains(VmFlags::USERMAP) {
             return Err(VmallocError::NotUserMappable { addr: area.start });

@@ -347,7 +347,7 @@ impl<P: Platform> Vmalloc<P> {
     /// the wake-up (as Linux's `schedule_work` takes its pool's spinlock).
     pub fn vfree_atomic(&self, addr: VirtAddr) {
         if !addr.is_null() {
-            self.v().kva.defer(addr.as_u64());
+            self.v().kva.defer(addr);
         }
     }
 }
@@ -400,10 +400,10 @@ impl<P: Platform> Inner<P> {
             caller: r.caller,
             phys_addr: None,
         };
-        let addr = self
+        let va = self
             .kva
             .alloc(area_size, r.align, r.start, r.end, r.node, info)?;
-        let va = VirtAddr::new_truncate(addr);
+        let addr = va.as_u64();
         match self.fill_area(va, pages, zone, r) {
             Ok(()) => Ok(va),
             Err(e) => {
@@ -492,7 +492,7 @@ impl<P: Platform> Inner<P> {
         ok: fn(VmFlags) -> bool,
     ) -> Result<(), VmallocError> {
         // One busy-lock critical section: look up, check the kind, remove.
-        let removed = self.kva.remove_if(addr, |a| {
+        let removed = self.kva.remove_if(VirtAddr::new_truncate(addr), |a| {
             if ok(a.info.flags) {
                 Ok(())
             } else {

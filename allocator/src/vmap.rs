@@ -165,7 +165,7 @@ impl<P: Platform> Vmalloc<P> {
     pub fn find_vm_area(&self, addr: VirtAddr) -> Option<VmArea> {
         self.v()
             .kva
-            .find(addr.as_u64())
+            .find(addr)
             .filter(|a| !a.info.flags.contains(VmFlags::MAP_RAM))
     }
 }
@@ -207,7 +207,8 @@ impl<P: Platform> Inner<P> {
         };
         let start = self
             .kva
-            .alloc(total, align, self.start, self.end, node, info)?;
+            .alloc(total, align, self.start, self.end, node, info)?
+            .as_u64();
         Ok(VmArea {
             start,
             end: start + total,
@@ -217,7 +218,7 @@ impl<P: Platform> Inner<P> {
 
     /// Give back an area we just reserved and never mapped anything in.
     pub(crate) fn drop_unused(&self, start: u64) {
-        match self.kva.remove(start) {
+        match self.kva.remove(VirtAddr::new_truncate(start)) {
             // SAFETY: nothing was ever mapped in the area, or the failed map rolled back every
             // entry it wrote before returning; the address was never handed to anyone, so no
             // CPU accessed the range and none can hold a translation of it.

@@ -339,7 +339,7 @@ impl<P: Platform> Vmalloc<P> {
         // Find, check and remove in ONE busy-lock critical section: an area that another
         // thread frees or allocates at this address meanwhile is either checked here or not
         // touched at all.
-        let removed = v.kva.remove_if(a, |area| {
+        let removed = v.kva.remove_if(VirtAddr::new_truncate(a), |area| {
             let f = area.info.flags;
             if !f.contains(VmFlags::MAP_RAM) || f.contains(VmFlags::UNLIST) {
                 return Err(VmallocError::WrongKind {
@@ -409,14 +409,17 @@ impl<P: Platform> Inner<P> {
             caller: Location::caller(),
             phys_addr: None,
         };
-        let start = self.kva.alloc(
-            VMAP_BLOCK_SIZE,
-            VMAP_BLOCK_SIZE,
-            self.start,
-            self.end,
-            node,
-            info,
-        )?;
+        let start = self
+            .kva
+            .alloc(
+                VMAP_BLOCK_SIZE,
+                VMAP_BLOCK_SIZE,
+                self.start,
+                self.end,
+                node,
+                info,
+            )?
+            .as_u64();
         let mut st = BlockState::new();
         st.take(pages);
         let vb = StdArc::new(VmapBlock {
@@ -487,7 +490,7 @@ impl<P: Platform> Inner<P> {
 
     /// Why `addr` is not a block piece: a large `vm_map_ram` area (wrong count) or nothing.
     fn not_a_piece(&self, addr: u64, count: usize) -> VmallocError {
-        match self.kva.find(addr) {
+        match self.kva.find(VirtAddr::new_truncate(addr)) {
             Some(a) if a.info.flags.contains(VmFlags::MAP_RAM) && a.start == addr => {
                 VmallocError::WrongCount {
                     addr,
@@ -511,7 +514,7 @@ impl<P: Platform> Inner<P> {
     /// Hand a dead block's range to the `Kva`'s lazy list (no lock of ours held).
     fn retire_block(&self, vb: &VmapBlock<P>) {
         self.blocks.unlist(vb.start);
-        match self.kva.remove(vb.start) {
+        match self.kva.remove(VirtAddr::new_truncate(vb.start)) {
             Ok(r) => self.kva.free_lazy(r, VMAP_BBMAP_BITS),
             Err(_) => debug_assert!(false, "vmap block {:#x} missing from the Kva", vb.start),
         }

@@ -40,8 +40,9 @@ fn a_huge_lazy_threshold_is_clamped_and_purges_still_work() {
         let (s, e) = k.range();
         let a = k
             .alloc(8 * P, P, s, e, None, AreaInfo::new(VmFlags::ALLOC))
+            .map(|a| a.as_u64())
             .unwrap();
-        let r = k.remove(a).unwrap();
+        let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
         k.free_lazy(r, 8);
         // The merge's resched rule computes 2 * lazy_max_pages: no overflow.
         let rep = k.purge();
@@ -62,8 +63,9 @@ fn an_absurd_unmapped_count_is_clamped() {
     for _ in 0..2 {
         let a = k
             .alloc(3 * P, P, s, e, None, AreaInfo::new(VmFlags::ALLOC))
+            .map(|a| a.as_u64())
             .unwrap();
-        let r = k.remove(a).unwrap();
+        let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
         // More pages than the area has, twice: neither the lazy counters nor the statistics
         // may overflow.
         k.free_lazy(r, usize::MAX);

@@ -83,7 +83,7 @@ fn purge_vmap_area_lazy_reports_the_retired_block() {
     let f = frames.alloc_zeroed(Zone::Normal).unwrap();
     let b = vm.vm_map_ram(&[f], None, PAGE_KERNEL).unwrap();
     assert_eq!(b.as_u64() % vmalloc::VMAP_BLOCK_SIZE, 0);
-    assert!(vm.kva().find(b.as_u64()).is_some());
+    assert!(vm.kva().find(b).is_some());
     vm.vm_unmap_ram(b, 1).unwrap();
     frames.free(f).unwrap();
     vm.vm_unmap_aliases();

@@ -93,12 +93,12 @@ fn info() -> AreaInfo {
 /// Allocate anywhere in the allocator's range.
 fn alloc(k: &Kva, size: u64) -> Result<u64, KvaError> {
     let (s, e) = k.range();
-    k.alloc(size, P, s, e, None, info())
+    k.alloc(size, P, s, e, None, info()).map(|a| a.as_u64())
 }
 
 /// The vfree path: remove, "unmap" (record in the shadow), free lazily.
 fn vfree(k: &Kva, rec: &Recorder, addr: u64) {
-    let a = k.remove(addr).unwrap();
+    let a = k.remove(pagetable::VirtAddr::new_truncate(addr)).unwrap();
     rec.unmapped(a.start(), a.end());
     let pages = (a.size() / P) as usize;
     k.free_lazy(a, pages);
@@ -119,18 +119,27 @@ fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
 fn alloc_find_remove_round_trip() {
     let (k, _rec) = kva(cfg(1024, 2, PurgeMode::Synchronous, 64));
     let a = alloc(&k, 3 * P).unwrap();
-    let area = k.find(a + P + 5).unwrap();
+    let area = k
+        .find(pagetable::VirtAddr::new_truncate(a + P + 5))
+        .unwrap();
     assert_eq!((area.start, area.end), (a, a + 3 * P));
     assert_eq!(area.info.flags, VmFlags::ALLOC);
     assert!(area.info.caller.file().ends_with("kva.rs"));
-    k.set_info(a, |i| i.nr_pages = 2).unwrap();
-    assert_eq!(k.find(a).unwrap().info.nr_pages, 2);
+    k.set_info(pagetable::VirtAddr::new_truncate(a), |i| i.nr_pages = 2)
+        .unwrap();
+    assert_eq!(
+        k.find(pagetable::VirtAddr::new_truncate(a))
+            .unwrap()
+            .info
+            .nr_pages,
+        2
+    );
     assert_eq!(k.stats().used, 3 * P);
     assert_eq!(k.stats().nr_busy, 1);
-    let r = k.remove(a).unwrap();
+    let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
     assert_eq!((r.start(), r.end(), r.size()), (a, a + 3 * P, 3 * P));
     assert_eq!(r.info().nr_pages, 2);
-    assert!(k.find(a).is_none());
+    assert!(k.find(pagetable::VirtAddr::new_truncate(a)).is_none());
     // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
     unsafe { k.free_unused(r) };
     k.check_invariants().unwrap();
@@ -145,20 +154,24 @@ fn alignment_and_windows_are_honoured() {
         let align = 1u64 << shift;
         let a = k
             .alloc(5 * P, align, BASE, BASE + 4096 * P, None, info())
+            .map(|a| a.as_u64())
             .unwrap();
         assert_eq!(a % align, 0, "align {align:#x}");
     }
     // A window inside shard 2 only.
     let (lo, hi) = (BASE + 2100 * P, BASE + 2200 * P);
     for _ in 0..10 {
-        let a = k.alloc(7 * P, P, lo, hi, None, info()).unwrap();
+        let a = k.alloc(7 * P, P, lo, hi, None, info()).unwrap().as_u64();
         assert!(lo <= a && a + 7 * P <= hi);
     }
     // Below a page means a page.
-    let a = k.alloc(P, 16, BASE, BASE + 4096 * P, None, info()).unwrap();
+    let a = k
+        .alloc(P, 16, BASE, BASE + 4096 * P, None, info())
+        .unwrap()
+        .as_u64();
     assert_eq!(a % P, 0);
     // Window bounds are clipped to the range and rounded to pages.
-    let a = k.alloc(P, P, 0, u64::MAX, None, info()).unwrap();
+    let a = k.alloc(P, P, 0, u64::MAX, None, info()).unwrap().as_u64();
     assert!(a >= BASE);
     k.check_invariants().unwrap();
 }
@@ -170,16 +183,19 @@ fn node_selects_the_shard_and_falls_back() {
     for node in 0..4u64 {
         let a = k
             .alloc(2 * P, P, BASE, BASE + 64 * P, Some(node as usize), info())
+            .map(|a| a.as_u64())
             .unwrap();
         assert_eq!((a - BASE) / (16 * P), node, "node {node}");
     }
     // Fill shard 1 (14 pages left there), then a node-1 request falls back elsewhere.
     let b = k
         .alloc(14 * P, P, BASE, BASE + 64 * P, Some(1), info())
+        .map(|a| a.as_u64())
         .unwrap();
     assert_eq!((b - BASE) / (16 * P), 1);
     let c = k
         .alloc(4 * P, P, BASE, BASE + 64 * P, Some(1), info())
+        .map(|a| a.as_u64())
         .unwrap();
     assert_ne!((c - BASE) / (16 * P), 1);
     k.check_invariants().unwrap();
@@ -192,11 +208,14 @@ fn spanning_allocations_cross_shard_boundaries() {
     let a = alloc(&k, 40 * P).unwrap();
     assert_eq!(a % P, 0);
     for off in [0, 15, 16, 31, 32, 39] {
-        let f = k.find(a + off * P).unwrap();
+        let f = k
+            .find(pagetable::VirtAddr::new_truncate(a + off * P))
+            .unwrap();
         assert_eq!((f.start, f.end), (a, a + 40 * P), "offset {off}");
     }
     assert_eq!(
-        k.remove(a + 20 * P).unwrap_err(),
+        k.remove(pagetable::VirtAddr::new_truncate(a + 20 * P))
+            .unwrap_err(),
         KvaError::NotStartOfArea {
             addr: a + 20 * P,
             start: a
@@ -210,13 +229,16 @@ fn spanning_allocations_cross_shard_boundaries() {
     assert_eq!(seen, 1);
     k.check_invariants().unwrap();
     vfree(&k, &rec, a);
-    assert!(k.find(a + 20 * P).is_none());
+    assert!(
+        k.find(pagetable::VirtAddr::new_truncate(a + 20 * P))
+            .is_none()
+    );
     k.purge();
     k.check_invariants().unwrap();
     // The whole range is one free run again: a 64-page area fits.
     let b = alloc(&k, 64 * P).unwrap();
     assert_eq!(b, BASE);
-    let r = k.remove(b).unwrap();
+    let r = k.remove(pagetable::VirtAddr::new_truncate(b)).unwrap();
     // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
     unsafe { k.free_unused(r) };
     k.check_invariants().unwrap();
@@ -228,34 +250,34 @@ fn every_error_variant() {
     let (k, rec) = kva(cfg(64, 2, PurgeMode::Synchronous, 1024));
     let (s, e) = k.range();
     assert_eq!(
-        k.alloc(0, P, s, e, None, info()),
+        k.alloc(0, P, s, e, None, info()).map(|a| a.as_u64()),
         Err(KvaError::InvalidSize { size: 0 })
     );
     assert_eq!(
-        k.alloc(P + 1, P, s, e, None, info()),
+        k.alloc(P + 1, P, s, e, None, info()).map(|a| a.as_u64()),
         Err(KvaError::InvalidSize { size: P + 1 })
     );
     assert_eq!(
-        k.alloc(P, 3 * P, s, e, None, info()),
+        k.alloc(P, 3 * P, s, e, None, info()).map(|a| a.as_u64()),
         Err(KvaError::InvalidAlign { align: 3 * P })
     );
     assert_eq!(
-        k.alloc(P, 0, s, e, None, info()),
+        k.alloc(P, 0, s, e, None, info()).map(|a| a.as_u64()),
         Err(KvaError::InvalidAlign { align: 0 })
     );
     assert_eq!(
-        k.alloc(P, P, e, s, None, info()),
+        k.alloc(P, P, e, s, None, info()).map(|a| a.as_u64()),
         Err(KvaError::InvalidRange { start: e, end: s })
     );
     assert_eq!(
-        k.alloc(P, P, 0, BASE, None, info()),
+        k.alloc(P, P, 0, BASE, None, info()).map(|a| a.as_u64()),
         Err(KvaError::InvalidRange {
             start: 0,
             end: BASE
         })
     );
     assert_eq!(
-        k.alloc(65 * P, P, s, e, None, info()),
+        k.alloc(65 * P, P, s, e, None, info()).map(|a| a.as_u64()),
         Err(KvaError::NoSpace {
             size: 65 * P,
             align: P,
@@ -265,58 +287,84 @@ fn every_error_variant() {
     );
     // Alignment no address of the range satisfies.
     assert!(matches!(
-        k.alloc(P, 1 << 40, s, e, None, info()),
+        k.alloc(P, 1 << 40, s, e, None, info()).map(|a| a.as_u64()),
         Err(KvaError::NoSpace { .. })
     ));
     let a = alloc(&k, 4 * P).unwrap();
     assert_eq!(
-        k.remove(a + P).unwrap_err(),
+        k.remove(pagetable::VirtAddr::new_truncate(a + P))
+            .unwrap_err(),
         KvaError::NotStartOfArea {
             addr: a + P,
             start: a
         }
     );
     assert_eq!(
-        k.set_info(a + P, |_| ()),
+        k.set_info(pagetable::VirtAddr::new_truncate(a + P), |_| ()),
         Err(KvaError::NotStartOfArea {
             addr: a + P,
             start: a
         })
     );
     assert_eq!(
-        k.remove(0x10).unwrap_err(),
+        k.remove(pagetable::VirtAddr::new_truncate(0x10))
+            .unwrap_err(),
         KvaError::NotAllocated { addr: 0x10 }
     );
     assert_eq!(
-        k.remove(e - P).unwrap_err(),
+        k.remove(pagetable::VirtAddr::new_truncate(e - P))
+            .unwrap_err(),
         KvaError::NotAllocated { addr: e - P }
     );
     assert_eq!(
-        k.set_info(e - P, |_| ()),
+        k.set_info(pagetable::VirtAddr::new_truncate(e - P), |_| ()),
         Err(KvaError::NotAllocated { addr: e - P })
     );
     vfree(&k, &rec, a);
-    assert_eq!(k.remove(a).unwrap_err(), KvaError::DoubleFree { addr: a });
+    assert_eq!(
+        k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap_err(),
+        KvaError::DoubleFree { addr: a }
+    );
     k.purge();
-    assert_eq!(k.remove(a).unwrap_err(), KvaError::NotAllocated { addr: a });
+    assert_eq!(
+        k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap_err(),
+        KvaError::NotAllocated { addr: a }
+    );
     // Exact reservations.
     assert_eq!(
-        k.alloc_at(s + 1, s + P, info()),
+        k.alloc_at(
+            pagetable::VirtAddr::new_truncate(s + 1),
+            (s + P) - (s + 1),
+            info()
+        ),
         Err(KvaError::InvalidRange {
             start: s + 1,
             end: s + P
         })
     );
     assert_eq!(
-        k.alloc_at(s - P, s + P, info()),
+        k.alloc_at(
+            pagetable::VirtAddr::new_truncate(s - P),
+            (s + P) - (s - P),
+            info()
+        ),
         Err(KvaError::InvalidRange {
             start: s - P,
             end: s + P
         })
     );
-    k.alloc_at(s + 8 * P, s + 40 * P, info()).unwrap();
+    k.alloc_at(
+        pagetable::VirtAddr::new_truncate(s + 8 * P),
+        (s + 40 * P) - (s + 8 * P),
+        info(),
+    )
+    .unwrap();
     assert_eq!(
-        k.alloc_at(s + 30 * P, s + 50 * P, info()),
+        k.alloc_at(
+            pagetable::VirtAddr::new_truncate(s + 30 * P),
+            (s + 50 * P) - (s + 30 * P),
+            info()
+        ),
         Err(KvaError::NoSpace {
             size: 20 * P,
             align: P,
@@ -324,7 +372,12 @@ fn every_error_variant() {
             end: s + 50 * P
         })
     );
-    assert_eq!(k.find(s + 33 * P).unwrap().start, s + 8 * P);
+    assert_eq!(
+        k.find(pagetable::VirtAddr::new_truncate(s + 33 * P))
+            .unwrap()
+            .start,
+        s + 8 * P
+    );
     k.check_invariants().unwrap();
     // Errors render with their numbers.
     let msg = KvaError::NoSpace {
@@ -454,7 +507,7 @@ fn notifiers_free_space_and_allocation_retries() {
         let Some(hog) = victim.lock().unwrap().take() else {
             return 0;
         };
-        match k.remove(hog) {
+        match k.remove(pagetable::VirtAddr::new_truncate(hog)) {
             Ok(r) => {
                 let pages = (r.size() / P) as usize;
                 // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
@@ -511,32 +564,32 @@ fn deferred_frees() {
     // Synchronous: drained by the next allocation.
     let (k, _rec) = kva(cfg(64, 1, PurgeMode::Synchronous, 1024));
     let a = alloc(&k, 4 * P).unwrap();
-    k.defer(a);
-    assert!(k.find(a).is_some());
+    k.defer(pagetable::VirtAddr::new_truncate(a));
+    assert!(k.find(pagetable::VirtAddr::new_truncate(a)).is_some());
     let _b = alloc(&k, P).unwrap();
-    assert!(k.find(a).is_none());
+    assert!(k.find(pagetable::VirtAddr::new_truncate(a)).is_none());
     assert_eq!(k.stats().lazy_pages, 4);
     assert_eq!(k.drain_deferred(), 0);
     // A custom handler.
     let got = Arc::new(Mutex::new(Vec::new()));
     let g2 = got.clone();
-    k.set_deferred_handler(Box::new(move |addr| g2.lock().unwrap().push(addr)));
-    k.defer(0x1234);
-    k.defer(0x5678);
+    k.set_deferred_handler(Box::new(move |addr| g2.lock().unwrap().push(addr.as_u64())));
+    k.defer(pagetable::VirtAddr::new_truncate(0x1234));
+    k.defer(pagetable::VirtAddr::new_truncate(0x5678));
     assert_eq!(k.drain_deferred(), 2);
     assert_eq!(*got.lock().unwrap(), vec![0x1234, 0x5678]);
 
     // Background: a worker drains.
     let (k, _rec) = kva(cfg(64, 1, PurgeMode::Background, 1024));
     let a = alloc(&k, 4 * P).unwrap();
-    k.defer(a);
+    k.defer(pagetable::VirtAddr::new_truncate(a));
     assert!(
-        wait_for(|| k.find(a).is_none()),
+        wait_for(|| k.find(pagetable::VirtAddr::new_truncate(a)).is_none()),
         "no worker drained the deferred free"
     );
     // Left-over deferred frees are released on drop.
     k.set_deferred_handler(Box::new(|_| ()));
-    k.defer(1);
+    k.defer(pagetable::VirtAddr::new_truncate(1));
 }
 
 /// `purge` (`purge_vmap_area_lazy`) returns only after the deferred frees a worker had
@@ -564,7 +617,7 @@ fn purge_waits_for_a_drain_in_flight() {
         }
     }));
     let a = alloc(&k, 4 * P).unwrap();
-    k.defer(a);
+    k.defer(pagetable::VirtAddr::new_truncate(a));
     assert!(
         wait_for(|| entered.load(Ordering::SeqCst)),
         "no worker took the deferred free"
@@ -576,7 +629,10 @@ fn purge_waits_for_a_drain_in_flight() {
             k.purge();
             done.store(true, Ordering::SeqCst);
             // Everything freed before the purge is back.
-            (k.find(a).is_none(), k.stats().lazy_pages)
+            (
+                k.find(pagetable::VirtAddr::new_truncate(a)).is_none(),
+                k.stats().lazy_pages,
+            )
         })
     };
     std::thread::sleep(Duration::from_millis(20));
@@ -617,6 +673,7 @@ fn for_each_busy_is_ascending_across_shards() {
     let (k, _rec) = kva(cfg(256, 4, PurgeMode::Synchronous, 1024));
     for node in [3, 1, 0, 2, 1, 3] {
         k.alloc(3 * P, P, BASE, BASE + 256 * P, Some(node), info())
+            .map(|a| a.as_u64())
             .unwrap();
     }
     let mut v = Vec::new();
@@ -689,7 +746,7 @@ fn multi_thread_stress() {
                             }
                         } else if let Some(a) = live.pop() {
                             if seed % 7 == 0 {
-                                k.defer(a);
+                                k.defer(pagetable::VirtAddr::new_truncate(a));
                             } else {
                                 vfree(&k, &rec, a);
                             }

@@ -72,11 +72,11 @@ fn info() -> AreaInfo {
 
 fn alloc(k: &Kva, size: u64) -> Result<u64, KvaError> {
     let (s, e) = k.range();
-    k.alloc(size, P, s, e, None, info())
+    k.alloc(size, P, s, e, None, info()).map(|a| a.as_u64())
 }
 
 fn free_lazy(k: &Kva, addr: u64) {
-    let r = k.remove(addr).unwrap();
+    let r = k.remove(pagetable::VirtAddr::new_truncate(addr)).unwrap();
     let pages = (r.size() / P) as usize;
     k.free_lazy(r, pages);
 }
@@ -216,7 +216,7 @@ fn allocation_runs_deferred_frees_before_failing() {
             let live = fill(&k, 0);
             assert_eq!(live.len(), 512);
             for &a in &live {
-                k.defer(a);
+                k.defer(pagetable::VirtAddr::new_truncate(a));
             }
             // Needs every page back in one piece.
             let whole = on_cpu(nr_cpus - 1, || alloc(&k, 512 * P));

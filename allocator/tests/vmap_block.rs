@@ -137,7 +137,7 @@ fn large_requests_get_their_own_area() {
     let f = frames(&vm, n);
     let a = vm.vm_map_ram(&f, Some(0), PAGE_KERNEL).unwrap();
     assert_eq!(vm.stats().vmap_blocks, 0);
-    let area = vm.kva().find(a.as_u64()).unwrap();
+    let area = vm.kva().find(a).unwrap();
     assert_eq!(area.size(), n as u64 * P, "no guard page");
     let info = vm.vmallocinfo();
     assert!(

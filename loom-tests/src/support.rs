@@ -225,15 +225,18 @@ pub fn info() -> AreaInfo {
 }
 
 /// Allocate `n` pages anywhere in the range.
-pub fn alloc(kva: &Kva, n: u64) -> Result<u64, vmalloc::VmallocError> {
+pub fn alloc(kva: &Kva, n: u64) -> Result<u64, vmalloc::KvaError> {
     kva.alloc(pages(n), PAGE_SIZE, 0, u64::MAX, None, info())
+        .map(|a| a.as_u64())
 }
 
 /// What a model's thread does to free the live area at `start` lazily: mark it stale (its
 /// entries were just cleared without a flush), take it out of the busy lookup and put it on
 /// the lazy list (which may kick a purge).
 pub fn free_lazy(kva: &Kva, tlb: &StaleTlb, start: u64) {
-    let area = kva.remove(start).expect("freeing a live area");
+    let area = kva
+        .remove(pagetable::VirtAddr::new_truncate(start))
+        .expect("freeing a live area");
     tlb.unmapped(area.start(), area.end());
     let pages = area.size() / PAGE_SIZE;
     kva.free_lazy(area, pages as usize - 1);

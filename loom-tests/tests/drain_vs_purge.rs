@@ -25,7 +25,7 @@ fn purge_waits_for_a_drain_in_flight() {
         let (kva, _tlb) = tiny_kva(shape);
         let a = alloc(&kva, 2).unwrap();
         // `vfree_atomic(a)`: queued; the default handler removes it and frees it lazily.
-        kva.defer(a);
+        kva.defer(pagetable::VirtAddr::new_truncate(a));
 
         let drainer = {
             let kva = std::sync::Arc::clone(&kva);
@@ -33,7 +33,7 @@ fn purge_waits_for_a_drain_in_flight() {
         };
         kva.purge();
         assert!(
-            kva.find(a).is_none(),
+            kva.find(pagetable::VirtAddr::new_truncate(a)).is_none(),
             "purge returned before the deferred free of {a:#x} ran"
         );
         let s = kva.stats();

@@ -106,7 +106,7 @@ fn alloc_in_merge_resched_window() {
                 "a lazily freed page was never flushed"
             );
             for x in live.into_iter().chain([r]) {
-                let area = kva.remove(x).unwrap();
+                let area = kva.remove(pagetable::VirtAddr::new_truncate(x)).unwrap();
                 // SAFETY: a model of the KVA layer alone: nothing was ever mapped in the area.
                 unsafe { kva.free_unused(area) };
             }

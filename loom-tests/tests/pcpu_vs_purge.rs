@@ -91,7 +91,7 @@ fn pcpu_refill_vs_purge_to_caches() {
 
         kva.purge();
         for x in [big, s2, got[0], got[1]] {
-            let area = kva.remove(x).unwrap();
+            let area = kva.remove(pagetable::VirtAddr::new_truncate(x)).unwrap();
             // SAFETY: a model of the KVA layer alone: nothing was ever mapped in the area.
             unsafe { kva.free_unused(area) };
         }
@@ -133,7 +133,9 @@ fn settle(kva: &Kva, tlb: &StaleTlb, live: &[u64], used: u64) {
 
     kva.purge();
     for &x in live {
-        let area = kva.remove(x).expect("a live area");
+        let area = kva
+            .remove(pagetable::VirtAddr::new_truncate(x))
+            .expect("a live area");
         // SAFETY: a model of the KVA layer alone: nothing was ever mapped in the area.
         unsafe { kva.free_unused(area) };
     }

@@ -67,7 +67,9 @@ fn settle(kva: &Kva, tlb: &StaleTlb, live: u64, n: u64) {
         0,
         "a purged range was never flushed"
     );
-    let area = kva.remove(live).expect("the survivor is live");
+    let area = kva
+        .remove(pagetable::VirtAddr::new_truncate(live))
+        .expect("the survivor is live");
     // SAFETY: a model of the KVA layer alone: nothing was ever mapped in the area.
     unsafe { kva.free_unused(area) };
     assert_invariants(kva);
@@ -170,7 +172,7 @@ fn two_allocs_vs_kicked_purge(name: &str, shape: Tiny) {
             [x] => {
                 let y = alloc_fresh(&kva, &tlb, 2);
                 assert_ne!(x, y, "the same range handed out twice");
-                let area = kva.remove(y).unwrap();
+                let area = kva.remove(pagetable::VirtAddr::new_truncate(y)).unwrap();
                 // SAFETY: a model of the KVA layer alone: nothing was ever mapped in the area.
                 unsafe { kva.free_unused(area) };
             }
@@ -191,7 +193,7 @@ fn two_allocs_vs_kicked_purge(name: &str, shape: Tiny) {
         );
         assert_eq!(s.free + s.used, s.total, "{s:?}");
         for x in got {
-            let area = kva.remove(x).unwrap();
+            let area = kva.remove(pagetable::VirtAddr::new_truncate(x)).unwrap();
             // SAFETY: a model of the KVA layer alone: nothing was ever mapped in the area.
             unsafe { kva.free_unused(area) };
         }

@@ -42,7 +42,7 @@ fn settle(kva: &Kva, tlb: &StaleTlb, live: u64, n: u64) {
     );
     assert_eq!(s.free, s.total - pages(n), "{s:?}");
     assert_eq!(s.flushes, s.purges, "one flush per purge: {s:?}");
-    let area = kva.remove(live).unwrap();
+    let area = kva.remove(pagetable::VirtAddr::new_truncate(live)).unwrap();
     // SAFETY: a model of the KVA layer alone: nothing was ever mapped in the area.
     unsafe { kva.free_unused(area) };
     assert_invariants(kva);

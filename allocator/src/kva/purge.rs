@@ -582,12 +582,16 @@ mod tests {
                 for _ in 0..40 {
                     areas.push(
                         k.alloc(4 * P, P, s, e, Some(node), AreaInfo::new(VmFlags::ALLOC))
+                            .map(|a| a.as_u64())
                             .unwrap(),
                     );
                 }
             }
             for a in areas {
-                push_lazy(inner, k.remove(a).unwrap());
+                push_lazy(
+                    inner,
+                    k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap(),
+                );
             }
             let rep = inner.purge_blocking(true, None);
             assert_eq!((rep.areas, rep.pages), (160, 640), "{mode:?}");
@@ -620,11 +624,12 @@ mod tests {
         let v: Vec<u64> = (0..200)
             .map(|_| {
                 k.alloc(P, P, s, e, None, AreaInfo::new(VmFlags::MAP))
+                    .map(|a| a.as_u64())
                     .unwrap()
             })
             .collect();
         for a in v {
-            let r = k.remove(a).unwrap();
+            let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
             k.free_lazy(r, 1);
         }
         let rep = k.purge();

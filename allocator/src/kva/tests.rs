@@ -75,11 +75,11 @@ fn lazy_step_is_a_power_of_two_fraction_of_the_threshold() {
 fn purged_small_areas_come_back_through_the_cache() {
     let k = new(sync_cfg(4096, 1, 1 << 20));
     let (s, e) = k.range();
-    let a = k.alloc(2 * P, P, s, e, None, info()).unwrap();
+    let a = k.alloc(2 * P, P, s, e, None, info()).unwrap().as_u64();
     // The refill carved a batch: the rest of it sits in this CPU's cache.
     let batch = k.inner.pcpu.batch(1) as u64;
     assert_eq!(k.stats().cached, (batch - 1) * 2 * P);
-    let r = k.remove(a).unwrap();
+    let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
     k.free_lazy(r, 1);
     let rep = k.purge();
     assert_eq!((rep.areas, rep.to_caches), (1, 1));
@@ -94,7 +94,7 @@ fn purged_small_areas_come_back_through_the_cache() {
     std::thread::scope(|sc| {
         sc.spawn(move || {
             cpu::set_this_cpu(holder);
-            assert_eq!(k.alloc(2 * P, P, s, e, None, info()).unwrap(), a);
+            assert_eq!(k.alloc(2 * P, P, s, e, None, info()).unwrap().as_u64(), a);
         });
     });
     k.check_invariants().unwrap();
@@ -106,7 +106,10 @@ fn restricted_windows_and_other_nodes_bypass_the_cache() {
     let (s, e) = k.range();
     let half = s + 2048 * P;
     // A window not covering the home shard never takes a cached chunk.
-    let a = k.alloc(P, P, half + 10 * P, e, None, info()).unwrap();
+    let a = k
+        .alloc(P, P, half + 10 * P, e, None, info())
+        .unwrap()
+        .as_u64();
     assert!(a >= half + 10 * P);
     assert_eq!(k.stats().cached, 0);
     k.check_invariants().unwrap();
@@ -117,13 +120,13 @@ fn foreign_tokens_are_refused() {
     let k1 = new(sync_cfg(64, 1, 1024));
     let k2 = new(sync_cfg(64, 1, 1024));
     let (s, e) = k1.range();
-    let a = k1.alloc(P, P, s, e, None, info()).unwrap();
-    let r = k1.remove(a).unwrap();
+    let a = k1.alloc(P, P, s, e, None, info()).unwrap().as_u64();
+    let r = k1.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
     k2.free_lazy(r, 1);
     assert_eq!(k2.stats().foreign_tokens, 1);
     k2.check_invariants().unwrap();
-    let b = k1.alloc(P, P, s, e, None, info()).unwrap();
-    let r = k1.remove(b).unwrap();
+    let b = k1.alloc(P, P, s, e, None, info()).unwrap().as_u64();
+    let r = k1.remove(pagetable::VirtAddr::new_truncate(b)).unwrap();
     // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
     unsafe { k2.free_unused(r) };
     assert_eq!(k2.stats().foreign_tokens, 2);
@@ -137,10 +140,10 @@ fn sequential_frees_merge_into_one_free_area() {
     let k = new(c);
     let (s, e) = k.range();
     let v: Vec<u64> = (0..100)
-        .map(|_| k.alloc(3 * P, P, s, e, None, info()).unwrap())
+        .map(|_| k.alloc(3 * P, P, s, e, None, info()).unwrap().as_u64())
         .collect();
     for a in v.iter().rev().chain(v.iter()).take(100) {
-        let r = k.remove(*a).unwrap();
+        let r = k.remove(pagetable::VirtAddr::new_truncate(*a)).unwrap();
         k.free_lazy(r, 2);
     }
     assert_eq!(k.stats().unmapped_pages, 0);
@@ -156,7 +159,7 @@ fn sequential_frees_merge_into_one_free_area() {
 fn boundary_crossing_areas_purge_into_both_shards() {
     let k = new(sync_cfg(64, 4, 1 << 20));
     let (s, e) = k.range();
-    let a = k.alloc(40 * P, P, s, e, None, info()).unwrap();
+    let a = k.alloc(40 * P, P, s, e, None, info()).unwrap().as_u64();
     // 16 pages per shard: the area starts in shard 0 and crosses into shards 1 and 2.
     let crossed = |k: &Kva| {
         k.inner
@@ -167,9 +170,16 @@ fn boundary_crossing_areas_purge_into_both_shards() {
             .collect::<Vec<_>>()
     };
     assert_eq!(crossed(&k), [0, 1, 1, 0]);
-    assert_eq!(k.find(a + 39 * P).map(|x| x.start), Some(a));
-    assert!(k.find(a + 40 * P).is_none());
-    let r = k.remove(a).unwrap();
+    assert_eq!(
+        k.find(pagetable::VirtAddr::new_truncate(a + 39 * P))
+            .map(|x| x.start),
+        Some(a)
+    );
+    assert!(
+        k.find(pagetable::VirtAddr::new_truncate(a + 40 * P))
+            .is_none()
+    );
+    let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
     assert_eq!(crossed(&k), [0, 0, 0, 0]);
     k.free_lazy(r, 40);
     k.purge();
@@ -189,7 +199,7 @@ fn boundary_crossing_areas_purge_into_both_shards() {
 fn check_invariants_catches_corruption() {
     let k = new(sync_cfg(64, 2, 1024));
     let (s, e) = k.range();
-    let a = k.alloc(4 * P, P, s, e, None, info()).unwrap();
+    let a = k.alloc(4 * P, P, s, e, None, info()).unwrap().as_u64();
     k.check_invariants().unwrap();
     // Pretend the live area is also free.
     let i = k.inner.shards.index_of(a).unwrap();
@@ -241,8 +251,9 @@ fn remove_if_checks_under_the_lock_and_changes_nothing_on_refusal() {
     let k = new(sync_cfg(1024, 2, 64));
     let a = k
         .alloc(2 * P, P, BASE, BASE + 1024 * P, None, info())
+        .map(|a| a.as_u64())
         .unwrap();
-    let refused = k.remove_if(a, |area| {
+    let refused = k.remove_if(pagetable::VirtAddr::new_truncate(a), |area| {
         assert_eq!((area.start, area.end), (a, a + 2 * P));
         Err(crate::VmallocError::InvalidFlags {
             flags: area.info.flags,
@@ -253,20 +264,29 @@ fn remove_if_checks_under_the_lock_and_changes_nothing_on_refusal() {
         Err(crate::VmallocError::InvalidFlags { .. })
     ));
     assert_eq!(
-        k.find(a).map(|x| x.start),
+        k.find(pagetable::VirtAddr::new_truncate(a))
+            .map(|x| x.start),
         Some(a),
         "refusal removed the area"
     );
     assert!(matches!(
-        k.remove_if(a + P, |_| Ok::<(), KvaError>(())),
+        k.remove_if(pagetable::VirtAddr::new_truncate(a + P), |_| Ok::<
+            (),
+            KvaError,
+        >(())),
         Err(KvaError::NotStartOfArea { .. })
     ));
-    let r = k.remove_if(a, |_| Ok::<(), KvaError>(())).unwrap();
+    let r = k
+        .remove_if(pagetable::VirtAddr::new_truncate(a), |_| {
+            Ok::<(), KvaError>(())
+        })
+        .unwrap();
     assert_eq!((r.start(), r.end()), (a, a + 2 * P));
-    assert!(k.find(a).is_none());
+    assert!(k.find(pagetable::VirtAddr::new_truncate(a)).is_none());
     k.free_lazy(r, 1);
     assert_eq!(
-        k.remove_if(a, |_| Ok(())).err(),
+        k.remove_if(pagetable::VirtAddr::new_truncate(a), |_| Ok(()))
+            .err(),
         Some(KvaError::DoubleFree { addr: a })
     );
     k.check_invariants().unwrap();
@@ -277,8 +297,8 @@ fn lazy_frees_wait_in_the_cpu_batch_and_recycle_the_descriptor_at_once() {
     // Threshold far away: nothing is purged until asked.
     let k = new(sync_cfg(1024, 2, 512));
     let (s, e) = k.range();
-    let a = k.alloc(2 * P, P, s, e, None, info()).unwrap();
-    let r = k.remove(a).unwrap();
+    let a = k.alloc(2 * P, P, s, e, None, info()).unwrap().as_u64();
+    let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
     let desc = r.desc;
     k.free_lazy(r, 1);
     let cpu = cpu::this_cpu();
@@ -293,11 +313,14 @@ fn lazy_frees_wait_in_the_cpu_batch_and_recycle_the_descriptor_at_once() {
     assert_eq!((st.lazy_pages, st.pending, st.nr_busy), (2, 2 * P, 0));
     k.check_invariants().unwrap();
     // Pending, not free: freeing it again is a double free, and the range is not reused.
-    assert!(matches!(k.remove(a), Err(KvaError::DoubleFree { .. })));
-    let b = k.alloc(2 * P, P, s, e, None, info()).unwrap();
+    assert!(matches!(
+        k.remove(pagetable::VirtAddr::new_truncate(a)),
+        Err(KvaError::DoubleFree { .. })
+    ));
+    let b = k.alloc(2 * P, P, s, e, None, info()).unwrap().as_u64();
     assert_ne!(b, a);
     // The descriptor went straight back to this CPU: the next allocation reused it.
-    let rb = k.remove(b).unwrap();
+    let rb = k.remove(pagetable::VirtAddr::new_truncate(b)).unwrap();
     assert_eq!(rb.desc, desc);
     // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
     unsafe { k.free_unused(rb) };
@@ -319,11 +342,11 @@ fn a_full_cpu_batch_falls_back_to_the_shard_list() {
     assert_eq!(k.inner.lazy_cap, 3);
     let (s, e) = k.range();
     let areas: Vec<u64> = (0..5)
-        .map(|_| k.alloc(P, P, s, e, Some(0), info()).unwrap())
+        .map(|_| k.alloc(P, P, s, e, Some(0), info()).unwrap().as_u64())
         .collect();
     // Fill the batch without crossing the threshold: push directly, as free_lazy would.
     for &a in &areas[..3] {
-        let r = k.remove(a).unwrap();
+        let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
         let cell = k.inner.pcpu.cell(cpu::this_cpu());
         let mut slot = cell.lock();
         assert!(slot.push_lazy(r.area.start, r.area.end, 1));
@@ -334,13 +357,17 @@ fn a_full_cpu_batch_falls_back_to_the_shard_list() {
     }
     // The batch is full: this one goes to the shard's list, and crossing the threshold
     // purges both sources at once.
-    let r = k.remove(areas[3]).unwrap();
+    let r = k
+        .remove(pagetable::VirtAddr::new_truncate(areas[3]))
+        .unwrap();
     k.free_lazy(r, 1);
     let st = k.stats();
     assert_eq!(st.purges, 1, "{st:?}");
     assert_eq!((st.purged_areas, st.lazy_pages, st.pending), (4, 0, 0));
     k.check_invariants().unwrap();
-    let r = k.remove(areas[4]).unwrap();
+    let r = k
+        .remove(pagetable::VirtAddr::new_truncate(areas[4]))
+        .unwrap();
     k.free_lazy(r, 1);
     assert_eq!(k.stats().lazy_pages, 1);
     k.check_invariants().unwrap();
@@ -354,8 +381,8 @@ fn a_full_cpu_batch_falls_back_to_the_shard_list() {
 fn check_invariants_catches_a_wrong_batch_counter() {
     let k = new(sync_cfg(1024, 1, 512));
     let (s, e) = k.range();
-    let a = k.alloc(P, P, s, e, None, info()).unwrap();
-    let r = k.remove(a).unwrap();
+    let a = k.alloc(P, P, s, e, None, info()).unwrap().as_u64();
+    let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
     k.free_lazy(r, 1);
     let cell = k.inner.pcpu.cell(cpu::this_cpu());
     cell.lazy_pages.store(5, Ordering::Relaxed);

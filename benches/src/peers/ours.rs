@@ -76,11 +76,12 @@ impl SharedVaAllocator for KvaPeer {
         self.kva
             .alloc(size, align, self.start, self.end, None, info)
             .ok()
+            .map(pagetable::VirtAddr::as_u64)
     }
     fn free(&self, addr: u64, _size: u64, _align: u64) -> Result<(), PeerError> {
         let area = self
             .kva
-            .remove(addr)
+            .remove(pagetable::VirtAddr::new_truncate(addr))
             .map_err(|_| PeerError::UnknownAllocation { addr })?;
         self.kva.free_lazy(area, 0);
         Ok(())
