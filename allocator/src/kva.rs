@@ -52,84 +52,145 @@ use pagetable::platform::{DefaultPlatform, Platform};
 
 use pagetable::{PAGE_SIZE, TlbFlush, VirtAddr};
 
-use crate::kva::area::{AreaInfo, Desc, RemovedArea, VmArea};
+use crate::kva::allocate::Reclaim;
+use crate::kva::area::DescPool;
+use crate::kva::area::{AreaInfo, RemovedArea, VmArea};
 use crate::kva::config::{KvaConfig, PurgeMode, Resolved};
 use crate::kva::deferred::{Deferred, Notifiers};
-use crate::kva::free_tree::{FreeTree, MaxSize};
-use crate::kva::pcpu::{Pcpu, Slot};
-use crate::kva::purge::{PurgeCounters, PurgeReport};
+use crate::kva::pcpu::Pcpu;
+use crate::kva::purge::{PurgeReport, PurgeState};
+#[cfg(feature = "std")]
+use crate::kva::purge::Work;
 use crate::kva::shard::ShardSet;
 #[cfg(feature = "std")]
-use crate::kva::workers::Sched;
+use crate::kva::workers::{Sched, WorkerHost};
 use alloc::sync::Arc;
 
 #[cfg(feature = "std")]
 use crate::sync::thread;
-use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
 pub use crate::kva::deferred::NotifierId;
 pub use crate::kva::error::KvaError;
 pub use crate::kva::inspect::KvaStats;
 pub use crate::kva::pcpu::MAX_CLASS_PAGES;
 
-/// Rounds of "notifiers freed something, retry" before an allocation gives up.
-const MAX_NOTIFIER_ROUNDS: usize = 8;
-
-/// Largest capacity of a CPU slot's lazy batch, in areas.
+/// Largest capacity of a CPU slot's lazy batch, in areas: a slot's batch holds what one CPU
+/// frees between two purges (at most about `lazy_max_pages` areas of two pages) with room for
+/// a lagging purge, and 16 bytes per entry, reserved per CPU and touched only when used, cap
+/// it at 256 KiB per CPU on large thresholds (past it `free_lazy` falls back to the shard's
+/// lock-free list, which has no bound).
 const LAZY_BATCH_MAX: usize = 1 << 14;
 
 /// Source of allocator ids (tokens carry their allocator's id). A plain core atomic: ids only
 /// need to be unique, nothing is ordered by them, so loom need not see it.
 static NEXT_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
-/// State shared by the allocator's handle and its purge workers.
-pub(crate) struct Inner<P: Platform> {
-    pub(crate) id: u64,
-    pub(crate) cfg: Resolved,
-    pub(crate) shards: ShardSet<P>,
-    pub(crate) pcpu: Pcpu<P>,
-    pub(crate) pool: crate::kva::area::DescPool<P>,
-    /// The TLB shootdown hook (std `Arc`: an immutable shared hook, not a sync primitive).
-    pub(crate) flush: Arc<dyn TlbFlush>,
-    /// CPU slot -> home shard.
-    pub(crate) home: Box<[usize]>,
-    /// Shard -> the CPU slots whose home it is.
-    pub(crate) shard_cpus: Box<[Box<[usize]>]>,
+/// Which CPU slots call which shard home (immutable after construction).
+#[derive(Debug)]
+struct Topology {
     /// CPU slots this instance is built for (`KvaConfig::nr_cpus`); a thread of CPU id `c`
     /// uses slot `c % nr_cpus`.
-    pub(crate) nr_cpus: usize,
-    /// A lazy counter (a shard's list or a CPU slot's batch) crossing a multiple of
-    /// `1 << lazy_step_shift` pages triggers a global backlog check. The step is at most
-    /// `lazy_max_pages / (4 * counters)`, so the pages freed since the last check, summed
-    /// over every counter, stay below a quarter of the threshold (see `lazy_step_shift`).
-    pub(crate) lazy_step_shift: u32,
-    /// Allocation-failure reclaims in progress (`Inner::reclaim_then`): while non-zero, a
-    /// per-CPU cache refill carves one chunk, not a batch, so that free space drained out of
-    /// the caches is not locked up in another CPU's cache before the failing allocation has
-    /// searched the trees again.
-    pub(crate) reclaiming: AtomicUsize,
-    /// Pages a purge has detached and not merged back yet (Linux counts them in
-    /// `vmap_lazy_nr` until each area is merged): the purge's `cond_resched_lock` rule looks
-    /// at these plus the waiting backlog, as the seed does.
-    pub(crate) merging: AtomicUsize,
-    /// Serialises purgers (Linux's `vmap_purge_lock`).
-    pub(crate) purge_lock: Mutex<P, ()>,
-    /// Kick-triggered purge state, `KICK_RUNNING | KICK_AGAIN` (see `Inner::try_purge`).
-    pub(crate) kick_state: AtomicUsize,
-    pub(crate) pstats: PurgeCounters,
+    nr_cpus: usize,
+    /// CPU slot -> home shard.
+    home: Box<[usize]>,
+    /// Shard -> the CPU slots whose home it is.
+    shard_cpus: Box<[Box<[usize]>]>,
+}
+
+impl Topology {
+    /// `nr_cpus` slots spread evenly over `nr_shards` shards.
+    fn new(nr_cpus: usize, nr_shards: usize) -> Self {
+        let home: Box<[usize]> = (0..nr_cpus).map(|c| c * nr_shards / nr_cpus).collect();
+        let shard_cpus = (0..nr_shards)
+            .map(|s| (0..nr_cpus).filter(|&c| home[c] == s).collect())
+            .collect();
+        Self {
+            nr_cpus,
+            home,
+            shard_cpus,
+        }
+    }
+
+    /// The home shard of CPU id `cpu` (modulo the slot count).
+    #[inline]
+    fn home_of(&self, cpu: usize) -> usize {
+        match self.home.get(cpu) {
+            Some(&h) => h,
+            None => self.home[cpu % self.home.len()],
+        }
+    }
+
+    /// The CPU slots whose home is shard `s`.
+    #[inline]
+    fn cpus_of(&self, s: usize) -> &[usize] {
+        &self.shard_cpus[s]
+    }
+}
+
+/// Who runs the background work: the std purge workers, or the host's [`PurgeWork`] hook, or
+/// nobody (the triggering thread runs it).
+struct Background {
     /// Purge workers' shared state (std threads; `None` in [`PurgeMode::Synchronous`] or
-    /// when the host runs the work through a [`PurgeWork`] hook).
+    /// when the host runs the work through a hook).
     #[cfg(feature = "std")]
-    pub(crate) sched: Option<Sched>,
+    sched: Option<Sched<Work>>,
     /// The host's "run the purge work soon" hook, if it gave one.
-    pub(crate) work: Option<Arc<dyn PurgeWork>>,
-    pub(crate) deferred: Deferred<P>,
-    pub(crate) notifiers: Notifiers<P>,
-    /// Capacity of a CPU slot's lazy batch (areas).
-    pub(crate) lazy_cap: usize,
-    /// Empty arrays the purger swaps for the slots' lazy batches (used only under
-    /// `purge_lock`; a mutex only to be `Sync`, never contended).
-    pub(crate) lazy_spares: Mutex<P, Vec<Vec<(u64, u64)>>>,
+    work: Option<Arc<dyn PurgeWork>>,
+}
+
+impl Background {
+    /// Hand a kicked purge to a worker or the hook; `false` if nobody takes it (the caller
+    /// purges itself).
+    fn schedule_purge(&self) -> bool {
+        if let Some(w) = &self.work {
+            w.schedule_purge();
+            return true;
+        }
+        #[cfg(feature = "std")]
+        if let Some(s) = &self.sched {
+            s.request_purge();
+            return true;
+        }
+        false
+    }
+
+    /// Ask for the deferred frees to be run soon (nothing if nobody runs them: the next
+    /// allocation or purge will).
+    fn schedule_deferred(&self) {
+        if let Some(w) = &self.work {
+            w.schedule_deferred();
+        } else {
+            #[cfg(feature = "std")]
+            if let Some(s) = &self.sched {
+                s.kick_deferred();
+            }
+        }
+    }
+}
+
+/// State shared by the allocator's handle and its purge workers: immutable configuration and
+/// the parts, each owned by its module (its fields are that module's business, the others
+/// use its methods): the shards and their trees (`shard`), the per-CPU caches and lazy
+/// batches (`pcpu`), the descriptor slab (`area`), the purge's lock, kick state, counters and
+/// spares (`purge`), the reclaim announcement (`alloc`), the deferred frees and notifiers
+/// (`deferred`), the background workers or hook (this module).
+pub(crate) struct Inner<P: Platform> {
+    id: u64,
+    cfg: Resolved,
+    topo: Topology,
+    /// The TLB shootdown hook.
+    flush: Arc<dyn TlbFlush>,
+    shards: ShardSet<P>,
+    pcpu: Pcpu<P>,
+    pool: DescPool<P>,
+    /// A lazy counter (a shard's list or a CPU slot's batch) crossing a multiple of
+    /// `1 << lazy_step_shift` pages triggers a global backlog check (see [`lazy_step_shift`]).
+    lazy_step_shift: u32,
+    reclaim: Reclaim,
+    purge: PurgeState<P>,
+    deferred: Deferred<P>,
+    notifiers: Notifiers<P>,
+    background: Background,
 }
 
 /// "Run the purge work soon": how a host without threads (a kernel) gets the allocator's
@@ -192,43 +253,29 @@ impl<P: Platform> Kva<P> {
         let nr_cpus = cfg.nr_cpus.max(1);
         let shards = ShardSet::new(cfg.start, cfg.end, cfg.shards, cfg.shard_size);
         let nr = shards.len();
-        let home: Box<[usize]> = (0..nr_cpus).map(|c| c * nr / nr_cpus).collect();
-        let shard_cpus = (0..nr)
-            .map(|s| (0..nr_cpus).filter(|&c| home[c] == s).collect())
-            .collect();
-        // A slot's lazy batch holds what one CPU frees between two purges (at most about
-        // `lazy_max_pages` areas of two pages) with room for a lagging purge; past that,
-        // `free_lazy` falls back to the shard lists. Bounded so that large machines do not
-        // reserve megabytes per CPU (16 bytes per entry, touched only when used).
         let lazy_cap = cfg.lazy_max_pages.clamp(1, LAZY_BATCH_MAX);
         let pcpu = Pcpu::new(nr_cpus, cfg.pcpu_cache, cfg.shard_size, lazy_cap);
-        #[cfg(feature = "std")]
-        let sched = (cfg.purge_mode != PurgeMode::Synchronous && work.is_none()).then(Sched::new);
+        let background = Background {
+            #[cfg(feature = "std")]
+            sched: (cfg.purge_mode != PurgeMode::Synchronous && work.is_none()).then(Sched::new),
+            work,
+        };
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
-            nr_cpus,
+            topo: Topology::new(nr_cpus, nr),
             lazy_step_shift: lazy_step_shift(
                 cfg.lazy_max_pages,
                 nr + if cfg.pcpu_cache { nr_cpus } else { 0 },
             ),
-            reclaiming: AtomicUsize::new(0),
-            merging: AtomicUsize::new(0),
+            reclaim: Reclaim::default(),
             shards,
             pcpu,
-            pool: crate::kva::area::DescPool::new(),
+            pool: DescPool::new(),
             flush,
-            home,
-            shard_cpus,
-            purge_lock: Mutex::<P, _>::new(()),
-            kick_state: AtomicUsize::new(0),
-            pstats: PurgeCounters::default(),
-            #[cfg(feature = "std")]
-            sched,
-            work,
+            purge: PurgeState::new(lazy_cap),
             deferred: Deferred::new(nr_cpus),
             notifiers: Notifiers::new(),
-            lazy_cap,
-            lazy_spares: Mutex::<P, _>::new(Vec::new()),
+            background,
             cfg,
         });
         #[cfg(feature = "std")]
@@ -237,7 +284,7 @@ impl<P: Platform> Kva<P> {
                 inner,
                 workers: Vec::new(),
             };
-            if kva.inner.sched.is_some() {
+            if kva.inner.background.sched.is_some() {
                 for i in 0..kva.inner.cfg.purge_workers {
                     match spawn_worker(&kva.inner, i) {
                         Ok(h) => kva.workers.push(h),
@@ -476,7 +523,7 @@ impl<P: Platform> Kva<P> {
     /// Number of CPU slots the allocator was built for ([`KvaConfig::nr_cpus`] resolved): a
     /// thread of CPU id `c` (`Platform::this_cpu()`) uses slot `c % nr_cpus()`.
     pub fn nr_cpus(&self) -> usize {
-        self.inner.nr_cpus
+        self.inner.topo.nr_cpus
     }
 
     /// The purge scheduling mode.
@@ -502,7 +549,7 @@ impl<P: Platform> Kva<P> {
 #[cfg(feature = "std")]
 impl<P: Platform> Drop for Kva<P> {
     fn drop(&mut self) {
-        if let Some(sched) = &self.inner.sched {
+        if let Some(sched) = &self.inner.background.sched {
             sched.shutdown();
         }
         for w in self.workers.drain(..) {
@@ -510,12 +557,6 @@ impl<P: Platform> Drop for Kva<P> {
             let _ = w.join();
         }
     }
-}
-
-/// `x` rounded up to `align` (a power of two), `None` on overflow.
-#[inline]
-fn align_up(x: u64, align: u64) -> Option<u64> {
-    Some(x.checked_add(align - 1)? & !(align - 1))
 }
 
 /// The lazy trigger's step (log2) for `counters` lazy counters: the largest power of two
@@ -541,410 +582,64 @@ fn spawn_worker<P: Platform>(
     {
         thread::Builder::new()
             .name(format!("vmalloc-purge/{i}"))
-            .spawn(move || workers::worker_main(&inner, i))
+            .spawn(move || crate::kva::workers::worker_main(&*inner, i))
             .map_err(drop)
     }
     #[cfg(feature = "loom")]
     {
-        Ok(thread::spawn(move || workers::worker_main(&inner, i)))
+        Ok(thread::spawn(move || {
+            crate::kva::workers::worker_main(&*inner, i)
+        }))
+    }
+}
+
+#[cfg(feature = "std")]
+impl<P: Platform> WorkerHost for Inner<P> {
+    type Item = Work;
+
+    fn sched(&self) -> Option<&Sched<Work>> {
+        self.background.sched.as_ref()
+    }
+
+    fn merge_item(&self, item: Work) -> usize {
+        self.merge(item)
+    }
+
+    fn purge_kicked(&self) {
+        let _ = self.try_purge();
+    }
+
+    fn run_deferred(&self) {
+        self.drain_deferred();
     }
 }
 
 impl<P: Platform> Inner<P> {
-    /// Check a request; returns the effective alignment and window.
-    fn check_request(
-        &self,
-        size: u64,
-        align: u64,
-        vstart: u64,
-        vend: u64,
-    ) -> Result<(u64, u64, u64), KvaError> {
-        if size == 0 || size % PAGE_SIZE != 0 {
-            return Err(KvaError::InvalidSize { size });
-        }
-        if !align.is_power_of_two() {
-            return Err(KvaError::InvalidAlign { align });
-        }
-        let align = align.max(PAGE_SIZE);
-        if vstart >= vend {
-            return Err(KvaError::InvalidRange {
-                start: vstart,
-                end: vend,
-            });
-        }
-        let lo = align_up(vstart.max(self.cfg.start), PAGE_SIZE).unwrap_or(u64::MAX);
-        let hi = vend.min(self.cfg.end) & !(PAGE_SIZE - 1);
-        if lo >= hi {
-            return Err(KvaError::InvalidRange {
-                start: vstart,
-                end: vend,
-            });
-        }
-        if size > hi - lo {
-            return Err(KvaError::NoSpace {
-                size,
-                align,
-                start: lo,
-                end: hi,
-            });
-        }
-        Ok((align, lo, hi))
-    }
-
-    #[inline]
-    fn home_of(&self, cpu: usize) -> usize {
-        match self.home.get(cpu) {
-            Some(&h) => h,
-            None => self.home[cpu % self.home.len()],
+    /// `vfree_atomic`: queue `addr`, scheduling a drain when the CPU's list was empty.
+    pub(crate) fn defer(&self, addr: u64) {
+        if self.deferred.defer(addr) {
+            self.background.schedule_deferred();
         }
     }
 
-    pub(crate) fn alloc(
-        &self,
-        size: u64,
-        align: u64,
-        vstart: u64,
-        vend: u64,
-        node: Option<usize>,
-        info: AreaInfo,
-    ) -> Result<u64, KvaError> {
-        let (align, lo, hi) = self.check_request(size, align, vstart, vend)?;
-        if self.cfg.purge_mode == PurgeMode::Synchronous && self.deferred.pending() {
-            self.drain_deferred();
-        }
-        let cpu = P::this_cpu();
-        if let Some((addr, desc)) = self.find_space(cpu, size, align, lo, hi, node) {
-            return self.publish(cpu, addr, size, desc, info);
-        }
-        // No space: everything deferred, lazy or cached goes back to the trees and the search
-        // is repeated, all under the purge lock (see `reclaim_then`); then the notifiers,
-        // retrying while they free something.
-        let mut rounds = 0;
-        loop {
-            let cpu = P::this_cpu();
-            if let Some((addr, desc)) =
-                self.reclaim_then(|| self.find_space(cpu, size, align, lo, hi, node))
-            {
-                return self.publish(cpu, addr, size, desc, info);
+    /// Run every queued deferred free (default handler: `remove` + `free_lazy` of the whole
+    /// area, no unmapping); returns how many ran.
+    pub(crate) fn drain_deferred(&self) -> usize {
+        self.deferred.drain(|addr| {
+            if let Ok(area) = self.remove(addr) {
+                let pages = (area.size() / PAGE_SIZE) as usize;
+                self.free_lazy(area, pages);
             }
-            if rounds < MAX_NOTIFIER_ROUNDS && self.notifiers.call(size) > 0 {
-                rounds += 1;
-                continue;
-            }
-            return Err(KvaError::NoSpace {
-                size,
-                align,
-                start: lo,
-                end: hi,
-            });
-        }
+        })
     }
 
-    /// Find free VA for a request and a descriptor for it (nothing published yet).
-    fn find_space(
-        &self,
-        cpu: usize,
-        size: u64,
-        align: u64,
-        lo: u64,
-        hi: u64,
-        node: Option<usize>,
-    ) -> Option<(u64, Desc)> {
-        let cpu_home = self.home_of(cpu);
-        let home = node.map_or(cpu_home, |n| n % self.shards.len());
-        if let Some(class) = pcpu::class_of(size, align) {
-            let sh = self.shards.get(home);
-            if home == cpu_home && self.pcpu.enabled() && lo <= sh.base && sh.end <= hi {
-                let mut slot = self.pcpu.lock(cpu);
-                let chunk = match slot.pop(class) {
-                    Some(c) => Some(c),
-                    None => self.refill(&mut slot, home, class),
-                };
-                if let Some(c) = chunk {
-                    let d = slot.descs.get(&self.pool);
-                    return Some((c, d));
-                }
-            }
-        }
-        let addr = self.search_trees(home, size, align, lo, hi)?;
-        let d = self.pcpu.lock(cpu).descs.get(&self.pool);
-        Some((addr, d))
-    }
-
-    /// Refill class `class` of `slot` from shard `shard` with one batch carved in one go;
-    /// returns one chunk for the caller.
-    fn refill(
-        &self,
-        slot: &mut MutexGuard<'_, P, Slot>,
-        shard: usize,
-        class: usize,
-    ) -> Option<u64> {
-        let bytes = pcpu::class_bytes(class);
-        // While an allocation-failure reclaim runs, carve only what this allocation takes
-        // (see `reclaim_then`). `Relaxed` suffices: the reclaimer raises the count before it
-        // locks each slot to drain it, so a refill that takes this slot's lock after that
-        // drain sees the count through the lock's hand-over.
-        let batch = if self.reclaiming.load(Ordering::Relaxed) != 0 {
-            1
-        } else {
-            self.pcpu.batch(class).max(1)
-        };
-        let s = self.shards.get(shard);
-        let mut tree = s.free.lock();
-        if batch > 1 {
-            if let Some(a) = tree.alloc(bytes * batch as u64, PAGE_SIZE, s.base, s.end) {
-                // Pushed highest first, so the stack hands the chunks out in ascending
-                // order: consecutive allocations (and their frees) are adjacent, and the
-                // purge merges a CPU's whole batch of frees as one run.
-                for k in (1..batch as u64).rev() {
-                    let c = a + k * bytes;
-                    if !slot.push(class, c) {
-                        // Cannot happen (the class was empty and holds 2 * batch), but never
-                        // lose VA: give the chunk back to the tree.
-                        let _ = tree.insert_merge(c, c + bytes);
-                    }
-                }
-                return Some(a);
-            }
-        }
-        tree.alloc(bytes, PAGE_SIZE, s.base, s.end)
-    }
-
-    /// A fit in the home shard, then in the other shards of the window, then across shard
-    /// boundaries. Every shard is first tried with the O(log n) search (`alloc_quick`); only
-    /// for alignments where that search may miss (above a page) and when nothing was found
-    /// anywhere does a second pass pay for the exact walk (`alloc_fast`), so one nearly full
-    /// shard does not cost an O(n) walk while another shard has room.
-    fn search_trees(&self, home: usize, size: u64, align: u64, lo: u64, hi: u64) -> Option<u64> {
-        let (first, last) = self.shards.window(lo, hi);
-        let home_in = (first..=last).contains(&home);
-        let passes: &[bool] = if FreeTree::<MaxSize>::quick_is_exact(align) {
-            &[true]
-        } else {
-            &[true, false]
-        };
-        for (pass, &quick) in passes.iter().enumerate() {
-            if home_in {
-                if let Some(a) = self.shards.alloc_in(home, size, align, lo, hi, quick) {
-                    return Some(a);
-                }
-            }
-            for i in first..=last {
-                if home_in && i == home {
-                    continue;
-                }
-                if let Some(a) = self.shards.alloc_in(i, size, align, lo, hi, quick) {
-                    return Some(a);
-                }
-            }
-            if pass == 0 {
-                if let Some(a) = self.shards.alloc_spanning(size, align, lo, hi) {
-                    return Some(a);
-                }
-            }
-        }
-        None
-    }
-
-    /// Fill the descriptor and insert it into the busy tree of the shard of `addr`.
-    fn publish(
-        &self,
-        cpu: usize,
-        addr: u64,
-        size: u64,
-        desc: Desc,
-        info: AreaInfo,
-    ) -> Result<u64, KvaError> {
-        let end = addr + size;
-        // SAFETY: `desc` was just taken from a free list: this thread owns it.
-        unsafe { desc.write(addr, end, info) };
-        let Some(i) = self.shards.index_of(addr).filter(|_| end <= self.cfg.end) else {
-            // Unreachable: the space came from our trees. Keep the descriptor, lose nothing.
-            // SAFETY: still ours.
-            unsafe { self.pcpu.lock(cpu).descs.put(&self.pool, desc) };
-            return Err(KvaError::InvalidRange { start: addr, end });
-        };
-        let shard = self.shards.get(i);
-        let inserted = {
-            let mut busy = shard.busy.lock();
-            let r = busy.tree.insert(addr, end, desc);
-            if r.is_ok() {
-                busy.bytes += size;
-            }
-            r
-        };
-        match inserted {
-            Ok(()) => {
-                if end > shard.end {
-                    self.shards.account_crossing(addr, end, true);
-                }
-                Ok(addr)
-            }
-            Err(_) => {
-                // Only an exhausted node arena can get here (the range was free): undo.
-                self.shards.free_range(addr, end);
-                // SAFETY: the insertion failed, so the descriptor is still ours.
-                unsafe { self.pcpu.lock(cpu).descs.put(&self.pool, desc) };
-                Err(KvaError::NoSpace {
-                    size,
-                    align: PAGE_SIZE,
-                    start: addr,
-                    end,
-                })
-            }
-        }
-    }
-
-    /// The allocation-failure path (Linux's `reclaim_and_purge_vmap_areas`, then the retry):
-    /// make every free byte visible to a tree search, then run `search` before anything can
-    /// hide it again. In order:
-    ///
-    /// 1. announce the reclaim (`reclaiming`): from the moment each CPU slot is drained
-    ///    below, its refills carve single chunks, not batches;
-    /// 2. run the deferred frees queued so far and wait for drains in flight (a worker may
-    ///    have just taken some), as [`Kva::purge`] does, so that `vfree_atomic`s made before
-    ///    the failure are lazy areas by now;
-    /// 3. take the purge lock (waiting for a purge in progress: its areas are merged when it
-    ///    returns), purge everything lazy into the TREES (no per-CPU cache refill), then
-    ///    drain every CPU's cache into the trees, still under the purge lock, so that no
-    ///    purge can push areas into some other CPU's cache between the drain and the search
-    ///    (Linux 6.9 drains its node pools inside `__purge_vmap_area_lazy`, under
-    ///    `vmap_purge_lock`, for the same reason);
-    /// 4. run `search` under the purge lock (lock order purge -> slot -> shard free).
-    ///
-    /// So an allocation fails only if, at that point, no free space that fits exists in any
-    /// tree, any CPU's cache or any lazy list or batch: space taken by concurrent
-    /// allocations (single chunks while the reclaim runs) and areas freed after the purge
-    /// are the only ones it cannot see.
-    pub(crate) fn reclaim_then<R>(&self, search: impl FnOnce() -> Option<R>) -> Option<R> {
-        struct Reclaiming<'a>(&'a AtomicUsize);
-        impl Drop for Reclaiming<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        self.reclaiming.fetch_add(1, Ordering::Relaxed);
-        let _announced = Reclaiming(&self.reclaiming);
-        self.drain_deferred();
-        self.wait_for_drains();
-        let guard = self.purge_lock.lock();
-        self.purge_locked(&guard, false, None);
-        self.drain_caches();
-        let found = search();
-        drop(guard);
-        found
-    }
-
-    /// Move every per-CPU cached chunk back into the trees.
-    pub(crate) fn drain_caches(&self) {
-        if !self.pcpu.enabled() {
-            return;
-        }
-        let mut chunks = Vec::new();
-        for c in 0..self.pcpu.len() {
-            self.pcpu.lock(c).drain(|a, b| chunks.push((a, b)));
-        }
-        for (a, b) in chunks {
-            self.shards.free_range(a, b);
-        }
-    }
-
-    pub(crate) fn alloc_at(&self, start: u64, end: u64, info: AreaInfo) -> Result<(), KvaError> {
-        let bad = KvaError::InvalidRange { start, end };
-        if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
-            return Err(bad);
-        }
-        if start < self.cfg.start || end > self.cfg.end {
-            return Err(bad);
-        }
-        let taken = self.shards.alloc_exact(start, end)
-            || self
-                .reclaim_then(|| self.shards.alloc_exact(start, end).then_some(()))
-                .is_some();
-        if !taken {
-            return Err(KvaError::NoSpace {
-                size: end - start,
-                align: PAGE_SIZE,
-                start,
-                end,
-            });
-        }
-        let cpu = P::this_cpu();
-        let desc = self.pcpu.lock(cpu).descs.get(&self.pool);
-        self.publish(cpu, start, end - start, desc, info).map(drop)
-    }
-
-    pub(crate) fn find(&self, addr: u64) -> Option<VmArea> {
-        let i = self.shards.index_of(addr)?;
-        self.find_in(i, addr)
-            .or_else(|| self.find_spanning(i, addr))
-    }
-
-    /// The area containing `addr` among those starting in shard `i`.
-    fn find_in(&self, i: usize, addr: u64) -> Option<VmArea> {
-        let busy = self.shards.get(i).busy.lock();
-        let (_, _, d) = busy.tree.find_containing(addr)?;
-        // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
-        Some(unsafe { d.read() })
-    }
-
-    /// The area containing `addr` that starts in a shard below `i`: only an area crossing
-    /// into shard `i` can, and it crosses into every shard between its own and `i`, so the
-    /// walk down stops at the first shard nothing crosses into (`Shard::crossed_in`). The
-    /// cost is bounded by the span of the crossing areas, not by the shard count.
-    fn find_spanning(&self, i: usize, addr: u64) -> Option<VmArea> {
-        let mut k = i;
-        while k > 0 && self.shards.get(k).crossed_in.load(Ordering::Relaxed) != 0 {
-            k -= 1;
-            if let Some(a) = self.find_in(k, addr) {
-                return Some(a);
-            }
-        }
-        None
-    }
-
-    /// Every live area overlapping `[start, end)`, ascending: the one containing `start` if
-    /// it starts in a lower shard, then each shard of the window's busy tree from its first
-    /// overlapping area (`BusyTree::iter_overlapping`). O(window shards + k log n) for k
-    /// areas found; no snapshot of the whole busy set.
-    pub(crate) fn busy_overlapping(&self, start: u64, end: u64) -> Vec<VmArea> {
-        let mut out = Vec::new();
-        let lo = start.max(self.cfg.start);
-        let hi = end.min(self.cfg.end);
-        if lo >= hi {
-            return out;
-        }
-        let (first, last) = self.shards.window(lo, hi);
-        if let Some(a) = self.find_spanning(first, lo) {
-            out.push(a);
-        }
-        for k in first..=last {
-            let busy = self.shards.get(k).busy.lock();
-            out.extend(busy.tree.iter_overlapping(lo, hi).map(|(_, _, d)| {
-                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
-                unsafe { d.read() }
-            }));
-        }
-        out
-    }
-
-    pub(crate) fn set_info(
-        &self,
-        start: u64,
-        f: impl FnOnce(&mut AreaInfo),
-    ) -> Result<(), KvaError> {
-        if let Some(i) = self.shards.index_of(start) {
-            let busy = self.shards.get(i).busy.lock();
-            if let Some((_, _, d)) = busy.tree.get(start) {
-                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
-                unsafe { d.update_info(f) };
-                return Ok(());
-            }
-        }
-        Err(self.miss_error(start, false))
+    /// Wait for the deferred drains in flight (see the `deferred` module).
+    pub(crate) fn wait_for_drains(&self) {
+        self.deferred.wait_for_drains();
     }
 }
 
+mod allocate;
 pub(crate) mod area;
 pub mod busy;
 pub(crate) mod config;

@@ -44,10 +44,8 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use crossbeam_utils::CachePadded;
-use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
-use crate::kva::Inner;
 use crate::kva::llist::{Intrusive, LlistHead, LlistNode};
 use crate::sync::{AtomicBool, Mutex, Ordering};
 
@@ -245,26 +243,21 @@ impl<P: Platform> Notifiers<P> {
     }
 }
 
-impl<P: Platform> Inner<P> {
-    pub(crate) fn defer(&self, addr: u64) {
-        let was_empty = self.deferred.push(P::this_cpu(), addr);
-        if was_empty {
-            if let Some(w) = &self.work {
-                w.schedule_deferred();
-                return;
-            }
-            #[cfg(feature = "std")]
-            if let Some(s) = &self.sched {
-                s.kick_deferred();
-            }
-        }
+impl<P: Platform> Deferred<P> {
+    /// Queue `addr` on the calling CPU's list; `true` if that list was empty (the caller
+    /// should schedule a drain).
+    pub(crate) fn defer(&self, addr: u64) -> bool {
+        self.push(P::this_cpu(), addr)
     }
 
-    /// Run every queued deferred free; returns how many ran.
-    pub(crate) fn drain_deferred(&self) -> usize {
+    /// Run every queued deferred free: the installed handler per address, or `default` when
+    /// none is installed; returns how many ran. The lists are taken and the drain counted in
+    /// flight in one critical section (see the module documentation); the handlers run
+    /// unlocked.
+    pub(crate) fn drain(&self, default: impl Fn(u64)) -> usize {
         let addrs = {
-            let mut drains = self.deferred.drains.lock();
-            let addrs = self.deferred.take_all();
+            let mut drains = self.drains.lock();
+            let addrs = self.take_all();
             if addrs.is_empty() {
                 return 0;
             }
@@ -279,30 +272,25 @@ impl<P: Platform> Inner<P> {
                 *self.0.drains.lock() -= 1;
             }
         }
-        self.deferred.add_depth(1);
-        let _in_flight = InFlight(&self.deferred);
-        let handler = self.deferred.handler.lock().clone();
+        self.add_depth(1);
+        let _in_flight = InFlight(self);
+        let handler = self.handler.lock().clone();
         for &addr in &addrs {
             match &handler {
                 Some(h) => h(addr),
-                None => {
-                    if let Ok(area) = self.remove(addr) {
-                        let pages = (area.size() / PAGE_SIZE) as usize;
-                        self.free_lazy(area, pages);
-                    }
-                }
+                None => default(addr),
             }
         }
         addrs.len()
     }
 
     /// Wait until every drain that had taken deferred frees has run them (see the module
-    /// documentation); returns at once on a thread that is itself inside a drain.
+    /// documentation); returns at once for a caller that is itself inside a drain.
     pub(crate) fn wait_for_drains(&self) {
-        if self.deferred.in_drain() {
+        if self.in_drain() {
             return;
         }
-        while *self.deferred.drains.lock() > 0 {
+        while *self.drains.lock() > 0 {
             P::cond_resched();
             P::cpu_relax();
         }

@@ -26,7 +26,6 @@ use super::Inner;
 use crate::kva::area::{Desc, RemovedArea, VmArea};
 use crate::kva::config::PurgeMode;
 use crate::kva::error::KvaError;
-use crate::sync::Ordering;
 
 impl<P: Platform> Inner<P> {
     /// Why `addr` is not the start of a live area.
@@ -57,26 +56,23 @@ impl<P: Platform> Inner<P> {
     /// bounded by the lazy backlog (at most about `lazy_max_pages * 5 / 4` areas, see
     /// `kva::lazy_step_shift`) plus one atomic load per slot.
     fn lazy_holds(&self, i: usize, addr: u64) -> bool {
-        let _purging = self.purge_lock.lock();
+        let _purging = self.purge.lock();
         let batched = (0..self.pcpu.len()).any(|c| {
             let cell = self.pcpu.cell(c);
-            cell.lazy_pages.load(Ordering::Relaxed) != 0
-                && cell.lock().lazy().iter().any(|r| r.0 == addr)
+            cell.lazy_pages() != 0 && cell.lock().lazy().iter().any(|r| r.0 == addr)
         });
         if batched {
             return true;
         }
-        let lazy = &self.shards.get(i).lazy.head;
-        let chain = lazy.del_all();
-        let found = chain.iter().any(|n| {
-            // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the detached
-            // chain we hold.
-            let d = unsafe { Desc::from_node(n) };
-            // SAFETY: as above: the chain (us) owns the descriptor.
-            unsafe { d.read() }.start == addr
-        });
-        lazy.add_chain(chain);
-        found
+        self.shards.get(i).peek_lazy(|chain| {
+            chain.iter().any(|n| {
+                // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the
+                // detached chain (we hold the purge lock: no purger holds one).
+                let d = unsafe { Desc::from_node(n) };
+                // SAFETY: as above: the chain owns the descriptor.
+                unsafe { d.read() }.start == addr
+            })
+        })
     }
 
     pub(crate) fn remove(&self, addr: u64) -> Result<RemovedArea, KvaError> {
@@ -93,25 +89,21 @@ impl<P: Platform> Inner<P> {
         };
         let shard = self.shards.get(i);
         let removed = {
-            let mut busy = shard.busy.lock();
+            let mut busy = shard.lock_busy();
             let mut seen = None;
-            let r = busy.tree.remove_checked(addr, |_, _, desc| {
+            let r = busy.remove_checked(addr, |_, _, desc| {
                 // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
                 let area = unsafe { desc.read() };
                 let ok = check(&area);
                 seen = Some(area);
                 ok
             })?;
-            if let Some((s, e, _)) = r {
-                busy.bytes -= e - s;
-                busy.removed += e - s;
-            }
             r.zip(seen)
         };
         let Some(((_, _, desc), area)) = removed else {
             return Err(self.miss_error(addr, true).into());
         };
-        if area.end > shard.end {
+        if area.end > shard.end() {
             self.shards.account_crossing(area.start, area.end, false);
         }
         // The descriptor was removed from the busy tree under its lock: it is ours now, and
@@ -129,7 +121,7 @@ impl<P: Platform> Inner<P> {
     fn owns(&self, area: &RemovedArea) -> bool {
         let ok = area.owner == self.id;
         if !ok {
-            self.pstats.foreign_tokens.fetch_add(1, Ordering::Relaxed);
+            self.purge.count_foreign_token();
         }
         ok
     }
@@ -152,28 +144,22 @@ impl<P: Platform> Inner<P> {
             // cache for the next allocation.
             let cell = self.pcpu.cell(P::this_cpu());
             let mut slot = cell.lock();
-            if slot.push_lazy(area.area.start, area.area.end, unmapped_pages) {
-                // Load + store under the slot lock, which every writer of the counter holds.
-                let old = cell.lazy_pages.load(Ordering::Relaxed);
-                cell.lazy_pages.store(old + pages, Ordering::Relaxed);
+            let (start, end) = (area.area.start, area.area.end);
+            if let Some(old) = cell.record_lazy(&mut slot, start, end, pages, unmapped_pages) {
                 // SAFETY: the token owned the descriptor; its range is recorded above, so
                 // nothing refers to it any more.
-                unsafe { slot.descs.put(&self.pool, area.desc) };
+                unsafe { slot.put_desc(&self.pool, area.desc) };
                 drop(slot);
                 self.lazy_added(old, pages);
                 return;
             }
         }
-        let lazy = &self.shards.get(i).lazy;
-        // Counter first, then the push: the counter never lags behind the list, so the
-        // purger's subtraction can never underflow it.
-        let old = lazy.pages.fetch_add(pages, Ordering::Relaxed);
         // SAFETY: the token owns the descriptor until the push below. A plain write: the
         // purge reads it, ordered by the push's Release.
         unsafe { area.desc.set_unmapped(unmapped_pages) };
-        // SAFETY: the token owned the descriptor; pushing hands it to the lazy list (the pool
-        // keeps it live). The Release push publishes its fields to the purger.
-        unsafe { lazy.head.add(area.desc.node()) };
+        // SAFETY: the token owned the descriptor and its fields are written; the shard's list
+        // takes it over (counter first, then the `Release` push: see `Shard::push_lazy`).
+        let old = unsafe { self.shards.get(i).push_lazy(area.desc, pages) };
         self.lazy_added(old, pages);
     }
 
@@ -200,18 +186,13 @@ impl<P: Platform> Inner<P> {
         let (start, end) = (area.area.start, area.area.end);
         self.shards.free_range(start, end);
         if let Some(i) = self.shards.index_of(start) {
-            self.shards
-                .get(i)
-                .lazy
-                .returned
-                .fetch_add(end - start, Ordering::Relaxed);
+            self.shards.get(i).add_returned(end - start);
         }
         // SAFETY: the token owned the descriptor.
         unsafe {
             self.pcpu
                 .lock(P::this_cpu())
-                .descs
-                .put(&self.pool, area.desc)
+                .put_desc(&self.pool, area.desc)
         };
     }
 
@@ -228,22 +209,9 @@ impl<P: Platform> Inner<P> {
     /// Past the threshold: hand the purge to a worker (Background) or run it here unless
     /// somebody already purges (Inline, Synchronous).
     pub(crate) fn kick_purge(&self) {
-        if self.cfg.purge_mode == PurgeMode::Background {
-            if let Some(w) = &self.work {
-                w.schedule_purge();
-                return;
-            }
+        if self.cfg.purge_mode == PurgeMode::Background && self.background.schedule_purge() {
+            return;
         }
-        #[cfg(feature = "std")]
-        let sched = &self.sched;
-        #[cfg(not(feature = "std"))]
-        let sched: &Option<()> = &None;
-        match (sched, self.cfg.purge_mode) {
-            #[cfg(feature = "std")]
-            (Some(s), PurgeMode::Background) => s.request_purge(),
-            _ => {
-                let _ = self.try_purge();
-            }
-        }
+        let _ = self.try_purge();
     }
 }

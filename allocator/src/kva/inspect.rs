@@ -19,7 +19,6 @@ use crate::kva::Inner;
 use crate::kva::area::{Desc, VmArea};
 #[allow(unused_imports)]
 use crate::prelude::*;
-use crate::sync::Ordering;
 use pagetable::platform::Platform;
 
 /// Counters and occupancy of a [`Kva`](crate::kva::Kva).
@@ -85,35 +84,35 @@ impl<P: Platform> Inner<P> {
         };
         for sh in self.shards.all() {
             {
-                let b = sh.busy.lock();
-                s.used += b.bytes;
-                s.nr_busy += b.tree.len();
+                let b = sh.lock_busy();
+                s.used += b.bytes();
+                s.nr_busy += b.len();
             }
             {
-                let t = sh.free.lock();
+                let t = sh.lock_free();
                 s.free += t.free_bytes();
                 s.nr_free_areas += t.len();
                 s.largest_free = s.largest_free.max(t.largest());
             }
             s.pending += sh.pending();
-            s.lazy_pages += sh.lazy.pages.load(Ordering::Relaxed);
+            s.lazy_pages += sh.lazy_pages();
         }
         for c in 0..self.pcpu.len() {
             s.cached += self.pcpu.lock(c).bytes();
         }
         s.lazy_pages += self.pcpu.lazy_pages();
         s.free += s.cached;
-        let p = &self.pstats;
-        s.purges = p.purges.load(Ordering::Relaxed);
-        s.purged_areas = p.areas.load(Ordering::Relaxed);
-        s.purged_pages = p.pages.load(Ordering::Relaxed);
-        s.purged_to_caches = p.to_caches.load(Ordering::Relaxed);
-        s.flushes = p.flushes.load(Ordering::Relaxed);
-        s.pages_flushed = p.pages_flushed.load(Ordering::Relaxed);
-        s.kicks = p.kicks.load(Ordering::Relaxed);
-        s.unmapped_pages = p.unmapped_pages.load(Ordering::Relaxed);
-        s.merge_errors = p.merge_errors.load(Ordering::Relaxed);
-        s.foreign_tokens = p.foreign_tokens.load(Ordering::Relaxed);
+        let p = self.purge.totals();
+        s.purges = p.purges;
+        s.purged_areas = p.areas;
+        s.purged_pages = p.pages;
+        s.purged_to_caches = p.to_caches;
+        s.flushes = p.flushes;
+        s.pages_flushed = p.pages_flushed;
+        s.kicks = p.kicks;
+        s.unmapped_pages = p.unmapped_pages;
+        s.merge_errors = p.merge_errors;
+        s.foreign_tokens = p.foreign_tokens;
         s
     }
 
@@ -122,8 +121,8 @@ impl<P: Platform> Inner<P> {
         for sh in self.shards.all() {
             snap.clear();
             {
-                let b = sh.busy.lock();
-                snap.extend(b.tree.iter().map(|(_, _, d)| {
+                let b = sh.lock_busy();
+                snap.extend(b.iter().map(|(_, _, d)| {
                     // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
                     unsafe { d.read() }
                 }));
@@ -133,19 +132,18 @@ impl<P: Platform> Inner<P> {
     }
 
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
-        let _purging = self.purge_lock.lock();
+        let _purging = self.purge.lock();
         // (start, end, what) of every range we can see.
         let mut ranges: Vec<(u64, u64, &'static str)> = Vec::new();
         let (mut busy, mut free, mut cached, mut pending, mut lazy_listed) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
         for (i, sh) in self.shards.all().iter().enumerate() {
             {
-                let b = sh.busy.lock();
-                b.tree
-                    .check_invariants()
+                let b = sh.lock_busy();
+                b.check_tree()
                     .map_err(|e| format!("shard {i} busy tree: {e}"))?;
                 let mut sum = 0;
-                for (s, e, d) in b.tree.iter() {
+                for (s, e, d) in b.iter() {
                     // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
                     let a = unsafe { d.read() };
                     if (a.start, a.end) != (s, e) {
@@ -153,7 +151,7 @@ impl<P: Platform> Inner<P> {
                             "shard {i}: busy entry [{s:#x}, {e:#x}) has descriptor {a:?}"
                         ));
                     }
-                    if s < sh.base || s >= sh.end {
+                    if s < sh.base() || s >= sh.end() {
                         return Err(format!(
                             "shard {i}: busy area at {s:#x} starts outside the shard"
                         ));
@@ -161,20 +159,20 @@ impl<P: Platform> Inner<P> {
                     sum += e - s;
                     ranges.push((s, e, "busy"));
                 }
-                if sum != b.bytes {
+                if sum != b.bytes() {
                     return Err(format!(
                         "shard {i}: busy bytes {} but areas sum to {sum}",
-                        b.bytes
+                        b.bytes()
                     ));
                 }
                 busy += sum;
             }
             {
-                let t = sh.free.lock();
+                let t = sh.lock_free();
                 t.check_invariants()
                     .map_err(|e| format!("shard {i} free tree: {e}"))?;
                 for (s, e) in t.iter() {
-                    if s < sh.base || e > sh.end {
+                    if s < sh.base() || e > sh.end() {
                         return Err(format!(
                             "shard {i}: free area [{s:#x}, {e:#x}) outside the shard"
                         ));
@@ -183,18 +181,19 @@ impl<P: Platform> Inner<P> {
                 }
                 free += t.free_bytes();
             }
-            let chain = sh.lazy.head.del_all();
-            let mut pages = 0;
-            for node in chain.iter() {
-                // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the chain
-                // we detached (under the purge lock, so no purger races with us).
-                let a = unsafe { Desc::from_node(node).read() };
-                pages += crate::kva::shard::pages(a.start, a.end);
-                lazy_listed += a.end - a.start;
-                ranges.push((a.start, a.end, "lazy"));
-            }
-            sh.lazy.head.add_chain(chain);
-            let counted = sh.lazy.pages.load(Ordering::Relaxed);
+            let pages = sh.peek_lazy(|chain| {
+                let mut pages = 0;
+                for node in chain.iter() {
+                    // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the
+                    // chain detached under the purge lock (no purger races with us).
+                    let a = unsafe { Desc::from_node(node).read() };
+                    pages += crate::kva::shard::pages(a.start, a.end);
+                    lazy_listed += a.end - a.start;
+                    ranges.push((a.start, a.end, "lazy"));
+                }
+                pages
+            });
+            let counted = sh.lazy_pages();
             if counted < pages {
                 return Err(format!(
                     "shard {i}: lazy counter {counted} below the {pages} pages listed"
@@ -211,7 +210,7 @@ impl<P: Platform> Inner<P> {
                 lazy_listed += e - s;
                 ranges.push((s, e, "lazy"));
             }
-            let counted = cell.lazy_pages.load(Ordering::Relaxed);
+            let counted = cell.lazy_pages();
             if counted != batch_pages {
                 return Err(format!(
                     "cpu {c}: lazy counter {counted} but the batch holds {batch_pages} pages"
@@ -219,8 +218,8 @@ impl<P: Platform> Inner<P> {
             }
             let mut sum = 0;
             for (s, e) in slot.chunks() {
-                let home = self.shards.get(self.home[c % self.home.len()]);
-                if s < home.base || e > home.end {
+                let home = self.shards.get(self.topo.home_of(c));
+                if s < home.base() || e > home.end() {
                     return Err(format!(
                         "cpu {c}: cached chunk [{s:#x}, {e:#x}) outside its home shard"
                     ));
@@ -264,7 +263,7 @@ impl<P: Platform> Inner<P> {
                 "free {free:#x} + cached {cached:#x} + busy {busy:#x} + pending {pending:#x} != total {total:#x}"
             ));
         }
-        let merge_errors = self.pstats.merge_errors.load(Ordering::Relaxed);
+        let merge_errors = self.purge.totals().merge_errors;
         if merge_errors != 0 {
             return Err(format!(
                 "{merge_errors} purged areas were refused by a free tree"

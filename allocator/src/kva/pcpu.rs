@@ -48,7 +48,8 @@ use crossbeam_utils::CachePadded;
 use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
-use crate::kva::area::DescList;
+use crate::kva::area::{Desc, DescList, DescPool};
+use crate::kva::llist::Chain;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// Largest cached size class, in pages (guard page included).
@@ -74,7 +75,7 @@ pub(crate) fn class_bytes(class: usize) -> u64 {
 #[derive(Debug)]
 pub(crate) struct Slot {
     /// Free descriptors of this CPU.
-    pub(crate) descs: DescList,
+    descs: DescList,
     /// Free chunk starts per class; capacity fixed at construction.
     classes: Box<[Vec<u64>]>,
     /// Bytes of VA held in `classes`.
@@ -103,6 +104,40 @@ impl Slot {
             lazy: Vec::with_capacity(lazy_cap),
             lazy_unmapped: 0,
         }
+    }
+
+    /// A free descriptor from this CPU's list (refilled from `pool` in batches).
+    #[inline]
+    pub(crate) fn take_desc<P: Platform>(&mut self, pool: &DescPool<P>) -> Desc {
+        self.descs.get(pool)
+    }
+
+    /// Give descriptor `d` back to this CPU's list (spilling to `pool` past a bound).
+    ///
+    /// # Safety
+    ///
+    /// As for [`DescList::put`]: the caller owns `d` and nothing refers to it any more.
+    #[inline]
+    pub(crate) unsafe fn put_desc<P: Platform>(&mut self, pool: &DescPool<P>, d: Desc) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.descs.put(pool, d) };
+    }
+
+    /// Take a purged chain of `n` free descriptors onto this CPU's list; past `bound`
+    /// descriptors the excess (down to `bound / 2`) is returned for the pool.
+    ///
+    /// # Safety
+    ///
+    /// As for [`DescList::splice`]: the chain's descriptors are free and owned by the caller.
+    pub(crate) unsafe fn splice_descs(&mut self, chain: Chain, n: usize, bound: usize) -> DescList {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.descs.splice(chain, n) };
+        let mut spill = DescList::default();
+        if self.descs.len() > bound {
+            let excess = self.descs.len() - bound / 2;
+            self.descs.move_to(&mut spill, excess);
+        }
+        spill
     }
 
     /// Queue the lazily freed area `[start, end)` (`unmapped` pages unmapped by the caller);
@@ -198,7 +233,7 @@ pub(crate) struct SlotCell<P: Platform> {
     /// Pages of the areas in the slot's lazy batch: changed only under `slot`'s lock (by a
     /// `Relaxed` load + store, the lock serialising writers), read without it (`Relaxed`:
     /// the purge trigger's heuristic; exact when nothing runs).
-    pub(crate) lazy_pages: AtomicUsize,
+    lazy_pages: AtomicUsize,
 }
 
 /// All CPU slots plus the per-class batch sizes.
@@ -281,6 +316,49 @@ impl<P: Platform> SlotCell<P> {
     #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, P, Slot> {
         self.slot.lock()
+    }
+
+    /// Pages in the slot's lazy batch (`Relaxed`: the trigger's heuristic; exact when
+    /// quiescent, and under the slot's lock).
+    #[inline]
+    pub(crate) fn lazy_pages(&self) -> usize {
+        self.lazy_pages.load(Ordering::Relaxed)
+    }
+
+    /// Queue the lazily freed area `[start, end)` (`pages` pages, `unmapped` of them
+    /// unmapped) in the batch of `slot`, this cell's slot, locked by the caller, and raise
+    /// the page count (a `Relaxed` load + store: every writer holds the lock). Returns the
+    /// count's old value, or `None` (nothing done) if the batch is full.
+    #[inline]
+    pub(crate) fn record_lazy(
+        &self,
+        slot: &mut Slot,
+        start: u64,
+        end: u64,
+        pages: usize,
+        unmapped: usize,
+    ) -> Option<usize> {
+        if !slot.push_lazy(start, end, unmapped) {
+            return None;
+        }
+        let old = self.lazy_pages.load(Ordering::Relaxed);
+        self.lazy_pages.store(old + pages, Ordering::Relaxed);
+        Some(old)
+    }
+
+    /// Take the whole lazy batch, leaving `spare` in its place, and zero the page count, in
+    /// one critical section of the slot's lock (O(1): see [`Slot::swap_lazy`]).
+    pub(crate) fn take_lazy(&self, spare: Vec<(u64, u64)>) -> (Vec<(u64, u64)>, LazyTaken) {
+        let mut slot = self.slot.lock();
+        let r = slot.swap_lazy(spare);
+        self.lazy_pages.store(0, Ordering::Relaxed);
+        r
+    }
+
+    /// Overwrite the page count (tests that corrupt it on purpose).
+    #[cfg(all(test, not(feature = "loom")))]
+    pub(crate) fn set_lazy_pages_for_tests(&self, n: usize) {
+        self.lazy_pages.store(n, Ordering::Relaxed);
     }
 }
 

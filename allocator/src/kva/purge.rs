@@ -52,11 +52,11 @@ use pagetable::VirtAddr;
 use pagetable::platform::Platform;
 
 use crate::kva::Inner;
-use crate::kva::area::{BATCH, Desc, DescList};
+use crate::kva::area::{BATCH, Desc};
 use crate::kva::free_tree::FreeTree;
 use crate::kva::llist::Chain;
 use crate::kva::pcpu;
-use crate::sync::{AtomicU64, AtomicUsize, MutexGuard, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// `kick_state` bit: a kick-triggered purge is running.
 pub(crate) const KICK_RUNNING: usize = 1;
@@ -81,38 +81,123 @@ pub struct PurgeReport {
     pub to_caches: usize,
 }
 
-/// Cumulative purge statistics (written only by the purger).
+/// Cumulative purge statistics (written by the purger, and by the freeing path for the
+/// kicks and refused tokens); read as a [`PurgeTotals`] snapshot.
 #[derive(Debug, Default)]
-pub(crate) struct PurgeCounters {
-    pub(crate) purges: AtomicU64,
-    pub(crate) areas: AtomicU64,
-    pub(crate) pages: AtomicU64,
-    pub(crate) flushes: AtomicU64,
-    pub(crate) pages_flushed: AtomicU64,
-    pub(crate) to_caches: AtomicU64,
+struct PurgeCounters {
+    purges: AtomicU64,
+    areas: AtomicU64,
+    pages: AtomicU64,
+    flushes: AtomicU64,
+    pages_flushed: AtomicU64,
+    to_caches: AtomicU64,
     /// Kicks past the threshold (any mode).
-    pub(crate) kicks: AtomicU64,
+    kicks: AtomicU64,
     /// Unmapped pages reported by `free_lazy` for the purged areas.
-    pub(crate) unmapped_pages: AtomicU64,
+    unmapped_pages: AtomicU64,
     /// Merges refused by a tree (would be a bug: an area freed twice).
-    pub(crate) merge_errors: AtomicUsize,
+    merge_errors: AtomicUsize,
     /// `RemovedArea`s of another allocator handed to this one (refused).
-    pub(crate) foreign_tokens: AtomicUsize,
+    foreign_tokens: AtomicUsize,
+}
+
+/// A snapshot of the purge counters (each `Relaxed`: exact when quiescent).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PurgeTotals {
+    pub(crate) purges: u64,
+    pub(crate) areas: u64,
+    pub(crate) pages: u64,
+    pub(crate) flushes: u64,
+    pub(crate) pages_flushed: u64,
+    pub(crate) to_caches: u64,
+    pub(crate) kicks: u64,
+    pub(crate) unmapped_pages: u64,
+    pub(crate) merge_errors: usize,
+    pub(crate) foreign_tokens: usize,
+}
+
+/// The purge's own state: its lock (Linux's `vmap_purge_lock`), the kick word, the pages
+/// detached and not merged yet, the spare arrays swapped for the CPU slots' lazy batches, and
+/// the counters. Fields private to this module.
+pub(crate) struct PurgeState<P: Platform> {
+    /// Serialises purgers.
+    lock: Mutex<P, ()>,
+    /// Kick-triggered purge state, `KICK_RUNNING | KICK_AGAIN` (see `Inner::try_purge`).
+    kick_state: AtomicUsize,
+    /// Pages a purge has detached and not merged back yet (Linux counts them in
+    /// `vmap_lazy_nr` until each area is merged): the `cond_resched_lock` rule looks at these
+    /// plus the waiting backlog, as the seed does.
+    merging: AtomicUsize,
+    /// Empty arrays swapped for the slots' lazy batches (used only under `lock`; a mutex only
+    /// to be `Sync`, never contended).
+    spares: Mutex<P, Vec<Vec<(u64, u64)>>>,
+    /// Capacity of a lazy batch (what a spare is created with).
+    batch_cap: usize,
+    counters: PurgeCounters,
+}
+
+impl<P: Platform> PurgeState<P> {
+    /// A purge state for lazy batches of `batch_cap` areas.
+    pub(crate) fn new(batch_cap: usize) -> Self {
+        Self {
+            lock: Mutex::<P, _>::new(()),
+            kick_state: AtomicUsize::new(0),
+            merging: AtomicUsize::new(0),
+            spares: Mutex::<P, _>::new(Vec::new()),
+            batch_cap,
+            counters: PurgeCounters::default(),
+        }
+    }
+
+    /// Take the purge lock: no purge runs (or holds a detached chain or batch) while the
+    /// guard lives. Callers: purges, the allocation-failure reclaim, the double-free check and
+    /// the invariant check.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, P, ()> {
+        self.lock.lock()
+    }
+
+    /// Capacity of a CPU slot's lazy batch.
+    #[cfg(all(test, not(feature = "loom")))]
+    pub(crate) fn batch_cap(&self) -> usize {
+        self.batch_cap
+    }
+
+    /// Count a refused foreign token.
+    pub(crate) fn count_foreign_token(&self) {
+        self.counters.foreign_tokens.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters, read one by one.
+    pub(crate) fn totals(&self) -> PurgeTotals {
+        let c = &self.counters;
+        PurgeTotals {
+            purges: c.purges.load(Ordering::Relaxed),
+            areas: c.areas.load(Ordering::Relaxed),
+            pages: c.pages.load(Ordering::Relaxed),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            pages_flushed: c.pages_flushed.load(Ordering::Relaxed),
+            to_caches: c.to_caches.load(Ordering::Relaxed),
+            kicks: c.kicks.load(Ordering::Relaxed),
+            unmapped_pages: c.unmapped_pages.load(Ordering::Relaxed),
+            merge_errors: c.merge_errors.load(Ordering::Relaxed),
+            foreign_tokens: c.foreign_tokens.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// One shard's detached lazy chain, with the bounds of its areas read once.
 #[derive(Debug)]
 pub(crate) struct Work {
-    pub(crate) shard: usize,
+    shard: usize,
     /// The detached descriptors (recycled as a whole, never relinked); empty when all the
     /// areas came from CPU slots' lazy batches (whose descriptors were recycled at free time).
-    pub(crate) chain: Chain,
+    chain: Chain,
     /// Length of `chain`.
-    pub(crate) nr_descs: usize,
+    nr_descs: usize,
     /// `(start, end)` of every area to merge: the slots' batches, then `chain` in order.
-    pub(crate) ranges: Vec<(u64, u64)>,
+    ranges: Vec<(u64, u64)>,
     /// Whether small areas may go to per-CPU caches.
-    pub(crate) to_caches: bool,
+    to_caches: bool,
 }
 
 /// Linux 6.9's helper count: one per `lazy_max_pages` of backlog, at most one per shard with
@@ -138,15 +223,15 @@ impl<P: Platform> Inner<P> {
     /// of every kicker that set `KICK_AGAIN`. The purge itself runs under the purge mutex, so
     /// a kick purge waits only for an explicit purge (or an invariant check) in progress.
     pub(crate) fn try_purge(&self) -> Option<PurgeReport> {
-        self.pstats.kicks.fetch_add(1, Ordering::Relaxed);
-        let mut cur = self.kick_state.load(Ordering::Relaxed);
+        self.purge.counters.kicks.fetch_add(1, Ordering::Relaxed);
+        let mut cur = self.purge.kick_state.load(Ordering::Relaxed);
         loop {
             let next = if cur & KICK_RUNNING != 0 {
                 cur | KICK_AGAIN
             } else {
                 KICK_RUNNING
             };
-            match self.kick_state.compare_exchange_weak(
+            match self.purge.kick_state.compare_exchange_weak(
                 cur,
                 next,
                 Ordering::AcqRel,
@@ -159,7 +244,7 @@ impl<P: Platform> Inner<P> {
         }
         let mut total = PurgeReport::default();
         loop {
-            let r = self.purge_locked(&self.purge_lock.lock(), true, None);
+            let r = self.purge_locked(&self.purge.lock(), true, None);
             total = PurgeReport {
                 areas: total.areas + r.areas,
                 pages: total.pages + r.pages,
@@ -169,14 +254,14 @@ impl<P: Platform> Inner<P> {
             };
             // Done unless a kick arrived meanwhile: RUNNING -> idle, or AGAIN -> RUNNING and
             // one more round.
-            let mut cur = self.kick_state.load(Ordering::Relaxed);
+            let mut cur = self.purge.kick_state.load(Ordering::Relaxed);
             loop {
                 let next = if cur & KICK_AGAIN != 0 {
                     KICK_RUNNING
                 } else {
                     0
                 };
-                match self.kick_state.compare_exchange_weak(
+                match self.purge.kick_state.compare_exchange_weak(
                     cur,
                     next,
                     Ordering::AcqRel,
@@ -198,7 +283,7 @@ impl<P: Platform> Inner<P> {
     /// `__purge_vmap_area_lazy(start, end)` as `_vm_unmap_aliases` uses it: one flush for
     /// the lazy areas and the caller's dirty range together).
     pub(crate) fn purge_blocking(&self, to_caches: bool, extra: Option<(u64, u64)>) -> PurgeReport {
-        self.purge_locked(&self.purge_lock.lock(), to_caches, extra)
+        self.purge_locked(&self.purge.lock(), to_caches, extra)
     }
 
     /// The purge proper; `_guard` proves the purge lock is held (the caller may keep holding
@@ -218,36 +303,34 @@ impl<P: Platform> Inner<P> {
         // its slot's lock (O(1): the freeing CPU waits for nothing; its page counter is
         // zeroed there too), then sorted into per-shard buckets with no lock held. The
         // spares live under `lazy_spares`, touched only under the purge lock we hold.
-        let mut spares = core::mem::take(&mut *self.lazy_spares.lock());
+        let mut spares = core::mem::take(&mut *self.purge.spares.lock());
         let mut buckets: Vec<Vec<(u64, u64)>> = Vec::new();
         for c in 0..self.pcpu.len() {
             let cell = self.pcpu.cell(c);
-            if cell.lazy_pages.load(Ordering::Relaxed) == 0 {
+            if cell.lazy_pages() == 0 {
                 // Nothing there (a batch is never non-empty with a zero count, and a push
                 // racing with this check is simply left for the next purge).
                 continue;
             }
             let spare = spares
                 .pop()
-                .unwrap_or_else(|| Vec::with_capacity(self.lazy_cap));
-            let (mut batch, taken) = {
-                let mut slot = cell.lock();
-                let r = slot.swap_lazy(spare);
-                cell.lazy_pages.store(0, Ordering::Relaxed);
-                r
-            };
+                .unwrap_or_else(|| Vec::with_capacity(self.purge.batch_cap));
+            let (mut batch, taken) = cell.take_lazy(spare);
             if buckets.is_empty() {
                 buckets.resize_with(self.shards.len(), Vec::new);
             }
             // Most of a CPU's frees are in its home shard: room for all of them there.
-            buckets[self.home[c % self.home.len()]].reserve(batch.len());
+            buckets[self.topo.home_of(c)].reserve(batch.len());
             for &(s, e) in &batch {
                 pages += crate::kva::shard::pages(s, e);
                 match self.shards.index_of(s).and_then(|i| buckets.get_mut(i)) {
                     Some(b) => b.push((s, e)),
                     // Unreachable: free_lazy recorded a range of ours. Leak it, visibly.
                     None => {
-                        self.pstats.merge_errors.fetch_add(1, Ordering::Relaxed);
+                        self.purge
+                            .counters
+                            .merge_errors
+                            .fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                 }
@@ -259,11 +342,11 @@ impl<P: Platform> Inner<P> {
             areas += taken.areas;
             unmapped += taken.unmapped;
         }
-        *self.lazy_spares.lock() = spares;
+        *self.purge.spares.lock() = spares;
         let mut work = Vec::new();
         for (i, s) in self.shards.all().iter().enumerate() {
             let mut ranges = buckets.get_mut(i).map(core::mem::take).unwrap_or_default();
-            let chain = s.lazy.head.del_all();
+            let chain = s.take_lazy();
             if chain.is_empty() {
                 if !ranges.is_empty() {
                     work.push(Work {
@@ -296,7 +379,7 @@ impl<P: Platform> Inner<P> {
             // Detached: no longer on the list, so no longer counted as listed (every page
             // subtracted here was added before its area's push, which our Acquire `del_all`
             // saw: no underflow).
-            s.lazy.pages.fetch_sub(listed, Ordering::Relaxed);
+            s.detached_lazy(listed);
             pages += listed;
             areas += nr_descs;
             work.push(Work {
@@ -314,8 +397,9 @@ impl<P: Platform> Inner<P> {
             // Nothing lazy, but the caller's range must be flushed: that is the one flush.
             self.flush
                 .flush_range(VirtAddr::new_truncate(lo), VirtAddr::new_truncate(hi));
-            self.pstats.flushes.fetch_add(1, Ordering::Relaxed);
-            self.pstats
+            self.purge.counters.flushes.fetch_add(1, Ordering::Relaxed);
+            self.purge
+                .counters
                 .pages_flushed
                 .fetch_add((hi - lo) / PAGE_SIZE, Ordering::Relaxed);
             return PurgeReport {
@@ -325,12 +409,12 @@ impl<P: Platform> Inner<P> {
         }
         // Counted as being merged until each run is back (the seed lowers `vmap_lazy_nr`
         // per merged area; see `merge`).
-        self.merging.fetch_add(pages, Ordering::Relaxed);
+        self.purge.merging.fetch_add(pages, Ordering::Relaxed);
         // The one shootdown. Ranges are canonical (checked at construction), so truncation
         // is exact; the lower half's end 1 << 47 reads as its exclusive end.
         self.flush
             .flush_range(VirtAddr::new_truncate(lo), VirtAddr::new_truncate(hi));
-        let st = &self.pstats;
+        let st = &self.purge.counters;
         st.purges.fetch_add(1, Ordering::Relaxed);
         st.flushes.fetch_add(1, Ordering::Relaxed);
         st.pages_flushed
@@ -341,7 +425,7 @@ impl<P: Platform> Inner<P> {
 
         let helpers = helpers_for(pages, self.cfg.lazy_max_pages, work.len());
         #[cfg(feature = "std")]
-        let cached = match &self.sched {
+        let cached = match &self.background.sched {
             Some(sched) if helpers > 0 => sched.run(self, work, helpers),
             _ => work.into_iter().map(|w| self.merge(w)).sum(),
         };
@@ -371,7 +455,10 @@ impl<P: Platform> Inner<P> {
     ) {
         let top = e.min(shard_end);
         if tree.insert_merge(s, top).is_err() {
-            self.pstats.merge_errors.fetch_add(1, Ordering::Relaxed);
+            self.purge
+                .counters
+                .merge_errors
+                .fetch_add(1, Ordering::Relaxed);
         }
         if top < e {
             spill.push((top, e));
@@ -389,12 +476,12 @@ impl<P: Platform> Inner<P> {
             to_caches,
         } = w;
         let shard = self.shards.get(si);
-        let lazy = &shard.lazy;
         let mut done_bytes = 0u64;
         let mut cached = 0;
-        let cpus = &self.shard_cpus[si];
+        let cpus = self.topo.cpus_of(si);
         if to_caches && !cpus.is_empty() {
-            let c = cpus[(self.pstats.purges.load(Ordering::Relaxed) as usize) % cpus.len()];
+            let c =
+                cpus[(self.purge.counters.purges.load(Ordering::Relaxed) as usize) % cpus.len()];
             let mut slot = self.pcpu.lock(c);
             // Classes found full: no further push attempt for them (a purge usually carries
             // far more areas of a class than its cache holds), and once every class met so
@@ -406,7 +493,7 @@ impl<P: Platform> Inner<P> {
                 let Some(class) = pcpu::class_of(e - s, PAGE_SIZE) else {
                     continue;
                 };
-                if e > shard.end || full & (1 << class) != 0 {
+                if e > shard.end() || full & (1 << class) != 0 {
                     continue;
                 }
                 seen |= 1 << class;
@@ -428,8 +515,9 @@ impl<P: Platform> Inner<P> {
             }
         }
         if cached > 0 {
-            lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
-            self.merging
+            shard.add_returned(done_bytes);
+            self.purge
+                .merging
                 .fetch_sub((done_bytes / PAGE_SIZE) as usize, Ordering::Relaxed);
             done_bytes = 0;
         }
@@ -468,17 +556,18 @@ impl<P: Platform> Inner<P> {
         let mut waiting = self.lazy_backlog();
         let mut spill = Vec::new();
         {
-            let mut tree = shard.free.lock();
+            let mut tree = shard.lock_free();
             for (k, &(s, e)) in ranges.iter().enumerate() {
-                self.merge_run(&mut tree, shard.end, s, e, &mut spill);
+                self.merge_run(&mut tree, shard.end(), s, e, &mut spill);
                 done_bytes += e - s;
                 let run_pages = ((e - s) / PAGE_SIZE) as usize;
                 let merging = self
+                    .purge
                     .merging
                     .fetch_sub(run_pages, Ordering::Relaxed)
                     .saturating_sub(run_pages);
                 if k % RESCHED_EVERY == RESCHED_EVERY - 1 {
-                    lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
+                    shard.add_returned(done_bytes);
                     done_bytes = 0;
                     waiting = self.lazy_backlog();
                 }
@@ -490,10 +579,13 @@ impl<P: Platform> Inner<P> {
         // Pieces of boundary-crossing areas above this shard go to their own trees.
         for (a, b) in spill {
             if !self.shards.free_range(a, b) {
-                self.pstats.merge_errors.fetch_add(1, Ordering::Relaxed);
+                self.purge
+                    .counters
+                    .merge_errors
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
-        lazy.returned.fetch_add(done_bytes, Ordering::Relaxed);
+        shard.add_returned(done_bytes);
         self.recycle(cpus, chain, nr_descs);
         cached
     }
@@ -512,16 +604,9 @@ impl<P: Platform> Inner<P> {
             return;
         };
         let bound = 2 * self.cfg.lazy_max_pages.max(BATCH);
-        let mut slot = self.pcpu.lock(c);
         // SAFETY: as above.
-        unsafe { slot.descs.splice(chain, n) };
-        if slot.descs.len() > bound {
-            let mut spill = DescList::default();
-            let excess = slot.descs.len() - bound / 2;
-            slot.descs.move_to(&mut spill, excess);
-            drop(slot);
-            self.pool.give_back(&mut spill);
-        }
+        let mut spill = unsafe { self.pcpu.lock(c).splice_descs(chain, n, bound) };
+        self.pool.give_back(&mut spill);
     }
 }
 
@@ -552,13 +637,9 @@ mod tests {
     /// `free_lazy` without the threshold check, to build a big backlog by hand.
     fn push_lazy(inner: &Inner<StdPlatform>, r: RemovedArea) {
         let i = inner.shards.index_of(r.start()).unwrap();
-        let lazy = &inner.shards.get(i).lazy;
-        lazy.pages.fetch_add(
-            crate::kva::shard::pages(r.start(), r.end()),
-            Ordering::Relaxed,
-        );
+        let pages = crate::kva::shard::pages(r.start(), r.end());
         // SAFETY: the token owns the descriptor; the list takes it over.
-        unsafe { lazy.head.add(r.desc.node()) };
+        unsafe { inner.shards.get(i).push_lazy(r.desc, pages) };
     }
 
     #[test]

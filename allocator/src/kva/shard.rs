@@ -47,9 +47,9 @@ use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
 use crate::kva::area::Desc;
-use crate::kva::busy::BusyTree;
+use crate::kva::busy::{BusyError, BusyTree};
 use crate::kva::free_tree::FreeTree;
-use crate::kva::llist::LlistHead;
+use crate::kva::llist::{Chain, LlistHead};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// A shard's free tree behind its lock, with a lock-free hint of its largest free area.
@@ -140,39 +140,102 @@ impl<P: Platform> core::ops::DerefMut for FreeGuard<'_, P> {
 #[derive(Debug, Default)]
 pub(crate) struct BusyState {
     /// start -> (end, descriptor).
-    pub(crate) tree: BusyTree<Desc>,
+    tree: BusyTree<Desc>,
     /// Sum of the live areas' sizes.
-    pub(crate) bytes: u64,
+    bytes: u64,
     /// Bytes ever removed from this tree (monotonic; `pending = removed - Lazy::returned`).
-    pub(crate) removed: u64,
+    removed: u64,
+}
+
+impl BusyState {
+    /// Insert the live area `[start, end)` owned by `desc`.
+    pub(crate) fn insert(&mut self, start: u64, end: u64, desc: Desc) -> Result<(), BusyError> {
+        self.tree.insert(start, end, desc)?;
+        self.bytes += end - start;
+        Ok(())
+    }
+
+    /// Remove the area starting at `start` if `check` accepts it (see
+    /// [`BusyTree::remove_checked`]); the byte counters follow.
+    pub(crate) fn remove_checked<E>(
+        &mut self,
+        start: u64,
+        check: impl FnOnce(u64, u64, Desc) -> Result<(), E>,
+    ) -> Result<Option<(u64, u64, Desc)>, E> {
+        let r = self.tree.remove_checked(start, check)?;
+        if let Some((s, e, _)) = r {
+            self.bytes -= e - s;
+            self.removed += e - s;
+        }
+        Ok(r)
+    }
+
+    /// The live area containing `addr`.
+    pub(crate) fn find_containing(&self, addr: u64) -> Option<(u64, u64, Desc)> {
+        self.tree.find_containing(addr)
+    }
+
+    /// The live area starting at `start`.
+    pub(crate) fn get(&self, start: u64) -> Option<(u64, u64, Desc)> {
+        self.tree.get(start)
+    }
+
+    /// The live areas overlapping `[start, end)`, ascending.
+    pub(crate) fn overlapping(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (u64, u64, Desc)> + '_ {
+        self.tree.iter_overlapping(start, end)
+    }
+
+    /// Every live area, ascending.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64, Desc)> + '_ {
+        self.tree.iter()
+    }
+
+    /// Live areas.
+    pub(crate) fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// Bytes in live areas.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The tree's own invariants (see [`BusyTree::check_invariants`]).
+    pub(crate) fn check_tree(&self) -> Result<(), crate::kva::tree::InvariantViolation> {
+        self.tree.check_invariants()
+    }
 }
 
 /// A shard's lazy list and counters (one cache line, written by the freeing CPUs of this
 /// shard and by the purger).
 #[derive(Debug, Default)]
-pub(crate) struct Lazy {
+struct Lazy {
     /// Lazily freed areas (descriptors), newest first.
-    pub(crate) head: LlistHead,
+    head: LlistHead,
     /// Pages of the areas on `head` (raised before the push, lowered once detached).
-    pub(crate) pages: AtomicUsize,
+    pages: AtomicUsize,
     /// Bytes ever given back to the free space after a removal from this shard's busy tree
     /// (monotonic; see `BusyState::removed`).
-    pub(crate) returned: AtomicU64,
+    returned: AtomicU64,
 }
 
 /// One shard.
 #[derive(Debug)]
 pub(crate) struct Shard<P: Platform> {
     /// First address.
-    pub(crate) base: u64,
+    base: u64,
     /// End (exclusive).
-    pub(crate) end: u64,
+    end: u64,
     /// Free space inside `[base, end)`.
-    pub(crate) free: CachePadded<FreeLock<P>>,
+    free: CachePadded<FreeLock<P>>,
     /// Live areas starting inside `[base, end)`.
-    pub(crate) busy: CachePadded<Mutex<P, BusyState>>,
+    busy: CachePadded<Mutex<P, BusyState>>,
     /// Lazily freed areas starting inside `[base, end)`.
-    pub(crate) lazy: CachePadded<Lazy>,
+    lazy: CachePadded<Lazy>,
     /// Live areas that start below `base` and end above it (they cross into this shard).
     /// A lookup of an address here needs the lower shards' busy trees only while this is
     /// non-zero, and only down to the first lower shard with none: an area reaching this
@@ -180,7 +243,7 @@ pub(crate) struct Shard<P: Platform> {
     /// publishing and removing boundary-crossing areas (rare), `Relaxed`: a lookup races
     /// nothing it may rely on (an area is found by others only after its owner handed its
     /// address over).
-    pub(crate) crossed_in: AtomicUsize,
+    crossed_in: AtomicUsize,
 }
 
 impl<P: Platform> Shard<P> {
@@ -203,10 +266,82 @@ impl<P: Platform> Shard<P> {
         }
     }
 
+    /// First address.
+    #[inline]
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// End (exclusive).
+    #[inline]
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Lock the free tree.
+    #[inline]
+    pub(crate) fn lock_free(&self) -> FreeGuard<'_, P> {
+        self.free.lock()
+    }
+
+    /// Lock the busy lookup.
+    #[inline]
+    pub(crate) fn lock_busy(&self) -> MutexGuard<'_, P, BusyState> {
+        self.busy.lock()
+    }
+
+    /// Whether some live area crosses into this shard from a lower one.
+    #[inline]
+    pub(crate) fn crossed_into(&self) -> bool {
+        self.crossed_in.load(Ordering::Relaxed) != 0
+    }
+
     /// Pages currently on the lazy list (approximately: `Relaxed`).
     #[inline]
     pub(crate) fn lazy_pages(&self) -> usize {
         self.lazy.pages.load(Ordering::Relaxed)
+    }
+
+    /// Free the area owned by `desc` (`pages` pages) lazily on this shard's list. The
+    /// counter is raised BEFORE the push, so that the purger's subtraction (after its
+    /// `del_all` saw the push) never underflows it. Returns the counter's old value.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `desc` (a removed area's token), whose fields it has written: the
+    /// list takes it over (its `Release` push publishes them to the purger).
+    pub(crate) unsafe fn push_lazy(&self, desc: Desc, pages: usize) -> usize {
+        let old = self.lazy.pages.fetch_add(pages, Ordering::Relaxed);
+        // SAFETY: forwarded from the caller; the pool keeps the descriptor live.
+        unsafe { self.lazy.head.add(desc.node()) };
+        old
+    }
+
+    /// Detach the whole lazy list (`Acquire`: the pushers' descriptor fields are visible);
+    /// the caller lowers the counter by what it found ([`Shard::detached_lazy`]).
+    pub(crate) fn take_lazy(&self) -> Chain {
+        self.lazy.head.del_all()
+    }
+
+    /// `pages` pages were detached by [`Shard::take_lazy`]: no longer counted as waiting
+    /// (every one was counted before its push, which the detaching `del_all` saw).
+    pub(crate) fn detached_lazy(&self, pages: usize) {
+        self.lazy.pages.fetch_sub(pages, Ordering::Relaxed);
+    }
+
+    /// Look at the lazy list without taking it: detach, `f`, re-attach (error path and
+    /// invariant checks only; the caller holds the purge lock, so no purger holds a chain).
+    pub(crate) fn peek_lazy<R>(&self, f: impl FnOnce(&Chain) -> R) -> R {
+        let chain = self.lazy.head.del_all();
+        let r = f(&chain);
+        self.lazy.head.add_chain(chain);
+        r
+    }
+
+    /// `bytes` removed from this shard's busy tree are free again (merged or cached).
+    #[inline]
+    pub(crate) fn add_returned(&self, bytes: u64) {
+        self.lazy.returned.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Bytes removed and not yet free again (exact when quiescent; `returned` is read first

@@ -38,15 +38,15 @@ fn info() -> AreaInfo {
 fn homes_cover_every_cpu_and_shard_lists_agree() {
     let k = new(sync_cfg(1024, 3, 64));
     let inner = &k.inner;
-    assert_eq!(inner.home.len(), cpu::nr_cpu_ids());
-    for (c, &h) in inner.home.iter().enumerate() {
+    assert_eq!(inner.topo.home.len(), cpu::nr_cpu_ids());
+    for (c, &h) in inner.topo.home.iter().enumerate() {
         assert!(h < k.nr_shards());
-        assert!(inner.shard_cpus[h].contains(&c));
+        assert!(inner.topo.shard_cpus[h].contains(&c));
     }
-    let listed: usize = inner.shard_cpus.iter().map(|l| l.len()).sum();
+    let listed: usize = inner.topo.shard_cpus.iter().map(|l| l.len()).sum();
     assert_eq!(listed, cpu::nr_cpu_ids());
     assert!(k.workers.is_empty());
-    assert!(inner.sched.is_none());
+    assert!(inner.background.sched.is_none());
 }
 
 #[test]
@@ -166,7 +166,7 @@ fn boundary_crossing_areas_purge_into_both_shards() {
             .shards
             .all()
             .iter()
-            .map(|sh| sh.crossed_in.load(Ordering::Relaxed))
+            .map(|sh| usize::from(sh.crossed_into()))
             .collect::<Vec<_>>()
     };
     assert_eq!(crossed(&k), [0, 1, 1, 0]);
@@ -185,12 +185,12 @@ fn boundary_crossing_areas_purge_into_both_shards() {
     k.purge();
     k.check_invariants().unwrap();
     for sh in k.inner.shards.all() {
-        let t = sh.free.lock();
+        let t = sh.lock_free();
         assert_eq!(
             t.free_bytes(),
-            sh.end - sh.base,
+            sh.end() - sh.base(),
             "shard at {:#x} not whole again",
-            sh.base
+            sh.base()
         );
     }
 }
@@ -206,8 +206,7 @@ fn check_invariants_catches_corruption() {
     k.inner
         .shards
         .get(i)
-        .free
-        .lock()
+        .lock_free()
         .insert_merge(a, a + P)
         .unwrap();
     let err = k.check_invariants().unwrap_err();
@@ -215,16 +214,15 @@ fn check_invariants_catches_corruption() {
     k.inner
         .shards
         .get(i)
-        .free
-        .lock()
+        .lock_free()
         .alloc_at(a, a + P)
         .unwrap();
     k.check_invariants().unwrap();
     // Lose a page from the accounting.
     let j = (i + 1) % 2;
     let sh = k.inner.shards.get(j);
-    let top = sh.end - P;
-    sh.free.lock().alloc_at(top, sh.end).unwrap();
+    let top = sh.end() - P;
+    sh.lock_free().alloc_at(top, sh.end()).unwrap();
     let err = k.check_invariants().unwrap_err();
     assert!(err.contains("!= total"), "{err}");
 }
@@ -307,7 +305,7 @@ fn lazy_frees_wait_in_the_cpu_batch_and_recycle_the_descriptor_at_once() {
         let cell = inner.pcpu.cell(cpu);
         let slot = cell.lock();
         assert_eq!(slot.lazy(), &[(a, a + 2 * P)]);
-        assert_eq!(cell.lazy_pages.load(Ordering::Relaxed), 2);
+        assert_eq!(cell.lazy_pages(), 2);
     }
     let st = k.stats();
     assert_eq!((st.lazy_pages, st.pending, st.nr_busy), (2, 2 * P, 0));
@@ -339,7 +337,7 @@ fn a_full_cpu_batch_falls_back_to_the_shard_list() {
     // lazy_max_pages = 3: batches hold 3 areas; the threshold is never crossed by 1-page
     // areas before the fourth free, and Synchronous mode purges inline when it is.
     let k = new(sync_cfg(1024, 1, 3));
-    assert_eq!(k.inner.lazy_cap, 3);
+    assert_eq!(k.inner.purge.batch_cap(), 3);
     let (s, e) = k.range();
     let areas: Vec<u64> = (0..5)
         .map(|_| k.alloc(P, P, s, e, Some(0), info()).unwrap().as_u64())
@@ -349,11 +347,12 @@ fn a_full_cpu_batch_falls_back_to_the_shard_list() {
         let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
         let cell = k.inner.pcpu.cell(cpu::this_cpu());
         let mut slot = cell.lock();
-        assert!(slot.push_lazy(r.area.start, r.area.end, 1));
-        let old = cell.lazy_pages.load(Ordering::Relaxed);
-        cell.lazy_pages.store(old + 1, Ordering::Relaxed);
+        assert!(
+            cell.record_lazy(&mut slot, r.area.start, r.area.end, 1, 1)
+                .is_some()
+        );
         // SAFETY: the token owned the descriptor; its range is recorded in the batch.
-        unsafe { slot.descs.put(&k.inner.pool, r.desc) };
+        unsafe { slot.put_desc(&k.inner.pool, r.desc) };
     }
     // The batch is full: this one goes to the shard's list, and crossing the threshold
     // purges both sources at once.
@@ -385,8 +384,8 @@ fn check_invariants_catches_a_wrong_batch_counter() {
     let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
     k.free_lazy(r, 1);
     let cell = k.inner.pcpu.cell(cpu::this_cpu());
-    cell.lazy_pages.store(5, Ordering::Relaxed);
+    cell.set_lazy_pages_for_tests(5);
     assert!(k.check_invariants().unwrap_err().contains("lazy counter"));
-    cell.lazy_pages.store(1, Ordering::Relaxed);
+    cell.set_lazy_pages_for_tests(1);
     k.check_invariants().unwrap();
 }

@@ -26,15 +26,27 @@
 use crate::prelude::*;
 use alloc::vec::Vec;
 
-use crate::kva::Inner;
-use crate::kva::purge::Work;
 use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
-use pagetable::platform::{Platform, StdPlatform};
+use pagetable::platform::StdPlatform;
 
-#[derive(Debug, Default)]
-struct SchedState {
+/// What the workers do for their host, the allocator: this module knows nothing else of it
+/// (no import of the allocator's types, so the dependency runs one way).
+pub(crate) trait WorkerHost: Send + Sync {
+    /// One item of a purge's merge work.
+    type Item: Send;
+    /// The scheduler the workers wait on (`None`: no workers).
+    fn sched(&self) -> Option<&Sched<Self::Item>>;
+    /// Merge one item; returns the areas it sent to per-CPU caches.
+    fn merge_item(&self, item: Self::Item) -> usize;
+    /// Run a kicked purge (skipping if one runs: it will do another round).
+    fn purge_kicked(&self);
+    /// Run the deferred frees queued so far.
+    fn run_deferred(&self);
+}
+
+struct SchedState<W> {
     /// Merge items not yet taken.
-    work: Vec<Work>,
+    work: Vec<W>,
     /// Items queued by the current purge and not finished yet.
     outstanding: usize,
     /// Areas those finished items sent to per-CPU caches.
@@ -47,18 +59,35 @@ struct SchedState {
     shutdown: bool,
 }
 
-/// Shared state of the purge workers.
-#[derive(Debug, Default)]
-pub(crate) struct Sched {
-    state: Mutex<StdPlatform, SchedState>,
+impl<W> Default for SchedState<W> {
+    fn default() -> Self {
+        Self {
+            work: Vec::new(),
+            outstanding: 0,
+            cached: 0,
+            purge: false,
+            deferred: false,
+            shutdown: false,
+        }
+    }
+}
+
+/// Shared state of the purge workers, for merge items of type `W`.
+pub(crate) struct Sched<W> {
+    state: Mutex<StdPlatform, SchedState<W>>,
     wake: Condvar,
     done: Condvar,
     requested: AtomicBool,
 }
 
-impl Sched {
+impl<W> Sched<W> {
     pub(crate) fn new() -> Self {
-        Self::default()
+        Self {
+            state: Mutex::<StdPlatform, _>::new(SchedState::default()),
+            wake: Condvar::default(),
+            done: Condvar::default(),
+            requested: AtomicBool::new(false),
+        }
     }
 
     /// Ask a worker to purge (Background mode); cheap when already asked.
@@ -92,10 +121,10 @@ impl Sched {
 
     /// Queue `work`, wake `helpers` workers, take items until none is left, wait for the
     /// helpers' items; returns the areas sent to per-CPU caches.
-    pub(crate) fn run<P: Platform>(
+    pub(crate) fn run<H: WorkerHost<Item = W>>(
         &self,
-        inner: &Inner<P>,
-        work: Vec<Work>,
+        host: &H,
+        work: Vec<W>,
         helpers: usize,
     ) -> usize {
         {
@@ -107,7 +136,7 @@ impl Sched {
             self.wake.notify_one();
         }
         while let Some(w) = self.take() {
-            let cached = inner.merge(w);
+            let cached = host.merge_item(w);
             self.finish(cached);
         }
         let mut st = self.state.lock();
@@ -117,7 +146,7 @@ impl Sched {
         core::mem::take(&mut st.cached)
     }
 
-    fn take(&self) -> Option<Work> {
+    fn take(&self) -> Option<W> {
         self.state.lock().work.pop()
     }
 
@@ -132,17 +161,17 @@ impl Sched {
 }
 
 /// What a woken worker does next.
-enum Job {
-    Merge(Work),
+enum Job<W> {
+    Merge(W),
     Purge,
     Deferred,
     Exit,
 }
 
 /// Body of purge worker `i`.
-pub(crate) fn worker_main<P: Platform>(inner: &Inner<P>, i: usize) {
+pub(crate) fn worker_main<H: WorkerHost>(host: &H, i: usize) {
     pagetable::cpu::set_this_cpu(i);
-    let Some(sched) = inner.sched.as_ref() else {
+    let Some(sched) = host.sched() else {
         return;
     };
     loop {
@@ -173,15 +202,11 @@ pub(crate) fn worker_main<P: Platform>(inner: &Inner<P>, i: usize) {
         };
         match job {
             Job::Merge(w) => {
-                let cached = inner.merge(w);
+                let cached = host.merge_item(w);
                 sched.finish(cached);
             }
-            Job::Purge => {
-                let _ = inner.try_purge();
-            }
-            Job::Deferred => {
-                inner.drain_deferred();
-            }
+            Job::Purge => host.purge_kicked(),
+            Job::Deferred => host.run_deferred(),
             Job::Exit => return,
         }
     }

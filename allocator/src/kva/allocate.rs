@@ -1,0 +1,451 @@
+//! The allocation side of the [`Kva`](crate::Kva) (Linux's `alloc_vmap_area`): request
+//! checks, the per-CPU fast path and its batch refills, the tree searches across shards, the
+//! allocation-failure reclaim, and the lookups (`find`, `busy_overlapping`, `set_info`).
+//!
+//! # How it works
+//!
+//! A small request (at most [`MAX_CLASS_PAGES`](crate::MAX_CLASS_PAGES) pages, page
+//! alignment, a window covering the home shard) pops a chunk and a descriptor from the calling
+//! CPU's slot under one uncontended lock, refilling an empty class with one batch carved from
+//! the home shard's tree. Otherwise the shards' trees are searched (the home shard first; see
+//! `search_trees`) and, past them, runs of free space crossing shard boundaries. The area is
+//! then inserted into the busy tree of the shard containing its start. No space: the reclaim
+//! (`reclaim_then`), then the notifiers, then [`KvaError::NoSpace`].
+//!
+//! # Locking
+//!
+//! Purge lock (reclaim only) -> CPU slot -> shard free lock(s) (ascending) -> descriptor pool;
+//! the busy lock is taken alone. `Reclaim`'s counter is raised before the reclaim drains any
+//! slot, so a refill that takes a slot's lock after its drain sees it (the lock hand-over
+//! orders them): see `reclaim_then`.
+
+#[allow(unused_imports)]
+use crate::prelude::*;
+use pagetable::PAGE_SIZE;
+use pagetable::platform::Platform;
+
+use super::Inner;
+use crate::kva::area::{AreaInfo, Desc, VmArea};
+use crate::kva::config::PurgeMode;
+use crate::kva::error::KvaError;
+use crate::kva::free_tree::{FreeTree, MaxSize};
+use crate::kva::pcpu::{self, Slot};
+use crate::sync::{AtomicUsize, MutexGuard, Ordering};
+
+/// Rounds of "notifiers freed something, retry" before an allocation gives up. Linux retries
+/// once after its notifiers; ours may free space in several steps (a notifier that retires
+/// fragmented vmap blocks hands them to the lazy list, whose purge then frees them), so a few
+/// rounds, bounded so that a notifier that keeps reporting progress it did not make cannot
+/// livelock the allocation.
+const MAX_NOTIFIER_ROUNDS: usize = 8;
+
+/// `x` rounded up to `align` (a power of two), `None` on overflow.
+#[inline]
+fn align_up(x: u64, align: u64) -> Option<u64> {
+    Some(x.checked_add(align - 1)? & !(align - 1))
+}
+
+/// Allocation-failure reclaims in progress: while non-zero, a per-CPU cache refill carves one
+/// chunk, not a batch, so that free space drained out of the caches is not locked up in
+/// another CPU's cache before the failing allocation has searched the trees again.
+#[derive(Debug, Default)]
+pub(crate) struct Reclaim {
+    in_progress: AtomicUsize,
+}
+
+impl Reclaim {
+    /// Whether some allocation is reclaiming (`Relaxed`: see the module documentation).
+    #[inline]
+    fn active(&self) -> bool {
+        self.in_progress.load(Ordering::Relaxed) != 0
+    }
+}
+
+/// Announces a reclaim for as long as it lives.
+struct Announced<'a>(&'a Reclaim);
+
+impl<'a> Announced<'a> {
+    fn new(r: &'a Reclaim) -> Self {
+        r.in_progress.fetch_add(1, Ordering::Relaxed);
+        Self(r)
+    }
+}
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<P: Platform> Inner<P> {
+    /// Check a request; returns the effective alignment and window.
+    fn check_request(
+        &self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+    ) -> Result<(u64, u64, u64), KvaError> {
+        if size == 0 || size % PAGE_SIZE != 0 {
+            return Err(KvaError::InvalidSize { size });
+        }
+        if !align.is_power_of_two() {
+            return Err(KvaError::InvalidAlign { align });
+        }
+        let align = align.max(PAGE_SIZE);
+        if vstart >= vend {
+            return Err(KvaError::InvalidRange {
+                start: vstart,
+                end: vend,
+            });
+        }
+        let lo = align_up(vstart.max(self.cfg.start), PAGE_SIZE).unwrap_or(u64::MAX);
+        let hi = vend.min(self.cfg.end) & !(PAGE_SIZE - 1);
+        if lo >= hi {
+            return Err(KvaError::InvalidRange {
+                start: vstart,
+                end: vend,
+            });
+        }
+        if size > hi - lo {
+            return Err(KvaError::NoSpace {
+                size,
+                align,
+                start: lo,
+                end: hi,
+            });
+        }
+        Ok((align, lo, hi))
+    }
+
+    pub(crate) fn alloc(
+        &self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+        node: Option<usize>,
+        info: AreaInfo,
+    ) -> Result<u64, KvaError> {
+        let (align, lo, hi) = self.check_request(size, align, vstart, vend)?;
+        if self.cfg.purge_mode == PurgeMode::Synchronous && self.deferred.pending() {
+            self.drain_deferred();
+        }
+        let cpu = P::this_cpu();
+        if let Some((addr, desc)) = self.find_space(cpu, size, align, lo, hi, node) {
+            return self.publish(cpu, addr, size, desc, info);
+        }
+        // No space: everything deferred, lazy or cached goes back to the trees and the search
+        // is repeated, all under the purge lock (see `reclaim_then`); then the notifiers,
+        // retrying while they free something.
+        let mut rounds = 0;
+        loop {
+            let cpu = P::this_cpu();
+            if let Some((addr, desc)) =
+                self.reclaim_then(|| self.find_space(cpu, size, align, lo, hi, node))
+            {
+                return self.publish(cpu, addr, size, desc, info);
+            }
+            if rounds < MAX_NOTIFIER_ROUNDS && self.notifiers.call(size) > 0 {
+                rounds += 1;
+                continue;
+            }
+            return Err(KvaError::NoSpace {
+                size,
+                align,
+                start: lo,
+                end: hi,
+            });
+        }
+    }
+
+    /// Find free VA for a request and a descriptor for it (nothing published yet).
+    fn find_space(
+        &self,
+        cpu: usize,
+        size: u64,
+        align: u64,
+        lo: u64,
+        hi: u64,
+        node: Option<usize>,
+    ) -> Option<(u64, Desc)> {
+        let cpu_home = self.topo.home_of(cpu);
+        let home = node.map_or(cpu_home, |n| n % self.shards.len());
+        if let Some(class) = pcpu::class_of(size, align) {
+            let sh = self.shards.get(home);
+            if home == cpu_home && self.pcpu.enabled() && lo <= sh.base() && sh.end() <= hi {
+                let mut slot = self.pcpu.lock(cpu);
+                let chunk = match slot.pop(class) {
+                    Some(c) => Some(c),
+                    None => self.refill(&mut slot, home, class),
+                };
+                if let Some(c) = chunk {
+                    let d = slot.take_desc(&self.pool);
+                    return Some((c, d));
+                }
+            }
+        }
+        let addr = self.search_trees(home, size, align, lo, hi)?;
+        let d = self.pcpu.lock(cpu).take_desc(&self.pool);
+        Some((addr, d))
+    }
+
+    /// Refill class `class` of `slot` from shard `shard` with one batch carved in one go;
+    /// returns one chunk for the caller.
+    fn refill(
+        &self,
+        slot: &mut MutexGuard<'_, P, Slot>,
+        shard: usize,
+        class: usize,
+    ) -> Option<u64> {
+        let bytes = pcpu::class_bytes(class);
+        // While an allocation-failure reclaim runs, carve only what this allocation takes
+        // (see `reclaim_then`). `Relaxed` suffices: the reclaimer raises the count before it
+        // locks each slot to drain it, so a refill that takes this slot's lock after that
+        // drain sees the count through the lock's hand-over.
+        let batch = if self.reclaim.active() {
+            1
+        } else {
+            self.pcpu.batch(class).max(1)
+        };
+        let s = self.shards.get(shard);
+        let mut tree = s.lock_free();
+        if batch > 1 {
+            if let Some(a) = tree.alloc(bytes * batch as u64, PAGE_SIZE, s.base(), s.end()) {
+                // Pushed highest first, so the stack hands the chunks out in ascending
+                // order: consecutive allocations (and their frees) are adjacent, and the
+                // purge merges a CPU's whole batch of frees as one run.
+                for k in (1..batch as u64).rev() {
+                    let c = a + k * bytes;
+                    if !slot.push(class, c) {
+                        // Cannot happen (the class was empty and holds 2 * batch), but never
+                        // lose VA: give the chunk back to the tree.
+                        let _ = tree.insert_merge(c, c + bytes);
+                    }
+                }
+                return Some(a);
+            }
+        }
+        tree.alloc(bytes, PAGE_SIZE, s.base(), s.end())
+    }
+
+    /// A fit in the home shard, then in the other shards of the window, then across shard
+    /// boundaries. Every shard is first tried with the O(log n) search (`alloc_quick`); only
+    /// for alignments where that search may miss (above a page) and when nothing was found
+    /// anywhere does a second pass pay for the exact walk (`alloc_fast`), so one nearly full
+    /// shard does not cost an O(n) walk while another shard has room.
+    fn search_trees(&self, home: usize, size: u64, align: u64, lo: u64, hi: u64) -> Option<u64> {
+        let (first, last) = self.shards.window(lo, hi);
+        let home_in = (first..=last).contains(&home);
+        let passes: &[bool] = if FreeTree::<MaxSize>::quick_is_exact(align) {
+            &[true]
+        } else {
+            &[true, false]
+        };
+        for (pass, &quick) in passes.iter().enumerate() {
+            if home_in {
+                if let Some(a) = self.shards.alloc_in(home, size, align, lo, hi, quick) {
+                    return Some(a);
+                }
+            }
+            for i in first..=last {
+                if home_in && i == home {
+                    continue;
+                }
+                if let Some(a) = self.shards.alloc_in(i, size, align, lo, hi, quick) {
+                    return Some(a);
+                }
+            }
+            if pass == 0 {
+                if let Some(a) = self.shards.alloc_spanning(size, align, lo, hi) {
+                    return Some(a);
+                }
+            }
+        }
+        None
+    }
+
+    /// Fill the descriptor and insert it into the busy tree of the shard of `addr`.
+    fn publish(
+        &self,
+        cpu: usize,
+        addr: u64,
+        size: u64,
+        desc: Desc,
+        info: AreaInfo,
+    ) -> Result<u64, KvaError> {
+        let end = addr + size;
+        // SAFETY: `desc` was just taken from a free list: this thread owns it.
+        unsafe { desc.write(addr, end, info) };
+        let Some(i) = self.shards.index_of(addr).filter(|_| end <= self.cfg.end) else {
+            // Unreachable: the space came from our trees. Keep the descriptor, lose nothing.
+            // SAFETY: still ours.
+            unsafe { self.pcpu.lock(cpu).put_desc(&self.pool, desc) };
+            return Err(KvaError::InvalidRange { start: addr, end });
+        };
+        let shard = self.shards.get(i);
+        let inserted = { shard.lock_busy().insert(addr, end, desc) };
+        match inserted {
+            Ok(()) => {
+                if end > shard.end() {
+                    self.shards.account_crossing(addr, end, true);
+                }
+                Ok(addr)
+            }
+            Err(_) => {
+                // Only an exhausted node arena can get here (the range was free): undo.
+                self.shards.free_range(addr, end);
+                // SAFETY: the insertion failed, so the descriptor is still ours.
+                unsafe { self.pcpu.lock(cpu).put_desc(&self.pool, desc) };
+                Err(KvaError::NoSpace {
+                    size,
+                    align: PAGE_SIZE,
+                    start: addr,
+                    end,
+                })
+            }
+        }
+    }
+
+    /// The allocation-failure path (Linux's `reclaim_and_purge_vmap_areas`, then the retry):
+    /// make every free byte visible to a tree search, then run `search` before anything can
+    /// hide it again. In order:
+    ///
+    /// 1. announce the reclaim (`reclaiming`): from the moment each CPU slot is drained
+    ///    below, its refills carve single chunks, not batches;
+    /// 2. run the deferred frees queued so far and wait for drains in flight (a worker may
+    ///    have just taken some), as [`Kva::purge`] does, so that `vfree_atomic`s made before
+    ///    the failure are lazy areas by now;
+    /// 3. take the purge lock (waiting for a purge in progress: its areas are merged when it
+    ///    returns), purge everything lazy into the TREES (no per-CPU cache refill), then
+    ///    drain every CPU's cache into the trees, still under the purge lock, so that no
+    ///    purge can push areas into some other CPU's cache between the drain and the search
+    ///    (Linux 6.9 drains its node pools inside `__purge_vmap_area_lazy`, under
+    ///    `vmap_purge_lock`, for the same reason);
+    /// 4. run `search` under the purge lock (lock order purge -> slot -> shard free).
+    ///
+    /// So an allocation fails only if, at that point, no free space that fits exists in any
+    /// tree, any CPU's cache or any lazy list or batch: space taken by concurrent
+    /// allocations (single chunks while the reclaim runs) and areas freed after the purge
+    /// are the only ones it cannot see.
+    pub(crate) fn reclaim_then<R>(&self, search: impl FnOnce() -> Option<R>) -> Option<R> {
+        let _announced = Announced::new(&self.reclaim);
+        self.drain_deferred();
+        self.wait_for_drains();
+        let guard = self.purge.lock();
+        self.purge_locked(&guard, false, None);
+        self.drain_caches();
+        let found = search();
+        drop(guard);
+        found
+    }
+
+    /// Move every per-CPU cached chunk back into the trees.
+    pub(crate) fn drain_caches(&self) {
+        if !self.pcpu.enabled() {
+            return;
+        }
+        let mut chunks = Vec::new();
+        for c in 0..self.pcpu.len() {
+            self.pcpu.lock(c).drain(|a, b| chunks.push((a, b)));
+        }
+        for (a, b) in chunks {
+            self.shards.free_range(a, b);
+        }
+    }
+
+    pub(crate) fn alloc_at(&self, start: u64, end: u64, info: AreaInfo) -> Result<(), KvaError> {
+        let bad = KvaError::InvalidRange { start, end };
+        if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+            return Err(bad);
+        }
+        if start < self.cfg.start || end > self.cfg.end {
+            return Err(bad);
+        }
+        let taken = self.shards.alloc_exact(start, end)
+            || self
+                .reclaim_then(|| self.shards.alloc_exact(start, end).then_some(()))
+                .is_some();
+        if !taken {
+            return Err(KvaError::NoSpace {
+                size: end - start,
+                align: PAGE_SIZE,
+                start,
+                end,
+            });
+        }
+        let cpu = P::this_cpu();
+        let desc = self.pcpu.lock(cpu).take_desc(&self.pool);
+        self.publish(cpu, start, end - start, desc, info).map(drop)
+    }
+
+    pub(crate) fn find(&self, addr: u64) -> Option<VmArea> {
+        let i = self.shards.index_of(addr)?;
+        self.find_in(i, addr)
+            .or_else(|| self.find_spanning(i, addr))
+    }
+
+    /// The area containing `addr` among those starting in shard `i`.
+    fn find_in(&self, i: usize, addr: u64) -> Option<VmArea> {
+        let busy = self.shards.get(i).lock_busy();
+        let (_, _, d) = busy.find_containing(addr)?;
+        // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+        Some(unsafe { d.read() })
+    }
+
+    /// The area containing `addr` that starts in a shard below `i`: only an area crossing
+    /// into shard `i` can, and it crosses into every shard between its own and `i`, so the
+    /// walk down stops at the first shard nothing crosses into (`Shard::crossed_in`). The
+    /// cost is bounded by the span of the crossing areas, not by the shard count.
+    fn find_spanning(&self, i: usize, addr: u64) -> Option<VmArea> {
+        let mut k = i;
+        while k > 0 && self.shards.get(k).crossed_into() {
+            k -= 1;
+            if let Some(a) = self.find_in(k, addr) {
+                return Some(a);
+            }
+        }
+        None
+    }
+
+    /// Every live area overlapping `[start, end)`, ascending: the one containing `start` if
+    /// it starts in a lower shard, then each shard of the window's busy tree from its first
+    /// overlapping area (`BusyTree::iter_overlapping`). O(window shards + k log n) for k
+    /// areas found; no snapshot of the whole busy set.
+    pub(crate) fn busy_overlapping(&self, start: u64, end: u64) -> Vec<VmArea> {
+        let mut out = Vec::new();
+        let lo = start.max(self.cfg.start);
+        let hi = end.min(self.cfg.end);
+        if lo >= hi {
+            return out;
+        }
+        let (first, last) = self.shards.window(lo, hi);
+        if let Some(a) = self.find_spanning(first, lo) {
+            out.push(a);
+        }
+        for k in first..=last {
+            let busy = self.shards.get(k).lock_busy();
+            out.extend(busy.overlapping(lo, hi).map(|(_, _, d)| {
+                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+                unsafe { d.read() }
+            }));
+        }
+        out
+    }
+
+    pub(crate) fn set_info(
+        &self,
+        start: u64,
+        f: impl FnOnce(&mut AreaInfo),
+    ) -> Result<(), KvaError> {
+        if let Some(i) = self.shards.index_of(start) {
+            let busy = self.shards.get(i).lock_busy();
+            if let Some((_, _, d)) = busy.get(start) {
+                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+                unsafe { d.update_info(f) };
+                return Ok(());
+            }
+        }
+        Err(self.miss_error(start, false))
+    }
+}
