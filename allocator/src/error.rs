@@ -1,9 +1,11 @@
-//! The one error type of the crate, [`VmallocError`].
+//! The vmalloc API's error type, [`VmallocError`].
 //!
-//! Every fallible operation of the KVA allocator (and of the vmalloc API built on it) returns a
-//! `VmallocError`; nothing panics on bad input. The enum is `#[non_exhaustive]` so that layers
-//! above (page mapping) can add variants without breaking matches downstream. Addresses and
-//! sizes are in bytes.
+//! Every fallible operation of the vmalloc API returns a `VmallocError`; nothing panics on bad
+//! input. The KVA layer's [`KvaError`](crate::KvaError) converts into the variant of the same
+//! name. The enum is `#[non_exhaustive]`. Addresses and sizes are in bytes. An error that
+//! wraps another (page tables, frames, the arena) says what failed in its own message and
+//! gives the cause through [`core::error::Error::source`], without repeating its text, so an
+//! error reporter that walks the chain prints each cause once.
 
 use crate::kva::error::KvaError;
 use crate::kva::flags::VmFlags;
@@ -83,16 +85,16 @@ pub enum VmallocError {
     },
     // Variants of the vmalloc layer (page tables, frames, argument checks).
     /// A page-table operation failed (e.g. no frame left for a page table).
-    #[error("page tables: {0}")]
+    #[error("page-table operation failed")]
     Map(#[from] pagetable::MapError),
     /// A frame-allocator operation failed.
-    #[error("frames: {0}")]
+    #[error("frame-allocator operation failed")]
     Frame(#[from] pagetable::FrameError),
     /// The physical arena could not be created or accessed.
-    #[error("arena: {0}")]
+    #[error("physical arena unavailable")]
     Arena(#[from] pagetable::ArenaError),
     /// No frames for the pages of a `size`-byte allocation.
-    #[error("vmalloc: allocation failure: {size} bytes: {source}")]
+    #[error("vmalloc: allocation failure: {size} bytes")]
     OutOfMemory {
         /// The requested size in bytes.
         size: u64,
@@ -237,5 +239,41 @@ mod tests {
             VmallocError::DoubleFree { addr: 1 },
             VmallocError::DoubleFree { addr: 1 }
         );
+    }
+
+    #[test]
+    fn a_wrapped_cause_is_the_source_not_part_of_the_message() {
+        use core::error::Error;
+        let cause = pagetable::FrameError::OutOfFrames {
+            zone: pagetable::Zone::Normal,
+            injected: true,
+        };
+        for e in [
+            VmallocError::OutOfMemory {
+                size: 4096,
+                source: cause,
+            },
+            VmallocError::Frame(cause),
+            VmallocError::Map(pagetable::MapError::Arena(
+                pagetable::ArenaError::MmapUnavailable,
+            )),
+        ] {
+            let msg = e.to_string();
+            let src = e.source().expect("a cause").to_string();
+            assert!(!msg.contains(&src), "{msg:?} repeats its source {src:?}");
+        }
+        // The KVA layer's errors keep their names and numbers through the conversion.
+        let k = crate::KvaError::NotStartOfArea {
+            addr: 0x2000,
+            start: 0x1000,
+        };
+        assert_eq!(
+            VmallocError::from(k),
+            VmallocError::NotStartOfArea {
+                addr: 0x2000,
+                start: 0x1000
+            }
+        );
+        assert_eq!(VmallocError::from(k).to_string(), k.to_string());
     }
 }

@@ -58,9 +58,9 @@ use crate::kva::area::{AreaInfo, RemovedArea, VmArea};
 use crate::kva::config::{KvaConfig, PurgeMode, Resolved};
 use crate::kva::deferred::{Deferred, Notifiers};
 use crate::kva::pcpu::Pcpu;
-use crate::kva::purge::{PurgeReport, PurgeState};
 #[cfg(feature = "std")]
 use crate::kva::purge::Work;
+use crate::kva::purge::{PurgeReport, PurgeState};
 use crate::kva::shard::ShardSet;
 #[cfg(feature = "std")]
 use crate::kva::workers::{Sched, WorkerHost};

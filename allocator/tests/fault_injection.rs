@@ -156,7 +156,7 @@ fn reservations_ioremap_and_remap() {
     assert!(f >= 1, "user page tables must have been allocated");
     let pa = vm.kernel_space().translate(k).unwrap().pa;
     assert_eq!(vm.frames().refcount(PhysFrame::containing_address(pa)), 2);
-    user.unmap_and_free(va(0x4000_0000), 4 * P).unwrap();
+    let _ = user.unmap_and_free(va(0x4000_0000), 4 * P).unwrap();
     vm.vfree(k).unwrap();
     vm.iounmap(io).unwrap();
     vm.free_vm_area(&area).unwrap();

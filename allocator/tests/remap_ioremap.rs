@@ -42,7 +42,7 @@ fn remap_shares_frames_with_user_space() {
     model(&vm).read(0, &user, va(UADDR), &mut back).unwrap();
     assert_eq!(back, data);
     // The user unmaps: the frames go back.
-    user.unmap_and_free(va(UADDR), 4 * P).unwrap();
+    let _ = user.unmap_and_free(va(UADDR), 4 * P).unwrap();
     assert_eq!(vm.frames().refcount(PhysFrame::containing_address(pa0)), 0);
     drop(user);
     assert!(
@@ -139,8 +139,8 @@ fn remap_windows_and_errors() {
     let k32 = vm.vmalloc_32_user(P).unwrap();
     vm.remap_vmalloc_range(&user, va(UADDR + (3 << 20)), P, k32, 0)
         .unwrap();
-    user.unmap_and_free(va(UADDR), 2 * P).unwrap();
-    user.unmap_and_free(va(UADDR + (3 << 20)), P).unwrap();
+    let _ = user.unmap_and_free(va(UADDR), 2 * P).unwrap();
+    let _ = user.unmap_and_free(va(UADDR + (3 << 20)), P).unwrap();
     for a in [k, plain, k32] {
         vm.vfree(a).unwrap();
     }

@@ -107,7 +107,7 @@ impl Ours {
                 black_box(pa);
             })
             .expect("unmap");
-        black_box(flush);
+        let _ = black_box(flush);
     }
 
     fn translate_all(&self) -> u64 {

@@ -121,7 +121,7 @@ fn disjoint_ranges_of_one_space_from_many_threads() {
     );
 
     // Teardown returns everything.
-    space.unmap_and_free(VirtAddr::new(BASE), span).unwrap();
+    let _ = space.unmap_and_free(VirtAddr::new(BASE), span).unwrap();
     assert_eq!(space.rss(), 0);
     drop(space);
     assert_eq!(frames.stats().used, 0);
@@ -182,6 +182,6 @@ fn tlb_readers_never_see_a_frame_their_page_did_not_have() {
     for r in readers {
         r.join().unwrap();
     }
-    space.unmap_and_free(base, pages * KB4).unwrap();
+    let _ = space.unmap_and_free(base, pages * KB4).unwrap();
     assert!(tlb.stats().flushes > 0);
 }

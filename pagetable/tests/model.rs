@@ -441,7 +441,7 @@ impl World {
                         r
                     );
                 } else {
-                    r.unwrap();
+                    let _ = r.unwrap();
                     // Non-present entries are left alone.
                     for (_, e) in m.range_mut(page..page + n) {
                         if e.swp.is_none() {
@@ -489,7 +489,7 @@ impl World {
                 };
                 let n = clamp(page, n);
                 if aim && !cuts_leaf(&self.models[d], page, n) {
-                    self.spaces[d].unmap(va(page), n * KB4, |_, _| {}).unwrap();
+                    let _ = self.spaces[d].unmap(va(page), n * KB4, |_, _| {}).unwrap();
                     let gone: Vec<u64> = self.models[d]
                         .range(page..page + n)
                         .map(|(&p, _)| p)

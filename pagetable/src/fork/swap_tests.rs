@@ -202,7 +202,7 @@ fn non_present_entries_survive_into_the_child() {
     );
     assert_eq!(a.refcount(f[1]), 1, "a migration entry takes no reference");
     // Unmapping counts them as the copy did.
-    child2.unmap(v, 5 * KB4, |_, _| {}).unwrap();
+    let _ = child2.unmap(v, 5 * KB4, |_, _| {}).unwrap();
     assert_eq!(child2.rss(), 0);
     drop((child, child2));
     assert_eq!(a.stats().used, used);

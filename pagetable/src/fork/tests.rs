@@ -98,8 +98,8 @@ fn private_mappings_become_cow_and_fault_apart() {
     );
 
     // Teardown drops every reference: only the tables remain, then nothing.
-    child.unmap_and_free(v, 2 * KB4).unwrap();
-    parent.unmap_and_free(v, 2 * KB4).unwrap();
+    let _ = child.unmap_and_free(v, 2 * KB4).unwrap();
+    let _ = parent.unmap_and_free(v, 2 * KB4).unwrap();
     drop(child);
     drop(parent);
     assert_eq!(a.stats().used, 0);

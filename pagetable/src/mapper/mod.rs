@@ -132,7 +132,7 @@ pub enum MapError {
         va: VirtAddr,
     },
     /// An arena access failed.
-    #[error("arena: {0}")]
+    #[error("arena access failed")]
     Arena(#[from] ArenaError),
     /// `[start, start + len)` leaves its half of the address space (or the physical range
     /// overflows).

@@ -291,13 +291,13 @@ fn clean_up_frees_only_empty_tables_inside_the_range() {
         .unwrap();
     s.map(va(0x40_0000), &data_frames(1, 0x9000_0000), RW)
         .unwrap();
-    s.unmap(va(0x20_0000), KB4, |_, _| {}).unwrap();
+    let _ = s.unmap(va(0x20_0000), KB4, |_, _| {}).unwrap();
     // Range covers the first leaf table only partially: nothing freed.
     assert_eq!(s.clean_up(va(0x20_0000), KB4).unwrap(), 0);
     assert_eq!(s.clean_up(va(0x20_0000), MB2).unwrap(), 1);
     // The second leaf table still holds a mapping.
     assert_eq!(s.clean_up(va(0), GB1).unwrap(), 0);
-    s.unmap(va(0x40_0000), KB4, |_, _| {}).unwrap();
+    let _ = s.unmap(va(0x40_0000), KB4, |_, _| {}).unwrap();
     assert_eq!(s.clean_up(va(0), 512 * GB1).unwrap(), 3);
     assert_eq!(used(&a), 1);
 }
@@ -392,7 +392,7 @@ fn kernel_half_is_shared_through_preallocated_tables() {
     user2.map(va(0xffff_f000_0000_0000), &f, RW).unwrap();
     assert!(kernel.translate(va(0xffff_f000_0000_0000)).is_none());
     // The shared PDPTs are never freed by clean_up.
-    kernel.unmap(vmalloc_start, 16 * GB1, |_, _| {}).unwrap();
+    let _ = kernel.unmap(vmalloc_start, 16 * GB1, |_, _| {}).unwrap();
     kernel.clean_up(vmalloc_start, 32 * GB1).unwrap();
     drop(kernel);
     assert!(user2.translate(vmalloc_start + 5 * MB2).is_none());
@@ -414,7 +414,7 @@ fn unmap_and_free_returns_frames() {
     }
     s.map(va(0x1000_0000), &frames, RW).unwrap();
     let before = used(&a);
-    s.unmap_and_free(va(0x1000_0000), 20 * KB4).unwrap();
+    let _ = s.unmap_and_free(va(0x1000_0000), 20 * KB4).unwrap();
     assert_eq!(used(&a), before - 20);
     // A frame that is not allocated is reported, and the unmap still happens.
     s.map(va(0x1000_0000), &frames[..1], RW).unwrap();
@@ -513,7 +513,8 @@ fn fast_unmap_of_a_hole_and_inside_a_huge_leaf() {
     assert_eq!(s.rss(), 512);
     // The whole chunk unmaps as one leaf.
     let mut seen = Vec::new();
-    s.unmap(huge, MB2, |pa, size| seen.push((pa, size)))
+    let _ = s
+        .unmap(huge, MB2, |pa, size| seen.push((pa, size)))
         .unwrap();
     assert_eq!(seen, [(PhysAddr::new(0x4000_0000), MB2)]);
     assert_eq!(s.rss(), 0);
@@ -536,7 +537,7 @@ fn rss_is_exact_when_pages_move_between_cpu_slots() {
     let s2 = Arc::clone(&s);
     thread::spawn(move || {
         crate::cpu::set_this_cpu(1);
-        s2.unmap(base, 10 * KB4, |_, _| {}).unwrap();
+        let _ = s2.unmap(base, 10 * KB4, |_, _| {}).unwrap();
     })
     .join()
     .unwrap();

@@ -100,6 +100,7 @@ pub trait TlbFlush: Send + Sync {
 /// Empty when nothing changed. Ranges merge with [`FlushRange::union`] (the smallest range
 /// covering both, as the lazy purge does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[must_use = "the range still holds translations until it is flushed (or handed to a lazy free)"]
 pub struct FlushRange {
     /// Linear start (inclusive).
     start: u64,

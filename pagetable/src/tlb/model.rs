@@ -87,7 +87,7 @@ pub enum AccessError {
         len: usize,
     },
     /// A mapping points outside the physical arena (e.g. an ioremap of a device address).
-    #[error("physical access failed: {0}")]
+    #[error("physical access failed")]
     Arena(#[from] ArenaError),
 }
 
