@@ -2,14 +2,17 @@
 # Every test of the project, in the order that fails fastest:
 #   1. unit, property, integration and doc tests of every crate (debug), at the machine's
 #      CPU count
-#   2. the unit, integration and stress tests again as if the machine had 1, 16 and 64 CPUs
+#   2. the no_std core: `pagetable` and `vmalloc` built without `std` for x86_64-unknown-none,
+#      and the std-free platform test (a fake kernel platform, direct-map RAM, a workqueue
+#      hook) run against the crates compiled without `std`
+#   3. the unit, integration and stress tests again as if the machine had 1, 16 and 64 CPUs
 #      (KVMALLOC_NR_CPUS: every CPU-derived default, per-CPU cache, shard and worker count
 #      follows it; threads outnumber CPUs at 1, CPUs outnumber threads at 64)
-#   3. the loom models (cargo test --features loom, at the workspace root)
-#   4. Miri over the modules with unsafe code (arena, page-table entries, frame allocator,
+#   4. the loom models (cargo test --features loom, at the workspace root)
+#   5. Miri over the modules with unsafe code (arena, page-table entries, frame allocator,
 #      llist, trees, area descriptors and their pool, kva, purge, deferred frees, inspection)
-#   5. each cargo-fuzz target for a bounded time (FUZZ_SECONDS, default 60) from its seed corpus
-#   6. the multi-thread stress, fault-injection and API tests under ThreadSanitizer and
+#   6. each cargo-fuzz target for a bounded time (FUZZ_SECONDS, default 60) from its seed corpus
+#   7. the multi-thread stress, fault-injection and API tests under ThreadSanitizer and
 #      AddressSanitizer + LeakSanitizer (scripts/sanitize.sh; nightly, -Zbuild-std)
 # Installs what a fresh machine lacks (cargo-fuzz from crates.io; nightly's miri component).
 # Ends with one line "test-all: N passed, M failed" summing the cargo test results.
@@ -25,28 +28,35 @@ fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
+if ! rustup target list --installed 2>/dev/null | grep -q '^x86_64-unknown-none$'; then
+    rustup target add x86_64-unknown-none
+fi
 
-echo "== 1/6 cargo test --workspace"
+echo "== 1/7 cargo test --workspace"
 cargo test --workspace 2>&1 | tee -a "$log"
 
+echo "== 2/7 no_std core: x86_64-unknown-none build, std-free platform test"
+cargo build -p pagetable -p vmalloc --no-default-features --target x86_64-unknown-none
+cargo test -p vmalloc --no-default-features --test platform 2>&1 | tee -a "$log"
+
 for n in 1 16 64; do
-    echo "== 2/6 cargo test --workspace --lib --tests with KVMALLOC_NR_CPUS=$n"
+    echo "== 3/7 cargo test --workspace --lib --tests with KVMALLOC_NR_CPUS=$n"
     KVMALLOC_NR_CPUS=$n cargo test --workspace --lib --tests 2>&1 | tee -a "$log"
 done
 
-echo "== 3/6 loom models: cargo test --features loom"
+echo "== 4/7 loom models: cargo test --features loom"
 cargo test --features loom 2>&1 | tee -a "$log"
 
-echo "== 4/6 Miri over the modules with unsafe code"
+echo "== 5/7 Miri over the modules with unsafe code"
 cargo +nightly miri setup >/dev/null 2>&1 || true
 cargo +nightly miri test -p pagetable --lib -- arena:: entry:: frame:: addr:: page:: 2>&1 | tee -a "$log"
 cargo +nightly miri test -p vmalloc --lib -- llist:: tree:: free_tree:: busy:: \
     area:: kva:: purge:: deferred:: pcpu:: shard:: 2>&1 | tee -a "$log"
 
-echo "== 5/6 fuzz targets, ${FUZZ_SECONDS} s each"
+echo "== 6/7 fuzz targets, ${FUZZ_SECONDS} s each"
 bash scripts/fuzz-ci.sh
 
-echo "== 6/6 sanitizers: TSan, ASan + LSan"
+echo "== 7/7 sanitizers: TSan, ASan + LSan"
 bash scripts/sanitize.sh
 
 passed=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')

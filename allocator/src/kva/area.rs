@@ -78,11 +78,13 @@ pub struct VmArea {
 
 impl VmArea {
     /// `end - start`.
+    #[inline]
     pub fn size(&self) -> u64 {
         self.end - self.start
     }
 
     /// Whether `addr` lies in `[start, end)`.
+    #[inline]
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
     }
@@ -118,6 +120,7 @@ impl Desc {
     /// # Safety
     ///
     /// The caller owns the descriptor or holds the lock of the busy tree that owns it.
+    #[inline]
     pub(crate) unsafe fn read(self) -> VmArea {
         let p = self.0.as_ptr();
         // SAFETY: the pointee is live (pool chunks outlive every handle) and, by the caller's
@@ -138,6 +141,7 @@ impl Desc {
     ///
     /// The caller owns the descriptor (or holds the lock of the busy tree that owns it) and
     /// the descriptor is on no list.
+    #[inline]
     pub(crate) unsafe fn write(self, start: u64, end: u64, info: AreaInfo) {
         let p = self.0.as_ptr();
         // SAFETY: live pointee, exclusive by the caller's ownership; the link is untouched.
@@ -153,6 +157,7 @@ impl Desc {
     /// # Safety
     ///
     /// As for [`Desc::write`].
+    #[inline]
     pub(crate) unsafe fn set_unmapped(self, pages: usize) {
         // SAFETY: live pointee, exclusive by the caller's ownership; the link is untouched.
         unsafe { (*self.0.as_ptr()).unmapped = pages };
@@ -163,6 +168,7 @@ impl Desc {
     /// # Safety
     ///
     /// As for [`Desc::read`].
+    #[inline]
     pub(crate) unsafe fn unmapped(self) -> usize {
         // SAFETY: live pointee, not written concurrently (caller's ownership).
         unsafe { (*self.0.as_ptr()).unmapped }
@@ -173,6 +179,7 @@ impl Desc {
     /// # Safety
     ///
     /// As for [`Desc::write`].
+    #[inline]
     pub(crate) unsafe fn update_info(self, f: impl FnOnce(&mut AreaInfo)) {
         let p = self.0.as_ptr();
         // SAFETY: live pointee, exclusive by the caller's ownership; only the `info` field is
@@ -181,6 +188,7 @@ impl Desc {
     }
 
     /// The llist link of the descriptor.
+    #[inline]
     pub(crate) fn node(self) -> NonNull<LlistNode> {
         VmapArea::to_node(self.0)
     }
@@ -190,6 +198,7 @@ impl Desc {
     /// # Safety
     ///
     /// `node` came from [`Desc::node`] of a descriptor of a live pool.
+    #[inline]
     pub(crate) unsafe fn from_node(node: NonNull<LlistNode>) -> Desc {
         // SAFETY: per the caller, `node` is the link of a live pooled `VmapArea`.
         Desc(unsafe { VmapArea::from_node(node) })
@@ -210,26 +219,31 @@ pub struct RemovedArea {
 
 impl RemovedArea {
     /// First address of the area.
+    #[inline]
     pub fn start(&self) -> u64 {
         self.area.start
     }
 
     /// End (exclusive), guard page included.
+    #[inline]
     pub fn end(&self) -> u64 {
         self.area.end
     }
 
     /// Size in bytes.
+    #[inline]
     pub fn size(&self) -> u64 {
         self.area.end - self.area.start
     }
 
     /// The area's info as it was when removed.
+    #[inline]
     pub fn info(&self) -> &AreaInfo {
         &self.area.info
     }
 
     /// The whole snapshot.
+    #[inline]
     pub fn area(&self) -> &VmArea {
         &self.area
     }
@@ -249,6 +263,7 @@ pub(crate) struct DescList {
 
 impl DescList {
     /// Number of descriptors on the list.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -274,6 +289,7 @@ impl DescList {
     ///
     /// Every node of `chain` is the link of a pooled descriptor owned by the caller (detached
     /// from every list and tree), and `len` is the chain's length.
+    #[inline]
     pub(crate) unsafe fn splice(&mut self, chain: Chain, len: usize) {
         if !chain.is_empty() {
             self.more.push(chain);

@@ -125,6 +125,7 @@ impl LlistHead {
     }
 
     /// Whether the list looks empty (a hint: it may change as soon as this returns).
+    #[inline]
     pub fn is_empty(&self) -> bool {
         // Relaxed: nothing is dereferenced on the strength of this load.
         self.first.load(Ordering::Relaxed).is_null()
@@ -140,6 +141,7 @@ impl LlistHead {
     /// [`LlistHead::del_all`] or [`LlistHead::del_first`] and then released by whoever
     /// consumed it. The pointer should carry the provenance of the whole containing structure
     /// (use [`Intrusive::to_node`]) if the consumer will use [`Intrusive::from_node`].
+    #[inline]
     pub unsafe fn add(&self, node: NonNull<LlistNode>) -> bool {
         // SAFETY: a single node is a batch whose first and last are the same node; the
         // caller's guarantees are exactly those `add_batch` needs.
@@ -154,6 +156,7 @@ impl LlistHead {
     /// linked from `first` to `last` through the nodes' links (build it with
     /// [`Chain::push_front`] and prefer [`LlistHead::add_chain`]), and nobody else touches the
     /// batch's links while this runs.
+    #[inline]
     pub unsafe fn add_batch(&self, first: NonNull<LlistNode>, last: NonNull<LlistNode>) -> bool {
         // Relaxed initial load: the value is only used as the expected value and as the link
         // we write into `last`; it is never dereferenced.
@@ -179,6 +182,7 @@ impl LlistHead {
     /// Push a whole detached chain (order kept: the chain's first node becomes the newest);
     /// returns `true` if the list was empty before. An empty chain is a no-op returning
     /// `false`.
+    #[inline]
     pub fn add_chain(&self, chain: Chain) -> bool {
         let (Some(first), Some(last)) = (chain.first(), chain.last_node()) else {
             return false;
@@ -191,6 +195,7 @@ impl LlistHead {
 
     /// Take every node off the list with ONE atomic swap; the chain is newest first.
     /// Needs no lock against producers nor against other `del_all` callers.
+    #[inline]
     pub fn del_all(&self) -> Chain {
         // Acquire: synchronises with the Release push of every node on the chain (all writes
         // to the head are RMWs, so they continue each push's release sequence).
@@ -209,6 +214,7 @@ impl LlistHead {
     /// Single consumer: no other thread may run `del_first` or `del_all` on this list at the
     /// same time (producers are fine). Otherwise ABA (see the module documentation): a node
     /// could be removed twice, or its link read after it was freed.
+    #[inline]
     pub unsafe fn del_first(&self) -> Option<NonNull<LlistNode>> {
         // Acquire: we are about to read `entry.next`, written by the producer before its
         // Release push.
@@ -271,16 +277,19 @@ impl Chain {
     }
 
     /// Whether the chain has no node.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.first.is_null()
     }
 
     /// The first node, if any.
+    #[inline]
     pub fn first(&self) -> Option<NonNull<LlistNode>> {
         NonNull::new(self.first)
     }
 
     /// The number of nodes (walks the chain).
+    #[inline]
     pub fn len(&self) -> usize {
         self.iter().count()
     }
@@ -291,6 +300,7 @@ impl Chain {
     ///
     /// `node` satisfies the contract of [`LlistHead::add`] (live, on no list or chain, stays
     /// live while the chain or a list holds it).
+    #[inline]
     pub unsafe fn push_front(&mut self, node: NonNull<LlistNode>) {
         // SAFETY: the caller hands `node` over to this chain; nobody else touches it.
         unsafe { LlistNode::set_next(node, self.first) };
@@ -301,6 +311,7 @@ impl Chain {
     }
 
     /// Take the first node off the chain (its link is cleared).
+    #[inline]
     pub fn pop_front(&mut self) -> Option<NonNull<LlistNode>> {
         let node = NonNull::new(self.first)?;
         // SAFETY: nodes of a chain are live and owned by the chain (chain invariant).
@@ -316,6 +327,7 @@ impl Chain {
     /// Reverse the chain in place (Linux's `llist_reverse_order`): `del_all` yields newest
     /// first, this gives oldest first.
     #[must_use]
+    #[inline]
     pub fn reverse_order(mut self) -> Chain {
         let old_first = self.first;
         let mut prev: *mut LlistNode = ptr::null_mut();
@@ -335,6 +347,7 @@ impl Chain {
 
     /// Iterate over the nodes without consuming the chain. The next link is read before a
     /// node is yielded.
+    #[inline]
     pub fn iter(&self) -> ChainIter<'_> {
         ChainIter {
             cur: self.first,

@@ -129,6 +129,7 @@ impl Slot {
     /// # Safety
     ///
     /// As for [`DescList::splice`]: the chain's descriptors are free and owned by the caller.
+    #[inline]
     pub(crate) unsafe fn splice_descs(&mut self, chain: Chain, n: usize, bound: usize) -> DescList {
         // SAFETY: forwarded from the caller.
         unsafe { self.descs.splice(chain, n) };
@@ -154,6 +155,7 @@ impl Slot {
     }
 
     /// The lazily freed areas waiting here.
+    #[inline]
     pub(crate) fn lazy(&self) -> &[(u64, u64)] {
         &self.lazy
     }
@@ -162,6 +164,7 @@ impl Slot {
     /// capacity: it bounds the new batch) in its place. O(1), so the freeing CPU never waits
     /// on a walk of the batch: the caller counts the pages after dropping the lock, and
     /// zeroes the slot's `lazy_pages` under it.
+    #[inline]
     pub(crate) fn swap_lazy(&mut self, mut spare: Vec<(u64, u64)>) -> (Vec<(u64, u64)>, LazyTaken) {
         spare.clear();
         let batch = core::mem::replace(&mut self.lazy, spare);
@@ -203,6 +206,7 @@ impl Slot {
     }
 
     /// Bytes of VA cached.
+    #[inline]
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -271,16 +275,19 @@ impl<P: Platform> Pcpu<P> {
     }
 
     /// Number of slots.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
     /// Whether small areas are cached at all.
+    #[inline]
     pub(crate) fn enabled(&self) -> bool {
         self.batch[0] != 0
     }
 
     /// Chunks to carve when refilling class `class`.
+    #[inline]
     pub(crate) fn batch(&self, class: usize) -> usize {
         self.batch.get(class).copied().unwrap_or(0)
     }
@@ -348,6 +355,7 @@ impl<P: Platform> SlotCell<P> {
 
     /// Take the whole lazy batch, leaving `spare` in its place, and zero the page count, in
     /// one critical section of the slot's lock (O(1): see [`Slot::swap_lazy`]).
+    #[inline]
     pub(crate) fn take_lazy(&self, spare: Vec<(u64, u64)>) -> (Vec<(u64, u64)>, LazyTaken) {
         let mut slot = self.slot.lock();
         let r = slot.swap_lazy(spare);
@@ -357,6 +365,7 @@ impl<P: Platform> SlotCell<P> {
 
     /// Overwrite the page count (tests that corrupt it on purpose).
     #[cfg(all(test, not(feature = "loom")))]
+    #[inline]
     pub(crate) fn set_lazy_pages_for_tests(&self, n: usize) {
         self.lazy_pages.store(n, Ordering::Relaxed);
     }

@@ -149,6 +149,7 @@ pub(crate) struct BusyState {
 
 impl BusyState {
     /// Insert the live area `[start, end)` owned by `desc`.
+    #[inline]
     pub(crate) fn insert(&mut self, start: u64, end: u64, desc: Desc) -> Result<(), BusyError> {
         self.tree.insert(start, end, desc)?;
         self.bytes += end - start;
@@ -157,6 +158,7 @@ impl BusyState {
 
     /// Remove the area starting at `start` if `check` accepts it (see
     /// [`BusyTree::remove_checked`]); the byte counters follow.
+    #[inline]
     pub(crate) fn remove_checked<E>(
         &mut self,
         start: u64,
@@ -171,16 +173,19 @@ impl BusyState {
     }
 
     /// The live area containing `addr`.
+    #[inline]
     pub(crate) fn find_containing(&self, addr: u64) -> Option<(u64, u64, Desc)> {
         self.tree.find_containing(addr)
     }
 
     /// The live area starting at `start`.
+    #[inline]
     pub(crate) fn get(&self, start: u64) -> Option<(u64, u64, Desc)> {
         self.tree.get(start)
     }
 
     /// The live areas overlapping `[start, end)`, ascending.
+    #[inline]
     pub(crate) fn overlapping(
         &self,
         start: u64,
@@ -190,21 +195,25 @@ impl BusyState {
     }
 
     /// Every live area, ascending.
+    #[inline]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64, Desc)> + '_ {
         self.tree.iter()
     }
 
     /// Live areas.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.tree.len()
     }
 
     /// Bytes in live areas.
+    #[inline]
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 
     /// The tree's own invariants (see [`BusyTree::check_invariants`]).
+    #[inline]
     pub(crate) fn check_tree(&self) -> Result<(), crate::kva::tree::InvariantViolation> {
         self.tree.check_invariants()
     }
@@ -310,6 +319,7 @@ impl<P: Platform> Shard<P> {
     ///
     /// The caller owns `desc` (a removed area's token), whose fields it has written: the
     /// list takes it over (its `Release` push publishes them to the purger).
+    #[inline]
     pub(crate) unsafe fn push_lazy(&self, desc: Desc, pages: usize) -> usize {
         let old = self.lazy.pages.fetch_add(pages, Ordering::Relaxed);
         // SAFETY: forwarded from the caller; the pool keeps the descriptor live.
@@ -319,18 +329,21 @@ impl<P: Platform> Shard<P> {
 
     /// Detach the whole lazy list (`Acquire`: the pushers' descriptor fields are visible);
     /// the caller lowers the counter by what it found ([`Shard::detached_lazy`]).
+    #[inline]
     pub(crate) fn take_lazy(&self) -> Chain {
         self.lazy.head.del_all()
     }
 
     /// `pages` pages were detached by [`Shard::take_lazy`]: no longer counted as waiting
     /// (every one was counted before its push, which the detaching `del_all` saw).
+    #[inline]
     pub(crate) fn detached_lazy(&self, pages: usize) {
         self.lazy.pages.fetch_sub(pages, Ordering::Relaxed);
     }
 
     /// Look at the lazy list without taking it: detach, `f`, re-attach (error path and
     /// invariant checks only; the caller holds the purge lock, so no purger holds a chain).
+    #[inline]
     pub(crate) fn peek_lazy<R>(&self, f: impl FnOnce(&Chain) -> R) -> R {
         let chain = self.lazy.head.del_all();
         let r = f(&chain);
@@ -346,6 +359,7 @@ impl<P: Platform> Shard<P> {
 
     /// Bytes removed and not yet free again (exact when quiescent; `returned` is read first
     /// so that a concurrent free cannot make the difference negative in practice).
+    #[inline]
     pub(crate) fn pending(&self) -> u64 {
         let returned = self.lazy.returned.load(Ordering::Relaxed);
         self.busy.lock().removed.saturating_sub(returned)
@@ -427,6 +441,7 @@ impl<P: Platform> ShardSet<P> {
 
     /// The shards intersecting `[vstart, vend)` (a non-empty window inside the range), as an
     /// inclusive index range.
+    #[inline]
     pub(crate) fn window(&self, vstart: u64, vend: u64) -> (usize, usize) {
         let first = self.offset_index(vstart - self.start);
         let last = self.offset_index(vend - 1 - self.start);
@@ -435,6 +450,7 @@ impl<P: Platform> ShardSet<P> {
 
     /// A fit inside shard `i`'s part of `[vstart, vend)`: [`FreeTree::alloc_quick`] (always
     /// O(log n)) with `quick`, else [`FreeTree::alloc_fast`] (definitive).
+    #[inline]
     pub(crate) fn alloc_in(
         &self,
         i: usize,
@@ -465,6 +481,7 @@ impl<P: Platform> ShardSet<P> {
 
     /// Count the live area `[a, b)` in `crossed_in` of every shard above its first one that
     /// it reaches (`add`: published; else removed). O(shards crossed).
+    #[inline]
     pub(crate) fn account_crossing(&self, a: u64, b: u64, add: bool) {
         let (first, last) = self.window(a, b);
         for s in &self.shards[first + 1..=last] {
@@ -494,6 +511,7 @@ impl<P: Platform> ShardSet<P> {
     /// hold `size` has its shards `k..=j` locked (ascending) and checked exactly. The work is
     /// a scan of the window's hints plus locks proportional to the runs worth checking, not
     /// a lock of every shard of the window.
+    #[inline]
     pub(crate) fn alloc_spanning(
         &self,
         size: u64,
@@ -606,6 +624,7 @@ impl<P: Platform> ShardSet<P> {
 
     /// Take the exact range `[a, b)` (inside the range, page aligned) out of the free space of
     /// every shard it crosses; `false` (nothing taken) if any part of it is not free.
+    #[inline]
     pub(crate) fn alloc_exact(&self, a: u64, b: u64) -> bool {
         let (first, last) = self.window(a, b);
         let mut trees = self.lock_free_run(first, last);
@@ -614,6 +633,7 @@ impl<P: Platform> ShardSet<P> {
 
     /// Return `[a, b)` to the free trees, one shard (and one lock) per piece. An overlap with
     /// free space (a bug) is refused by the tree and reported as `false`.
+    #[inline]
     pub(crate) fn free_range(&self, a: u64, b: u64) -> bool {
         let mut ok = true;
         let (first, last) = self.window(a, b);
