@@ -19,11 +19,11 @@
 use std::hint::black_box;
 
 use benches::peers::run_together;
-use benches::{AllocatorKind, ImplConfig, VmallocImpl};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use vmalloc_impls::{AllocatorKind, ImplConfig, VmallocImpl};
 
 /// Page size of every implementation.
-const PAGE: u64 = benches::impls::PAGE_SIZE;
+const PAGE: u64 = vmalloc_impls::PAGE_SIZE;
 
 /// `iters` pairs on each of `threads` threads; the wall time of the whole round.
 fn pairs(imp: &dyn VmallocImpl, threads: usize, iters: u64) -> std::time::Duration {

@@ -24,9 +24,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use benches::peers::{KvaPeer, LegacyKvaPeer, PAGE, SharedVaAllocator};
-use benches::{AllocatorKind, ImplConfig};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pagetable::TlbStats;
+use vmalloc_impls::{AllocatorKind, ImplConfig};
 
 /// Frees per counting run.
 const FREES: u64 = 1_000_000;

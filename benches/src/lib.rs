@@ -1,14 +1,15 @@
-//! The test_vmalloc runner, the legacy baseline allocator and shared benchmark code.
+//! `benches`: the criterion benchmarks (`benches/*.rs`), the `pair` profiling example, and the
+//! [`peers`] they race against.
 //!
-//! - [`impls`]: the [`VmallocImpl`] trait the runner and the criterion benchmarks drive, and
-//!   its implementations (`sharded`, `single-lock`, `legacy`), built by
-//!   [`AllocatorKind::build`];
-//! - [`legacy`]: seed 003's Linux 3.x allocator as a whole vmalloc (the baseline);
-//! - [`runner`]: the `test_vmalloc` program (lib/test_vmalloc.c + test_vmalloc.sh).
+//! ```text
+//! cargo bench -p benches                      # every benchmark
+//! cargo bench -p benches --bench contention   # one of them
+//! cargo run --release -p benches --example pair -- --help
+//! ```
+//!
+//! [`peers`]: other crates' virtual-range allocators, ours (`vmalloc::Kva`) and the legacy
+//! baseline's KVA part (`vmalloc_legacy::kva`) behind one trait, plus what the benchmarks
+//! share. Whole allocators are driven through `vmalloc_impls::VmallocImpl` (the `contention`
+//! and `purge` benchmarks); the `test_vmalloc` runner is the `test-vmalloc` crate.
 
-pub mod impls;
-pub mod legacy;
 pub mod peers;
-pub mod runner;
-
-pub use impls::{AllocatorKind, ImplConfig, ImplError, ImplStats, PageBatch, VmallocImpl};

@@ -124,11 +124,11 @@ impl VaAllocator for KvaPeer {
 // ---------------------------------------------------------------------------------------------
 // the legacy baseline (seed 003)
 
-/// The legacy baseline's KVA part ([`crate::legacy::kva::LegacyKva`], Linux 3.x: busy list
+/// The legacy baseline's KVA part ([`vmalloc_legacy::kva::LegacyKva`], Linux 3.x: busy list
 /// walk from `free_vmap_cache`, one global lock, lazy purge) with a [`CountingFlush`].
 /// `free` is its lazy free of an area without a `vm` (`abandon`), like ours.
 pub struct LegacyKvaPeer {
-    kva: crate::legacy::kva::LegacyKva<()>,
+    kva: vmalloc_legacy::kva::LegacyKva<()>,
     flush: Arc<CountingFlush>,
     start: u64,
     end: u64,
@@ -139,9 +139,9 @@ impl LegacyKvaPeer {
     pub fn new(span: u64) -> Self {
         let flush = Arc::new(CountingFlush::new());
         let as_dyn: Arc<dyn TlbFlush> = flush.clone();
-        let lazy = crate::legacy::kva::lazy_max_pages(pagetable::cpu::nr_cpu_ids());
+        let lazy = vmalloc_legacy::kva::lazy_max_pages(pagetable::cpu::nr_cpu_ids());
         Self {
-            kva: crate::legacy::kva::LegacyKva::new(as_dyn, lazy),
+            kva: vmalloc_legacy::kva::LegacyKva::new(as_dyn, lazy),
             flush,
             start: VA_BASE,
             end: VA_BASE + span,
@@ -149,7 +149,7 @@ impl LegacyKvaPeer {
     }
 
     /// The allocator's counters (busy areas, list nodes walked, purges).
-    pub fn stats(&self) -> crate::legacy::kva::KvaStats {
+    pub fn stats(&self) -> vmalloc_legacy::kva::KvaStats {
         self.kva.stats()
     }
 

@@ -16,9 +16,9 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::impls::{AllocatorKind, ImplConfig};
-use crate::runner::params::{CompareConfig, Params};
-use crate::runner::{RunError, arena_for, clock_seed, driver, progress_bar};
+use crate::params::{CompareConfig, Params};
+use crate::{RunError, arena_for, clock_seed, driver, progress_bar};
+use vmalloc_impls::{AllocatorKind, ImplConfig};
 
 /// One (allocator, workers) point.
 #[derive(Debug, Clone, PartialEq, Serialize)]

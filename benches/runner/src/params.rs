@@ -25,7 +25,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Serialize;
 
-use crate::impls::{AllocatorKind, UnknownAllocator};
+use vmalloc_impls::{AllocatorKind, UnknownAllocator};
 
 /// The kernel module's `run_test_mask` default (`INT_MAX`: every test).
 pub const DEFAULT_RUN_TEST_MASK: u32 = i32::MAX as u32;
@@ -398,7 +398,7 @@ where
         apply_param(&mut params, k, v)?;
         loop_given |= k == "test_loop_count";
     }
-    if crate::runner::cases::selected(params.run_test_mask)
+    if crate::cases::selected(params.run_test_mask)
         .next()
         .is_none()
     {

@@ -22,9 +22,9 @@
 
 use core::fmt;
 
-use crate::impls::{ImplError, PAGE_SIZE, VmallocImpl};
-use crate::runner::params::Params;
-use crate::runner::rng::Rng;
+use crate::params::Params;
+use crate::rng::Rng;
+use vmalloc_impls::{ImplError, PAGE_SIZE, VmallocImpl};
 
 /// `THREAD_ALIGN` of x86_64 without KASAN: `THREAD_SIZE` = 16 KiB.
 pub const THREAD_ALIGN: u64 = 16 << 10;

@@ -5,10 +5,10 @@
 
 use std::process::ExitCode;
 
-use benches::AllocatorKind;
-use benches::runner::cases::{self, TESTS};
-use benches::runner::params::CliError;
-use benches::runner::{self, Command, CompareConfig, Params, RunConfig, parse_args};
+use test_vmalloc::cases::{self, TESTS};
+use test_vmalloc::params::CliError;
+use test_vmalloc::{self as runner, Command, CompareConfig, Params, RunConfig, parse_args};
+use vmalloc_impls::AllocatorKind;
 
 /// Tiny parameters: every test, `threads` workers, 3 loops, 1 repeat, fixed seed.
 fn tiny(threads: u32, mask: u32) -> Params {

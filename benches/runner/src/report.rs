@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::impls::{AllocatorKind, ImplStats};
-use crate::runner::cases;
-use crate::runner::driver::{SpawnFailure, WorkerResult};
-use crate::runner::params::{Mode, Params};
+use crate::cases;
+use crate::driver::{SpawnFailure, WorkerResult};
+use crate::params::{Mode, Params};
+use vmalloc_impls::{AllocatorKind, ImplStats};
 
 /// One test summed over the workers.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,7 +1,19 @@
-//! The `test_vmalloc` runner: `lib/test_vmalloc.c` and `test_vmalloc.sh` for this library.
+//! `test-vmalloc`: the kernel's `lib/test_vmalloc.c` and `test_vmalloc.sh` for the `vmalloc`
+//! crate, the project's main job.
+//!
+//! ```text
+//! cargo run --release -p test-vmalloc                                 # smoke template, sharded
+//! cargo run --release -p test-vmalloc -- --help                       # every option
+//! cargo run --release -p test-vmalloc -- stress --allocator legacy    # a script mode
+//! cargo run --release -p test-vmalloc -- --compare --chart compare.svg
+//! ```
+//!
+//! The binary is `test_vmalloc` (`src/bin/test_vmalloc.rs`); docs/RUNNER.md describes the
+//! command line and the output. It drives any [`VmallocImpl`](vmalloc_impls::VmallocImpl) of the `vmalloc-impls` crate:
+//! `sharded` (the default), `single-lock` and `legacy` (the `vmalloc-legacy` crate).
 //!
 //! - [`params`]: the command line (module parameters, script modes, our options);
-//! - [`cases`]: the module's tests over a [`VmallocImpl`](crate::VmallocImpl);
+//! - [`cases`]: the module's tests over a `VmallocImpl`;
 //! - [`driver`]: workers started together, timed like the module;
 //! - [`report`]: summary lines, table, JSON;
 //! - [`compare`]: `--compare`, the three allocators over 1, 2, 4, 8 workers, with a chart.
@@ -28,9 +40,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::impls::{ImplConfig, ImplError, PAGE_SIZE};
 pub use params::{Command, CompareConfig, Mode, Params, RunConfig, parse_args};
 pub use report::RunReport;
+use vmalloc_impls::{ImplConfig, ImplError, PAGE_SIZE};
 
 /// Smallest arena the runner builds.
 const MIN_ARENA: u64 = 256 << 20;

@@ -1,5 +1,6 @@
-//! The one interface the `test_vmalloc` runner and the criterion benchmarks drive: a vmalloc
-//! implementation seen from a kernel test module.
+//! `vmalloc-impls`: the one interface the `test_vmalloc` runner (crate `test-vmalloc`) and the
+//! criterion benchmarks (crate `benches`) drive: a vmalloc implementation seen from a kernel
+//! test module.
 //!
 //! [`VmallocImpl`] is deliberately small: the calls `lib/test_vmalloc.c` makes (`vmalloc`,
 //! `__vmalloc_node` with an alignment, `vfree`, a one-byte store through the returned pointer,
@@ -8,12 +9,14 @@
 //! runner can pick an implementation at run time (`--allocator`), and `Send + Sync` because the
 //! kernel's workers share one allocator.
 //!
-//! Implementations (built by [`AllocatorKind::build`]):
-//! - `sharded`: the `vmalloc` crate's default configuration (sharded free trees, per-CPU
-//!   caches, lock-free lazy lists, per-CPU purge workers);
-//! - `single-lock`: the same crate configured with one shard and no per-CPU caches (the Linux
-//!   5.2 design: one augmented free tree under one lock);
-//! - `legacy`: [`crate::legacy`], seed 003's Linux 3.x list walk under one global lock.
+//! Implementations (built by [`AllocatorKind::build`]), each an adapter over an allocator
+//! crate:
+//! - `sharded` ([`ShardedImpl`]): the `vmalloc` crate's default configuration (sharded free
+//!   trees, per-CPU caches, lock-free lazy lists, per-CPU purge workers);
+//! - `single-lock` ([`ShardedImpl`] too): the same crate configured with one shard and no
+//!   per-CPU caches (the Linux 5.2 design: one augmented free tree under one lock);
+//! - `legacy` ([`LegacyImpl`]): the `vmalloc-legacy` crate, seed 003's Linux 3.x list walk
+//!   under one global lock.
 //!
 //! All three sit on the same `pagetable` crate (frame allocator, address space, counting TLB
 //! flush), so a comparison measures the KVA algorithm and its locking only.
@@ -22,7 +25,10 @@
 //! batch can only be mapped by, and returned to, the instance that allocated it (anything else
 //! is an [`ImplError::ForeignPages`], never memory corruption).
 //!
-//! Locking: this module has no shared state of its own; the instance counter is one relaxed
+//! A library only; run it through the runner (`cargo run --release -p test-vmalloc -- --help`)
+//! or the benchmarks (`cargo bench -p benches --bench contention`).
+//!
+//! Locking: this crate has no shared state of its own; the instance counter is one relaxed
 //! atomic (uniqueness is all it needs).
 
 use core::fmt;
@@ -32,8 +38,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pagetable::{PhysFrame, Size4KiB};
 use serde::Serialize;
 
+mod legacy;
 mod sharded;
 
+pub use legacy::LegacyImpl;
 pub use sharded::ShardedImpl;
 
 /// Page size used by every implementation (x86_64 4 KiB pages).
@@ -227,7 +235,7 @@ pub enum AllocatorKind {
     Sharded,
     /// The `vmalloc` crate with one shard and no per-CPU caches.
     SingleLock,
-    /// Seed 003's Linux 3.x algorithm ([`crate::legacy`]).
+    /// Seed 003's Linux 3.x algorithm (the `vmalloc-legacy` crate).
     Legacy,
 }
 
@@ -249,7 +257,7 @@ impl AllocatorKind {
         Ok(match self {
             Self::Sharded => Box::new(ShardedImpl::new(cfg, false)?),
             Self::SingleLock => Box::new(ShardedImpl::new(cfg, true)?),
-            Self::Legacy => Box::new(crate::legacy::Legacy::new(cfg)?),
+            Self::Legacy => Box::new(LegacyImpl::new(cfg)?),
         })
     }
 }
@@ -291,6 +299,41 @@ impl Default for ImplConfig {
     fn default() -> Self {
         Self {
             arena_bytes: 1 << 30,
+        }
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+
+    /// Every implementation refuses another instance's page batch, to map or to free (the
+    /// legacy allocator's `zeroing_alignment_and_map_ram` test checked the first for `legacy`
+    /// before the adapter moved here); a refused free leaks the batch in its owner, and the
+    /// owner's idle check reports it.
+    #[test]
+    fn foreign_page_batches_are_refused() {
+        let cfg = ImplConfig {
+            arena_bytes: 64 << 20,
+        };
+        for kind in AllocatorKind::ALL {
+            let (a, b) = (kind.build(&cfg).unwrap(), kind.build(&cfg).unwrap());
+            let pages = a.alloc_pages(2).unwrap();
+            assert_eq!(b.vm_map_ram(&pages), Err(ImplError::ForeignPages), "{kind}");
+            let v = a.vm_map_ram(&pages).unwrap();
+            a.write_byte(v + PAGE_SIZE, 9).unwrap();
+            assert_eq!(a.read_byte(v + PAGE_SIZE), Ok(9), "{kind}");
+            a.vm_unmap_ram(v, 2).unwrap();
+            a.free_pages(pages).unwrap();
+            let leaked = a.alloc_pages(1).unwrap();
+            assert_eq!(b.free_pages(leaked), Err(ImplError::ForeignPages), "{kind}");
+            a.purge();
+            b.purge();
+            assert!(
+                a.check_idle().is_err(),
+                "{kind}: the leaked batch went unnoticed"
+            );
+            b.check_idle().unwrap();
         }
     }
 }

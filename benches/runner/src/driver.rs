@@ -31,10 +31,10 @@ use indicatif::ProgressBar;
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
 
-use crate::impls::VmallocImpl;
-use crate::runner::cases::{self, Ctx, TestCase};
-use crate::runner::params::Params;
-use crate::runner::rng::{self, Rng};
+use crate::cases::{self, Ctx, TestCase};
+use crate::params::Params;
+use crate::rng::{self, Rng};
+use vmalloc_impls::VmallocImpl;
 
 /// Errors kept per test and worker (the rest are counted only).
 const MAX_ERRORS_KEPT: usize = 4;
