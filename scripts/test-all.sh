@@ -5,7 +5,7 @@
 #   2. the no_std core: `pagetable` and `vmalloc` built without `std` for x86_64-unknown-none,
 #      and the std-free platform test (a fake kernel platform, direct-map RAM, a workqueue
 #      hook) run against the crates compiled without `std`
-#   3. the unit, integration and stress tests again as if the machine had 1, 16 and 64 CPUs
+#   3. the unit, integration and stress tests again as if the machine had 1, 2, 16 and 64 CPUs
 #      (KVMALLOC_NR_CPUS: every CPU-derived default, per-CPU cache, shard and worker count
 #      follows it; threads outnumber CPUs at 1, CPUs outnumber threads at 64)
 #   4. the loom models (cargo test --features loom, at the workspace root)
@@ -39,7 +39,7 @@ echo "== 2/7 no_std core: x86_64-unknown-none build, std-free platform test"
 cargo build -p pagetable -p vmalloc --no-default-features --target x86_64-unknown-none
 cargo test -p vmalloc --no-default-features --test platform 2>&1 | tee -a "$log"
 
-for n in 1 16 64; do
+for n in 1 2 16 64; do
     echo "== 3/7 cargo test --workspace --lib --tests with KVMALLOC_NR_CPUS=$n"
     KVMALLOC_NR_CPUS=$n cargo test --workspace --lib --tests 2>&1 | tee -a "$log"
 done
