@@ -1,32 +1,11 @@
 //! The physical arena: the simulated machine's RAM.
 //!
-//! A [`PhysArena`] covers physical addresses `base .. base + size` and stores them as a slice
-//! of [`crate::sync::AtomicU64`] words. Every access goes through those atomics, so page
-//! tables (whose entries are the same words, see [`PhysArena::table`]) and data pages can be
-//! read and written by many threads at once without undefined behaviour, even when a frame is
-//! freed and reused while a stale reader still looks at it.
+//! How it works, backings, invariants and what an access orders: see [`PhysArena`]'s
+//! documentation (what users rely on). For maintainers: the storage is a `Memory` (a pointer
+//! and a word count, owned as its `Owner` says; a boxed slice of loom atomics under loom).
 //!
-//! Backings, chosen at construction by [`ArenaConfig::backing`]:
-//! * [`Backing::Heap`]: a zeroed, 4 KiB-aligned heap allocation (`alloc_zeroed`, which the
-//!   system allocator serves from fresh zero pages for large sizes) viewed as atomics; under
-//!   the `loom` feature, a boxed slice of loom atomics instead. The only backing under Miri
-//!   and loom.
-//! * [`Backing::Mmap`]: an anonymous private `mmap` with `MAP_NORESERVE` (memmap2's
-//!   `no_reserve_swap`), optionally advised `MADV_HUGEPAGE`. A multi-GiB arena costs no
-//!   memory until its pages are touched (the frame allocator hands out never-touched frames
-//!   without writing them). Not available under loom.
-//!
-//! Invariants: `base` and `size` are multiples of 4 KiB, `size > 0`, `base + size` fits in
-//! 52 bits; the storage holds exactly `size / 8` words, initially zero, and lives (at a fixed
-//! address) as long as the arena. Physical address `base + 8 * i` is word `i`.
-//!
-//! Locking/ordering: there is no lock. Byte copies ([`PhysArena::read`], [`PhysArena::write`],
-//! [`PhysArena::fill`], [`PhysArena::zero_frame`]) use `Relaxed` whole-word loads and stores,
-//! and a `Relaxed` compare-exchange loop for a partially covered word at either end, so
-//! writers of different bytes of one word never lose each other's bytes. They order nothing:
-//! whoever publishes the data (a page-table entry stored with `Release`, a lock) provides the
-//! happens-before edge. Bytes are laid out in native endianness, so [`PhysArena::ptr`] views
-//! and the byte API agree.
+//! Locking/ordering: no lock; the byte copies' `Relaxed` accesses are described under
+//! [`PhysArena`]'s *Ordering*, since callers rely on them.
 
 use core::fmt;
 #[cfg(not(feature = "loom"))]
@@ -146,7 +125,45 @@ impl Default for ArenaConfig {
     }
 }
 
-/// The simulated physical memory (see the module documentation).
+/// The simulated physical memory: the machine's RAM, at physical addresses
+/// `base .. base + size`.
+///
+/// # How it works
+///
+/// The memory is stored as a slice of atomic 64-bit words. Every access goes through those
+/// atomics, so page tables (whose entries are the same words, see [`PhysArena::table`]) and
+/// data pages can be read and written by many threads at once without undefined behaviour,
+/// even when a frame is freed and reused while a stale reader still looks at it: a
+/// use-after-free of a frame is a *wrong value*, as on hardware, never UB.
+///
+/// Backings, chosen at construction by [`ArenaConfig::backing`]:
+///
+/// * [`Backing::Heap`]: a zeroed, 4 KiB-aligned heap allocation (`alloc_zeroed`, which the
+///   system allocator serves from fresh zero pages for large sizes) viewed as atomics; under
+///   the `loom` feature, a boxed slice of loom atomics instead. The only backing under Miri
+///   and loom.
+/// * [`Backing::Mmap`]: an anonymous private `mmap` with `MAP_NORESERVE` (memmap2's
+///   `no_reserve_swap`), optionally advised `MADV_HUGEPAGE`. A multi-GiB arena costs no
+///   memory until its pages are touched (the frame allocator hands out never-touched frames
+///   without writing them). Needs `std`; not available under loom.
+/// * [`Backing::DirectMap`]: memory the host already maps (a kernel's direct map), borrowed
+///   through the unsafe [`PhysArena::from_direct_map`].
+///
+/// # Invariants
+///
+/// `base` and `size` are multiples of 4 KiB, `size > 0`, `base + size` fits in 52 bits; the
+/// storage holds exactly `size / 8` words, initially zero (except a direct map the host did
+/// not clear, see [`PhysArena::starts_zeroed`]), and lives at a fixed address as long as the
+/// arena. Physical address `base + 8 * i` is word `i`.
+///
+/// # Ordering
+///
+/// There is no lock. The byte copies ([`PhysArena::read`], [`PhysArena::write`],
+/// [`PhysArena::fill`], [`PhysArena::zero_frame`]) use `Relaxed` atomic accesses (a
+/// compare-exchange loop for a word only partly covered, so writers of different bytes of
+/// one word never lose each other's bytes) and order nothing: whoever publishes the data (a
+/// page-table entry stored with `Release`, a lock) provides the happens-before edge. Bytes
+/// are laid out in native endianness, so [`PhysArena::ptr`] views and the byte API agree.
 pub struct PhysArena {
     base: u64,
     size: u64,

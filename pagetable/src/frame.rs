@@ -1,39 +1,9 @@
 //! The physical frame allocator.
 //!
-//! [`FrameAllocator`] hands out the 4 KiB frames of a [`PhysArena`]. How it works:
-//!
-//! * **Zones.** Frames below 4 GiB physical form the low zone, the rest the high zone.
-//!   [`Zone::Dma32`] (for `vmalloc_32`) takes only low frames; [`Zone::Normal`] takes high
-//!   frames first and falls back to low ones, so the low zone is not drained by ordinary
-//!   allocations (as Linux does with ZONE_NORMAL over ZONE_DMA32).
-//! * **Shared pools.** Each zone has one pool behind a mutex: a LIFO list of released frames
-//!   in front of a bump region of never-touched frames. Bump frames are known to be zero, so
-//!   [`FrameAllocator::alloc_zeroed`] skips their memset, and an mmap-backed arena's pages stay
-//!   untouched (costing no memory) until a frame is really used.
-//! * **Per-CPU caches.** Each CPU slot ([`Platform::this_cpu`]) has a
-//!   `CachePadded<Mutex<..>>` with a frame list per zone. Allocating or freeing one frame
-//!   locks only that (normally uncontended) mutex and pushes/pops a `Vec`; an empty list is
-//!   refilled with `batch` frames from the pool, a list longer than `high` gives its coldest
-//!   frames back (at least `batch`). If an allocation finds nothing, every CPU cache is
-//!   drained into the pools and the allocation retried once before it fails.
-//! * **Reference counts.** Every frame has an `AtomicU32` count: 1 when allocated,
-//!   [`FrameAllocator::get`] adds a reference (COW, remap), [`FrameAllocator::free`] drops one
-//!   and releases the frame at zero. Freeing a frame outside the arena or one whose count is
-//!   already zero is refused with a [`FrameError`] and changes nothing.
-//! * **Counters.** Allocation and release counts are per CPU under the cache lock and summed
-//!   by [`FrameAllocator::stats`] (`used = allocs - frees`), so allocating or freeing one
-//!   frame writes no shared cache line. Frames in CPU caches count as free. Once no operation
-//!   is in flight, `free + used == total` and `allocs - frees == used` hold exactly. The
-//!   high-water mark: each CPU keeps `net` (allocations minus releases since its last fold)
-//!   and its peak; when `|net|` reaches [`FOLD`] it is added to a shared `folded` counter and
-//!   `folded + peak` feeds a shared maximum; `stats` reports the maximum of that and `folded
-//!   + Σ peak` (exact while one CPU slot allocates; with several, an upper bound that can
-//!   exceed the true peak by less than `FOLD` per other CPU, never above `total`).
-//! * **Fault injection.** [`FrameAllocator::fail_nth`] and [`FrameAllocator::fail_after`]
-//!   make chosen allocations fail with `OutOfFrames { injected: true, .. }`.
-//!
-//! Invariants: a frame is in exactly one of: a pool (bump region or free list), one CPU list,
-//! or handed out (count > 0). Only frames with count 0 are in a pool or a list.
+//! How it works (zones, pools, per-CPU caches, reference counts, counters, fault injection)
+//! and its invariants: see [`FrameAllocator`]'s documentation (what users rely on). For
+//! maintainers: the pools and per-CPU lists are in `pcp.rs`; `account` and `fold` keep the
+//! high-water mark.
 //!
 //! Locking/ordering: lock order is CPU-cache mutex, then pool mutex; never two CPU-cache
 //! mutexes at once, never a cache mutex under a pool mutex. Frames move between threads only
@@ -60,7 +30,7 @@ use crate::platform::{DefaultPlatform, Platform};
 use crate::sync::{AtomicI64, AtomicU32, AtomicU64, Mutex, Ordering};
 
 /// A CPU's unfolded allocation balance is folded into the shared counter when it reaches
-/// `±FOLD` frames (see the module documentation, "Counters").
+/// `±FOLD` frames (see *Counters* in [`FrameAllocator`]'s documentation).
 pub const FOLD: i64 = 64;
 
 /// Physical address where the low (DMA32) zone ends.
@@ -156,8 +126,56 @@ pub struct FrameStats {
     pub failed: u64,
 }
 
-/// The frame allocator (see the module documentation), typed by its [`Platform`] (locks and
-/// the current CPU); [`FrameAllocator::new`] builds one for the [`DefaultPlatform`].
+/// The physical frame allocator: hands out the 4 KiB frames of a [`PhysArena`]. Typed by its
+/// [`Platform`] (locks and the current CPU); [`FrameAllocator::new`] builds one for the
+/// [`DefaultPlatform`].
+///
+/// # How it works
+///
+/// * **Zones.** Frames below 4 GiB physical ([`DMA32_LIMIT`]) form the low zone, the rest the
+///   high zone. [`Zone::Dma32`] (for `vmalloc_32`) takes only low frames; [`Zone::Normal`]
+///   takes high frames first and falls back to low ones, so the low zone is not drained by
+///   ordinary allocations (as Linux does with ZONE_NORMAL over ZONE_DMA32).
+/// * **Shared pools.** Each zone has one pool behind a mutex: a LIFO list of released frames
+///   in front of a bump region of never-touched frames. Bump frames are known to be zero, so
+///   [`FrameAllocator::alloc_zeroed`] skips their memset, and an mmap-backed arena's pages
+///   stay untouched (costing no memory) until a frame is really used.
+/// * **Per-CPU caches.** Each CPU slot ([`Platform::this_cpu`]) has its own cache-padded
+///   mutex with a frame list per zone (Linux's `pcp` lists). Allocating or freeing one frame
+///   locks only that (normally uncontended) mutex and pushes/pops a `Vec`; an empty list is
+///   refilled with [`FrameConfig::pcp_batch`] frames from the pool, a list longer than
+///   [`FrameConfig::pcp_high`] gives its coldest frames back (at least `pcp_batch`). If an
+///   allocation finds nothing, every CPU cache is drained into the pools and the allocation
+///   retried once before it fails.
+/// * **Reference counts.** Every frame has a 32-bit count: 1 when allocated,
+///   [`FrameAllocator::get`] adds a reference (COW, remap), [`FrameAllocator::free`] drops one
+///   and releases the frame at zero. Freeing a frame outside the arena or one whose count is
+///   already zero is refused with a [`FrameError`] and changes nothing.
+/// * **Counters.** Allocation and release counts are per CPU, under the cache lock, and
+///   summed by [`FrameAllocator::stats`] (`used = allocs - frees`), so allocating or freeing
+///   one frame writes no shared cache line. Frames in CPU caches count as free. Once no
+///   operation is in flight, `free + used == total` and `allocs - frees == used` hold
+///   exactly. The high-water mark: each CPU keeps `net` (allocations minus releases since
+///   its last fold) and its peak; when `|net|` reaches [`FOLD`] it is added to a shared
+///   `folded` counter and `folded + peak` feeds a shared maximum; `stats` reports the maximum
+///   of that and `folded + Σ peak` (exact while one CPU slot allocates; with several, an
+///   upper bound that can exceed the true peak by less than `FOLD` per other CPU, never
+///   above `total`).
+/// * **Fault injection.** [`FrameAllocator::fail_nth`] and [`FrameAllocator::fail_after`]
+///   make chosen allocations fail with `OutOfFrames { injected: true, .. }`, so that every
+///   error path above can be driven from a test.
+///
+/// # Invariants
+///
+/// A frame is in exactly one of: a pool (bump region or free list), one CPU list, or handed
+/// out (count > 0). Only frames with count 0 are in a pool or a list.
+///
+/// # Locking
+///
+/// Allocation and release take the calling CPU's cache mutex and, to refill or spill it, a
+/// zone pool's mutex; [`FrameAllocator::get`] and [`FrameAllocator::refcount`] take no lock.
+/// The final reference drop happens after every holder's writes to the frame (like `Arc`),
+/// and a frame's next owner sees the previous owner's writes.
 pub struct FrameAllocator<P: Platform = DefaultPlatform> {
     arena: Arc<PhysArena>,
     base: u64,

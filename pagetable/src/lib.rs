@@ -42,15 +42,15 @@
 //! **Fork** ([`copy_range`], seed 001's `copy_pte_range`) copies a range's entries into another
 //! space in lock-holding batches of the seed's progress count, letting waiters take the locks
 //! between batches, turning private writable pages copy-on-write on both sides and carrying
-//! non-present swap and migration entries over ([`fork::copy_range_with_swap`] counts swap
-//! references in a [`fork::SwapMap`], whose count continuations it allocates between batches);
+//! non-present swap and migration entries over ([`copy_range_with_swap`] counts swap
+//! references in a [`SwapMap`], whose count continuations it allocates between batches);
 //! [`handle_write_fault`] later copies the frame or takes it back.
 //!
 //! # Invariants
 //!
 //! * A page-table entry is all-zero or `PRESENT`, except that a 4 KiB leaf may also be a
-//!   non-present swap or migration entry ([`fork::SwapEntry`], made by
-//!   [`fork::install_swap_entry`] and copied by fork; map sees it as in use, unmap clears and
+//!   non-present swap or migration entry ([`SwapEntry`], made by
+//!   [`install_swap_entry`] and copied by fork; map sees it as in use, unmap clears and
 //!   counts it like a page); a non-leaf entry points at a table frame of the arena owned by
 //!   exactly one tree (kernel-half PDPTs by the kernel half's owner).
 //! * The tree never owns leaf frames: unmap hands each one to the caller's callback, and
@@ -61,22 +61,61 @@
 //!   its last unmap: the crate reports what needs flushing, the caller (vmalloc's lazy purge)
 //!   enforces the rule, and the TLB model makes violations observable.
 //!
-//! # Locking and ordering rules
+//! # Ranges
 //!
-//! * Every atomic, lock and thread comes from [`sync`] (std/parking_lot, or loom's under the
-//!   `loom` feature).
-//! * **Ownership rule**: whoever maps, unmaps or protects a range owns it; disjoint ranges of
-//!   one space may be changed by many threads at once with no lock, even when they share
-//!   tables. Intermediate tables are installed by compare-exchange (`AcqRel`; the loser frees
-//!   its frame and uses the winner's) and read with `Acquire`. Leaves of an owned range are
-//!   plain `Release` stores; present leaves that a TLB walker may update concurrently
-//!   (`protect`, COW) change by compare-exchange loops.
-//! * Tables are freed only by [`AddressSpace::clean_up`] (its caller guarantees nobody uses the
-//!   range), by a map rolling back tables whose span lies inside its own range, and on drop.
-//! * Each space's page-table lock (`ptl`) serializes [`copy_range`] and [`handle_write_fault`]
-//!   on its leaves; `copy_range` takes two of them, lower space id first.
-//! * The frame allocator's lock order is CPU cache, then pool; the TLB model holds one CPU's
-//!   cache lock for a lookup, walk and data copy, and a shootdown takes each CPU's in turn.
+//! Every range is half-open, `[start, end)`, and lies inside one half of the address space;
+//! page-table operations also want page-aligned bounds ([`MapError::Misaligned`] otherwise).
+//! Calls given a start and a length ([`AddressSpace::map`], `unmap`, `protect`, ...) need
+//! nothing more. Calls given two addresses ([`copy_range`], [`AddressSpace::preallocate`],
+//! [`FlushRange::new`], which rounds out to pages, [`TlbFlush::flush_range`],
+//! [`TlbModel::holds_any`]) read them in the 48-bit *linear* space, a canonical address with
+//! its sign-extension bits 48..64 dropped: the lower half is `0 .. 1 << 47`, the upper
+//! (kernel) half `1 << 47 .. 1 << 48`. So the exclusive end of the lower half is written
+//! `VirtAddr::new_truncate(1 << 47)` (the upper half's first address), and the exclusive end
+//! of the upper half, `1 << 48`, which no canonical address spells, is written
+//! `VirtAddr::zero()`; [`FlushRange::end`] returns it that way too.
+//!
+//! # Locking
+//!
+//! * **Ownership rule** (the caller keeps it): whoever maps, unmaps or protects a range owns
+//!   it, and no two threads change overlapping ranges of one space at once. Disjoint ranges
+//!   may be changed concurrently with no lock, even when they share page tables.
+//!   [`AddressSpace::clean_up`] also needs nobody to map, unmap or access its range
+//!   meanwhile, and [`copy_range`] needs other mappers kept off both ranges (what fork's
+//!   `mmap_lock` does).
+//! * **No lock**: the [`PhysArena`] accessors, [`AddressSpace::translate`] and
+//!   [`AddressSpace::mappings`] (lock-free walks), [`AddressSpace::unmap`] (its callback
+//!   included) and [`AddressSpace::protect`], [`FrameAllocator::get`], [`FlushRange`],
+//!   [`CountingFlush`]. They never wait and may run in interrupt context.
+//! * **May take a lock** (a `Mutex` over the platform's `RawMutex`, held for a short bounded
+//!   section): whatever allocates or frees frames ([`FrameAllocator`]: the calling CPU's
+//!   cache, then a zone pool; so also `map`, `map_contiguous`, `populate` and `preallocate`
+//!   when tables are missing, `unmap_and_free`, dropping an `AddressSpace`);
+//!   [`copy_range`], [`handle_write_fault`] and [`install_swap_entry`] (the spaces'
+//!   page-table locks) and [`SwapMap`]'s methods; the [`TlbModel`] (parking_lot locks: one
+//!   CPU's per access, every CPU's in turn per flush). Whether a contended lock spins or
+//!   sleeps is the `RawMutex`'s choice: [`RawSpinlock`](platform::RawSpinlock) spins,
+//!   [`StdPlatform`]'s parking_lot lock parks the thread.
+//! * **Lock order against the caller's locks**: none to respect. The crate never calls back
+//!   into the caller with one of its locks held (`unmap`'s callback runs with none,
+//!   [`Platform::cond_resched`](platform::Platform::cond_resched) between fork's batches
+//!   with none), so its locks are always innermost and the caller may hold any lock of its
+//!   own across any call.
+//! * **What [`Platform::RawMutex`](platform::Platform::RawMutex) must provide**:
+//!   `lock_api::RawMutexFair`, i.e. mutual exclusion whose unlock happens before the next
+//!   lock; `unlock_fair` may be a plain unlock. A host that calls the locking functions in
+//!   interrupt context must give a lock that disables interrupts while held.
+//!
+//! The internal rules (every lock, its order, every atomic's ordering) are written once in
+//! `docs/ARCHITECTURE.md`, section *Locking and memory ordering*.
+//!
+//! # Features
+//!
+//! * `std` (default): what only a hosted program has: the mmap backing of the arena,
+//!   [`StdPlatform`] (parking_lot's locks, thread-based CPU ids from the `cpu` module) and
+//!   the [`TlbModel`]. Without it the crate is `no_std` + `alloc`, and the types' default
+//!   platform is [`UpPlatform`](platform::UpPlatform) (one CPU, a spinlock).
+//! * `loom`: every atomic and lock goes through loom, for the loom models (implies `std`).
 //!
 //! # Example
 //!
@@ -129,7 +168,17 @@
 //! # Ok(())
 //! # }
 //! ```
-
+//!
+// Links to what exists only with `std`: to the item with it, to *Features* without it.
+#![cfg_attr(feature = "std", doc = "[`TlbModel`]: crate::TlbModel")]
+#![cfg_attr(
+    feature = "std",
+    doc = "[`TlbModel::holds_any`]: crate::TlbModel::holds_any"
+)]
+#![cfg_attr(feature = "std", doc = "[`StdPlatform`]: crate::platform::StdPlatform")]
+#![cfg_attr(not(feature = "std"), doc = "[`TlbModel`]: crate#features")]
+#![cfg_attr(not(feature = "std"), doc = "[`TlbModel::holds_any`]: crate#features")]
+#![cfg_attr(not(feature = "std"), doc = "[`StdPlatform`]: crate#features")]
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;

@@ -60,6 +60,10 @@
 //! assert_eq!((frames.stats().total, space.rss()), (256, 0));
 //! # }
 //! ```
+//!
+// `StdPlatform` exists only with `std`; without it the link goes to the crate's *Features*.
+#![cfg_attr(feature = "std", doc = "[`StdPlatform`]: crate::platform::StdPlatform")]
+#![cfg_attr(not(feature = "std"), doc = "[`StdPlatform`]: crate#features")]
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -69,8 +73,9 @@ pub use lock_api;
 /// `CONFIG_NR_CPUS`).
 pub const MAX_NR_CPUS: usize = 8192;
 
-/// What the crates need from their host (see the module documentation). All associated
-/// functions: per-CPU code calls them on hot paths, so they should be cheap and inlinable.
+/// What the crates need from their host (the [module documentation](crate::platform) has
+/// the table of needs and an example). All associated functions: per-CPU code calls them on
+/// hot paths, so they should be cheap and inlinable.
 pub trait Platform: Send + Sync + 'static {
     /// The raw lock behind every lock of the page tables and the allocator. Locks are held
     /// for short, bounded sections and never across a call back into the host, so a

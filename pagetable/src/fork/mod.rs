@@ -1,63 +1,10 @@
 //! Fork: copying a range of mappings between address spaces ([`copy_range`], Linux's
 //! `copy_pte_range`) and breaking copy-on-write on a write fault ([`handle_write_fault`]).
 //!
-//! How it works. [`copy_range`] first checks the whole range read-only (no huge leaf in the
-//! source, no entry at all, present or not, in the destination) and allocates every
-//! destination table it will need, so those errors come before anything changed. It then walks
-//! the source's leaf tables; for each one it takes the two page-table locks and copies entries
-//! in batches exactly like the seed: a progress count starts at 0, grows by 1 per empty entry
-//! and by 8 per copied one, and when it reaches 32 the batch ends (Linux ends it when a
-//! reschedule is due or a lock is contended; here always, the worst case, which keeps batch
-//! boundaries deterministic). Between batches the locks are really let go: each is released
-//! with a *fair* unlock, which hands it to a thread parked on it (Linux's `spin_needbreak`
-//! on a FIFO spinlock), and the copier yields (`cond_resched`) before it locks again, so a
-//! write fault waiting on either space gets in during a long copy. Each copied entry:
-//! * present, frame counted by the allocator: takes one frame reference
-//!   ([`FrameAllocator::get`](crate::frame::FrameAllocator::get)); a private mapping's
-//!   writable (or already COW) entry loses `WRITABLE` and gains `COW` in both spaces; a shared
-//!   mapping's child entry is marked clean (`DIRTY` cleared); the child's entry is always
-//!   marked old (`ACCESSED` cleared). Frames the allocator does not count (device memory, a
-//!   caller's own memory) are copied as they are, without reference or COW (Linux's
-//!   `VM_PFNMAP` case);
-//! * non-present but not all zero (a [`SwapEntry`], the seed's `!pte_present` branch): copied
-//!   as it is. A swap entry's slot count is raised ([`SwapMap::duplicate`], with
-//!   [`copy_range_with_swap`]; [`copy_range`] has no swap area, so it copies swap entries
-//!   without counting them, as Linux does for an entry whose swap area is gone). When the count
-//!   needs a continuation the batch ends *before* that entry, the locks are dropped, the
-//!   continuation is allocated ([`SwapMap::add_continuation`]), progress restarts at 0 and the
-//!   copy resumes at the same entry (the seed's `add_swap_count_continuation` + `goto again`;
-//!   [`CopyStats::continuations`] counts these). In a private mapping a write migration entry
-//!   becomes a read one in both spaces (`make_migration_entry_read`); a migration entry takes no
-//!   frame reference (Linux takes none either).
-//!
-//! The destination's rss grows per batch (`add_mm_rss_vec`) by every entry copied, present or
-//! not: this crate's rss counts non-zero leaves (unmap clears and counts a non-present leaf
-//! like a page), where Linux counts swap entries apart (`MM_SWAPENTS`). The source entries that
-//! lost `WRITABLE` need a TLB flush: [`CopyStats::flush`] says where.
-//!
-//! All or nothing. Every error leaves both spaces as they were: the up-front errors before
-//! anything changed, and an [`MapError::OutOfFrames`] from a swap-count continuation (only
-//! [`copy_range_with_swap`] can meet one, part-way) after undoing the part copied (see
-//! `undo.rs`): the child's entries, frame references, swap counts (and the continuations they
-//! no longer need), rss and the tables this call installed inside the range go away, and the
-//! source gets back the `WRITABLE` bits and write migration entries the copy took. Linux
-//! instead returns `-ENOMEM` with the part copied left in the child, for fork's error path to
-//! tear down. What is *not* as before after such an error: `ACCESSED`/`DIRTY` bits the hardware
-//! set meanwhile; a source leaf a write fault changed between batches (it stays as the fault
-//! made it); a CPU that cached a source leaf while it was read-only takes one spurious write
-//! fault (giving `WRITABLE` back is an upgrade, no flush is needed); and other threads may have
-//! seen the partial copy between batches, as they may see any copy in progress. The caller must
-//! not access the child's range through a TLB before `copy_range` returned `Ok` (fork's child
-//! has not run yet), since an undone entry is not flushed.
-//!
-//! [`handle_write_fault`] breaks COW: under the space's lock, a `COW` leaf whose frame has more
-//! than one reference gets a private copy (new frame, contents copied, mapped writable, one
-//! reference on the old frame dropped): [`FaultOutcome::Copied`], after which the old
-//! translation must be flushed from other CPUs ([`FaultOutcome::needs_flush`]); with a single
-//! reference the frame is simply made writable again: [`FaultOutcome::Reused`] (an upgrade:
-//! no flush needed). A leaf without `COW` is [`FaultOutcome::NotCow`] (a genuine protection
-//! fault, or a spurious one if the leaf is already writable). A non-present leaf is
-//! [`MapError::NotMapped`] (swap-in is not modelled).
+//! How it works, and what an error leaves behind: see [`copy_range`]'s and
+//! [`handle_write_fault`]'s documentation (what users rely on). For maintainers: `plan`
+//! checks and counts up front, `Copier` walks leaf tables in batches under both `ptl`s and
+//! records what to undo, `undo.rs` rolls a failed copy back.
 //!
 //! Locking and ordering rules:
 //! * Each space has a page-table lock (`ptl`, a `sync::Mutex<()>`); `copy_range` holds both
@@ -182,15 +129,79 @@ fn batch_started() {
     });
 }
 
-/// Copy the mappings of `[start, end)` (range ends as in the [`crate::tlb`] docs) from `src`
-/// to `dst` (seed 001's `copy_pte_range`; see the module docs), with no swap area: swap
-/// entries are copied without counting (use [`copy_range_with_swap`] to count them).
+/// Copy the mappings of `[start, end)` (range ends as in the [crate docs](crate#ranges)) from
+/// `src` to `dst`, as fork does (seed 001's `copy_pte_range`), with no swap area: swap entries
+/// are copied without counting (use [`copy_range_with_swap`] to count them).
 ///
-/// Errors, changing nothing: [`MapError::IncompatibleSpaces`] (same space, or different
-/// frame allocators), [`MapError::Misaligned`], [`MapError::InvalidRange`],
+/// # How it works
+///
+/// The whole range is first checked read-only (no huge leaf in the source, no entry at all,
+/// present or not, in the destination) and every destination table the copy will need is
+/// allocated, so those errors come before anything changed. Then, for each leaf table of the
+/// source, both spaces' page-table locks are taken and entries copied in batches exactly like
+/// the seed: a progress count starts at 0, grows by 1 per empty entry and by 8 per copied one,
+/// and the batch ends when it reaches 32 (Linux ends it only when a reschedule is due or a
+/// lock is contended; here always, the worst case, which keeps batch boundaries
+/// deterministic). Between batches the locks are really let go, each with the platform
+/// lock's fair unlock (parking_lot's hands it to a thread parked on it, like Linux's
+/// `spin_needbreak` on a FIFO spinlock), and the copier calls
+/// [`Platform::cond_resched`] before locking again,
+/// so a write fault waiting on either space gets in during a long copy. Each copied entry:
+///
+/// * present, frame counted by the allocator: takes one frame reference
+///   ([`FrameAllocator::get`](crate::FrameAllocator::get)); in a [`VmaKind::Private`]
+///   mapping a writable (or already COW) entry loses `WRITABLE` and gains
+///   [`COW`](crate::PageTableFlags::COW) in both spaces; a [`VmaKind::Shared`] mapping's
+///   child entry is marked clean (`DIRTY` cleared); the child's entry is always marked old
+///   (`ACCESSED` cleared). Frames the allocator does not count (device memory, a caller's
+///   own memory) are copied as they are, without reference or COW (Linux's `VM_PFNMAP`
+///   case);
+/// * non-present but not all zero (a [`SwapEntry`], the seed's `!pte_present` branch):
+///   copied as it is. With [`copy_range_with_swap`] a swap entry's slot count is raised
+///   ([`SwapMap::duplicate`]); `copy_range` has no swap area, so it copies swap entries
+///   without counting them, as Linux does for an entry whose swap area is gone. When the count
+///   needs a continuation the batch ends *before* that entry, the locks are dropped, the
+///   continuation is allocated ([`SwapMap::add_continuation`]), progress restarts at 0 and
+///   the copy resumes at the same entry (the seed's `add_swap_count_continuation` + `goto
+///   again`; [`CopyStats::continuations`] counts these). In a private mapping a write
+///   migration entry becomes a read one in both spaces (`make_migration_entry_read`); a
+///   migration entry takes no frame reference (Linux takes none either).
+///
+/// The destination's [`rss`](AddressSpace::rss) grows per batch (`add_mm_rss_vec`) by every
+/// entry copied, present or not: this crate's rss counts non-zero leaves (unmap clears and
+/// counts a non-present leaf like a page), where Linux counts swap entries apart
+/// (`MM_SWAPENTS`). The source entries that lost `WRITABLE` need a TLB flush:
+/// [`CopyStats::flush`] says where.
+///
+/// # Locking
+///
+/// Both spaces' page-table locks are held during a batch, the space with the lower
+/// [`id`](AddressSpace::id) locked first, so concurrent copies in opposite directions cannot
+/// deadlock; [`handle_write_fault`] and [`install_swap_entry`] take the same lock, so a COW
+/// decision never interleaves with a batch. `map`, `unmap` and `protect` take no lock: as
+/// fork's `mmap_lock` does, the caller keeps other mappers off both ranges for the whole
+/// call. The child's range must not be accessed through a TLB before the call returned `Ok`
+/// (fork's child has not run yet): an entry undone after an error is not flushed.
+///
+/// # Errors
+///
+/// Changing nothing: [`MapError::IncompatibleSpaces`] (same space, or different frame
+/// allocators), [`MapError::Misaligned`], [`MapError::InvalidRange`],
 /// [`MapError::HugePageInTheWay`] (a huge leaf in the source range),
 /// [`MapError::AlreadyMapped`] (an entry, present or not, in the destination range: it must
 /// be empty, as a new child's is), [`MapError::OutOfFrames`] (destination tables).
+///
+/// All or nothing: with [`copy_range_with_swap`], a continuation that cannot be allocated
+/// part-way is [`MapError::OutOfFrames`] *after* undoing the part copied: the child's entries,
+/// frame references, swap counts (and the continuations they no longer need), rss and the
+/// tables this call installed inside the range go away, and the source gets back the
+/// `WRITABLE` bits and write migration entries the copy took. (Linux instead returns
+/// `-ENOMEM` with the part copied left in the child, for fork's error path to tear down.)
+/// What is *not* as before after such an error: `ACCESSED`/`DIRTY` bits the hardware set
+/// meanwhile; a source leaf a write fault changed between batches (it stays as the fault made
+/// it); a CPU that cached a source leaf while it was read-only takes one spurious write fault
+/// (giving `WRITABLE` back is an upgrade, no flush is needed); and other threads may have seen
+/// the partial copy between batches, as they may see any copy in progress.
 pub fn copy_range<P: Platform>(
     dst: &AddressSpace<P>,
     src: &AddressSpace<P>,
@@ -201,10 +212,11 @@ pub fn copy_range<P: Platform>(
     copy(dst, src, start, end, kind, None)
 }
 
-/// [`copy_range`] counting swap entries of `swap`'s area in `swap` (Linux's `swap_duplicate`,
-/// with its count continuations: see the module docs). Errors as for [`copy_range`], and
-/// [`MapError::OutOfFrames`] when a continuation cannot be allocated, after undoing the part
-/// copied (see the module docs for what that leaves).
+/// [`copy_range`] counting the swap entries of `swap`'s area in `swap` (Linux's
+/// `swap_duplicate`, allocating count continuations between batches as
+/// [`SwapMap`] explains). Errors as for [`copy_range`], and [`MapError::OutOfFrames`] when a
+/// continuation cannot be allocated, after undoing the part copied (what that leaves is in
+/// [`copy_range`]'s *Errors*).
 pub fn copy_range_with_swap<P: Platform>(
     dst: &AddressSpace<P>,
     src: &AddressSpace<P>,
@@ -537,9 +549,21 @@ impl<P: Platform> Copier<'_, P> {
     }
 }
 
-/// Resolve a write fault at `va` in `space` (see the module docs). Errors:
-/// [`MapError::NotMapped`], [`MapError::HugePageInTheWay`] (a COW huge leaf: not supported),
-/// [`MapError::OutOfFrames`] (nothing changed).
+/// Resolve a write fault at `va` in `space`: break copy-on-write (Linux's `do_wp_page`).
+///
+/// Under the space's page-table lock (the one [`copy_range`] holds during a batch), a `COW`
+/// leaf whose frame has more than one reference gets a private copy (new frame, contents
+/// copied, mapped writable, one reference on the old frame dropped):
+/// [`FaultOutcome::Copied`], after which the old translation must be flushed from other CPUs
+/// ([`FaultOutcome::needs_flush`]). With a single reference the frame is simply made writable
+/// again: [`FaultOutcome::Reused`] (an upgrade: no flush needed). A leaf without `COW` is
+/// [`FaultOutcome::NotCow`] (a genuine protection fault, or a spurious one if the leaf is
+/// already writable). The new leaf is published after its contents, so a CPU that sees it
+/// reads the copied data.
+///
+/// Errors: [`MapError::NotMapped`] (no leaf, or a non-present one: swap-in is not modelled),
+/// [`MapError::HugePageInTheWay`] (a COW huge leaf: not supported), [`MapError::OutOfFrames`]
+/// (nothing changed).
 pub fn handle_write_fault<P: Platform>(
     space: &AddressSpace<P>,
     va: VirtAddr,

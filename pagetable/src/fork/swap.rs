@@ -1,34 +1,9 @@
 //! Non-present leaves (Linux's swap and migration entries) and the swap-count table behind
 //! them ([`SwapMap`], Linux's `swap_map` with its count continuations).
 //!
-//! How it works. A leaf whose `PRESENT` bit is clear but which is not all zero is a
-//! [`SwapEntry`]: the hardware ignores every other bit, so software keeps a type and an
-//! offset there, the way x86_64 Linux encodes a `swp_entry_t` in a pte:
-//! * bits 59..64 hold the type (Linux: `SWP_TYPE_FIRST_BIT` = 64 - `SWP_TYPE_BITS`, 5 bits);
-//! * bits 12..52 hold the offset (the swap slot; for a migration entry the frame number, so
-//!   that [`Pte::addr`] is the frame being migrated);
-//! * every other bit is kept as it is (Linux keeps its swap soft-dirty bit there).
-//!
-//! Types `0..MAX_SWAPFILES` (27) are swap areas; 28 and 29 are read and write migration
-//! entries (Linux 5.5 with `CONFIG_MEMORY_FAILURE`: 27 is hwpoison, 30 and 31 device-private);
-//! any other non-present value is [`SwapKind::Other`]. Unlike Linux the offset is stored as is
-//! (no L1TF inversion: nothing here speculates).
-//!
-//! A [`SwapMap`] is one swap area, type 0: it hands out slots ([`SwapMap::alloc`], offsets
-//! from 1: slot 0 is the swap header, as in Linux) and counts the entries that refer to each
-//! slot. A slot's count fits in its map byte up to a limit (`SWAP_MAP_MAX`, 62); beyond it
-//! the count needs *continuations*, frames from the frame allocator that each hold
-//! `SWAP_CONT_MAX` (127) more. Raising a count that is at its capacity
-//! ([`SwapMap::duplicate`], Linux's `swap_duplicate`) does not allocate: it says a
-//! continuation is needed, and the caller (fork) must drop its page-table locks and call
-//! [`SwapMap::add_continuation`] (Linux's `add_swap_count_continuation(entry, GFP_KERNEL)`),
-//! which may fail, before retrying. Linux first tries a `GFP_ATOMIC` allocation under the
-//! locks; the model leaves that out (as if atomic reserves were always exhausted), so every
-//! continuation goes through the drop-locks-and-retry path. Simplification: Linux shares one
-//! continuation page among the 4,096 slots of a `swap_map` page and chains one page per
-//! digit; here each slot has its own chain, one frame per `SWAP_CONT_MAX` references, and
-//! frames no longer needed are returned as soon as a count drops (Linux keeps them until
-//! swapoff).
+//! How it works: the entry encoding is documented on [`SwapEntry`], the slot counts and
+//! their continuations on [`SwapMap`] (what users rely on). For maintainers: `Slots` keeps
+//! one `Slot` per offset in use, each with its own chain of continuation frames.
 //!
 //! Locking and ordering rules: the slot table sits behind one `sync::Mutex`, taken for every
 //! count change, never held while allocating a continuation (the allocation happens first, and
@@ -82,7 +57,25 @@ pub enum SwapKind {
     Other,
 }
 
-/// A non-present, non-zero page-table entry (see the module docs for the encoding).
+/// A non-present, non-zero page-table entry: Linux's swap and migration entries.
+///
+/// A leaf whose `PRESENT` bit is clear but which is not all zero is a `SwapEntry`: the
+/// hardware ignores every other bit, so software keeps a type and an offset there, the way
+/// x86_64 Linux encodes a `swp_entry_t` in a pte:
+///
+/// * bits 59..64 hold the type (Linux: `SWP_TYPE_FIRST_BIT` = 64 - `SWP_TYPE_BITS`, 5 bits);
+/// * bits 12..52 hold the offset (the swap slot; for a migration entry the frame number, so
+///   that [`Pte::addr`] is the frame being migrated);
+/// * every other bit is kept as it is (Linux keeps its swap soft-dirty bit there).
+///
+/// Types `0..MAX_SWAPFILES` ([`MAX_SWAPFILES`] = 27) are swap areas ([`SwapKind::Swap`]); 28
+/// and 29 are read and write migration entries (Linux 5.5 with `CONFIG_MEMORY_FAILURE`: 27 is
+/// hwpoison, 30 and 31 device-private); any other non-present value is [`SwapKind::Other`].
+/// Unlike Linux the offset is stored as is (no L1TF inversion: nothing here speculates).
+///
+/// Such entries are made by [`install_swap_entry`] and copied by
+/// [`copy_range`](crate::copy_range); [`AddressSpace::map`] sees one as in use, [`AddressSpace::unmap`]
+/// clears and counts it like a page.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SwapEntry(u64);
 
@@ -211,7 +204,28 @@ struct Slots {
     next: u64,
 }
 
-/// One swap area's slot counts with continuations (see the module docs).
+/// One swap area (type 0): its slots and, per slot, the count of entries that refer to it
+/// (Linux's `swap_map`, with its count continuations).
+///
+/// Slots are handed out by [`SwapMap::alloc`] from offset 1 (slot 0 is the swap header, as in
+/// Linux). A slot's count fits in its map byte up to a limit ([`SWAP_MAP_MAX`], 62); beyond
+/// it the count needs *continuations*, frames from the frame allocator that each hold
+/// [`SWAP_CONT_MAX`] (127) more. Raising a count that is at its capacity
+/// ([`SwapMap::duplicate`], Linux's `swap_duplicate`) does not allocate: it answers
+/// [`Dup::NeedsContinuation`], and the caller (fork) must drop its page-table locks and call
+/// [`SwapMap::add_continuation`] (Linux's `add_swap_count_continuation(entry, GFP_KERNEL)`),
+/// which may fail, before retrying. Linux first tries a `GFP_ATOMIC` allocation under the
+/// locks; this model leaves that out (as if atomic reserves were always exhausted), so every
+/// continuation goes through the drop-locks-and-retry path.
+///
+/// Simplification: Linux shares one continuation page among the 4,096 slots of a `swap_map`
+/// page and chains one page per digit; here each slot has its own chain, one frame per
+/// `SWAP_CONT_MAX` references, and frames no longer needed are returned as soon as a count
+/// drops (Linux keeps them until swapoff).
+///
+/// Every method takes the map's lock (a platform `Mutex`, never held while allocating a
+/// continuation); [`copy_range_with_swap`](crate::copy_range_with_swap) takes it under the
+/// spaces' page-table locks.
 #[derive(Debug)]
 pub struct SwapMap<P: Platform = DefaultPlatform> {
     frames: Arc<FrameAllocator<P>>,

@@ -1,47 +1,10 @@
 //! Address spaces: a PML4 root in the arena and the operations on its 4-level tree.
 //!
-//! How it works. An [`AddressSpace`] owns a root table (PML4) allocated from a
-//! [`FrameAllocator`]; every table below it is a 4 KiB frame of the same arena, viewed as a
-//! [`PageTable`] of 512 atomic entries. Range operations ([`AddressSpace::map`],
-//! [`AddressSpace::unmap`], [`AddressSpace::protect`], [`AddressSpace::populate`],
-//! [`AddressSpace::clean_up`]) descend the tree recursively over the range, the way
-//! `vmap_page_range_noflush` walks pgd -> pud -> pmd -> pte: each table entry on the way is
-//! read once, and a leaf table is filled by a plain loop over its entries (up to 512 pages
-//! per table lookup). Nothing is flushed here: unmap and protect return the [`FlushRange`]
-//! that needs a shootdown (see [`crate::tlb`]).
-//!
-//! Fast path (the vmalloc common case): a map or unmap whose range lies inside ONE leaf
-//! table that already exists does a single walk from the root to that table (`Acquire`
-//! loads) and then its store loop; for an unmap that walk is also the huge-page edge check
-//! (a leaf table on the way means no huge leaf covers the range). Anything else (a table
-//! missing for a map, a huge leaf on the way, a range spanning tables) takes the general
-//! path below, which then starts from scratch: the fast path changed nothing.
-//!
-//! A map is all or nothing. A first walk over the table levels above the leaves counts the
-//! missing tables and rejects a huge leaf in the way; the frames for those tables are
-//! allocated up front (a failure frees them and returns [`MapError::OutOfFrames`] before any
-//! entry changed). The second walk installs the tables and fills each leaf-table slice in one
-//! loop that checks every entry is unused as it stores it; meeting a mapped page stops it,
-//! and the leaves written so far are cleared and the tables it installed inside its range are
-//! freed again (see `build.rs`).
-//!
-//! Kernel half. [`AddressSpace::new_sharing_kernel`] copies PML4 entries 256..512 of another
-//! space, so both point at the same kernel PDPT tables; [`AddressSpace::preallocate`]
-//! installs those PDPTs up front (Linux's `preallocate_vmalloc_pages`), so that a kernel
-//! mapping made later through any sharing space is seen by all without a sync. Kernel-half
-//! PDPTs are owned by the space they were first created in (shared through an `Arc`), and are
-//! never freed by [`AddressSpace::clean_up`].
-//!
-//! Invariants:
-//! * every entry above the leaf level is either all-zero (unused) or `PRESENT`; a present
-//!   entry at level 4, 3 or 2 without `HUGE_PAGE` points at a table of this arena owned by
-//!   the tree; a leaf may also be a non-present, non-zero swap or migration entry (made only
-//!   by `fork`'s `install_swap_entry` and `copy_range`), which maps no frame;
-//! * leaves are never freed or owned by the tree: unmap hands each leaf's frame to a callback,
-//!   dropping an address space frees only its tables;
-//! * `rss` is the number of 4 KiB pages mapped through this space (a 2 MiB leaf counts 512):
-//!   the wrapping sum of per-CPU counters (`Relaxed` RMWs on the caller's `cpu::this_cpu()`
-//!   slot, so no map or unmap writes a shared cache line), exact when quiescent.
+//! How it works (range walks, the fast path, all-or-nothing maps, the shared kernel half)
+//! and the invariants: see [`AddressSpace`]'s documentation (what users rely on). For
+//! maintainers: `walk.rs` holds the recursive range walks and the fast path, `build.rs` the
+//! two walks of a map and its rollback, `modify.rs` protect, clean-up and teardown,
+//! `mappings.rs` the lock-free queries.
 //!
 //! Locking and ordering rules:
 //! * Ownership rule (as for vmalloc): a caller maps, unmaps or protects only a range it owns;
@@ -63,7 +26,7 @@
 //!   own range, which nobody else can reach under the ownership rule), and on drop; a table
 //!   whose span reaches outside the range concerned is never freed.
 //! * `ptl` (a `sync::Mutex<()>` per space) serializes `copy_range` and `handle_write_fault`
-//!   on a space's leaves (see [`crate::fork`]); map/unmap never take it.
+//!   on a space's leaves (see `fork`); map/unmap never take it.
 
 mod build;
 mod mappings;
@@ -210,7 +173,66 @@ impl<P: Platform> Drop for KernelHalf<P> {
     }
 }
 
-/// A 4-level address space (see the module docs).
+/// A 4-level x86_64 address space: a PML4 root in the arena and the operations on its tree.
+///
+/// # How it works
+///
+/// An `AddressSpace` owns a root table (PML4) allocated from a [`FrameAllocator`]; every table
+/// below it is a 4 KiB frame of the same [`PhysArena`], viewed as a [`PageTable`] of 512
+/// atomic entries. Range operations ([`map`](Self::map), [`unmap`](Self::unmap),
+/// [`protect`](Self::protect), [`populate`](Self::populate), [`clean_up`](Self::clean_up))
+/// descend the tree recursively over the range, the way `vmap_page_range_noflush` walks pgd
+/// -> pud -> pmd -> pte: each table entry on the way is read once, and a leaf table is filled
+/// or cleared by one loop over its entries (up to 512 pages per table lookup). Nothing is
+/// flushed here: `unmap` and `protect` return the [`FlushRange`] that needs a shootdown
+/// (see [`TlbFlush`](crate::TlbFlush)). Ranges are as in the [crate docs](crate#ranges).
+///
+/// A map or unmap whose range lies inside ONE leaf table that already exists (the vmalloc
+/// common case) does a single walk from the root to that table and then its store loop;
+/// anything else (a table missing for a map, a huge leaf on the way, a range spanning tables)
+/// takes the general path.
+///
+/// A map is all or nothing. A first walk over the table levels above the leaves counts the
+/// missing tables and rejects a huge leaf in the way; the frames for those tables are
+/// allocated up front (a failure frees them and returns [`MapError::OutOfFrames`] before any
+/// entry changed). The second walk installs the tables and fills each leaf-table slice in one
+/// loop that checks every entry is unused as it stores it; meeting a mapped page stops it,
+/// the leaves written so far are cleared and the tables it installed inside its range are
+/// freed again ([`MapError::AlreadyMapped`]). Tables it installed that reach outside the
+/// range stay linked and owned by the tree (another mapper of a neighbouring range may
+/// already use them). 2 MiB leaves are used where [`map_contiguous`](Self::map_contiguous) is
+/// asked for them and both addresses are aligned.
+///
+/// # The kernel half
+///
+/// [`new_sharing_kernel`](Self::new_sharing_kernel) copies PML4 entries 256..512 of another
+/// space, so both point at the same kernel PDPT tables; [`preallocate`](Self::preallocate)
+/// installs those PDPTs up front (Linux's `preallocate_vmalloc_pages`), so that a kernel
+/// mapping made later through any sharing space is seen by all without a sync. Kernel-half
+/// PDPTs are owned by the space they were first created in (shared through an `Arc`), and are
+/// never freed by `clean_up`.
+///
+/// # Invariants
+///
+/// * Every entry above the leaf level is either all-zero (unused) or `PRESENT`; a present
+///   entry at level 4, 3 or 2 without `HUGE_PAGE` points at a table of this arena owned by
+///   the tree; a leaf may also be a non-present, non-zero [`SwapEntry`](crate::SwapEntry)
+///   (made only by [`install_swap_entry`](crate::install_swap_entry) and
+///   [`copy_range`](crate::copy_range)), which maps no frame.
+/// * The tree never owns leaf frames: `unmap` hands each leaf's frame to a callback, and
+///   dropping an address space frees only its tables.
+/// * [`rss`](Self::rss) is the number of 4 KiB pages mapped through this space (a 2 MiB leaf
+///   counts 512), kept in per-CPU counters so that no map or unmap writes a shared cache
+///   line; exact when quiescent.
+///
+/// # Locking
+///
+/// No lock for `map`, `unmap`, `protect`, `populate` or the queries, under the ownership
+/// rule of the [crate docs](crate#locking): a caller changes only a range it owns; disjoint
+/// ranges may be changed concurrently, even when they share tables (a table two mappers race
+/// to install is installed once, the loser's frame freed). Tables are freed only by
+/// `clean_up` (nobody may use its range meanwhile), by a failed map's rollback (only tables
+/// inside its own range), and on drop.
 pub struct AddressSpace<P: Platform = DefaultPlatform> {
     frames: Arc<FrameAllocator<P>>,
     arena: Arc<PhysArena>,
@@ -326,7 +348,7 @@ impl<P: Platform> AddressSpace<P> {
         Arc::ptr_eq(&self.kernel, &other.kernel)
     }
 
-    /// The page-table lock (see [`crate::fork`]).
+    /// The page-table lock (see the `fork` module).
     pub(crate) fn ptl(&self) -> &Mutex<P, ()> {
         &self.ptl
     }
@@ -358,7 +380,7 @@ impl<P: Platform> AddressSpace<P> {
     }
 
     /// Install the PDPT tables (PML4-level entries) covering `[start, end)` (range ends as in
-    /// the [`crate::tlb`] module docs), so that mappings made there later through any space
+    /// the [crate docs](crate#ranges)), so that mappings made there later through any space
     /// sharing this kernel half (or this space) land in shared tables. All or nothing.
     pub fn preallocate(&self, start: VirtAddr, end: VirtAddr) -> Result<(), MapError> {
         let (s, e) = walk::checked_bounds(start, end)?;

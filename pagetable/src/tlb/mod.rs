@@ -1,26 +1,16 @@
 //! TLB shootdowns: the [`TlbFlush`] trait, the [`FlushRange`] an unmap reports, the
 //! [`CountingFlush`] no-op implementation and the [`TlbModel`] software TLB.
 //!
-//! How it works. Nothing in this crate flushes by itself: [`AddressSpace::unmap`] and
-//! [`AddressSpace::protect`] clear or change entries and *report* the [`FlushRange`] of leaves
-//! they touched, exactly like Linux's `vunmap_range_noflush`; the caller batches ranges (the
-//! vmalloc lazy purge unions thousands of them) and hands the union to a [`TlbFlush`]. A
-//! kernel plugs its `invlpg`/IPI code in by implementing the trait; [`CountingFlush`] counts
-//! and does nothing; [`TlbModel`] keeps per-CPU translation caches that really go stale, so a
-//! test can observe a missing or late flush (see [`model`]).
+//! How it works: see [`TlbFlush`] (who flushes, and when), [`FlushRange`] and [`TlbModel`]
+//! (the model's own docs; its internals are in [`model`]).
 //!
-//! Ranges. A range is half-open, `[start, end)`. Addresses are read in the 48-bit *linear*
-//! space (a canonical address with bits 48..64 dropped), so the exclusive end of the lower
-//! half is written `VirtAddr::new_truncate(1 << 47)` (the upper half's first address) and the
-//! exclusive end of the upper half is `VirtAddr::zero()`. A flush of more than
+//! Ranges are half-open and read in the 48-bit linear space (`lin`, `lin_end`, `from_lin`
+//! below), as the crate documentation's *Ranges* section tells users. A flush of more than
 //! [`TLB_SINGLE_PAGE_FLUSH_CEILING`] pages becomes a full flush, as Linux's
 //! `tlb_single_page_flush_ceiling` decides for `flush_tlb_kernel_range`.
 //!
 //! Locking/ordering: [`FlushRange`] is a plain value. The counters of [`CountingFlush`] are
 //! `Relaxed` atomics (statistics only). The model's rules are in [`model`].
-//!
-//! [`AddressSpace::unmap`]: crate::mapper::AddressSpace::unmap
-//! [`AddressSpace::protect`]: crate::mapper::AddressSpace::protect
 
 #[cfg(feature = "std")]
 mod model;
@@ -83,11 +73,27 @@ pub struct TlbStats {
 
 /// How a kernel invalidates stale translations on every CPU.
 ///
+/// Nothing in this crate flushes by itself: [`AddressSpace::unmap`] and
+/// [`AddressSpace::protect`] clear or change entries and *report* the [`FlushRange`] of the
+/// leaves they touched, like Linux's `vunmap_range_noflush`; the caller batches such ranges
+/// (vmalloc's lazy purge unions thousands of them) and hands the union to a `TlbFlush`. A
+/// kernel implements the trait with its `invlpg`/IPI code; [`CountingFlush`] only counts;
+/// [`TlbModel`] keeps per-CPU translation caches that really go stale, so a test can observe
+/// a missing or late flush.
+///
 /// `flush_range` must not return before no CPU can use a translation of a page in
 /// `[start, end)` cached before the call (an IPI shootdown waits for its acknowledgements).
+/// A range of more than [`TLB_SINGLE_PAGE_FLUSH_CEILING`] pages may be served by a full
+/// flush, as Linux's `flush_tlb_kernel_range` does; both implementations here do so.
+///
+/// [`AddressSpace::unmap`]: crate::AddressSpace::unmap
+/// [`AddressSpace::protect`]: crate::AddressSpace::protect
+#[cfg_attr(feature = "std", doc = "[`TlbModel`]: crate::TlbModel")]
+#[cfg_attr(not(feature = "std"), doc = "[`TlbModel`]: crate#features")]
 pub trait TlbFlush: Send + Sync {
-    /// Invalidate the translations of `[start, end)` on every CPU (see the module docs for how
-    /// range ends are read; over [`TLB_SINGLE_PAGE_FLUSH_CEILING`] pages this may flush all).
+    /// Invalidate the translations of `[start, end)` on every CPU (range ends as in the
+    /// [crate docs](crate#ranges); over [`TLB_SINGLE_PAGE_FLUSH_CEILING`] pages this may flush
+    /// all).
     fn flush_range(&self, start: VirtAddr, end: VirtAddr);
     /// Invalidate every translation on every CPU.
     fn flush_all(&self);
@@ -114,8 +120,8 @@ impl FlushRange {
         Self { start: 0, end: 0 }
     }
 
-    /// The pages covering `[start, end)` (range ends as described in the module docs), rounded
-    /// out to page boundaries; empty when `end <= start`.
+    /// The pages covering `[start, end)` (range ends as in the [crate docs](crate#ranges)),
+    /// rounded out to page boundaries; empty when `end <= start`.
     pub fn new(start: VirtAddr, end: VirtAddr) -> Self {
         let s = lin(start) & !(PAGE_SIZE - 1);
         let e = lin_end(end);
@@ -158,8 +164,8 @@ impl FlushRange {
         }
     }
 
-    /// Exclusive end of the range (read as described in the module docs; `VirtAddr::zero()`
-    /// when empty).
+    /// Exclusive end of the range (read as in the [crate docs](crate#ranges): the end of the
+    /// upper half is `VirtAddr::zero()`); `VirtAddr::zero()` when empty too.
     pub const fn end(self) -> VirtAddr {
         if self.is_empty() {
             VirtAddr::zero()

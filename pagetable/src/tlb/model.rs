@@ -1,28 +1,8 @@
 //! A software TLB: per-CPU translation caches that go stale exactly like hardware ones.
 //!
-//! How it works. Each CPU slot owns a 4-way set-associative cache of [`SETS`] sets, allocated
-//! once at construction (no allocation per access). An entry is keyed by (address-space id or
-//! [`GLOBAL`](crate::entry::PageTableFlags::GLOBAL) translations' shared key, virtual page
-//! number) and holds the 4 KiB physical page and the leaf's flags (a 2 MiB leaf is cached one
-//! 4 KiB piece at a time). [`TlbModel::read`] / [`TlbModel::write`] copy bytes at a virtual
-//! address on behalf of a CPU, page piece by page piece: a hit uses the cached translation
-//! whatever the page tables now say; a miss walks the page tables of the [`AddressSpace`],
-//! sets `ACCESSED` (and `DIRTY` for a permitted write) in the leaf by compare-exchange as the
-//! hardware walker does, and fills the cache. Unmapping or re-mapping does NOT touch the
-//! caches: only [`TlbFlush::flush_range`] / [`TlbFlush::flush_all`] do, on every CPU. So a
-//! write through a stale entry lands in the OLD frame, which is how a test sees a virtual
-//! range reused before its flush; [`TlbModel::holds_any`] answers "could any CPU still use a
-//! translation in this range?" directly.
-//!
-//! Permissions: a write through a cached read-only translation does what x86 plus Linux's
-//! spurious-fault handling do: the entry is dropped and the tables re-walked, so permission
-//! *upgrades* (COW reuse, `protect` adding `WRITABLE`) need no shootdown, while downgrades and
-//! frame changes do. A write the tables forbid is [`AccessError::WriteProtected`]; an
-//! unmapped page is [`AccessError::NotMapped`]. An access that faults on a later page has
-//! already copied the earlier pages (like a faulting `rep movs`).
-//!
-//! Invariants: a cache entry was a valid translation of its (key, page) at some point after
-//! the last shootdown that covered it; `hits + misses` counts page pieces accessed.
+//! How it works, permissions and invariants: see [`TlbModel`]'s documentation (what users
+//! rely on). For maintainers: a cache is `SETS` arrays of `WAYS` [`Slot`]s with a
+//! round-robin victim per set; [`translate`] is the whole access path (lookup, walk, fill).
 //!
 //! Locking/ordering: a CPU's cache is behind its own `CachePadded<sync::Mutex>`, held across
 //! lookup, walk, fill AND the data copy of one page piece, so a shootdown (which takes every
@@ -178,7 +158,41 @@ impl CpuTlb {
     }
 }
 
-/// The software TLB: per-CPU translation caches plus shootdowns (see the module docs).
+/// The software TLB: per-CPU translation caches plus shootdowns, going stale exactly like
+/// hardware ones.
+///
+/// # How it works
+///
+/// Each CPU slot owns a [`WAYS`]-way set-associative cache of [`SETS`] sets, allocated once
+/// at construction (no allocation per access). An entry is keyed by (address-space id, or one
+/// key shared by every space for [`GLOBAL`](crate::PageTableFlags::GLOBAL) translations;
+/// virtual page number) and holds the 4 KiB physical page and the leaf's flags (a 2 MiB leaf
+/// is cached one 4 KiB piece at a time). [`TlbModel::read`] / [`TlbModel::write`] copy bytes
+/// at a virtual address on behalf of a CPU, page piece by page piece: a hit uses the cached
+/// translation whatever the page tables now say; a miss walks the page tables of the
+/// [`AddressSpace`], sets `ACCESSED` (and `DIRTY` for a permitted write) in the leaf by
+/// compare-exchange as the hardware walker does, and fills the cache. Unmapping or
+/// re-mapping does NOT touch the caches: only [`TlbFlush::flush_range`] /
+/// [`TlbFlush::flush_all`] do, on every CPU. So a write through a stale entry lands in the OLD
+/// frame, which is how a test sees a virtual range reused before its flush;
+/// [`TlbModel::holds_any`] answers "could any CPU still use a translation in this range?"
+/// directly. A shootdown returns only after every access that could still use a flushed
+/// entry has finished (an access holds its CPU's cache for the whole page piece, a shootdown
+/// takes every CPU's in turn: the IPI-acknowledgement rule).
+///
+/// # Permissions
+///
+/// A write through a cached read-only translation does what x86 plus Linux's spurious-fault
+/// handling do: the entry is dropped and the tables re-walked, so permission *upgrades* (COW
+/// reuse, `protect` adding `WRITABLE`) need no shootdown, while downgrades and frame changes
+/// do. A write the tables forbid is [`AccessError::WriteProtected`]; an unmapped page is
+/// [`AccessError::NotMapped`]. An access that faults on a later page has already copied the
+/// earlier pages (like a faulting `rep movs`).
+///
+/// # Invariants
+///
+/// A cache entry was a valid translation of its (key, page) at some point after the last
+/// shootdown that covered it; `hits + misses` ([`TlbStats`]) counts the page pieces accessed.
 pub struct TlbModel {
     cpus: Box<[CachePadded<Mutex<StdPlatform, CpuTlb>>]>,
     counters: FlushCounters,
@@ -274,8 +288,8 @@ impl TlbModel {
     }
 
     /// Whether any CPU caches a translation (for any address space) of a page in
-    /// `[start, end)` (range ends as in the [`tlb`](crate::tlb) module docs). After a flush of
-    /// the range it is false until the range is accessed again.
+    /// `[start, end)` (range ends as in the [crate docs](crate#ranges)). After a flush of the
+    /// range it is false until the range is accessed again.
     pub fn holds_any(&self, start: VirtAddr, end: VirtAddr) -> bool {
         let first = lin(start) / PAGE_SIZE;
         let end = lin_end(end).div_ceil(PAGE_SIZE);
