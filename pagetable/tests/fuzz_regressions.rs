@@ -1,5 +1,5 @@
 //! Plain reproducers of what the `pagetable` fuzz target (fuzz/src/pagetable.rs) turned up,
-//! kept as regression tests (see docs/TESTING.md (section "Fuzz findings")). They run under `cargo test`.
+//! kept as regression tests (see the "Fuzz findings" section of docs/TESTING.md). They run under `cargo test`.
 
 #![cfg(not(feature = "loom"))]
 
