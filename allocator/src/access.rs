@@ -1,28 +1,10 @@
 //! `vread` / `vwrite`: copy bytes from / to the vmalloc range "in a safe way", as Linux 3.7's
 //! `/dev/kmem` helpers do.
 //!
-//! # How it works
+//! How it works and what is a hole: see [`Vmalloc::vread`] (what users rely on). For
+//! maintainers: `Inner::access` walks the areas, `copy_piece` does one page piece.
 //!
-//! The live areas intersecting `[addr, addr + len)` are found (one `Kva::find` when the
-//! range lies inside one area, the common case; otherwise a walk of every live area in
-//! address order). If there is none, the call returns 0 and copies nothing. Otherwise it
-//! returns `len` and, page piece by page piece:
-//!
-//! * bytes in no area, in a guard page, in an `ioremap` area (device memory: reading it has
-//!   side effects), in an unmapped page of an area, or in a page of a vmap block that belongs
-//!   to no live `vm_map_ram` piece are holes: `vread` zero-fills them, `vwrite` skips them;
-//! * other bytes are copied through the [`TlbModel`](pagetable::TlbModel) as the calling CPU
-//!   (`Platform::this_cpu()`), so a translation that CPU still caches is used exactly
-//!   as hardware would; a write to a read-only page is skipped like a hole. Without a model
-//!   ([`TlbChoice::Counting`](crate::instance::TlbChoice) / `Custom`) the page tables are
-//!   walked instead.
-//!
-//! # Concurrency
-//!
-//! Like any access to vmalloc memory, `vread`/`vwrite` of an area that another thread frees
-//! at the same time is a use after free by the caller: it is memory safe (arena accesses are
-//! atomic words) but may read zeros or write into the freed frames. No lock is taken beyond
-//! the `Kva`'s lookups and the TLB model's per-CPU lock.
+//! Concurrency: see the end of [`Vmalloc::vread`]'s documentation.
 
 #[allow(unused_imports)]
 use crate::prelude::*;
@@ -58,16 +40,36 @@ impl Buf<'_> {
 }
 
 impl<P: Platform> Vmalloc<P> {
-    /// `vread(addr, buf)`: read `buf.len()` bytes at `addr` from the vmalloc range; holes read
-    /// as zeros (see the module documentation). Returns `buf.len()`, or 0 (buffer untouched)
-    /// if the range intersects no live area.
+    /// `vread(addr, buf)`: read `buf.len()` bytes at `addr` from the vmalloc range "in a safe
+    /// way", as Linux 3.7's `/dev/kmem` helper does: holes read as zeros. Returns
+    /// `buf.len()`, or 0 (buffer untouched) if the range intersects no live area.
+    ///
+    /// The live areas intersecting `[addr, addr + len)` are found (one lookup when the range
+    /// lies inside one area, the common case; otherwise a walk of every live area in address
+    /// order). Then, page piece by page piece:
+    ///
+    /// * bytes in no area, in a guard page, in an `ioremap` area (device memory: reading it
+    ///   has side effects), in an unmapped page of an area, or in a page of a vmap block that
+    ///   belongs to no live `vm_map_ram` piece are holes: `vread` zero-fills them,
+    ///   [`vwrite`](Vmalloc::vwrite) skips them;
+    /// * other bytes are copied through the TLB model
+    ///   ([`TlbChoice::Model`](crate::TlbChoice::Model)) as the calling CPU
+    ///   (`Platform::this_cpu()`), so a translation that CPU still caches is used exactly as
+    ///   hardware would; a write to a read-only page is skipped like a hole. Without a model
+    ///   ([`TlbChoice::Counting`](crate::TlbChoice::Counting) / `Custom`) the page tables are
+    ///   walked instead.
+    ///
+    /// Reading or writing an area that another thread frees at the same time is a use after
+    /// free by the caller, as in Linux: memory safe (arena accesses are atomic words), but it
+    /// may read zeros or write into the freed frames. No lock is taken beyond the `Kva`'s
+    /// lookups and the TLB model's per-CPU lock.
     pub fn vread(&self, addr: VirtAddr, buf: &mut [u8]) -> usize {
         self.v().access(addr, Buf::Read(buf))
     }
 
-    /// `vwrite(addr, data)`: write `data` at `addr` in the vmalloc range; holes are skipped
-    /// (see the module documentation). Returns `data.len()`, or 0 (nothing written) if the
-    /// range intersects no live area.
+    /// `vwrite(addr, data)`: write `data` at `addr` in the vmalloc range; holes (as
+    /// [`Vmalloc::vread`] defines them) and read-only pages are skipped. Returns `data.len()`,
+    /// or 0 (nothing written) if the range intersects no live area.
     pub fn vwrite(&self, addr: VirtAddr, data: &[u8]) -> usize {
         self.v().access(addr, Buf::Write(data))
     }

@@ -1,11 +1,4 @@
-//! The vmalloc API's error type, [`VmallocError`].
-//!
-//! Every fallible operation of the vmalloc API returns a `VmallocError`; nothing panics on bad
-//! input. The KVA layer's [`KvaError`](crate::KvaError) converts into the variant of the same
-//! name. The enum is `#[non_exhaustive]`. Addresses and sizes are in bytes. An error that
-//! wraps another (page tables, frames, the arena) says what failed in its own message and
-//! gives the cause through [`core::error::Error::source`], without repeating its text, so an
-//! error reporter that walks the chain prints each cause once.
+//! The vmalloc API's error type, [`VmallocError`] (its documentation says how errors chain).
 
 use crate::kva::error::KvaError;
 use crate::kva::flags::VmFlags;
@@ -13,6 +6,13 @@ use crate::kva::flags::VmFlags;
 use crate::prelude::*;
 
 /// What went wrong in a vmalloc / KVA operation.
+///
+/// Every fallible operation of the vmalloc API returns a `VmallocError`; nothing panics on bad
+/// input, and a failed call changed nothing. The KVA layer's [`KvaError`] converts into the
+/// variant of the same name. Addresses and sizes are in bytes. An error that wraps another
+/// (page tables, frames, the arena) says what failed in its own message and gives the cause
+/// through [`core::error::Error::source`], without repeating its text, so an error reporter
+/// that walks the chain prints each cause once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum VmallocError {

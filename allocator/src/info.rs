@@ -1,14 +1,9 @@
 //! `/proc/vmallocinfo` ([`Vmalloc::vmallocinfo`]) and the `/proc/meminfo` vmalloc lines plus
 //! allocator counters ([`Vmalloc::stats`], [`VmallocStats`]).
 //!
-//! # How it works
-//!
-//! Both walk the live areas with `Kva::for_each_busy` (ascending addresses, snapshots taken
-//! shard by shard, the callback running unlocked) and read the counters of the `Kva`, the TLB
-//! and the frame allocator. Each figure is exact at some instant; together they are
-//! consistent only when nothing is allocated or freed meanwhile. The fast paths keep no
-//! counter of their own for this: `VmallocUsed` is summed from the areas, as Linux 3.7's
-//! `get_vmalloc_info` walked the `vmlist`.
+//! How it works: both walk the live areas with `Kva::for_each_busy` and read the counters of
+//! the `Kva`, the TLB and the frame allocator; what that means for consistency is in
+//! [`Vmalloc::stats`]'s documentation.
 
 #[allow(unused_imports)]
 use crate::prelude::*;
@@ -119,6 +114,13 @@ impl<P: Platform> Vmalloc<P> {
 
     /// The `/proc/meminfo` vmalloc figures and the counters of every layer (see
     /// [`VmallocStats`]).
+    ///
+    /// The live areas are walked with [`Kva::for_each_busy`](crate::Kva::for_each_busy)
+    /// (snapshots taken shard by shard, no lock held between them) and the counters of the
+    /// `Kva`, the TLB and the frame allocator are read one by one: each figure is exact at
+    /// some instant, and together they are consistent only when nothing is allocated or freed
+    /// meanwhile. `VmallocUsed` is summed from the areas, as Linux 3.7's `get_vmalloc_info`
+    /// walked the `vmlist`: the fast paths keep no counter of their own for it.
     pub fn stats(&self) -> VmallocStats {
         let v = self.v();
         let (mut nr_areas, mut area_bytes, mut vmalloc_pages) = (0usize, 0u64, 0u64);

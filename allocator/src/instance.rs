@@ -3,23 +3,13 @@
 //!
 //! # How it works
 //!
-//! [`Vmalloc::new`] builds, in order: the physical arena ([`ArenaConfig`]), the
-//! [`FrameAllocator`] over it, the kernel [`AddressSpace`] (whose PML4-level entries covering
-//! the whole vmalloc range are installed at once with [`AddressSpace::preallocate`], as x86_64
-//! Linux's `preallocate_vmalloc_pages` does, so that every space made by
-//! [`Vmalloc::new_user_space`] sees every later kernel mapping without a sync), the TLB
-//! ([`TlbChoice`]), the [`Kva`] flushing through that TLB, the per-CPU vmap-block queues of
-//! `vm_map_ram`, and finally the early areas ([`EarlyArea`], Linux's `vm_area_add_early` /
-//! `vm_area_register_early`). It then installs two callbacks into the `Kva`: the deferred-free
-//! handler (what `vfree_atomic` runs later: a full `vfree`) and an allocation-failure notifier
-//! that purges fragmented vmap blocks (Linux 3.7 does the same in `purge_vmap_area_lazy`).
-//!
-//! The state lives in an `Arc`ed `Inner`; the callbacks hold a `Weak` to it so the `Kva`
-//! (which owns the callbacks) does not keep its owner alive. A purge worker may hold an
-//! upgraded `Arc` for the length of one callback; [`Vmalloc`]'s `Drop` therefore waits (with
-//! `Arc::try_unwrap`, which also makes every later upgrade fail) until it holds the only
-//! reference, so the last reference is always dropped on the caller's thread and never by a
-//! purge worker (which could not join itself).
+//! What users rely on (construction, the callbacks, drop) is in [`Vmalloc`]'s documentation.
+//! For maintainers: the state lives in an `Arc`ed `Inner`; the callbacks installed into the
+//! `Kva` hold a `Weak` to it so the `Kva` (which owns the callbacks) does not keep its owner
+//! alive. A purge worker may hold an upgraded `Arc` for the length of one callback;
+//! `Vmalloc`'s `Drop` therefore waits (with `Arc::try_unwrap`, which also makes every later
+//! upgrade fail) until it holds the only reference, so the last reference is always dropped
+//! on the caller's thread and never by a purge worker (which could not join itself).
 //!
 //! # Invariants
 //!
@@ -179,9 +169,30 @@ pub(crate) struct Inner<P: Platform> {
     pub(crate) deferred_errors: AtomicU64,
 }
 
-/// A vmalloc instance: the Linux vmalloc API over one kernel address space (see the crate
-/// documentation), typed by its [`Platform`]. `Send + Sync`: share it with an `Arc` or
-/// scoped threads.
+/// A vmalloc instance: the Linux vmalloc API over one kernel address space (the
+/// [crate documentation](crate) has an overview and an example), typed by its [`Platform`].
+/// `Send + Sync`: share it with an `Arc` or scoped threads.
+///
+/// # Construction
+///
+/// [`Vmalloc::new`] builds, in order: the physical arena ([`VmallocConfig::arena`]), the
+/// [`FrameAllocator`] over it, the kernel [`AddressSpace`] (whose PML4-level entries covering
+/// the whole vmalloc range are installed at once with [`AddressSpace::preallocate`], as
+/// x86_64 Linux's `preallocate_vmalloc_pages` does, so that every space made by
+/// [`Vmalloc::new_user_space`] sees every later kernel mapping without a sync), the TLB
+/// ([`TlbChoice`]), the [`Kva`] flushing through that TLB, the per-CPU vmap-block queues of
+/// `vm_map_ram`, and finally the early areas ([`EarlyArea`], Linux's `vm_area_add_early` /
+/// `vm_area_register_early`). It then installs two callbacks into the `Kva`: the
+/// deferred-free handler (what [`Vmalloc::vfree_atomic`] runs later: a full `vfree`) and an
+/// allocation-failure notifier that retires fragmented vmap blocks to the lazy list (Linux
+/// 3.7 does the same in `purge_vmap_area_lazy`). [`Vmalloc::with_platform`] does the same over
+/// the host's frame allocator and TLB hook.
+///
+/// # Drop
+///
+/// Dropping the instance first runs the `vfree_atomic`s still queued, then waits until no
+/// purge worker is inside one of its callbacks, so the instance is always torn down on the
+/// dropping thread; the `Kva` then stops and joins its workers.
 pub struct Vmalloc<P: Platform = DefaultPlatform> {
     /// Always `Some` until `Drop`.
     pub(crate) inner: Option<StdArc<Inner<P>>>,
@@ -200,8 +211,8 @@ impl<P: Platform> fmt::Debug for Vmalloc<P> {
 }
 
 impl Vmalloc<DefaultPlatform> {
-    /// Build an instance for the default platform (see the module documentation): the arena,
-    /// frame allocator and TLB as `cfg` says. Errors: an invalid KVA range or configuration,
+    /// Build an instance for the default platform (the steps are under *Construction* in
+    /// [`Vmalloc`]'s documentation): the arena, frame allocator and TLB as `cfg` says. Errors: an invalid KVA range or configuration,
     /// an arena that cannot be created, not enough frames for the root and the preallocated
     /// tables of the vmalloc range, an early area that does not fit.
     #[track_caller]

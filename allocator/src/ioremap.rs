@@ -2,18 +2,7 @@
 //!
 //! # How it works
 //!
-//! As Linux's `__ioremap_caller`: the physical range `[phys, phys + size)` is widened to whole
-//! pages (the offset of `phys` in its page is added back to the returned address); physical
-//! memory that is RAM (any part of this instance's arena, whose frames belong to the frame
-//! allocator) is refused; an `IOREMAP` area is reserved with the ioremap alignment (the size
-//! rounded up to a power of two, clamped to `[PAGE_SIZE, 128 pages]`) and a guard page, its
-//! physical start recorded (`vmallocinfo` prints `phys=`), and the range is mapped with one
-//! [`AddressSpace::map_contiguous`](pagetable::AddressSpace::map_contiguous) call.
-//! `iounmap` accepts any address inside the first page of the area (the offset is dropped),
-//! clears the PTEs (no frame is freed: there are none) and frees the VA lazily.
-//!
-//! `vread` and `vwrite` treat ioremap areas as holes (reading device memory has side
-//! effects).
+//! See [`Vmalloc::ioremap`] and [`Vmalloc::iounmap`] (what users rely on).
 //!
 //! # Locking
 //!
@@ -32,8 +21,21 @@ use crate::kva::flags::VmFlags;
 
 impl<P: Platform> Vmalloc<P> {
     /// `ioremap(phys, size)` with protection `prot` (usually
-    /// [`PAGE_KERNEL_IO`](crate::valloc::PAGE_KERNEL_IO)): returns the virtual address of
-    /// `phys`. Errors: size 0 ([`VmallocError::InvalidSize`]), a range beyond 52 bits
+    /// [`PAGE_KERNEL_IO`](crate::PAGE_KERNEL_IO)): map the physical (device) range
+    /// `[phys, phys + size)` into the vmalloc range; returns the virtual address of `phys`.
+    ///
+    /// As Linux's `__ioremap_caller`: the range is widened to whole pages (the offset of
+    /// `phys` in its page is added back to the returned address); physical memory that is RAM
+    /// (any part of this instance's arena, whose frames belong to the frame allocator) is
+    /// refused; an `IOREMAP` area is reserved with the ioremap alignment
+    /// ([`ioremap_align`](crate::ioremap_align): the size rounded up to a power of two,
+    /// clamped to `[PAGE_SIZE, 128 pages]`) and a guard page, its physical start recorded
+    /// ([`Vmalloc::vmallocinfo`] prints `phys=`), and the range is mapped with one
+    /// [`AddressSpace::map_contiguous`](pagetable::AddressSpace::map_contiguous) call.
+    /// [`Vmalloc::vread`] and [`Vmalloc::vwrite`] treat ioremap areas as holes (reading device
+    /// memory has side effects).
+    ///
+    /// Errors: size 0 ([`VmallocError::InvalidSize`]), a range beyond 52 bits
     /// ([`VmallocError::InvalidRange`]), RAM ([`VmallocError::IoremapOfRam`]), no VA space.
     #[track_caller]
     pub fn ioremap(
@@ -82,8 +84,9 @@ impl<P: Platform> Vmalloc<P> {
     }
 
     /// `iounmap(addr)`: release an ioremap area given any address in its first page (what
-    /// [`Vmalloc::ioremap`] returned). Null is a no-op. Errors as for [`Vmalloc::vfree`]; a
-    /// non-ioremap area is [`VmallocError::WrongKind`].
+    /// [`Vmalloc::ioremap`] returned; the offset is dropped). The PTEs are cleared (no frame
+    /// is freed: there are none) and the VA is freed lazily. Null is a no-op. Errors as for
+    /// [`Vmalloc::vfree`]; a non-ioremap area is [`VmallocError::WrongKind`].
     pub fn iounmap(&self, addr: VirtAddr) -> Result<(), VmallocError> {
         if addr.is_null() {
             return Ok(());

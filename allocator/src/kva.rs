@@ -1,39 +1,10 @@
 //! [`Kva`]: the kernel-virtual-address allocator over all shards (Linux's
 //! `alloc_vmap_area` / `free_vmap_area_noflush` / `find_vmap_area`), without page tables.
 //!
-//! # How it works
-//!
-//! * **alloc** (`alloc_vmap_area`): a small request (at most [`MAX_CLASS_PAGES`] pages, page
-//!   alignment, a window covering the home shard) pops a chunk and a descriptor from the
-//!   calling CPU's slot under one uncontended lock, refilling an empty class with one batch
-//!   carved from the home shard's tree. Otherwise the home shard's free tree is searched
-//!   (`FreeTree::alloc_fast`: the lowest fit for page alignment; for larger alignments the
-//!   lowest fit among the first few candidates, else Linux's `size + align - PAGE_SIZE`
-//!   search, O(log n)), then the other shards the `[vstart, vend)` window intersects
-//!   (skipping, without locking, those whose largest-free hint is too small), then runs of
-//!   free space crossing shard boundaries (see the `shard` module). The area is then inserted
-//!   into the busy tree of the shard containing its start. No space: `reclaim_then` (the
-//!   deferred frees run, everything lazy purged into the trees, every per-CPU cache drained,
-//!   and the search repeated, all under the purge lock); then call the notifiers and retry
-//!   while they free something (bounded); then fail with [`KvaError::NoSpace`].
-//! * **remove** takes the area out of its busy tree and returns a [`RemovedArea`] token;
-//!   **free_lazy** records the area's range in the calling CPU's lazy batch and gives its
-//!   descriptor straight back to that CPU (one slot-lock section; see the `pcpu` module), or,
-//!   with per-CPU caching off or the batch full, raises the shard's lazy-page counter and
-//!   pushes the descriptor on the shard's lock-free lazy list; past `lazy_max_pages` it kicks
-//!   a purge (see [`crate::kva::purge`]). **free_unused** returns a never-mapped area straight to
-//!   the trees. (The freeing side lives in the `free` submodule.)
-//! * **find** looks in the busy tree of the shard containing the address, then (only while
-//!   some live area crosses a shard boundary) in the lower shards' trees.
-//!
-//! # Invariants
-//!
-//! * A range leaves the lazy lists and batches only through a purge, and a purge merges it
-//!   back into a tree or a per-CPU cache only after its one TLB flush has returned: no range
-//!   is handed out again before a flush covering its last unmapping.
-//! * Every byte of the range is in exactly one of: a free tree, a per-CPU cache, a busy tree,
-//!   or "pending" (removed: in a token, on a lazy list or batch, or in a purge in progress);
-//!   checked by [`Kva::check_invariants`] when no operation is in flight.
+//! How it works and the invariants: see [`Kva`]'s documentation (what users rely on). For
+//! maintainers: `Inner` groups the parts, each owned by its submodule (`allocate`, `free`,
+//! `purge`, `pcpu`, `shard`, `area`, `deferred`, `workers`, `inspect`); each submodule's
+//! documentation has its own mechanism, invariants and locking.
 //!
 //! # Locking and ordering
 //!
@@ -209,8 +180,61 @@ pub trait PurgeWork: Send + Sync {
     fn schedule_deferred(&self);
 }
 
-/// The KVA allocator, typed by its [`Platform`] (locks, CPU ids); see the module
-/// documentation.
+/// The kernel-virtual-address allocator (Linux's `alloc_vmap_area` / `free_vmap_area_noflush`
+/// / `find_vmap_area` and the lazy purge), without page tables. Typed by its [`Platform`]
+/// (locks, CPU ids).
+///
+/// # How it works
+///
+/// The range (`[start, end)` of the [`KvaConfig`]) is cut into contiguous shards, one per CPU
+/// slot by default, each with its own free tree (free areas in an augmented AVL tree keyed by
+/// start, every node knowing the largest free size below it, Linux 5.2's design), busy
+/// lookup and lock-free lazy list, each behind its own lock (Linux 6.9's vmap nodes, but
+/// contiguous). Each CPU slot has a cache of small free areas ([`MAX_CLASS_PAGES`] size
+/// classes), a list of free area descriptors and a lazy batch.
+///
+/// * **alloc** ([`Kva::alloc`]): a small request (at most [`MAX_CLASS_PAGES`] pages, page
+///   alignment, a window covering the calling CPU's home shard) pops a chunk and a
+///   descriptor from the calling CPU's slot under one uncontended lock, refilling an empty
+///   class with one batch carved from the home shard's tree. Otherwise the home shard's free
+///   tree is searched (the lowest fit for page alignment; for larger alignments the lowest
+///   fit among the first few candidates, else Linux's `size + align - PAGE_SIZE` search,
+///   O(log n)), then the other shards the `[vstart, vend)` window intersects (skipping,
+///   without locking, those whose largest free area is too small), then runs of free space
+///   crossing shard boundaries. The area is inserted into the busy lookup of the shard
+///   containing its start. No space: the deferred frees are run, everything lazy is purged
+///   and every per-CPU cache drained back into the trees, and the search repeated, all under
+///   the purge lock; then the notifiers ([`Kva::register_notifier`]) are called and the
+///   allocation retried while they free something (a bounded number of times); then
+///   [`KvaError::NoSpace`].
+/// * **remove** ([`Kva::remove`], [`Kva::remove_if`]) takes the area out of its busy lookup
+///   and returns a [`RemovedArea`] token, which must come back through
+///   [`Kva::free_lazy`] (the area was mapped) or [`Kva::free_unused`] (it never was).
+/// * **free_lazy** records the area's range in the calling CPU's lazy batch and gives its
+///   descriptor straight back to that CPU (one slot-lock section), or, with per-CPU caching
+///   off or the batch full, pushes it on its shard's lock-free lazy list; either way its
+///   pages are counted. Past [`lazy_max_pages`](Kva::lazy_max_pages) pages in all, a purge is
+///   kicked, as the [`PurgeMode`] says.
+/// * **purge** ([`Kva::purge`]): one purger at a time (a kick that finds a kicked purge
+///   running only asks it for one more round). Every CPU's lazy batch and every shard's lazy
+///   list are taken (the lists with one `del_all`), the union range `[min start, max end)` of
+///   everything taken gets ONE flush through the [`TlbFlush`] hook, and only after it
+///   returned are the areas merged back into the trees (or, small ones, the per-CPU caches),
+///   shard by shard, the purge workers helping. See [`PurgeReport`].
+/// * **find** ([`Kva::find`]) looks in the busy lookup of the shard containing the address,
+///   then (only while some live area crosses a shard boundary) in the lower shards'.
+///
+/// # Invariants
+///
+/// * A range leaves the lazy lists and batches only through a purge, and a purge merges it
+///   back into a tree or a per-CPU cache only after its one TLB flush has returned: no range
+///   is handed out again before a flush covering its last unmapping.
+/// * Every byte of the range is in exactly one of: a free tree, a per-CPU cache, a busy
+///   lookup, or "pending" (removed: in a token, on a lazy list or batch, or in a purge in
+///   progress); checked by [`Kva::check_invariants`] when no operation is in flight.
+///
+/// Which calls take which locks, and which may wait for a purge: the
+/// [crate documentation](crate#locking).
 pub struct Kva<P: Platform = DefaultPlatform> {
     inner: Arc<Inner<P>>,
     #[cfg(feature = "std")]
@@ -479,6 +503,10 @@ impl<P: Platform> Kva<P> {
 
     /// Register a callback for allocation failures (Linux's `vmap_notify_list`): called with
     /// the failing size, it returns the pages it freed (non-zero means "retry").
+    ///
+    /// Notifiers are called, with no allocator lock held and on the allocating thread, by an
+    /// allocation that found no space even after a purge; if the sum of what they report is
+    /// non-zero the allocation purges and searches again (a bounded number of rounds).
     pub fn register_notifier(&self, f: Box<dyn Fn(u64) -> usize + Send + Sync>) -> NotifierId {
         self.inner.notifiers.register(f)
     }
@@ -500,7 +528,9 @@ impl<P: Platform> Kva<P> {
         self.inner.for_each_busy(f);
     }
 
-    /// Counters and occupancy, summed over shards and CPUs.
+    /// Counters and occupancy, summed over shards and CPUs, one lock (or one `Relaxed` load)
+    /// at a time: each figure is exact at some instant, the set is consistent only when no
+    /// operation is in flight.
     pub fn stats(&self) -> KvaStats {
         self.inner.stats()
     }
@@ -532,7 +562,8 @@ impl<P: Platform> Kva<P> {
     }
 
     /// Verify every structure and the byte accounting (free + cached + busy + pending ==
-    /// total, no overlap). Exact only when no allocation or free is in flight.
+    /// total, no overlap). Exact only when no allocation or free is in flight. Takes the purge
+    /// lock, then each shard's and CPU slot's locks in turn.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.inner.check_invariants()
     }

@@ -32,45 +32,51 @@
 //! CPU slot by default), each with its own free tree (an augmented AVL tree of free areas
 //! keyed by start, every node knowing the largest free size below it: a fit with alignment
 //! and `[vstart, vend)` in O(log n), Linux 5.2's design, exact lowest fit for page-aligned
-//! requests; [`free_tree`]), busy
-//! lookup ([`busy`]) and lock-free lazy list ([`llist`]), each behind its own lock (Linux
-//! 6.9's vmap nodes). Per-CPU caches hold small free areas and area descriptors, so a small
-//! allocation or free touches only the calling CPU's slot and one shard's busy lock, and
-//! allocates nothing. Freeing is lazy: [`Kva::free_lazy`] pushes the area on its shard's
-//! llist and counts its pages; past `lazy_max_pages` (`fls(nr_cpus) * 32 MiB` of pages) a
-//! purge takes every list with one `del_all`, flushes the union range ONCE, and merges the
-//! areas back (split across the per-CPU purge workers, [`purge`]). An allocation that finds
-//! no space purges synchronously and retries, then calls the registered notifiers, then
-//! fails with [`VmallocError::NoSpace`].
+//! requests), busy lookup and lock-free lazy list, each behind its own lock (Linux 6.9's vmap
+//! nodes). Per-CPU caches hold small free areas and area descriptors, so a small allocation
+//! or free touches only the calling CPU's slot and one shard's busy lock, and allocates
+//! nothing. Freeing is lazy: [`Kva::free_lazy`] records the area in the calling CPU's lazy
+//! batch (or pushes it on its shard's lock-free list) and counts its pages; past
+//! [`lazy_max_pages`](linux_lazy_max_pages) (`fls(nr_cpus) * 32 MiB` of pages) a purge
+//! ([`Kva::purge`]) takes every batch and every list, flushes the union range ONCE, and only
+//! then merges the areas back, its merge work split across the per-CPU purge workers. An
+//! allocation that finds no space purges synchronously and retries, then calls the
+//! registered notifiers, then fails with [`VmallocError::NoSpace`]. [`Kva`]'s documentation
+//! has the details.
 //!
 //! **Layer 2, the vmalloc API** ([`Vmalloc`]):
 //!
-//! * `vmalloc` ([`alloc`]): size to pages; area = pages + a guard page; `Kva::alloc` with the
-//!   area's info (kind, pages, caller); frames from the frame allocator's per-CPU cache (on
-//!   the stack up to 16 pages: no heap allocation) in the requested zone, zeroed if asked;
-//!   one page-table map call. All or nothing: a failure frees the frames and gives the
-//!   never-mapped VA straight back.
-//! * `vfree`: check it is the start of a live `vmalloc` area (else a typed error, nothing
-//!   changed), `Kva::remove`, clear the PTEs handing each frame back, `Kva::free_lazy`. No
-//!   flush. `vfree_atomic` defers that to a worker through `Kva::defer`.
-//! * `vmap`/`vunmap`, `ioremap`/`iounmap`, `get_vm_area`/`alloc_vm_area`/`free_vm_area`
-//!   ([`vmap`]) follow the same pattern with caller-owned or device frames.
-//! * `vm_map_ram` ([`vmap_block`]): up to 64 pages come from per-CPU 1024-page vmap blocks
-//!   (bump allocation, freed pieces unmapped and marked dirty, a fully dirty block going to
-//!   the lazy list); `vm_unmap_aliases` flushes every dirty range once and purges.
-//! * `vread`/`vwrite` copy through the TLB model as the calling CPU, holes as zeros
-//!   (Linux 3.7's `/dev/kmem` semantics); `remap_vmalloc_range` ([`remap`]) maps
-//!   `VM_USERMAP` pages into a user space with a reference per frame; `vmallocinfo` and
-//!   `stats` ([`info`]) print `/proc/vmallocinfo` and the `/proc/meminfo` lines.
+//! * [`vmalloc`](Vmalloc::vmalloc) and its family: size to pages; area = pages + a guard
+//!   page; `Kva::alloc` with the area's info (kind, pages, caller); frames from the frame
+//!   allocator's per-CPU cache (on the stack up to 16 pages: no heap
+//!   allocation) in the requested zone, zeroed if asked; one page-table map call. All or
+//!   nothing: a failure frees the frames and gives the never-mapped VA straight back.
+//! * [`vfree`](Vmalloc::vfree): in one busy-lock section, check it is the start of a live
+//!   `vmalloc` area (else a typed error, nothing changed) and remove it ([`Kva::remove_if`]);
+//!   clear the PTEs handing each frame back; [`Kva::free_lazy`]. No flush.
+//!   [`vfree_atomic`](Vmalloc::vfree_atomic) defers all that to a worker through
+//!   [`Kva::defer`].
+//! * [`vmap`](Vmalloc::vmap)/`vunmap`, [`ioremap`](Vmalloc::ioremap)/`iounmap`,
+//!   [`get_vm_area`](Vmalloc::get_vm_area)/`alloc_vm_area`/`free_vm_area` follow the same
+//!   pattern with caller-owned or device frames.
+//! * [`vm_map_ram`](Vmalloc::vm_map_ram): up to [`VMAP_MAX_ALLOC`] pages come from per-CPU
+//!   vmap blocks of [`VMAP_BBMAP_BITS`] pages (bump allocation, freed pieces unmapped and
+//!   marked dirty, a fully dirty block going to the lazy list);
+//!   [`vm_unmap_aliases`](Vmalloc::vm_unmap_aliases) flushes every dirty range once and
+//!   purges.
+//! * [`vread`](Vmalloc::vread)/[`vwrite`](Vmalloc::vwrite) copy through the TLB model as the
+//!   calling CPU, holes as zeros (Linux 3.7's `/dev/kmem` semantics);
+//!   [`remap_vmalloc_range`](Vmalloc::remap_vmalloc_range) maps `VM_USERMAP` pages into a
+//!   user space with a reference per frame; [`vmallocinfo`](Vmalloc::vmallocinfo) and
+//!   [`stats`](Vmalloc::stats) print `/proc/vmallocinfo` and the `/proc/meminfo` lines.
 //!
 //! # Invariants
 //!
 //! * **No premature reuse.** A VA range is handed out again only after a TLB flush covering
-//!   its last unmapping has completed: ranges leave the lazy lists only through a purge, which
-//!   merges them back only after its flush returned; vmap-block pieces are never reused
-//!   inside a block, and a block's range goes back through the lazy list. (Checked in the
-//!   stress tests with [`TlbModel::holds_any`](pagetable::TlbModel::holds_any) right after
-//!   every allocation.)
+//!   its last unmapping has completed: ranges leave the lazy lists and batches only through a
+//!   purge, which merges them back only after its flush returned; vmap-block pieces are never
+//!   reused inside a block, and a block's range goes back through the lazy list. (Checked in
+//!   the stress tests with [`TlbModel::holds_any`] right after every allocation.)
 //! * Live areas never overlap; each is in exactly one shard's busy lookup; every byte of the
 //!   range is in exactly one of: a free tree, a per-CPU cache, a busy area, or "pending"
 //!   (removed, lazy or being purged) ([`Kva::check_invariants`]).
@@ -81,26 +87,65 @@
 //! * The PML4-level tables of the vmalloc range exist from construction, so every address
 //!   space made by [`Vmalloc::new_user_space`] sees every kernel mapping without a sync.
 //!
-//! # Locking rules (outer before inner)
+//! # Locking
 //!
-//! * KVA: purge lock -> per-CPU slot -> shard free-tree locks (ascending) -> descriptor pool;
-//!   shard busy locks are leaves. Lazy lists and deferred-free lists are lock-free (llist
-//!   `Release` push / `Acquire` `del_all`). Callbacks (deferred-free handler, notifiers,
-//!   `for_each_busy`) run with no allocator lock held.
-//! * vmap blocks: `vm_unmap_aliases` mutex -> per-CPU block queue -> block; block-map shard ->
-//!   block. No block lock is held while calling into the `Kva` (whose failure notifier takes
-//!   queue and block locks).
-//! * Page tables take no lock for map/unmap: an area's owner alone changes its leaves;
-//!   intermediate tables are installed by compare-exchange. The TLB model locks one CPU's
-//!   cache per access; a flush takes every CPU's lock in turn (the IPI acknowledgement).
-//! * Frame allocator: per-CPU cache -> pool.
-//! * Every atomic, lock and thread comes from [`sync`] (std/parking_lot, or loom's with the
-//!   `loom` feature).
+//! Every lock is a `Mutex` over the platform's `RawMutex` (see
+//! [`Platform`](pagetable::platform::Platform): it must be a `lock_api::RawMutexFair`, whose
+//! fair unlock may be a plain unlock; a host that calls the allocator in interrupt context
+//! must give a lock that disables interrupts). Whether a contended lock spins or sleeps is
+//! that lock's choice.
 //!
-//! Calls that operate on an area another thread frees at the same time (`vread`, `vwrite`,
-//! `remap_vmalloc_range` of a freed area, a racing double free) are use-after-free bugs of
-//! the caller, as in Linux: memory safe here (the arena is atomic words), but not meaningful.
-
+//! * **Calls that may wait long.** Allocating and freeing (the `vmalloc` family, `vfree`,
+//!   `vmap`/`vunmap`, `ioremap`/`iounmap`, `vm_map_ram`/`vm_unmap_ram`, [`Kva::alloc`],
+//!   [`Kva::remove`], ...) take the calling CPU's slot, a shard's locks and the frame
+//!   allocator's, each for a short bounded section, but may also wait for a whole purge (a
+//!   TLB flush plus the merge of everything lazy): an allocation that finds no space
+//!   reclaims under the purge lock and runs the notifiers; a free that crosses the lazy
+//!   threshold runs the purge itself in [`PurgeMode::Inline`] and [`PurgeMode::Synchronous`]
+//!   (or when nobody else can: no worker thread and no [`PurgeWork`] hook) unless one is
+//!   running already; [`Vmalloc::purge_vmap_area_lazy`], [`Kva::purge`] and
+//!   [`Vmalloc::vm_unmap_aliases`] wait for the purge lock and for deferred frees in flight.
+//!   Call them only where the caller may wait, as Linux's `vmalloc` and `vfree` may sleep.
+//! * **Atomic context.** [`Vmalloc::vfree_atomic`] ([`Kva::defer`]) takes no allocator lock
+//!   and never purges or flushes: it pushes the address on the calling CPU's lock-free list
+//!   (one 16-byte heap allocation) and, when that list was empty, posts a wake-up (the
+//!   [`PurgeWork::schedule_deferred`] hook, or a few instructions under the purge workers'
+//!   scheduler mutex). [`Kva::free_lazy`] takes only the calling CPU's slot lock (or none: a
+//!   lock-free push on the shard's list when the CPU's batch is full or caching is off), and
+//!   in [`PurgeMode::Background`] with workers or a hook its threshold kick is a wake-up too.
+//! * **Callbacks** (the deferred-free handler, the allocation-failure notifiers,
+//!   [`Kva::for_each_busy`]'s closure) run with no allocator lock held and may call back into
+//!   the allocator; the closures of [`Kva::set_info`] and [`Kva::remove_if`] run under a
+//!   shard's busy lock and must not. [`PurgeWork`]'s methods are called with no lock held and
+//!   must only queue the work.
+//! * **Lock order against the caller's locks**: the allocator calls back into the caller
+//!   only with none of its locks held, so its locks are innermost. One rule remains: a lock
+//!   the caller holds across an allocation, a purge or `vm_unmap_aliases` must not be taken
+//!   by its notifiers or its deferred-free handler (the call may run the notifiers on this
+//!   thread, or wait for a drain that runs the handler on a worker).
+//! * **Ownership**: only an area's owner maps or unmaps inside it (the page-table crate's
+//!   ownership rule). Calls on an area another thread frees at the same time (`vread`,
+//!   `vwrite`, `remap_vmalloc_range`, a racing double free) are use-after-free bugs of the
+//!   caller, as in Linux: memory safe here (the arena is atomic words), but not meaningful.
+//!
+//! The internal rules (every lock, its order, every atomic's ordering) are written once in
+//! `docs/ARCHITECTURE.md`, section *Locking and memory ordering*.
+//!
+//! # Features
+//!
+//! * `std` (default): the purge worker threads, the std platform (parking_lot locks, thread
+//!   CPU ids), the TLB model and the mmap arena of `VmallocConfig::default()`. Without it the
+//!   crate is `no_std` + `alloc`: purges run on the thread that triggers them unless the
+//!   host gives a [`PurgeWork`] hook.
+//! * `loom`: every atomic, lock and thread goes through loom, for the loom models (implies
+//!   `std`).
+//!
+// Links to what exists only with `std`: to the item with it, to *Features* without it.
+#![cfg_attr(
+    feature = "std",
+    doc = "[`TlbModel::holds_any`]: pagetable::TlbModel::holds_any"
+)]
+#![cfg_attr(not(feature = "std"), doc = "[`TlbModel::holds_any`]: crate#features")]
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;

@@ -3,17 +3,7 @@
 //!
 //! # How it works
 //!
-//! As Linux's `remap_vmalloc_range_partial`: the kernel address must be page aligned and
-//! inside a live area marked `VM_USERMAP` (from [`Vmalloc::vmalloc_user`] /
-//! [`Vmalloc::vmalloc_32_user`]); the window `[kaddr + pgoff pages, + len)` must fit in the
-//! area's usable part (guard page excluded). Each page of the window is translated in the
-//! kernel space, its frame gets one more reference
-//! ([`FrameAllocator::get`](pagetable::FrameAllocator::get), Linux's `vm_insert_page`), and
-//! all of them are mapped with one map call at `uaddr` with [`PAGE_USER`] permissions. On a
-//! failure the references are dropped again and nothing stays mapped.
-//!
-//! The user mapping keeps the frames alive after a `vfree` of the area; unmapping it with
-//! [`AddressSpace::unmap_and_free`] drops those references.
+//! See [`Vmalloc::remap_vmalloc_range`] (what users rely on).
 //!
 //! # Locking
 //!
@@ -42,7 +32,21 @@ const USER_END: u64 = 1 << 47;
 impl<P: Platform> Vmalloc<P> {
     /// `remap_vmalloc_range(vma, addr, pgoff)`: map `len` bytes of the `VM_USERMAP` area at
     /// `kaddr`, starting `pgoff` pages in, at `uaddr` of `user` (a space from
-    /// [`Vmalloc::new_user_space`], or any space over this instance's frame allocator).
+    /// [`Vmalloc::new_user_space`], or any space over this instance's frame allocator): what
+    /// a driver's `mmap` does with a [`vmalloc_user`](Vmalloc::vmalloc_user) buffer.
+    ///
+    /// As Linux's `remap_vmalloc_range_partial`: `kaddr` must be page aligned and inside a
+    /// live area marked `VM_USERMAP` (from [`Vmalloc::vmalloc_user`] /
+    /// [`Vmalloc::vmalloc_32_user`]); the window `[kaddr + pgoff pages, + len)` must fit in
+    /// the area's usable part (guard page excluded). Each page of the window is translated in
+    /// the kernel space, its frame gets one more reference
+    /// ([`FrameAllocator::get`](pagetable::FrameAllocator::get), Linux's `vm_insert_page`),
+    /// and all of them are mapped with one map call at `uaddr` with [`PAGE_USER`]
+    /// permissions. On a failure the references are dropped again and nothing stays mapped.
+    ///
+    /// The user mapping keeps the frames alive after a `vfree` of the area; unmapping it with
+    /// [`AddressSpace::unmap_and_free`] drops those references. Remapping an area that
+    /// another thread frees at the same time is a use after free by the caller (as in Linux).
     ///
     /// Errors: `kaddr`, `uaddr` or `len` not page aligned ([`VmallocError::Misaligned`]), a
     /// zero `len` ([`VmallocError::InvalidSize`]), a user range outside the lower half

@@ -4,28 +4,10 @@
 //!
 //! # How it works
 //!
-//! `__vmalloc_node_range` (here [`Vmalloc::vmalloc_node_range`]): the size is rounded up to
-//! pages; the area is `pages + 1` pages (the guard page) unless `VmFlags::NO_GUARD`; the
-//! [`Kva`](crate::kva::Kva) hands out the VA with the area's [`AreaInfo`] already set
-//! (`ALLOC`, `nr_pages`, the caller from `#[track_caller]`); frames come from the
-//! [`FrameAllocator`](pagetable::FrameAllocator) in the requested zone (zeroed for
-//! `Gfp::ZERO`; never-touched frames are known zero and not written) and are mapped with ONE
-//! [`AddressSpace::map`](pagetable::AddressSpace::map) call, which walks each page-table page
-//! once. Up to [`STACK_FRAMES`] pages (the common case) the frame list lives on the stack and
-//! each frame comes from the CPU's frame cache: no heap allocation at all. Bigger areas get a
-//! heap frame list (Linux's `area->pages`) filled by one bulk allocation.
-//!
-//! Setup is all or nothing: the bulk allocation and the map call each either succeed or
-//! change nothing (the map undoes its own page tables), so on any failure the frames are
-//! freed and the VA goes back with `free_unused` (never mapped: no flush needed) before the
-//! typed error is returned. Nothing leaks, not even a page table.
-//!
-//! `vfree`: in one busy-lock critical section (`Kva::remove_if`) look the area up, check it
-//! is the start of a live `ALLOC` area (else a typed error and nothing changes) and take it
-//! out of the busy lookup, then clear its
-//! PTEs handing every frame back to the allocator (one walk, no allocation), then
-//! `Kva::free_lazy`: NO TLB flush here; the lazy purge flushes the union of thousands of
-//! areas at once, before any of them is reused.
+//! What users rely on is in [`Vmalloc::vmalloc_node_range`] (every allocation of the family
+//! goes through it) and [`Vmalloc::vfree`]. For maintainers: `Inner::vmalloc_area` is
+//! `__vmalloc_node_range` proper, `Inner::vfree_now` the free, `Inner::release` the release
+//! path shared by every kind of area.
 //!
 //! # Invariants
 //!
@@ -290,6 +272,24 @@ impl<P: Platform> Vmalloc<P> {
     /// `gfp`, mapped with `prot` (`PRESENT` is added), with the extra `vm_flags` (e.g.
     /// `NO_GUARD`, `USERMAP`; flags naming another kind of area are
     /// [`VmallocError::InvalidFlags`]), preferring KVA shard `node`.
+    ///
+    /// # How it works
+    ///
+    /// The size is rounded up to pages; the area is `pages + 1` pages (the guard page) unless
+    /// `NO_GUARD`. The [`Kva`](crate::Kva) hands out the VA with the area's [`AreaInfo`]
+    /// already set (`ALLOC`, `nr_pages`, the caller from `#[track_caller]`). Frames come from
+    /// the [`FrameAllocator`](pagetable::FrameAllocator) in the requested zone (zeroed for
+    /// [`Gfp::ZERO`]; never-touched frames are known zero and not written) and are mapped
+    /// with ONE [`AddressSpace::map`](pagetable::AddressSpace::map) call, which walks each
+    /// page-table page once. Up to 16 pages (the common case) the frame list lives on the
+    /// stack and each frame comes from the CPU's frame cache: no heap allocation at all.
+    /// Bigger areas get a heap frame list (Linux's `area->pages`) filled by one bulk
+    /// allocation.
+    ///
+    /// All or nothing: the bulk allocation and the map call each either succeed or change
+    /// nothing (the map undoes its own page tables), so on any failure the frames are freed
+    /// and the VA goes straight back to the `Kva` (never mapped: no flush needed) before the
+    /// typed error is returned. Nothing leaks, not even a page table.
     #[track_caller]
     #[allow(clippy::too_many_arguments)] // Linux's signature, argument for argument.
     pub fn vmalloc_node_range(
@@ -318,8 +318,13 @@ impl<P: Platform> Vmalloc<P> {
     }
 
     /// `vfree(addr)`: release an area from the vmalloc family. A null address is a no-op.
-    /// Its PTEs are cleared and its frames freed at once; the VA is freed lazily (reused only
-    /// after a purge flushed the TLB).
+    ///
+    /// In one busy-lock critical section ([`Kva::remove_if`](crate::Kva::remove_if)) the area
+    /// is looked up, checked to be the start of a live `vmalloc` area and taken out of the
+    /// busy lookup; then its PTEs are cleared, handing every frame back to the frame
+    /// allocator (one walk, no allocation); then [`Kva::free_lazy`](crate::Kva::free_lazy):
+    /// NO TLB flush here. The VA is reused only after a purge flushed the union of thousands
+    /// of such areas at once.
     ///
     /// Errors (nothing is changed): [`VmallocError::NotStartOfArea`] (inside an area),
     /// [`VmallocError::DoubleFree`] (freed already, not purged yet),
@@ -353,7 +358,7 @@ impl<P: Platform> Vmalloc<P> {
 }
 
 impl<P: Platform> Inner<P> {
-    /// `__vmalloc_node_range` proper (see the module documentation).
+    /// `__vmalloc_node_range` proper (see [`Vmalloc::vmalloc_node_range`]).
     pub(crate) fn vmalloc_area(&self, r: &Request) -> Result<VirtAddr, VmallocError> {
         if r.flags.intersects(NOT_FOR_VMALLOC) {
             return Err(VmallocError::InvalidFlags {

@@ -5,20 +5,9 @@
 //!
 //! Every call here goes through `Inner::get_vm_area_node` (Linux's `__get_vm_area_node`):
 //! the size is rounded up to pages, a guard page is added unless `VmFlags::NO_GUARD`, an
-//! `IOREMAP` area gets the ioremap alignment (the size rounded up to a power of two, clamped
-//! to `[PAGE_SIZE, 128 pages]`, `IOREMAP_MAX_ORDER`), and the [`Kva`](crate::kva::Kva)
-//! allocates the range with the area's info already set.
-//!
-//! * `vmap` maps the caller's frames with one map call; the frames stay the caller's: no
-//!   reference is taken, `vunmap` clears the PTEs and leaves the frames alone.
-//! * `alloc_vm_area` reserves a range and builds its page tables down to the leaf tables
-//!   ([`AddressSpace::populate`](pagetable::AddressSpace::populate)) without mapping
-//!   anything; the kernel half being shared, there is nothing to sync.
-//! * `free_vm_area` releases any reservation (`get_vm_area`, `alloc_vm_area`, early areas,
-//!   `vmap`, `ioremap`): whatever is mapped inside is unmapped, frames are not freed. It
-//!   refuses `vmalloc` and `vm_map_ram` areas, whose release must free frames or blocks.
-//!
-//! Every release frees the VA lazily, like `vfree`.
+//! `IOREMAP` area gets [`ioremap_align`], and the [`Kva`](crate::kva::Kva) allocates the range
+//! with the area's info already set. What each public call does with it is in its own
+//! documentation. Every release frees the VA lazily, like `vfree`.
 //!
 //! # Locking
 //!
@@ -150,10 +139,13 @@ impl<P: Platform> Vmalloc<P> {
         Ok(area)
     }
 
-    /// `free_vm_area(area)`: release a reservation (see the module documentation): whatever
-    /// is mapped inside is unmapped, frames are not freed, the VA is freed lazily. Errors:
-    /// no live area starts at `area.start` (as for [`Vmalloc::vfree`]), or a `vmalloc` /
-    /// `vm_map_ram` area ([`VmallocError::WrongKind`]).
+    /// `free_vm_area(area)`: release a reservation: a [`get_vm_area`](Vmalloc::get_vm_area)
+    /// or [`alloc_vm_area`](Vmalloc::alloc_vm_area) one, an early area, a
+    /// [`vmap`](Vmalloc::vmap) or an [`ioremap`](Vmalloc::ioremap) area. Whatever is mapped inside is unmapped, frames are
+    /// not freed (they are the caller's, or device memory), the VA is freed lazily. Errors: no
+    /// live area starts at `area.start` (as for [`Vmalloc::vfree`]), or a `vmalloc` /
+    /// `vm_map_ram` area, whose release must free frames or vmap blocks
+    /// ([`VmallocError::WrongKind`]: use [`Vmalloc::vfree`] / [`Vmalloc::vm_unmap_ram`]).
     pub fn free_vm_area(&self, area: &VmArea) -> Result<(), VmallocError> {
         self.v().free_kind(area.start, VmFlags::empty(), |f| {
             !f.intersects(VmFlags::ALLOC | VmFlags::MAP_RAM)

@@ -3,28 +3,11 @@
 //!
 //! # How it works
 //!
-//! A vmap block is one [`VMAP_BLOCK_SIZE`] area ([`VMAP_BBMAP_BITS`] = 1024 pages, aligned to
-//! its size, no guard page, flags `MAP_RAM | UNLIST`) taken from the [`Kva`](crate::kva::Kva).
-//! A request of up to [`VMAP_MAX_ALLOC`] (64) pages is rounded up to a power of two and
-//! carved from a block on the calling CPU's queue by bumping the block's free offset (the
-//! first `VMAP_BBMAP_BITS - free` pages have been handed out). Two bitmaps record the start of
-//! every piece ever handed out and which pieces are live, so a bad `vm_unmap_ram` (wrong
-//! address, wrong count, second free) is a typed error that changes nothing.
-//!
-//! Freeing a piece only clears its PTEs and marks it dirty: `dirty += pages`,
-//! `[dirty_min, dirty_max)` grows to cover it; nothing is flushed and the piece is never
-//! handed out again. When a block is all dirty it leaves every list and its whole range goes
-//! to the `Kva`'s lazy list (`free_lazy`): the next purge flushes it before reuse.
-//!
-//! `vm_unmap_aliases` (under one mutex, as Linux's `vmap_purge_lock`): every block without a
-//! live piece but with free space left ("fragmented") is retired to the lazy list; of the
-//! others, the dirty ranges are collected (and reset) into ONE union range; the `Kva`'s lazy
-//! lists are purged (one flush of their union, none when empty), and the dirty union is
-//! flushed once unless that flush already covered it. After it returns, no CPU holds a
-//! translation of a page this layer unmapped before the call.
-//!
-//! Requests above 64 pages get an ordinary `MAP_RAM` area of exactly `count` pages (no guard
-//! page), freed with the usual lazy path.
+//! See [`Vmalloc::vm_map_ram`] (blocks, pieces, dirty ranges, retirement) and
+//! [`Vmalloc::vm_unmap_aliases`]: what users rely on. For maintainers: a block's state
+//! (`free`, `dirty`, `[dirty_min, dirty_max)`, the two bitmaps, `dead`) sits behind its own
+//! lock; blocks are found through the per-CPU queues (allocation) and the sharded block map
+//! (free, aliases, `vread`).
 //!
 //! # Invariants
 //!
@@ -265,9 +248,34 @@ impl<P: Platform> VmapBlocks<P> {
 
 impl<P: Platform> Vmalloc<P> {
     /// `vm_map_ram(pages, node, prot)`: map `pages` (frames of this arena, owned by the
-    /// caller) contiguously. Up to [`VMAP_MAX_ALLOC`] pages come from the calling CPU's vmap
-    /// blocks (a new block is taken from the `Kva`, preferring shard `node`, when none has
-    /// room); more get their own area. No reference is taken on the frames.
+    /// caller) contiguously; release with [`Vmalloc::vm_unmap_ram`] and the same count. No
+    /// reference is taken on the frames.
+    ///
+    /// # How it works
+    ///
+    /// Up to [`VMAP_MAX_ALLOC`] (64) pages come from a *vmap block* (Linux's `vb_alloc`): one
+    /// [`VMAP_BLOCK_SIZE`] area of [`VMAP_BBMAP_BITS`] (1024) pages, aligned to its size, with
+    /// no guard page and flags `MAP_RAM | UNLIST`, taken from the [`Kva`](crate::Kva) when the
+    /// calling CPU's queue has no block with room (preferring shard `node`). The request is
+    /// rounded up to a power of two and carved from the block by bumping its free offset:
+    /// pieces are handed out in address order, each page at most once in the block's life. Two
+    /// bitmaps record the start of every piece ever handed out and which pieces are live, so a
+    /// bad `vm_unmap_ram` (wrong address, wrong count, second free) is a typed error that
+    /// changes nothing.
+    ///
+    /// Freeing a piece (`vb_free`) only clears its PTEs and marks it dirty: the block's dirty
+    /// count grows and its dirty range `[dirty_min, dirty_max)` grows to cover the piece;
+    /// nothing is flushed and the piece is never handed out again. When a block is all dirty
+    /// it leaves every list and its whole range goes to the `Kva`'s lazy list (`free_lazy`):
+    /// the next purge flushes it before the range is reused. [`Vmalloc::vm_unmap_aliases`]
+    /// flushes the dirty pieces of blocks still in use.
+    ///
+    /// Requests above [`VMAP_MAX_ALLOC`] pages get an ordinary `MAP_RAM` area of exactly
+    /// `pages.len()` pages (no guard page), freed by the usual lazy path.
+    ///
+    /// Errors: an empty `pages` ([`VmallocError::InvalidSize`]), a frame of another arena
+    /// ([`pagetable::FrameError::NotOwned`]), no VA space, or the map failing (the piece is
+    /// then left dirty, as in Linux, or the area released).
     #[track_caller]
     pub fn vm_map_ram(
         &self,
@@ -361,8 +369,16 @@ impl<P: Platform> Vmalloc<P> {
     }
 
     /// `vm_unmap_aliases()`: make sure no CPU holds a stale translation of any page this
-    /// layer has unmapped: retire fragmented vmap blocks, flush the union of every block's
-    /// dirty range once, and purge the lazy lists (see the module documentation).
+    /// layer has unmapped (Linux's `_vm_unmap_aliases`).
+    ///
+    /// Under one mutex (Linux's `vmap_purge_lock`): every vmap block without a live piece but
+    /// with free space left ("fragmented") is retired to the lazy list; the dirty ranges of
+    /// the other blocks are collected (and reset) into ONE union range; then the `Kva`'s lazy
+    /// areas are purged with ONE flush covering their union and the dirty union together
+    /// ([`Kva::purge_range`](crate::Kva::purge_range), Linux's `__purge_vmap_area_lazy(start,
+    /// end)`: the dirty union alone when nothing is lazy, no flush when nothing is dirty
+    /// either). After it returns, no CPU holds a translation of a page this layer unmapped
+    /// before the call. May wait for a purge in progress.
     pub fn vm_unmap_aliases(&self) {
         self.v().unmap_aliases();
     }
@@ -543,7 +559,7 @@ impl<P: Platform> Inner<P> {
         victims.len() * VMAP_BBMAP_BITS
     }
 
-    /// `_vm_unmap_aliases` (see the module documentation).
+    /// `_vm_unmap_aliases` (see [`Vmalloc::vm_unmap_aliases`]).
     pub(crate) fn unmap_aliases(&self) {
         let _serial = self.blocks.aliases.lock();
         self.purge_fragmented_blocks();

@@ -1,11 +1,8 @@
 //! [`KvaConfig`]: how a [`Kva`](crate::kva::Kva) is built (range, shards, lazy threshold,
 //! purge scheduling, per-CPU caches).
 //!
-//! Zero / `None` fields mean "as Linux would do it on this machine": as many CPU slots as
-//! `Platform::nr_cpu_ids()` (the machine's count, or `KVMALLOC_NR_CPUS`), one shard and
-//! one purge worker per CPU slot, and `lazy_max_pages = fls(nr_cpus) * 32 MiB / PAGE_SIZE`. [`KvaConfig::single_lock`] gives
-//! the Linux 5.x design (one free tree under one lock, no per-CPU caches), kept for comparison.
-//! A configuration is checked once by `KvaConfig::resolve`; nothing here holds state.
+//! What the fields mean is in [`KvaConfig`]'s documentation. A configuration is checked once
+//! by `KvaConfig::resolve`; nothing here holds state.
 
 use crate::kva::error::KvaError;
 #[allow(unused_imports)]
@@ -32,6 +29,12 @@ pub enum PurgeMode {
 }
 
 /// Construction parameters of a [`Kva`](crate::kva::Kva).
+///
+/// Zero / `None` fields mean "as Linux would do it on this machine": as many CPU slots as
+/// `Platform::nr_cpu_ids()` (the machine's count, or `KVMALLOC_NR_CPUS` with the std
+/// platform), one shard and one purge worker per CPU slot, and Linux's lazy threshold
+/// ([`linux_lazy_max_pages`]). [`KvaConfig::single_lock`] gives the Linux 5.x design (one free
+/// tree under one lock, no per-CPU caches), kept for comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvaConfig {
     /// First address of the KVA range (page aligned).

@@ -1,9 +1,9 @@
-//! [`KvaError`]: why a KVA-layer operation ([`Kva`](crate::Kva)) failed. The vmalloc layer's
-//! [`VmallocError`](crate::VmallocError) has a variant of the same name and fields for each
-//! (`From<KvaError>`), plus its own (page tables, frames, kinds of areas).
+//! [`KvaError`]: why a KVA-layer operation ([`Kva`](crate::Kva)) failed.
 
 /// Why a [`Kva`](crate::Kva) operation failed; nothing was changed. Addresses and sizes are in
-/// bytes.
+/// bytes. The vmalloc layer's [`VmallocError`](crate::VmallocError) has a variant of the same
+/// name and fields for each (`From<KvaError>`), plus its own (page tables, frames, kinds of
+/// areas).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KvaError {

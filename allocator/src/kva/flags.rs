@@ -1,13 +1,13 @@
 //! [`VmFlags`]: what kind of mapping an area holds (Linux's `VM_*` flags of `struct vm_struct`).
-//!
-//! The low six bits keep the values of Linux 3.7 (`VM_IOREMAP` .. `VM_UNLIST`); the flags that
-//! later kernels added (and two of our own) use higher bits. The KVA allocator stores them in
-//! each area's [`AreaInfo`](crate::kva::area::AreaInfo) without interpreting them, except
-//! [`VmFlags::NO_GUARD`] which callers use to decide whether the size they pass includes a
-//! guard page.
 
 bitflags::bitflags! {
-    /// Kind and properties of a vmalloc area.
+    /// Kind and properties of a vmalloc area (Linux's `VM_*` flags of `struct vm_struct`).
+    ///
+    /// The low six bits keep the values of Linux 3.7 (`VM_IOREMAP` .. `VM_UNLIST`); the flags
+    /// that later kernels added (and two of our own) use higher bits. The KVA allocator stores
+    /// them in each area's [`AreaInfo`](crate::AreaInfo) without interpreting them, except
+    /// [`VmFlags::NO_GUARD`], which callers use to decide whether the size they pass includes
+    /// a guard page.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     pub struct VmFlags: u64 {
         /// `ioremap()` and friends: maps device (physical) memory.
