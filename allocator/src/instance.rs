@@ -113,7 +113,9 @@ pub struct VmallocConfig {
 /// and normal frames exist.
 pub const DEFAULT_ARENA_BYTES: u64 = 8 << 30;
 
-/// Size of the KVA range of [`VmallocConfig::small_heap`]: 64 GiB (one PML4 entry).
+/// Size of the KVA range of [`VmallocConfig::small_heap`]: 64 GiB, inside one PML4 entry
+/// (512 GiB) from `VMALLOC_START`, so construction preallocates a single PDPT table; large
+/// enough for any test's areas and vmap blocks (16,384 blocks of 4 MiB).
 pub const SMALL_KVA_BYTES: u64 = 64 << 30;
 
 impl Default for VmallocConfig {

@@ -45,11 +45,17 @@ pub use crate::kva::error::KvaError;
 pub use crate::kva::inspect::KvaStats;
 pub use crate::kva::pcpu::MAX_CLASS_PAGES;
 
-/// Largest capacity of a CPU slot's lazy batch, in areas: a slot's batch holds what one CPU
-/// frees between two purges (at most about `lazy_max_pages` areas of two pages) with room for
-/// a lagging purge, and 16 bytes per entry, reserved per CPU and touched only when used, cap
-/// it at 256 KiB per CPU on large thresholds (past it `free_lazy` falls back to the shard's
-/// lock-free list, which has no bound).
+/// Largest capacity of a CPU slot's lazy batch, in areas (the capacity is
+/// `lazy_max_pages`, capped here).
+///
+/// Why: a slot's batch must hold what its CPU frees between two purges. The lazy backlog of
+/// all CPUs together is kept near `lazy_max_pages` pages, and the smallest guarded area is
+/// two pages, so `lazy_max_pages` entries leave room for twice the areas a full backlog can
+/// hold: a purge may lag. Why 2^14: an entry is 16 bytes and every slot reserves its
+/// capacity at construction (touched only when used), so the cap bounds that reservation to
+/// 256 KiB per CPU; Linux's default threshold for 64 CPUs (57,344 pages) would otherwise
+/// reserve 896 KiB per CPU. Past a full batch `free_lazy` falls back to the shard's lock-free
+/// list, which has no bound, so the cap costs speed, never correctness.
 const LAZY_BATCH_MAX: usize = 1 << 14;
 
 /// Source of allocator ids (tokens carry their allocator's id). A plain core atomic: ids only

@@ -70,7 +70,13 @@ pub const PAGE_KERNEL_RO: PageTableFlags = PAGE_KERNEL.difference(PageTableFlags
 /// `PAGE_KERNEL_IO` as `ioremap` uses it: [`PAGE_KERNEL`] with caching disabled.
 pub const PAGE_KERNEL_IO: PageTableFlags = PAGE_KERNEL.union(PageTableFlags::NO_CACHE);
 
-/// Largest area (in pages) whose frame list lives on the stack.
+/// Largest area (in pages) whose frame list lives on the stack, and whose frames are
+/// allocated and freed one by one through the CPU's frame cache.
+///
+/// Why 16: 16 frames are 128 bytes of stack, affordable in any caller (kernel stacks are
+/// 16 KiB), and every `vmalloc` of up to 64 KiB then allocates nothing on the heap. Above it
+/// the heap list is one allocation shared by 17 or more frames, which come in one bulk call
+/// (and go back in batches through `unmap_and_free`).
 pub const STACK_FRAMES: usize = 16;
 
 /// Flags that name another kind of area and may not be passed to the vmalloc family.

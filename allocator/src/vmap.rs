@@ -25,7 +25,12 @@ use crate::instance::{Inner, Vmalloc};
 use crate::kva::area::{AreaInfo, VmArea};
 use crate::kva::flags::VmFlags;
 
-/// Linux 3.7's `IOREMAP_MAX_ORDER`: `7 + PAGE_SHIFT` (ioremap alignment tops at 128 pages).
+/// Log2 of the largest alignment of an ioremap area: `7 + PAGE_SHIFT`, 128 pages (512 KiB).
+///
+/// Linux's default `IOREMAP_MAX_ORDER` (include/linux/vmalloc.h in 3.7, "maximum alignment
+/// for ioremap() regions", which an architecture may override). An ioremap area is aligned to
+/// its size rounded up to a power of two ([`ioremap_align`]); the cap bounds the VA that
+/// alignment can leave unused before an area to less than 128 pages, whatever the size.
 pub const IOREMAP_MAX_ORDER: u32 = 7 + PAGE_SHIFT;
 
 /// Flags that only the vmalloc layer itself sets.

@@ -41,9 +41,25 @@ use crate::kva::area::AreaInfo;
 use crate::kva::flags::VmFlags;
 use crate::sync::{AtomicUsize, Mutex, Ordering};
 
-/// Largest `vm_map_ram` served from a vmap block, in pages (Linux: `BITS_PER_LONG`).
+/// Largest `vm_map_ram` served from a vmap block, in pages.
+///
+/// Linux's value: `VMAP_MAX_ALLOC` is `BITS_PER_LONG`, 64 on x86_64 (256 KiB with 4 KiB
+/// pages). Why it suits: vmap blocks are for small, frequent mappings; with pieces of at most
+/// 64 pages a 1024-page block serves at least 16 of them (Linux only requires 2:
+/// `VMAP_BBMAP_BITS_MIN = 2 * VMAP_MAX_ALLOC`), so one `Kva` allocation and one lazy free
+/// are shared by many mappings. A larger request would gain little from sharing a block and
+/// take a large bite of it; it gets an area of its own.
 pub const VMAP_MAX_ALLOC: usize = 64;
-/// Pages per vmap block (Linux's `VMAP_BBMAP_BITS_MAX`).
+/// Pages per vmap block.
+///
+/// Linux computes `VMAP_BBMAP_BITS` as `min(VMAP_BBMAP_BITS_MAX = 1024, max(2 *
+/// VMAP_MAX_ALLOC, VMALLOC_PAGES / roundup_pow_of_two(NR_CPUS) / 16))`, to leave room for at
+/// least 16 per-CPU blocks per CPU in a vmalloc space it guesses at 128 GiB; on x86_64 with
+/// `CONFIG_NR_CPUS` up to 2048 that is 1024. Fixed at 1024 here: the default range is
+/// 32 TiB, and 16 blocks of 4 MiB for each of [`MAX_NR_CPUS`](crate::MAX_NR_CPUS) CPUs take
+/// 512 GiB of it. Bigger blocks would mean fewer `Kva` allocations but pin more VA: a block's
+/// range goes back only when every page of it is dirty (or it holds no live piece and is
+/// retired).
 pub const VMAP_BBMAP_BITS: usize = 1024;
 /// Bytes per vmap block (4 MiB).
 pub const VMAP_BLOCK_SIZE: u64 = VMAP_BBMAP_BITS as u64 * PAGE_SIZE;

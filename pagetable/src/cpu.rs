@@ -24,8 +24,9 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The largest CPU count [`nr_cpu_ids`] accepts from `KVMALLOC_NR_CPUS` (Linux's largest
-/// `CONFIG_NR_CPUS` on x86_64 is 8192).
+/// The largest CPU count [`nr_cpu_ids`] accepts from `KVMALLOC_NR_CPUS`: the platform's
+/// [`MAX_NR_CPUS`](crate::platform::MAX_NR_CPUS) (8192, x86_64 Linux's largest
+/// `CONFIG_NR_CPUS`, and why the crates have a bound at all).
 pub const MAX_NR_CPU_IDS: usize = crate::platform::MAX_NR_CPUS;
 
 /// The environment variable that overrides [`nr_cpu_ids`].

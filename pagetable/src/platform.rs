@@ -69,8 +69,14 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 pub use lock_api;
 
-/// The largest CPU count the crates size per-CPU arrays for (Linux's largest x86_64
-/// `CONFIG_NR_CPUS`).
+/// The largest CPU count the crates accept (`vmalloc`'s `KvaConfig::nr_cpus`,
+/// `KVMALLOC_NR_CPUS` with the std platform).
+///
+/// Why 8192: it is x86_64 Linux's largest `CONFIG_NR_CPUS` (`NR_CPUS_RANGE_END` with
+/// `CPUMASK_OFFSTACK`, what `MAXSMP` selects), so every real machine fits. Per-CPU arrays are
+/// sized by the count actually configured, never by this bound; the bound exists because an
+/// instance allocates every CPU slot's structures at construction, so a mistyped count is
+/// refused (or ignored) instead of exhausting memory.
 pub const MAX_NR_CPUS: usize = 8192;
 
 /// What the crates need from their host (the [module documentation](crate::platform) has

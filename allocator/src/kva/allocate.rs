@@ -32,11 +32,16 @@ use crate::kva::free_tree::{FreeTree, MaxSize};
 use crate::kva::pcpu::{self, Slot};
 use crate::sync::{AtomicUsize, MutexGuard, Ordering};
 
-/// Rounds of "notifiers freed something, retry" before an allocation gives up. Linux retries
-/// once after its notifiers; ours may free space in several steps (a notifier that retires
-/// fragmented vmap blocks hands them to the lazy list, whose purge then frees them), so a few
-/// rounds, bounded so that a notifier that keeps reporting progress it did not make cannot
-/// livelock the allocation.
+/// Rounds of "notifiers freed something, retry" before an allocation gives up.
+///
+/// Linux (`alloc_vmap_area`) purges and retries again every time its notifiers report
+/// something freed, with no bound. Here each round is a full reclaim (deferred frees run,
+/// everything lazy purged, every per-CPU cache drained, the search repeated) after the
+/// notifiers ran, and the number of rounds is bounded, so that a notifier that keeps
+/// reporting progress it did not make cannot livelock the allocation. Why 8: one round is
+/// enough for the vmalloc layer's own notifier (it retires fragmented vmap blocks to the lazy
+/// list, which the next reclaim purges); 8 leaves room for host notifiers that free in
+/// several steps, while a failing allocation costs at most 9 reclaims.
 const MAX_NOTIFIER_ROUNDS: usize = 8;
 
 /// `x` rounded up to `align` (a power of two), `None` on overflow.

@@ -320,10 +320,14 @@ impl DescList {
     }
 }
 
-/// Descriptors per heap block of the slab.
+/// Descriptors per heap block of the slab: one heap allocation per two refills' worth of
+/// descriptors ([`BATCH`]), so the slab grows rarely, in blocks of a few KiB.
 #[cfg(not(feature = "loom"))]
 const CHUNK: usize = 64;
-/// Descriptors moved at once between a CPU list and the pool.
+/// Descriptors moved at once between a CPU list and the pool. A CPU list refills `BATCH` when
+/// empty and spills `BATCH` past `2 * BATCH`, so whatever a CPU's mix of allocations and
+/// frees, it takes the pool's lock at most once per 32 descriptors, and a CPU that frees what
+/// it allocates never does.
 #[cfg(not(feature = "loom"))]
 pub(crate) const BATCH: usize = 32;
 /// Under loom every descriptor's link is a modelled atomic: keep the slab small.

@@ -45,7 +45,8 @@ pub struct KvaConfig {
     /// shard holds at least one page.
     pub shards: usize,
     /// Lazily freed pages tolerated before a purge is kicked; `None` = Linux's
-    /// `fls(nr_cpu_ids) * 32 MiB / PAGE_SIZE`.
+    /// `fls(nr_cpus) * 32 MiB / PAGE_SIZE` ([`linux_lazy_max_pages`], which says why).
+    /// Clamped to `1 ..=` [`MAX_LAZY_MAX_PAGES`].
     pub lazy_max_pages: Option<usize>,
     /// How purges are scheduled.
     pub purge_mode: PurgeMode,
@@ -63,7 +64,10 @@ pub struct KvaConfig {
     pub nr_cpus: usize,
 }
 
-/// The largest [`KvaConfig::nr_cpus`] accepted (Linux's largest x86_64 `CONFIG_NR_CPUS`).
+/// The largest [`KvaConfig::nr_cpus`] accepted, [`KvaError::InvalidConfig`] above it: 8192,
+/// x86_64 Linux's largest `CONFIG_NR_CPUS`, so every real machine fits, while a mistyped
+/// count cannot make construction allocate per-CPU caches, lazy batches and deferred lists
+/// for millions of slots (see `pagetable::platform::MAX_NR_CPUS`).
 pub const MAX_NR_CPUS: usize = pagetable::platform::MAX_NR_CPUS;
 
 /// x86_64 Linux's `VMALLOC_START` (4-level paging).
@@ -88,9 +92,12 @@ impl Default for KvaConfig {
     }
 }
 
-/// The largest effective `lazy_max_pages` (2^40 pages = 4 PiB, more than any canonical
-/// range): larger values are clamped, so that `2 * lazy_max_pages` and the lazy counters
-/// never overflow.
+/// The largest effective `lazy_max_pages`: larger values are clamped to it.
+///
+/// Why 2^40 pages (4 PiB): more than the whole canonical address space (2^48 bytes, 2^36
+/// pages), so the clamp never changes the behaviour (a threshold above the range never
+/// triggers, whatever its value), while `2 * lazy_max_pages` and the sums of lazy counters
+/// compared with it stay far from overflow.
 pub const MAX_LAZY_MAX_PAGES: usize = 1 << 40;
 
 /// Linux's `fls`: index (1-based) of the most significant set bit, 0 for 0.
@@ -98,7 +105,19 @@ pub(crate) fn fls(x: usize) -> usize {
     (usize::BITS - x.leading_zeros()) as usize
 }
 
-/// Linux's `lazy_max_pages()` for `nr_cpus` online CPUs.
+/// Linux's `lazy_max_pages()` for `nr_cpus` online CPUs: `fls(nr_cpus) * 32 MiB / PAGE_SIZE`
+/// (8,192 pages, 32 MiB, for one CPU; 57,344 pages for 64), the default
+/// [`KvaConfig::lazy_max_pages`].
+///
+/// Why (mm/vmalloc.c's reasoning): this is how much lazily freed VA is gathered before one
+/// purge flushes it. A larger number covers more page tables and makes a purge slightly
+/// longer, but divides the number of global TLB flushes in proportion. Scaling it with the
+/// CPU count would be natural (vmap activity may grow with the CPUs), but workloads are
+/// likely limited in other ways, and on huge machines a large threshold means a long purge
+/// latency: so a logarithmic scale, conservative by design. Here the threshold kicks the
+/// purge, `2 *` it is the point past which the purge stops yielding its locks (the seed's
+/// `resched_threshold`), and a purge's merge is split among one thread per threshold's worth
+/// of backlog (Linux 6.9).
 pub fn linux_lazy_max_pages(nr_cpus: usize) -> usize {
     fls(nr_cpus.max(1)) * (32 * 1024 * 1024 / PAGE_SIZE as usize)
 }

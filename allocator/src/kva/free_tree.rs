@@ -143,7 +143,9 @@ fn visit() {
 /// How many areas `alloc_fast`'s exact walk may find long enough for the block but failing
 /// once aligned before it gives up for Linux's adjusted search (see the module
 /// documentation): enough for the few misaligned neighbours of a typical answer, few enough
-/// that giving up costs a small constant.
+/// that giving up costs a small constant. Measured (`docs/BENCHMARKS.md`, aligned search):
+/// `fix_align_alloc_test` costs the same with the limit removed, so 8 cuts off only the
+/// pathological O(n) walks.
 pub const EXACT_TRIES: usize = 8;
 
 /// `addr` rounded up to `align` (a power of two), or `None` on overflow.

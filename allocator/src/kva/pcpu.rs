@@ -52,9 +52,23 @@ use crate::kva::area::{Desc, DescList, DescPool};
 use crate::kva::llist::Chain;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
-/// Largest cached size class, in pages (guard page included).
+/// Largest cached size class, in pages (guard page included): requests of 1 to 16 pages,
+/// page aligned, are served from the calling CPU's cache.
+///
+/// Why 16: small areas are where a per-CPU cache pays (their tree search and update cost as
+/// much as a big area's, and they are most of the calls: test_vmalloc's fixed-size,
+/// full-fit and long-busy-list tests allocate one page, a 2-page area). But every CPU slot
+/// has every class, and a class may hold up to `2 * MAX_BATCH` = 32 chunks out of the trees,
+/// so a slot can keep 32 × (1 + 2 + … + 16) = 4,352 pages (17 MiB) of VA; 16 classes keep
+/// that small beside a shard. Linux 6.9 caches sizes up to 256 pages (`MAX_VA_SIZE_PAGES`),
+/// but in one pool per node, not per CPU.
 pub const MAX_CLASS_PAGES: usize = 16;
-/// Largest number of chunks carved per refill.
+/// Largest number of chunks carved per refill (a class then holds at most twice that).
+///
+/// Why 16: a refill takes the home shard's free-tree lock once for up to 16 chunks, so the
+/// small-allocation path locks a tree at most once per 16 allocations of a class, while the
+/// cached VA stays bounded (see [`MAX_CLASS_PAGES`]). Small shards get smaller batches (a
+/// refill carves at most 1/64 of a shard).
 const MAX_BATCH: usize = 16;
 
 /// The class index of a request of `size` bytes aligned to `align`, if cacheable.

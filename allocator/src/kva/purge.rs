@@ -63,7 +63,18 @@ pub(crate) const KICK_RUNNING: usize = 1;
 /// `kick_state` bit: a kick arrived while it was running; it must run one more round.
 pub(crate) const KICK_AGAIN: usize = 2;
 
-/// Runs (of adjacent purged areas) merged between two `cond_resched_lock` points.
+/// Runs (of adjacent purged areas) a purge merges into a shard's free tree between two
+/// looks at the global lazy backlog.
+///
+/// After each run the purge offers the free-tree lock to waiting allocators
+/// (`cond_resched_lock`) while what waits plus what is still being merged stays below
+/// `2 * lazy_max_pages` (the seed's `resched_threshold`), and keeps the lock otherwise, to
+/// finish first. Linux reads its one global lazy counter after every area; here the backlog
+/// is a sum over every shard's and CPU slot's counter, so it is re-read (and the bytes
+/// merged so far are published to the shard's pending-bytes accounting) only every
+/// `RESCHED_EVERY` runs. Why 32: the sum then costs about (shards + CPU slots) / 32 loads per
+/// run, a few on a 64-CPU instance, small beside a tree merge, while the decision and the
+/// accounting lag by at most 32 runs.
 pub const RESCHED_EVERY: usize = 32;
 
 /// What one purge did.

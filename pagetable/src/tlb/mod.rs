@@ -23,7 +23,17 @@ use crate::page::PAGE_SIZE;
 use crate::sync::{AtomicU64, Ordering};
 
 /// A range flush of more than this many pages becomes a full flush (Linux's default
-/// `tlb_single_page_flush_ceiling`).
+/// `tlb_single_page_flush_ceiling`, arch/x86/mm/tlb.c).
+///
+/// Why 33, in Linux's words: large enough to cover the vast majority (at least 95%) of
+/// allocations, small enough not to cost much: one single-page flush takes about 100 ns, so
+/// the ceiling caps a range flush at about 3 µs, past which flushing everything and refilling
+/// is cheaper. Here [`CountingFlush`] and the [`TlbModel`] apply it (a larger range counts
+/// in [`TlbStats::full_flushes`] and, in the model, empties every CPU's cache); a kernel's own
+/// [`TlbFlush`] decides for itself.
+///
+#[cfg_attr(feature = "std", doc = "[`TlbModel`]: crate::TlbModel")]
+#[cfg_attr(not(feature = "std"), doc = "[`TlbModel`]: crate#features")]
 pub const TLB_SINGLE_PAGE_FLUSH_CEILING: u64 = 33;
 
 /// Size of the 48-bit linear virtual address space.

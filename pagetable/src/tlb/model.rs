@@ -25,8 +25,20 @@ use crate::sync::{Mutex, Ordering};
 use crate::tlb::{FlushCounters, FlushKind, TlbFlush, TlbStats, from_lin, lin, lin_end};
 
 /// Sets per CPU cache (a power of two; the set is the low bits of the page number).
+///
+/// Why 64 (with [`WAYS`]: 256 translations per CPU): the model must keep translations long
+/// enough that a range reused before its flush is still cached somewhere (how the tests see a
+/// missing flush), yet [`TlbModel::holds_any`] scans every slot of every CPU and a full flush
+/// clears them all: 256 slots of 24 bytes, 6 KiB per CPU, keep both cheap. 64 consecutive
+/// pages fall in 64 different sets, so the few-page areas of a stress test spread over all
+/// of them. A model's size, not a particular CPU's (Intel's L1 data TLBs have 64 entries
+/// for 4 KiB pages, their second-level TLBs many more).
 pub const SETS: usize = 64;
-/// Ways per set.
+/// Ways per set (evicted round robin).
+///
+/// Why 4: the associativity of x86 L1 data TLBs for 4 KiB pages (Intel's are 4-way), enough
+/// that four pages whose numbers agree in their low 6 bits (pages 256 KiB apart) are cached
+/// together.
 pub const WAYS: usize = 4;
 
 /// Key of translations marked `GLOBAL` (shared by every address space, like kernel mappings
