@@ -441,6 +441,44 @@ impl<P: Platform> Kva<P> {
     /// `unmapped_pages` only feeds `KvaStats::unmapped_pages` when the area is purged. Past
     /// [`Kva::lazy_max_pages`] a purge is kicked according to the [`PurgeMode`]. A token of
     /// another allocator is refused (counted in `KvaStats::foreign_tokens`).
+    ///
+    /// A free going lazy, then one crossing the threshold (in [`PurgeMode::Synchronous`] the
+    /// freeing thread runs that purge itself; by default a purge worker would):
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "loom"))] {
+    /// use std::sync::Arc;
+    /// use pagetable::{CountingFlush, PAGE_SIZE, TlbFlush};
+    /// use vmalloc::{AreaInfo, Kva, KvaConfig, KvaError, PurgeMode, VmFlags};
+    ///
+    /// let tlb = Arc::new(CountingFlush::new());
+    /// let cfg = KvaConfig {
+    ///     purge_mode: PurgeMode::Synchronous,
+    ///     lazy_max_pages: Some(4),
+    ///     ..KvaConfig::with_range(0xffff_c900_0000_0000, 0xffff_c900_4000_0000)
+    /// };
+    /// let kva = Kva::new(cfg, tlb.clone())?;
+    /// let info = AreaInfo::new(VmFlags::ALLOC);
+    /// // Two areas of 2 pages + a guard page.
+    /// let a = kva.alloc(3 * PAGE_SIZE, PAGE_SIZE, 0, u64::MAX, None, info)?;
+    /// let b = kva.alloc(3 * PAGE_SIZE, PAGE_SIZE, 0, u64::MAX, None, info)?;
+    ///
+    /// // The caller cleared `a`'s 2 PTEs and flushed nothing: `a` goes lazy.
+    /// kva.free_lazy(kva.remove(a)?, 2);
+    /// assert_eq!(kva.stats().lazy_pages, 3); // guard page included, as in Linux
+    /// assert_eq!(kva.stats().pending, 3 * PAGE_SIZE); // not free: not reusable yet
+    /// assert!(matches!(kva.remove(a), Err(KvaError::DoubleFree { .. })));
+    /// assert_eq!(tlb.stats().flushes, 0);
+    ///
+    /// // 6 lazy pages > 4: this free kicks a purge, which flushes both areas at once.
+    /// kva.free_lazy(kva.remove(b)?, 2);
+    /// let st = kva.stats();
+    /// assert_eq!((st.lazy_pages, st.pending, st.kicks), (0, 0, 1));
+    /// assert_eq!((st.purges, st.purged_areas, st.purged_pages), (1, 2, 6));
+    /// assert_eq!(tlb.stats().flushes, 1);
+    /// # }
+    /// # Ok::<(), vmalloc::KvaError>(())
+    /// ```
     pub fn free_lazy(&self, area: RemovedArea, unmapped_pages: usize) {
         self.inner.free_lazy(area, unmapped_pages);
     }
@@ -462,7 +500,45 @@ impl<P: Platform> Kva<P> {
 
     /// Purge every lazily freed area now: drains the deferred frees, waits for a purge in
     /// progress, then takes all lazy lists and per-CPU lazy batches, flushes their union once
-    /// and merges them back.
+    /// and merges them back. Linux's `purge_vmap_area_lazy`.
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "loom"))] {
+    /// use std::sync::Arc;
+    /// use pagetable::{CountingFlush, PAGE_SIZE, TlbFlush};
+    /// use vmalloc::{AreaInfo, Kva, KvaConfig, PurgeMode, VmFlags};
+    ///
+    /// let tlb = Arc::new(CountingFlush::new());
+    /// let cfg = KvaConfig {
+    ///     purge_mode: PurgeMode::Synchronous,
+    ///     ..KvaConfig::with_range(0xffff_c900_0000_0000, 0xffff_c900_4000_0000)
+    /// };
+    /// let kva = Kva::new(cfg, tlb.clone())?;
+    /// let info = AreaInfo::new(VmFlags::MAP);
+    /// // Three areas: (start, end).
+    /// let mut areas = Vec::new();
+    /// for (pages, align) in [(2, PAGE_SIZE), (5, PAGE_SIZE), (2, 1 << 20)] {
+    ///     let a = kva.alloc(pages * PAGE_SIZE, align, 0, u64::MAX, None, info)?;
+    ///     areas.push((a.as_u64(), a.as_u64() + pages * PAGE_SIZE));
+    ///     kva.free_lazy(kva.remove(a)?, 1);
+    /// }
+    /// assert_eq!(kva.stats().lazy_pages, 9); // far below Linux's threshold: nothing purged
+    /// assert_eq!(tlb.stats().flushes, 0);
+    ///
+    /// let report = kva.purge();
+    /// assert_eq!((report.areas, report.pages), (3, 9));
+    /// // ONE flush, of the union `[min start, max end)` of the three ranges.
+    /// assert_eq!(tlb.stats().flushes, 1);
+    /// let lo = areas.iter().map(|r| r.0).min().unwrap();
+    /// let hi = areas.iter().map(|r| r.1).max().unwrap();
+    /// assert_eq!(report.flushed, Some((lo, hi)));
+    /// assert_eq!(kva.stats().lazy_pages, 0);
+    /// // Nothing left to purge: no flush at all.
+    /// assert_eq!(kva.purge().flushed, None);
+    /// assert_eq!(tlb.stats().flushes, 1);
+    /// # }
+    /// # Ok::<(), vmalloc::KvaError>(())
+    /// ```
     pub fn purge(&self) -> PurgeReport {
         self.inner.drain_deferred();
         // A worker may have taken the lists just before us: its frees must be done (and

@@ -292,6 +292,51 @@ impl<P: Platform> Vmalloc<P> {
     /// Errors: an empty `pages` ([`VmallocError::InvalidSize`]), a frame of another arena
     /// ([`pagetable::FrameError::NotOwned`]), no VA space, or the map failing (the piece is
     /// then left dirty, as in Linux, or the area released).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "loom"))] {
+    /// use pagetable::Zone;
+    /// use vmalloc::{PAGE_KERNEL, Vmalloc, VmallocConfig, VmallocError};
+    ///
+    /// let vm = Vmalloc::new(VmallocConfig::small_heap(16 << 20))?;
+    /// let frames = vm.frames();
+    /// let pages = [
+    ///     frames.alloc_zeroed(Zone::Normal)?,
+    ///     frames.alloc_zeroed(Zone::Normal)?,
+    ///     frames.alloc_zeroed(Zone::Normal)?,
+    /// ];
+    ///
+    /// // 3 pages: a 4-page piece of this CPU's vmap block (a new block here).
+    /// let va = vm.vm_map_ram(&pages, None, PAGE_KERNEL)?;
+    /// assert_eq!(vm.stats().vmap_blocks, 1);
+    /// assert_eq!(vm.vwrite(va + 4096, b"via the block"), 13);
+    /// let mut back = [0u8; 13];
+    /// frames.arena().read(pages[1].start_address(), &mut back)?;
+    /// assert_eq!(&back, b"via the block");
+    ///
+    /// // Unmapping needs the same count; the piece becomes dirty, nothing is flushed yet.
+    /// assert!(matches!(vm.vm_unmap_ram(va, 1), Err(VmallocError::WrongCount { .. })));
+    /// vm.vm_unmap_ram(va, 3)?;
+    /// assert!(vm.kernel_space().translate(va).is_none());
+    /// let model = vm.tlb_model().unwrap();
+    /// assert!(model.holds_any(va, va + 3 * 4096), "this CPU still caches the piece");
+    ///
+    /// // vm_unmap_aliases: the block (no live piece left) is retired, and ONE flush covers it.
+    /// let flushes = vm.tlb().stats().flushes;
+    /// vm.vm_unmap_aliases();
+    /// assert_eq!(vm.tlb().stats().flushes, flushes + 1);
+    /// assert!(!model.holds_any(va, va + 3 * 4096));
+    /// assert_eq!(vm.stats().vmap_blocks, 0);
+    ///
+    /// // The frames were never the mapping's: the caller frees them.
+    /// for f in pages {
+    ///     frames.free(f)?;
+    /// }
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn vm_map_ram(
         &self,
@@ -341,7 +386,9 @@ impl<P: Platform> Vmalloc<P> {
     }
 
     /// `vm_unmap_ram(addr, count)`: unmap what [`Vmalloc::vm_map_ram`] mapped at `addr` with
-    /// `count` pages. Frames are not freed. Errors (nothing changed): not a live mapping
+    /// `count` pages (its example shows both). Frames are not freed. A piece of a vmap block
+    /// is left dirty, its flush deferred to [`Vmalloc::vm_unmap_aliases`] or to the purge of
+    /// its block; a larger mapping's area is freed lazily. Errors (nothing changed): not a live mapping
     /// start ([`VmallocError::NotAllocated`], [`VmallocError::NotStartOfArea`],
     /// [`VmallocError::DoubleFree`]), another count ([`VmallocError::WrongCount`]), another
     /// kind of area ([`VmallocError::WrongKind`]).

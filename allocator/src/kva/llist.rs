@@ -105,6 +105,67 @@ impl Default for LlistNode {
 }
 
 /// The head of a lock-free list: one atomic pointer to the newest node.
+///
+/// Any number of producers push ([`LlistHead::add`], lock-free, allocating nothing: the
+/// node is embedded in the producer's structure); a consumer takes everything with ONE
+/// atomic swap ([`LlistHead::del_all`]), which needs no lock either, and walks the detached
+/// [`Chain`] at leisure. The allocator's shard lazy lists (where `free_lazy` falls back when
+/// a CPU's lazy batch is full) and `vfree_atomic`'s per-CPU deferred lists are such lists.
+///
+/// # Example
+///
+/// Four threads push nodes embedded in their own structures; one `del_all` takes them all,
+/// newest first, and [`Chain::reverse_order`] gives them oldest first, each producer's in the
+/// order it pushed them:
+///
+/// ```
+/// # #[cfg(not(feature = "loom"))] {
+/// use core::ptr::NonNull;
+/// use vmalloc::internals::llist::{Intrusive, LlistHead, LlistNode};
+///
+/// struct Freed {
+///     addr: u64,
+///     link: LlistNode,
+/// }
+/// vmalloc::impl_llist_intrusive!(Freed, link);
+///
+/// let list = LlistHead::new();
+/// std::thread::scope(|s| {
+///     for t in 0..4u64 {
+///         let list = &list;
+///         s.spawn(move || {
+///             for i in 0..100 {
+///                 let f = Box::new(Freed { addr: t << 32 | i, link: LlistNode::new() });
+///                 let node = Freed::to_node(NonNull::from(Box::leak(f)));
+///                 // SAFETY: the node is live, on no list, and stays live until the consumer
+///                 // below turns it back into its `Box`.
+///                 unsafe { list.add(node) };
+///             }
+///         });
+///     }
+/// });
+///
+/// let chain = list.del_all();
+/// assert!(list.is_empty());
+/// assert_eq!(chain.len(), 400);
+/// let mut next = [0u64; 4]; // next index expected from each producer
+/// for node in chain.reverse_order() {
+///     // SAFETY: every node came from `Freed::to_node` of a leaked, still live `Box`.
+///     let f = unsafe { Box::from_raw(Freed::from_node(node).as_ptr()) };
+///     let (t, i) = ((f.addr >> 32) as usize, f.addr & 0xffff_ffff);
+///     assert_eq!(i, next[t]);
+///     next[t] += 1;
+/// }
+/// assert_eq!(next, [100; 4]);
+///
+/// // `add` tells the producer whether the list was empty (time to wake the consumer).
+/// let mut one = Freed { addr: 0, link: LlistNode::new() };
+/// let node = Freed::to_node(NonNull::from(&mut one));
+/// // SAFETY: `one` outlives its stay on the list: it is taken off just below.
+/// assert!(unsafe { list.add(node) });
+/// assert_eq!(list.del_all().len(), 1);
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct LlistHead {
     first: AtomicPtr<LlistNode>,

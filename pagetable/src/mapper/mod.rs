@@ -405,6 +405,40 @@ impl<P: Platform> AddressSpace<P> {
     /// Map `frames` (4 KiB each) at `va, va + 4 KiB, ..` with `flags` (`PRESENT` is added;
     /// `HUGE_PAGE` and `COW` are ignored). Errors, changing nothing: [`MapError::Misaligned`],
     /// [`MapError::InvalidRange`], [`MapError::AlreadyMapped`], [`MapError::OutOfFrames`].
+    ///
+    /// The missing page tables are allocated from the space's frame allocator first, so a map
+    /// either maps every page or changes nothing; the frames themselves stay the caller's
+    /// (the tree never owns leaf frames).
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "loom"))] {
+    /// use std::sync::Arc;
+    /// use pagetable::{
+    ///     AddressSpace, FrameAllocator, MapError, PageTableFlags, PhysAddr, PhysArena, VirtAddr,
+    ///     Zone,
+    /// };
+    ///
+    /// let arena = PhysArena::heap(1 << 20, PhysAddr::new(0x10_0000))?;
+    /// let frames = Arc::new(FrameAllocator::new(Arc::new(arena)));
+    /// let space = AddressSpace::new(Arc::clone(&frames))?;
+    /// let pages = [frames.alloc_zeroed(Zone::Normal)?, frames.alloc_zeroed(Zone::Normal)?];
+    /// let used = frames.stats().used; // the root and the two data frames
+    ///
+    /// let va = VirtAddr::new(0xffff_c900_0000_0000);
+    /// let rw = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+    /// space.map(va, &pages, rw)?;
+    /// assert_eq!(space.translate(va + 4096 + 5).unwrap().pa, pages[1].start_address() + 5);
+    /// assert_eq!(space.rss(), 2);
+    /// // The PDPT, page directory and page table the range needed came from `frames`.
+    /// assert_eq!(frames.stats().used, used + 3);
+    ///
+    /// // Overlapping an existing mapping fails and changes nothing.
+    /// let err = space.map(va + 4096, &pages[..1], rw).unwrap_err();
+    /// assert!(matches!(err, MapError::AlreadyMapped { .. }));
+    /// assert_eq!(space.rss(), 2);
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map(
         &self,
         va: VirtAddr,
@@ -530,6 +564,43 @@ impl<P: Platform> AddressSpace<P> {
     /// flushes: returns the range of the leaves cleared, which needs a TLB shootdown before
     /// the virtual range is reused. A huge leaf reaching outside the range is
     /// [`MapError::HugePageInTheWay`] (nothing is changed).
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "loom"))] {
+    /// use std::sync::Arc;
+    /// use pagetable::{
+    ///     AddressSpace, CountingFlush, FrameAllocator, PageTableFlags, PhysAddr, PhysArena,
+    ///     PhysFrame, TlbFlush, VirtAddr, Zone,
+    /// };
+    ///
+    /// let arena = PhysArena::heap(1 << 20, PhysAddr::new(0x10_0000))?;
+    /// let frames = Arc::new(FrameAllocator::new(Arc::new(arena)));
+    /// let space = AddressSpace::new(Arc::clone(&frames))?;
+    /// let va = VirtAddr::new(0xffff_c900_0000_0000);
+    /// let pages = [frames.alloc(Zone::Normal)?, frames.alloc(Zone::Normal)?];
+    /// space.map(va, &pages, PageTableFlags::PRESENT | PageTableFlags::WRITABLE)?;
+    ///
+    /// // Unmap three pages: the hole after the second one is skipped, each mapped frame comes
+    /// // back through the callback, and what needs flushing is reported, not flushed.
+    /// let mut back = Vec::new();
+    /// let flush = space.unmap(va, 3 * 4096, |pa, size| back.push((pa, size)))?;
+    /// assert_eq!(back, [(pages[0].start_address(), 4096), (pages[1].start_address(), 4096)]);
+    /// assert_eq!((flush.start(), flush.pages()), (va, 2));
+    /// assert!(space.translate(va).is_none());
+    /// assert_eq!(space.rss(), 0);
+    ///
+    /// // The caller flushes (here a counting stand-in for a shootdown; vmalloc would batch
+    /// // thousands of such ranges into one) before `va` may map other frames, and frees
+    /// // the frames it got back.
+    /// let tlb = CountingFlush::new();
+    /// flush.flush(&tlb);
+    /// assert_eq!(tlb.stats().flushes, 1);
+    /// for (pa, _) in back {
+    ///     frames.free(PhysFrame::containing_address(pa))?;
+    /// }
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unmap<F: FnMut(PhysAddr, u64)>(
         &self,
         va: VirtAddr,
