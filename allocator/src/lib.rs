@@ -102,8 +102,8 @@
 //!   TLB flush plus the merge of everything lazy): an allocation that finds no space
 //!   reclaims under the purge lock and runs the notifiers; a free that crosses the lazy
 //!   threshold runs the purge itself in [`PurgeMode::Inline`] and [`PurgeMode::Synchronous`]
-//!   (or when nobody else can: no worker thread and no [`PurgeWork`] hook) unless one is
-//!   running already; [`Vmalloc::purge_vmap_area_lazy`], [`Kva::purge`] and
+//!   (or when nobody else can: no worker thread and no [`PurgeWork`] hook) unless a kicked
+//!   purge is running already (it then waits only for an explicit purge in progress); [`Vmalloc::purge_vmap_area_lazy`], [`Kva::purge`] and
 //!   [`Vmalloc::vm_unmap_aliases`] wait for the purge lock and for deferred frees in flight.
 //!   Call them only where the caller may wait, as Linux's `vmalloc` and `vfree` may sleep.
 //! * **Atomic context.** [`Vmalloc::vfree_atomic`] ([`Kva::defer`]) takes no allocator lock
@@ -118,11 +118,12 @@
 //!   the allocator; the closures of [`Kva::set_info`] and [`Kva::remove_if`] run under a
 //!   shard's busy lock and must not. [`PurgeWork`]'s methods are called with no lock held and
 //!   must only queue the work.
-//! * **Lock order against the caller's locks**: the allocator calls back into the caller
-//!   only with none of its locks held, so its locks are innermost. One rule remains: a lock
-//!   the caller holds across an allocation, a purge or `vm_unmap_aliases` must not be taken
-//!   by its notifiers or its deferred-free handler (the call may run the notifiers on this
-//!   thread, or wait for a drain that runs the handler on a worker).
+//! * **Lock order against the caller's locks**: apart from the `set_info` / `remove_if`
+//!   closures, the allocator calls back into the caller only with none of its locks held, so
+//!   its locks are innermost. One rule remains: a lock the caller holds across an
+//!   allocation, a purge or `vm_unmap_aliases` must not be taken by its notifiers or its
+//!   deferred-free handler (the call may run the notifiers on this thread, or wait for a
+//!   drain that runs the handler on a worker).
 //! * **Ownership**: only an area's owner maps or unmaps inside it (the page-table crate's
 //!   ownership rule). Calls on an area another thread frees at the same time (`vread`,
 //!   `vwrite`, `remap_vmalloc_range`, a racing double free) are use-after-free bugs of the
