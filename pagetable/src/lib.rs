@@ -4,15 +4,17 @@
 //! # How it works
 //!
 //! **Physical memory** is a [`PhysArena`]: a slice of atomic 64-bit words standing for RAM at
-//! physical addresses `base .. base + size`, on the heap or in an anonymous `MAP_NORESERVE`
-//! mapping (a 16 GiB arena costs nothing until touched). Every byte access goes through
+//! physical addresses `base .. base + size`, on the heap, in an anonymous `MAP_NORESERVE`
+//! mapping (a 16 GiB arena costs nothing until touched) or, for a kernel, over its direct map
+//! ([`PhysArena::from_direct_map`]). Every byte access goes through
 //! atomics, so a racing reader of a reused frame is never undefined behaviour: in this crate a
 //! use-after-free of a frame is a *wrong value*, exactly as on hardware, and tests can see it.
 //!
 //! **Frames** come from a [`FrameAllocator`]: per-CPU caches in front of per-zone pools
 //! (Linux's `pcp` lists), a never-touched bump region known to be zero, a reference count per
-//! frame (COW and remapping share frames), exact statistics and fault injection
-//! (`fail_nth`, `fail_after`) so that every error path can be driven from a test.
+//! frame (COW and remapping share frames), exact counters (the high-water mark within
+//! [`FOLD`] frames per CPU) and fault injection (`fail_nth`, `fail_after`) so that every
+//! error path can be driven from a test.
 //!
 //! **Page tables** are frames of the arena viewed as 512 atomic entries with the exact x86_64
 //! bit layout ([`PageTableFlags`], bit 9 doubling as [`PageTableFlags::COW`]). An
