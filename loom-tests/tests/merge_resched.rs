@@ -1,18 +1,18 @@
 //! Loom model of the purge's `cond_resched_lock`: while merging a shard's purged areas into
-//! its free tree, the purger releases the free-tree lock for a moment every
-//! [`RESCHED_EVERY`] runs (`MutexGuard::bump`) when the backlog is low, and an allocation
-//! waiting for that lock gets in. Under loom `bump` really unlocks, yields and relocks
-//! (`pagetable::sync`), so loom explores the allocation running in that window.
+//! its free tree, the purger offers the free-tree lock to waiters after each merged run
+//! (`MutexGuard::bump`) as long as the backlog is below `2 * lazy_max_pages`, and an
+//! allocation waiting for that lock gets in. Under loom `bump` really unlocks, yields and
+//! relocks (the crate's sync facade), so loom explores the allocation running in those windows.
 //!
 //! Race: a `Kva` of `2 * (RESCHED_EVERY + 1)` 1-page areas (one shard, no per-CPU caches,
 //! synchronous purges, a threshold no free crosses). The even ones are freed lazily in
-//! ascending order: `RESCHED_EVERY + 1` runs that cannot coalesce (the odd pages stay live).
-//! A thread calls `purge()`, which flushes, then merges the runs (newest first) and bumps
-//! the free-tree lock after the first `RESCHED_EVERY` of them, one run left to merge; the
-//! main thread allocates one page. If it searches the tree while the purger holds the lock,
-//! it waits, takes the lock in the bump window and gets the lowest page merged so far (not
-//! the range's first page, which the last run brings back); otherwise it finds no space,
-//! waits for the purge lock, and gets the first page.
+//! ascending order: `RESCHED_EVERY + 1` runs that cannot coalesce (the odd pages stay live),
+//! so the merge also passes one re-read of the backlog (every [`RESCHED_EVERY`] runs). A
+//! thread calls `purge()`, which flushes, then merges the runs (newest first), bumping the
+//! free-tree lock after each; the main thread allocates one page. If it searches the tree
+//! while the purger holds the lock, it waits, takes the lock in a bump window and gets the
+//! lowest page merged so far (not the range's first page, which the last run brings back);
+//! otherwise it finds no space, waits for the purge lock, and gets the first page.
 //!
 //! Asserted: the allocation succeeds (the space was lazy before it started) with a page that
 //! was freed lazily, fresh (its flush completed before the merge that made it allocatable);
@@ -34,7 +34,7 @@ use loom_tests::{
 };
 use vmalloc::RESCHED_EVERY;
 
-/// Lazily freed areas: one run more than a bump interval.
+/// Lazily freed areas: one run more than a backlog re-read interval.
 const LAZY: u64 = RESCHED_EVERY as u64 + 1;
 const _: () = assert!(2 * LAZY <= TRACKED_PAGES, "StaleTlb tracks 128 pages");
 /// Scheduling points allowed per execution (the setup alone makes about a hundred

@@ -319,7 +319,7 @@ impl<P: Platform> Inner<P> {
     /// 1. announce the reclaim (`reclaiming`): from the moment each CPU slot is drained
     ///    below, its refills carve single chunks, not batches;
     /// 2. run the deferred frees queued so far and wait for drains in flight (a worker may
-    ///    have just taken some), as [`Kva::purge`] does, so that `vfree_atomic`s made before
+    ///    have just taken some), as [`Kva::purge`](crate::kva::Kva::purge) does, so that `vfree_atomic`s made before
     ///    the failure are lazy areas by now;
     /// 3. take the purge lock (waiting for a purge in progress: its areas are merged when it
     ///    returns), purge everything lazy into the TREES (no per-CPU cache refill), then

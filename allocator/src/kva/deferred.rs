@@ -4,7 +4,7 @@
 //!
 //! [`Kva::defer`](crate::kva::Kva::defer) boxes `{ link, addr }` and pushes it on the calling
 //! CPU's lock-free list; if that list was empty it wakes a purge worker (Background and
-//! Inline modes). Whoever drains ([`Inner::drain_deferred`]: a worker, `Kva::purge`, or the
+//! Inline modes). Whoever drains ([`Inner::drain_deferred`](crate::kva::Inner::drain_deferred): a worker, `Kva::purge`, or the
 //! next allocation in Synchronous mode) takes each CPU's list with one `del_all`, oldest
 //! first, and calls the handler per address with no lock held. The default handler removes
 //! the area and frees it lazily (no page tables at this layer); the vmalloc layer installs
@@ -21,7 +21,7 @@
 //!
 //! A drain takes the lists under the `drains` mutex and counts itself in flight there; it
 //! runs its handlers unlocked and uncounts itself under the mutex when they are done.
-//! [`Inner::wait_for_drains`] (called by `Kva::purge`, i.e. `purge_vmap_area_lazy`, and by
+//! [`Inner::wait_for_drains`](crate::kva::Inner::wait_for_drains) (called by `Kva::purge`, i.e. `purge_vmap_area_lazy`, and by
 //! the allocation-failure path) waits until no drain is in flight, so a purge that found the
 //! lists empty because a worker had just taken them still returns only after those frees ran
 //! and can purge what they freed. Because taking the lists and counting happen in one
