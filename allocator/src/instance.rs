@@ -327,7 +327,7 @@ impl<P: Platform> Vmalloc<P> {
         inner
             .kva
             .register_notifier(Box::new(move |_size| match weak.upgrade() {
-                Some(v) => v.purge_fragmented_blocks(),
+                Some(v) => v.blocks.purge_fragmented(&v.kva),
                 None => 0,
             }));
     }
@@ -398,7 +398,7 @@ impl<P: Platform> Vmalloc<P> {
     /// and purge every lazily freed area now (one TLB flush of their union).
     pub fn purge_vmap_area_lazy(&self) -> crate::kva::purge::PurgeReport {
         let v = self.v();
-        v.purge_fragmented_blocks();
+        v.blocks.purge_fragmented(&v.kva);
         v.kva.purge()
     }
 }

@@ -172,6 +172,7 @@ mod error;
 mod info;
 mod instance;
 mod ioremap;
+mod map_ram;
 mod remap;
 mod valloc;
 mod vmap;

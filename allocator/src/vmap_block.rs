@@ -1,10 +1,10 @@
-//! `vm_map_ram` / `vm_unmap_ram` / `vm_unmap_aliases`: small mappings carved from per-CPU
-//! vmap blocks (Linux's `vb_alloc` / `vb_free` / `_vm_unmap_aliases`).
+//! Vmap blocks: the per-CPU blocks that `vm_map_ram` / `vm_unmap_ram` / `vm_unmap_aliases`
+//! carve small mappings from (Linux's `vb_alloc` / `vb_free` / `_vm_unmap_aliases`).
 //!
 //! # How it works
 //!
-//! See [`Vmalloc::vm_map_ram`] (blocks, pieces, dirty ranges, retirement) and
-//! [`Vmalloc::vm_unmap_aliases`]: what users rely on. For maintainers: a block's state
+//! See [`Vmalloc::vm_map_ram`](crate::Vmalloc::vm_map_ram) (blocks, pieces, dirty ranges, retirement) and
+//! [`Vmalloc::vm_unmap_aliases`](crate::Vmalloc::vm_unmap_aliases): what users rely on. For maintainers: a block's state
 //! (`free`, `dirty`, `[dirty_min, dirty_max)`, the two bitmaps, `dead`) sits behind its own
 //! lock; blocks are found through the per-CPU queues (allocation) and the sharded block map
 //! (free, aliases, `vread`).
@@ -21,7 +21,7 @@
 //!
 //! Lock order: aliases mutex -> CPU queue -> block; block-map shard -> block. A block lock is
 //! never held while taking a queue or map lock, and the `Kva` is never called with any of
-//! these held (its failure notifier, `purge_fragmented_blocks`, takes them). The
+//! these held (its failure notifier, `VmapBlocks::purge_fragmented`, takes them). The
 //! unmap of a piece happens under its block's lock, so a block cannot die (and its range be
 //! recycled) while one of its pieces is being unmapped.
 
@@ -33,10 +33,10 @@ use core::panic::Location;
 use pagetable::platform::Platform;
 
 use crossbeam_utils::CachePadded;
-use pagetable::{PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr};
+use pagetable::{AddressSpace, PAGE_SIZE, VirtAddr};
 
 use crate::error::VmallocError;
-use crate::instance::{Inner, Vmalloc};
+use crate::kva::Kva;
 use crate::kva::area::AreaInfo;
 use crate::kva::flags::VmFlags;
 use crate::sync::{AtomicUsize, Mutex, Ordering};
@@ -261,200 +261,20 @@ impl<P: Platform> VmapBlocks<P> {
         })
     }
 }
-
-impl<P: Platform> Vmalloc<P> {
-    /// `vm_map_ram(pages, node, prot)`: map `pages` (frames of this arena, owned by the
-    /// caller) contiguously; release with [`Vmalloc::vm_unmap_ram`] and the same count. No
-    /// reference is taken on the frames.
-    ///
-    /// # How it works
-    ///
-    /// Up to [`VMAP_MAX_ALLOC`] (64) pages come from a *vmap block* (Linux's `vb_alloc`): one
-    /// [`VMAP_BLOCK_SIZE`] area of [`VMAP_BBMAP_BITS`] (1024) pages, aligned to its size, with
-    /// no guard page and flags `MAP_RAM | UNLIST`, taken from the [`Kva`](crate::Kva) when the
-    /// calling CPU's queue has no block with room (preferring shard `node`). The request is
-    /// rounded up to a power of two and carved from the block by bumping its free offset:
-    /// pieces are handed out in address order, each page at most once in the block's life. Two
-    /// bitmaps record the start of every piece ever handed out and which pieces are live, so a
-    /// bad `vm_unmap_ram` (wrong address, wrong count, second free) is a typed error that
-    /// changes nothing.
-    ///
-    /// Freeing a piece (`vb_free`) only clears its PTEs and marks it dirty: the block's dirty
-    /// count grows and its dirty range `[dirty_min, dirty_max)` grows to cover the piece;
-    /// nothing is flushed and the piece is never handed out again. When a block is all dirty
-    /// it leaves every list and its whole range goes to the `Kva`'s lazy list (`free_lazy`):
-    /// the next purge flushes it before the range is reused. [`Vmalloc::vm_unmap_aliases`]
-    /// flushes the dirty pieces of blocks still in use.
-    ///
-    /// Requests above [`VMAP_MAX_ALLOC`] pages get an ordinary `MAP_RAM` area of exactly
-    /// `pages.len()` pages (no guard page), freed by the usual lazy path.
-    ///
-    /// Errors: an empty `pages` ([`VmallocError::InvalidSize`]), a frame of another arena
-    /// ([`pagetable::FrameError::NotOwned`]), no VA space, or the map failing (the piece is
-    /// then left dirty, as in Linux, or the area released).
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # #[cfg(not(feature = "loom"))] {
-    /// use pagetable::Zone;
-    /// use vmalloc::{PAGE_KERNEL, Vmalloc, VmallocConfig, VmallocError};
-    ///
-    /// let vm = Vmalloc::new(VmallocConfig::small_heap(16 << 20))?;
-    /// let frames = vm.frames();
-    /// let pages = [
-    ///     frames.alloc_zeroed(Zone::Normal)?,
-    ///     frames.alloc_zeroed(Zone::Normal)?,
-    ///     frames.alloc_zeroed(Zone::Normal)?,
-    /// ];
-    ///
-    /// // 3 pages: a 4-page piece of this CPU's vmap block (a new block here).
-    /// let va = vm.vm_map_ram(&pages, None, PAGE_KERNEL)?;
-    /// assert_eq!(vm.stats().vmap_blocks, 1);
-    /// assert_eq!(vm.vwrite(va + 4096, b"via the block"), 13);
-    /// let mut back = [0u8; 13];
-    /// frames.arena().read(pages[1].start_address(), &mut back)?;
-    /// assert_eq!(&back, b"via the block");
-    ///
-    /// // Unmapping needs the same count; the piece becomes dirty, nothing is flushed yet.
-    /// assert!(matches!(vm.vm_unmap_ram(va, 1), Err(VmallocError::WrongCount { .. })));
-    /// vm.vm_unmap_ram(va, 3)?;
-    /// assert!(vm.kernel_space().translate(va).is_none());
-    /// let model = vm.tlb_model().unwrap();
-    /// assert!(model.holds_any(va, va + 3 * 4096), "this CPU still caches the piece");
-    ///
-    /// // vm_unmap_aliases: the block (no live piece left) is retired, and ONE flush covers it.
-    /// let flushes = vm.tlb().stats().flushes;
-    /// vm.vm_unmap_aliases();
-    /// assert_eq!(vm.tlb().stats().flushes, flushes + 1);
-    /// assert!(!model.holds_any(va, va + 3 * 4096));
-    /// assert_eq!(vm.stats().vmap_blocks, 0);
-    ///
-    /// // The frames were never the mapping's: the caller frees them.
-    /// for f in pages {
-    ///     frames.free(f)?;
-    /// }
-    /// # }
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    #[track_caller]
-    pub fn vm_map_ram(
+impl<P: Platform> VmapBlocks<P> {
+    /// `vb_alloc`: a piece of `count.next_power_of_two()` pages from this CPU's blocks; a
+    /// new block comes from `kva`, inside the vmalloc range `[start, end)`.
+    pub(crate) fn alloc(
         &self,
-        pages: &[PhysFrame],
+        kva: &Kva<P>,
+        (start, end): (u64, u64),
+        count: usize,
         node: Option<usize>,
-        prot: PageTableFlags,
-    ) -> Result<VirtAddr, VmallocError> {
-        let v = self.v();
-        let count = pages.len();
-        if count == 0 {
-            return Err(VmallocError::InvalidSize { size: 0 });
-        }
-        if let Some(&f) = pages.iter().find(|&&f| !v.frames.owns(f)) {
-            return Err(pagetable::FrameError::NotOwned {
-                frame: f.start_address(),
-            }
-            .into());
-        }
-        if count <= VMAP_MAX_ALLOC {
-            let addr = v.vb_alloc(count, node)?;
-            let va = VirtAddr::new_truncate(addr);
-            if let Err(e) = v.space.map(va, pages, prot) {
-                // The piece becomes dirty and is never reused, as in Linux.
-                let freed = v.vb_free(addr, count);
-                debug_assert!(freed.is_ok(), "{freed:?}");
-                return Err(e.into());
-            }
-            return Ok(va);
-        }
-        let size = count as u64 * PAGE_SIZE;
-        let flags = VmFlags::MAP_RAM | VmFlags::NO_GUARD;
-        let area = v.get_vm_area_node(
-            size,
-            PAGE_SIZE,
-            flags,
-            count,
-            None,
-            node,
-            Location::caller(),
-        )?;
-        let va = VirtAddr::new_truncate(area.start);
-        if let Err(e) = v.space.map(va, pages, prot) {
-            v.drop_unused(area.start);
-            return Err(e.into());
-        }
-        Ok(va)
-    }
-
-    /// `vm_unmap_ram(addr, count)`: unmap what [`Vmalloc::vm_map_ram`] mapped at `addr` with
-    /// `count` pages (its example shows both). Frames are not freed. A piece of a vmap block
-    /// is left dirty, its flush deferred to [`Vmalloc::vm_unmap_aliases`] or to the purge of
-    /// its block; a larger mapping's area is freed lazily. Errors (nothing changed): not a live mapping
-    /// start ([`VmallocError::NotAllocated`], [`VmallocError::NotStartOfArea`],
-    /// [`VmallocError::DoubleFree`]), another count ([`VmallocError::WrongCount`]), another
-    /// kind of area ([`VmallocError::WrongKind`]).
-    pub fn vm_unmap_ram(&self, addr: VirtAddr, count: usize) -> Result<(), VmallocError> {
-        let v = self.v();
-        let a = addr.as_u64();
-        if count == 0 {
-            return Err(VmallocError::InvalidSize { size: 0 });
-        }
-        if a % PAGE_SIZE != 0 {
-            return Err(VmallocError::Misaligned {
-                addr: a,
-                align: PAGE_SIZE,
-            });
-        }
-        if count <= VMAP_MAX_ALLOC {
-            return v.vb_free(a, count);
-        }
-        // Find, check and remove in ONE busy-lock critical section: an area that another
-        // thread frees or allocates at this address meanwhile is either checked here or not
-        // touched at all.
-        let removed = v.kva.remove_if(VirtAddr::new_truncate(a), |area| {
-            let f = area.info.flags;
-            if !f.contains(VmFlags::MAP_RAM) || f.contains(VmFlags::UNLIST) {
-                return Err(VmallocError::WrongKind {
-                    addr: a,
-                    expected: VmFlags::MAP_RAM,
-                    found: f,
-                });
-            }
-            if area.info.nr_pages != count {
-                return Err(VmallocError::WrongCount {
-                    addr: a,
-                    count,
-                    expected: area.info.nr_pages,
-                });
-            }
-            Ok(())
-        })?;
-        v.release(removed)
-    }
-
-    /// `vm_unmap_aliases()`: make sure no CPU holds a stale translation of any page this
-    /// layer has unmapped (Linux's `_vm_unmap_aliases`).
-    ///
-    /// Under one mutex (Linux's `vmap_purge_lock`): every vmap block without a live piece but
-    /// with free space left ("fragmented") is retired to the lazy list; the dirty ranges of
-    /// the other blocks are collected (and reset) into ONE union range; then the `Kva`'s lazy
-    /// areas are purged with ONE flush covering their union and the dirty union together
-    /// ([`Kva::purge_range`](crate::Kva::purge_range), Linux's `__purge_vmap_area_lazy(start,
-    /// end)`: the dirty union alone when nothing is lazy, no flush when nothing is dirty
-    /// either). After it returns, no CPU holds a translation of a page this layer unmapped
-    /// before the call. May wait for a purge in progress.
-    pub fn vm_unmap_aliases(&self) {
-        self.v().unmap_aliases();
-    }
-}
-
-impl<P: Platform> Inner<P> {
-    /// `vb_alloc`: a piece of `count.next_power_of_two()` pages from this CPU's blocks.
-    fn vb_alloc(&self, count: usize, node: Option<usize>) -> Result<u64, VmallocError> {
+    ) -> Result<u64, VmallocError> {
         let pages = count.next_power_of_two() as u32;
-        let b = &self.blocks;
-        let cpu = P::this_cpu() % b.queues.len();
+        let cpu = P::this_cpu() % self.queues.len();
         {
-            let mut q = b.queues[cpu].lock();
+            let mut q = self.queues[cpu].lock();
             let mut i = 0;
             while i < q.len() {
                 let mut st = q[i].st.lock();
@@ -471,13 +291,15 @@ impl<P: Platform> Inner<P> {
                 i += 1;
             }
         }
-        self.new_vmap_block(cpu, pages, node)
+        self.new_block(kva, (start, end), cpu, pages, node)
     }
 
     /// `new_vmap_block`: take a block from the `Kva` (no lock of ours held: the `Kva` may call
     /// our failure notifier), hand out its first piece, publish it.
-    fn new_vmap_block(
+    fn new_block(
         &self,
+        kva: &Kva<P>,
+        (lo, hi): (u64, u64),
         cpu: usize,
         pages: u32,
         node: Option<usize>,
@@ -488,16 +310,8 @@ impl<P: Platform> Inner<P> {
             caller: Location::caller(),
             phys_addr: None,
         };
-        let start = self
-            .kva
-            .alloc(
-                VMAP_BLOCK_SIZE,
-                VMAP_BLOCK_SIZE,
-                self.start,
-                self.end,
-                node,
-                info,
-            )?
+        let start = kva
+            .alloc(VMAP_BLOCK_SIZE, VMAP_BLOCK_SIZE, lo, hi, node, info)?
             .as_u64();
         let mut st = BlockState::new();
         st.take(pages);
@@ -505,21 +319,26 @@ impl<P: Platform> Inner<P> {
             start,
             st: Mutex::<P, _>::new(st),
         });
-        let b = &self.blocks;
-        b.shard(start)
+        self.shard(start)
             .lock()
             .insert(start / VMAP_BLOCK_SIZE, StdArc::clone(&vb));
-        b.nr_blocks.fetch_add(1, Ordering::Relaxed);
-        b.queues[cpu].lock().push(vb);
+        self.nr_blocks.fetch_add(1, Ordering::Relaxed);
+        self.queues[cpu].lock().push(vb);
         Ok(start)
     }
 
     /// `vb_free`: unmap a piece and mark it dirty; retire the block once all of it is dirty.
-    fn vb_free(&self, addr: u64, count: usize) -> Result<(), VmallocError> {
+    pub(crate) fn free(
+        &self,
+        kva: &Kva<P>,
+        space: &AddressSpace<P>,
+        addr: u64,
+        count: usize,
+    ) -> Result<(), VmallocError> {
         let pages = count.next_power_of_two() as u32;
         let bstart = addr & !(VMAP_BLOCK_SIZE - 1);
-        let Some(vb) = self.blocks.lookup(bstart) else {
-            return Err(self.not_a_piece(addr, count));
+        let Some(vb) = self.lookup(bstart) else {
+            return Err(not_a_piece(kva, addr, count));
         };
         let off = ((addr - bstart) / PAGE_SIZE) as u32;
         let mut st = vb.st.lock();
@@ -548,7 +367,7 @@ impl<P: Platform> Inner<P> {
             });
         }
         // Caller-owned frames: nothing to free; the flush is deferred (dirty range).
-        let unmapped = self.space.unmap(
+        let unmapped = space.unmap(
             VirtAddr::new_truncate(addr),
             u64::from(len) * PAGE_SIZE,
             |_, _| {},
@@ -562,48 +381,25 @@ impl<P: Platform> Inner<P> {
             // Fully dirty implies free == 0: the block is on no queue.
             st.dead = true;
             drop(st);
-            self.retire_block(&vb);
+            self.retire(kva, &vb);
         }
         Ok(())
     }
 
-    /// Why `addr` is not a block piece: a large `vm_map_ram` area (wrong count) or nothing.
-    fn not_a_piece(&self, addr: u64, count: usize) -> VmallocError {
-        match self.kva.find(VirtAddr::new_truncate(addr)) {
-            Some(a) if a.info.flags.contains(VmFlags::MAP_RAM) && a.start == addr => {
-                VmallocError::WrongCount {
-                    addr,
-                    count,
-                    expected: a.info.nr_pages,
-                }
-            }
-            Some(a) if a.start != addr => VmallocError::NotStartOfArea {
-                addr,
-                start: a.start,
-            },
-            Some(a) => VmallocError::WrongKind {
-                addr,
-                expected: VmFlags::MAP_RAM,
-                found: a.info.flags,
-            },
-            None => VmallocError::NotAllocated { addr },
-        }
-    }
-
     /// Hand a dead block's range to the `Kva`'s lazy list (no lock of ours held).
-    fn retire_block(&self, vb: &VmapBlock<P>) {
-        self.blocks.unlist(vb.start);
-        match self.kva.remove(VirtAddr::new_truncate(vb.start)) {
-            Ok(r) => self.kva.free_lazy(r, VMAP_BBMAP_BITS),
+    fn retire(&self, kva: &Kva<P>, vb: &VmapBlock<P>) {
+        self.unlist(vb.start);
+        match kva.remove(VirtAddr::new_truncate(vb.start)) {
+            Ok(r) => kva.free_lazy(r, VMAP_BBMAP_BITS),
             Err(_) => debug_assert!(false, "vmap block {:#x} missing from the Kva", vb.start),
         }
     }
 
     /// Retire every fragmented block of every CPU; returns the pages handed to the lazy list.
     /// (Also the `Kva`'s allocation-failure notifier.)
-    pub(crate) fn purge_fragmented_blocks(&self) -> usize {
+    pub(crate) fn purge_fragmented(&self, kva: &Kva<P>) -> usize {
         let mut victims = Vec::new();
-        for q in self.blocks.queues.iter() {
+        for q in self.queues.iter() {
             q.lock().retain(|vb| {
                 let mut st = vb.st.lock();
                 if !st.fragmented() {
@@ -617,17 +413,17 @@ impl<P: Platform> Inner<P> {
             });
         }
         for vb in &victims {
-            self.retire_block(vb);
+            self.retire(kva, vb);
         }
         victims.len() * VMAP_BBMAP_BITS
     }
 
-    /// `_vm_unmap_aliases` (see [`Vmalloc::vm_unmap_aliases`]).
-    pub(crate) fn unmap_aliases(&self) {
-        let _serial = self.blocks.aliases.lock();
-        self.purge_fragmented_blocks();
+    /// `_vm_unmap_aliases` (see [`Vmalloc::vm_unmap_aliases`](crate::Vmalloc::vm_unmap_aliases)).
+    pub(crate) fn unmap_aliases(&self, kva: &Kva<P>) {
+        let _serial = self.aliases.lock();
+        self.purge_fragmented(kva);
         let (mut lo, mut hi) = (u64::MAX, 0u64);
-        for shard in self.blocks.map.iter() {
+        for shard in self.map.iter() {
             let m = shard.lock();
             for vb in m.values() {
                 let mut st = vb.st.lock();
@@ -642,7 +438,30 @@ impl<P: Platform> Inner<P> {
         // ONE flush for the lazy areas and the dirty union together (the seed's
         // `__purge_vmap_area_lazy(start, end)`; with nothing lazy it flushes the dirty
         // union alone, with nothing dirty either it flushes nothing).
-        let _ = self.kva.purge_range(lo, hi);
+        let _ = kva.purge_range(lo, hi);
+    }
+}
+
+/// Why `addr` is not a block piece: a large `vm_map_ram` area (wrong count) or nothing.
+fn not_a_piece<P: Platform>(kva: &Kva<P>, addr: u64, count: usize) -> VmallocError {
+    match kva.find(VirtAddr::new_truncate(addr)) {
+        Some(a) if a.info.flags.contains(VmFlags::MAP_RAM) && a.start == addr => {
+            VmallocError::WrongCount {
+                addr,
+                count,
+                expected: a.info.nr_pages,
+            }
+        }
+        Some(a) if a.start != addr => VmallocError::NotStartOfArea {
+            addr,
+            start: a.start,
+        },
+        Some(a) => VmallocError::WrongKind {
+            addr,
+            expected: VmFlags::MAP_RAM,
+            found: a.info.flags,
+        },
+        None => VmallocError::NotAllocated { addr },
     }
 }
 
