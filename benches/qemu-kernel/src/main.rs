@@ -8,16 +8,22 @@ extern crate alloc;
 
 mod apic;
 mod boot;
+mod cases;
+mod check;
 mod cpu;
 mod exit;
 mod heap;
 mod interrupts;
 mod memory;
 mod paging;
+mod params;
 mod percpu;
 mod platform;
+mod rng;
+mod runner;
 mod sched;
 mod serial;
+mod time;
 mod tlb;
 mod work;
 
@@ -84,19 +90,38 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
     // SAFETY: the IDT is loaded and has a handler for every vector the APIC can deliver.
     unsafe { cpu::enable_interrupts() };
 
-    let p = vm.vmalloc(3 * 4096).expect("vmalloc");
-    let ptr = p.as_u64() as *mut u64;
-    // SAFETY: three fresh pages mapped writable at `p`, owned by this code until vfree.
-    unsafe {
-        ptr.write_volatile(0x1234_5678);
-        ptr.add(1000).write_volatile(42);
-        assert_eq!(ptr.read_volatile(), 0x1234_5678);
+    let tsc_hz = time::calibrate();
+    let params = match params::Params::parse(info.cmdline()) {
+        Ok(p) => p,
+        Err(word) => {
+            kprintln!("bad command-line word {word:?}\nresult: FAIL");
+            exit::exit(exit::FAIL);
+        }
+    };
+    kprintln!("cpus: 1 online; tsc {} MHz; {params:?}", tsc_hz / 1_000_000);
+    let base = check::baseline(vm);
+    let t0 = time::now_usec();
+    let workers = runner::run(&params, vm, 1);
+    let wall = time::now_usec() - t0;
+    runner::report(&params, &workers);
+    let mut ok = workers.iter().all(runner::WorkerResult::ok);
+    let st = tlb.shootdown_stats();
+    let (scheduled, purges) = work::counts();
+    kprintln!(
+        "tlb flushes: {} ({} full, {} pages)   shootdown rounds: {}   ipis: {}   work items: {scheduled}   queued purges run: {purges}   wall: {}.{:03} s",
+        st.tlb.flushes, st.tlb.full_flushes, st.tlb.pages_flushed, st.rounds, st.ipis, wall / 1_000_000, wall / 1000 % 1000
+    );
+    match check::idle_check(vm, base, tlb.as_ref()) {
+        Ok(()) => kprintln!("idle check: ok (nothing live, nothing lazy, every frame back)"),
+        Err(e) => {
+            ok = false;
+            kprintln!("idle check: FAILED: {e}");
+        }
     }
-    kprintln!("vmalloc {p:?}: ok; stats {:?}", tlb.shootdown_stats());
-    vm.vfree(p).expect("vfree");
-    vm.purge_vmap_area_lazy();
-    kprintln!("after purge: {:?}; probe {:?}", tlb.shootdown_stats(), interrupts::probe_read(p.as_u64()));
-    exit::exit(exit::PASS)
+    let (used, size) = heap::usage();
+    kprintln!("heap: {} KiB live of {} MiB", used >> 10, size >> 20);
+    kprintln!("result: {}", if ok { "PASS" } else { "FAIL" });
+    exit::exit(if ok { exit::PASS } else { exit::FAIL })
 }
 
 #[panic_handler]
