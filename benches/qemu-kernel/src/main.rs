@@ -23,6 +23,7 @@ mod rng;
 mod runner;
 mod sched;
 mod serial;
+mod stale_tlb;
 mod time;
 mod tlb;
 mod work;
@@ -111,6 +112,22 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
         "tlb flushes: {} ({} full, {} pages)   shootdown rounds: {}   ipis: {}   work items: {scheduled}   queued purges run: {purges}   wall: {}.{:03} s",
         st.tlb.flushes, st.tlb.full_flushes, st.tlb.pages_flushed, st.rounds, st.ipis, wall / 1_000_000, wall / 1000 % 1000
     );
+    if params.stale_tlb_rounds > 0 {
+        let r = stale_tlb::run(vm, tlb.as_ref(), params.stale_tlb_rounds, 1);
+        kprintln!(
+            "stale_tlb_test: {} rounds{}: old translation still live after vfree in {}, reads after reuse: {} new frame, {} old frame -> {}",
+            r.rounds,
+            if tlb::BROKEN { " (broken-flush build)" } else { "" },
+            r.stale_before_flush,
+            r.fresh_after_reuse,
+            r.stale_after_reuse,
+            if r.ok() { "PASS" } else { "FAIL" }
+        );
+        for e in &r.errors {
+            kprintln!("stale_tlb_test: {e}");
+        }
+        ok &= r.ok();
+    }
     match check::idle_check(vm, base, tlb.as_ref()) {
         Ok(()) => kprintln!("idle check: ok (nothing live, nothing lazy, every frame back)"),
         Err(e) => {
