@@ -80,15 +80,24 @@ pub fn cpus(rsdp: u64, bsp: u32) -> Cpus {
     let len = u64::from(read_phys::<u32>(madt + 4));
     let mut off = 44;
     while off + 2 <= len {
-        let (kind, elen) = (read_phys::<u8>(madt + off), u64::from(read_phys::<u8>(madt + off + 1)));
+        let (kind, elen) = (
+            read_phys::<u8>(madt + off),
+            u64::from(read_phys::<u8>(madt + off + 1)),
+        );
         if elen < 2 {
             break;
         }
         let entry = match kind {
             // Processor local APIC: ACPI id, APIC id, flags.
-            0 => Some((u32::from(read_phys::<u8>(madt + off + 3)), read_phys::<u32>(madt + off + 4))),
+            0 => Some((
+                u32::from(read_phys::<u8>(madt + off + 3)),
+                read_phys::<u32>(madt + off + 4),
+            )),
             // Processor local x2APIC: reserved, x2APIC id, flags.
-            9 => Some((read_phys::<u32>(madt + off + 4), read_phys::<u32>(madt + off + 8))),
+            9 => Some((
+                read_phys::<u32>(madt + off + 4),
+                read_phys::<u32>(madt + off + 8),
+            )),
             _ => None,
         };
         if let Some((id, flags)) = entry {

@@ -17,7 +17,6 @@ use crate::platform::Kernel;
 /// under QEMU).
 const APIC_PHYS: u64 = 0xfee0_0000;
 
-const ID: u64 = 0x20;
 const EOI: u64 = 0xb0;
 const SVR: u64 = 0xf0;
 const ICR_LOW: u64 = 0x300;
@@ -61,11 +60,6 @@ pub fn init(vm: &Vmalloc<Kernel>) {
 /// Software-enable this CPU's APIC with the spurious vector.
 pub fn enable_this_cpu() {
     write(SVR, 0x100 | u32::from(crate::interrupts::SPURIOUS_VECTOR));
-}
-
-/// This CPU's APIC id.
-pub fn id() -> u32 {
-    read(ID) >> 24
 }
 
 /// Signal the end of the interrupt being handled (nothing before [`init`]).

@@ -85,7 +85,11 @@ pub const TESTS: [TestCase; 9] = [
     case(2, "long_busy_list_alloc_test", long_busy_list_alloc_test),
     case(3, "random_size_alloc_test", random_size_alloc_test),
     case(4, "fix_align_alloc_test", fix_align_alloc_test),
-    case(5, "random_size_align_alloc_test", random_size_align_alloc_test),
+    case(
+        5,
+        "random_size_align_alloc_test",
+        random_size_align_alloc_test,
+    ),
     case(6, "align_shift_alloc_test", align_shift_alloc_test),
     case(7, "pcpu_alloc_test", pcpu_alloc_test),
     case(10, "vm_map_ram_test", vm_map_ram_test),
@@ -169,7 +173,16 @@ fn alloc_touch_free(vm: &Vmalloc<Kernel>, size: u64, value: u8) -> CaseResult {
 /// `__vmalloc_node(size, align, GFP_KERNEL | __GFP_ZERO)` over the whole range.
 fn vmalloc_align(vm: &Vmalloc<Kernel>, size: u64, align: u64) -> Result<VirtAddr, VmallocError> {
     let (start, end) = vm.range();
-    vm.vmalloc_node_range(size, align, start, end, Gfp::ZERO, PAGE_KERNEL, VmFlags::empty(), None)
+    vm.vmalloc_node_range(
+        size,
+        align,
+        start,
+        end,
+        Gfp::ZERO,
+        PAGE_KERNEL,
+        VmFlags::empty(),
+        None,
+    )
 }
 
 /// `full_fit_alloc_test`'s junk length: `fls(num_online_cpus()) * 32 MiB / PAGE_SIZE`.
@@ -346,16 +359,16 @@ fn pcpu_alloc_test(c: &mut Ctx<'_>) -> CaseResult {
     }
     for i in 0..live {
         let v = arr.get(i);
-        if let Err(e) = vm.vm_unmap_ram(VirtAddr::new_truncate(v), 1) {
-            if res.is_ok() {
-                res = Err(format!("vm_unmap_ram({v:#x}): {e}"));
-            }
+        if let Err(e) = vm.vm_unmap_ram(VirtAddr::new_truncate(v), 1)
+            && res.is_ok()
+        {
+            res = Err(format!("vm_unmap_ram({v:#x}): {e}"));
         }
     }
-    if let Err(e) = frames.free_bulk(&pool) {
-        if res.is_ok() {
-            res = Err(format!("free_pages: {e}"));
-        }
+    if let Err(e) = frames.free_bulk(&pool)
+        && res.is_ok()
+    {
+        res = Err(format!("free_pages: {e}"));
     }
     res.and(arr.free(vm, false))
 }

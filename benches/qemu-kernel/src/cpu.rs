@@ -12,21 +12,27 @@ use core::arch::asm;
 pub fn outb(port: u16, value: u8) {
     // SAFETY: port I/O touches no memory; the kernel only names ports of devices it owns
     // (COM1, the PIT, the legacy PICs, isa-debug-exit), where a write has no memory effect.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// `in al, dx`.
 pub fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: as for `outb`: reading a device register touches no memory.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
+    };
     value
 }
 
 /// `out dx, eax`.
 pub fn outl(port: u16, value: u32) {
     // SAFETY: as for `outb`.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// The time-stamp counter.
@@ -34,7 +40,9 @@ pub fn outl(port: u16, value: u32) {
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: `rdtsc` only reads the counter (CR4.TSD is clear: the kernel runs in ring 0).
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -54,17 +62,6 @@ pub fn initial_apic_id() -> u32 {
 #[inline]
 pub fn pause() {
     core::hint::spin_loop();
-}
-
-/// Read a model-specific register.
-///
-/// # Safety
-/// `msr` must exist on this CPU (reading an absent one faults).
-pub unsafe fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: the caller guarantees the MSR exists; reading it changes nothing.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
-    (u64::from(hi) << 32) | u64::from(lo)
 }
 
 /// Write a model-specific register.

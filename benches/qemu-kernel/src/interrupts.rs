@@ -203,7 +203,9 @@ pub fn load() {
     };
     // SAFETY: the IDT is a static filled by `init` (called first by the boot CPU); every
     // gate in it points at a stub of this file.
-    unsafe { core::arch::asm!("lidt [{}]", in(reg) &p, options(readonly, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("lidt [{}]", in(reg) &p, options(readonly, nostack, preserves_flags))
+    };
 }
 
 /// Read the 8 bytes at `addr` if a translation exists for it (from the TLB or the page

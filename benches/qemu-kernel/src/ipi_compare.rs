@@ -79,7 +79,14 @@ fn workload(vm: &Vmalloc<Kernel>, seed: u64, loops: u32, eager: bool) -> u64 {
     errors
 }
 
-fn run_once(vm: &'static Vmalloc<Kernel>, tlb: &KernelTlb, cpus: usize, seed: u64, loops: u32, eager: bool) -> Cost {
+fn run_once(
+    vm: &'static Vmalloc<Kernel>,
+    tlb: &KernelTlb,
+    cpus: usize,
+    seed: u64,
+    loops: u32,
+    eager: bool,
+) -> Cost {
     // Start from nothing lazy, so each run pays for its own frees only.
     vm.purge_vmap_area_lazy();
     let before: ShootdownStats = tlb.shootdown_stats();
@@ -112,7 +119,13 @@ fn run_once(vm: &'static Vmalloc<Kernel>, tlb: &KernelTlb, cpus: usize, seed: u6
 }
 
 /// Run the workload lazily, then eagerly, on CPUs `0..cpus`.
-pub fn run(vm: &'static Vmalloc<Kernel>, tlb: &KernelTlb, cpus: usize, seed: u64, loops: u32) -> Comparison {
+pub fn run(
+    vm: &'static Vmalloc<Kernel>,
+    tlb: &KernelTlb,
+    cpus: usize,
+    seed: u64,
+    loops: u32,
+) -> Comparison {
     Comparison {
         lazy: run_once(vm, tlb, cpus, seed, loops, false),
         eager: run_once(vm, tlb, cpus, seed, loops, true),

@@ -118,7 +118,12 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
         }
     }
     let (used, size) = heap::usage();
-    kprintln!("heap: {} KiB live of {} MiB; shootdowns handled {}", used >> 10, size >> 20, tlb::handled());
+    kprintln!(
+        "heap: {} KiB live of {} MiB; shootdowns handled {}",
+        used >> 10,
+        size >> 20,
+        tlb::handled()
+    );
     kprintln!("result: {}", if ok { "PASS" } else { "FAIL" });
     exit::exit(if ok { exit::PASS } else { exit::FAIL })
 }

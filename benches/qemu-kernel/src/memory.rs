@@ -62,7 +62,10 @@ impl MemoryMap {
             .find(|r| r.kind == RAM && r.start <= kernel_end && kernel_end < r.start + r.len)?;
         let end = (region.start + region.len) & !0xfff;
         let heap_start = align_up(kernel_end, HUGE);
-        let heap_len = align_up((end.checked_sub(heap_start)? / heap_fraction).max(HUGE), HUGE);
+        let heap_len = align_up(
+            (end.checked_sub(heap_start)? / heap_fraction).max(HUGE),
+            HUGE,
+        );
         let arena_start = heap_start + heap_len;
         (arena_start + 16 * HUGE <= end).then_some(Layout {
             heap: (heap_start, arena_start),

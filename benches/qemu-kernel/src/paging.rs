@@ -41,8 +41,9 @@ pub fn frame_allocator(layout: &Layout) -> Arc<FrameAllocator<Kernel>> {
     // tables after them, for the kernel's whole life; nothing else uses it (the heap and the
     // image lie below it). Page-aligned by `MemoryMap::layout`. Its content is whatever the
     // firmware left, so it is declared not zeroed.
-    let arena = unsafe { PhysArena::from_direct_map(virt, PhysAddr::new(start), end - start, false) }
-        .expect("direct-map arena");
+    let arena =
+        unsafe { PhysArena::from_direct_map(virt, PhysAddr::new(start), end - start, false) }
+            .expect("direct-map arena");
     Arc::new(FrameAllocator::with_platform(
         Arc::new(arena),
         FrameConfig::default(),
@@ -58,13 +59,25 @@ pub fn build_and_load(
     let space = AddressSpace::new(Arc::clone(frames)).expect("root table");
     let image_end = align_up(kernel_end, 2 << 20);
     space
-        .map_contiguous(VirtAddr::new(0x1000), PhysAddr::new(0x1000), image_end - 0x1000, IMAGE, true)
+        .map_contiguous(
+            VirtAddr::new(0x1000),
+            PhysAddr::new(0x1000),
+            image_end - 0x1000,
+            IMAGE,
+            true,
+        )
         .expect("identity map");
     for r in map.iter().filter(|r| r.kind == RAM) {
         let start = r.start & !0xfff;
         let end = align_up(r.start + r.len, 0x1000);
         space
-            .map_contiguous(VirtAddr::new(PAGE_OFFSET + start), PhysAddr::new(start), end - start, DIRECT, true)
+            .map_contiguous(
+                VirtAddr::new(PAGE_OFFSET + start),
+                PhysAddr::new(start),
+                end - start,
+                DIRECT,
+                true,
+            )
             .expect("direct map");
     }
     load(&space);

@@ -80,7 +80,11 @@ impl Params {
 
 /// A value the kernel's `int` holds.
 fn int_max(v: u64, word: &str) -> Result<u32, &str> {
-    if v <= i32::MAX as u64 { Ok(v as u32) } else { Err(word) }
+    if v <= i32::MAX as u64 {
+        Ok(v as u32)
+    } else {
+        Err(word)
+    }
 }
 
 /// Decimal or `0x` hexadecimal.

@@ -138,7 +138,9 @@ pub fn run(params: &Params, vm: &'static Vmalloc<Kernel>, online: usize) -> Vec<
         sched::wait_for(c);
     }
     let mut out = results.lock();
-    out.iter_mut().map(|r| r.take().expect("every worker reported")).collect()
+    out.iter_mut()
+        .map(|r| r.take().expect("every worker reported"))
+        .collect()
 }
 
 /// Print the module's lines for `workers`, then one table row per test (summed over the
@@ -181,7 +183,14 @@ pub fn report(params: &Params, workers: &[WorkerResult]) {
             (_, 0) => "",
             _ => "FAILED",
         };
-        kprintln!("{:<30} {:>5} {:>7} {:>7} {:>12}  {note}", case.name, case.id(), passed, failed, avg);
+        kprintln!(
+            "{:<30} {:>5} {:>7} {:>7} {:>12}  {note}",
+            case.name,
+            case.id(),
+            passed,
+            failed,
+            avg
+        );
     }
     for w in workers {
         for t in &w.tests {

@@ -14,7 +14,9 @@ use crate::boot::{self, PAGE_OFFSET};
 use crate::params::Params;
 use crate::platform::{self, Kernel};
 use crate::tlb::KernelTlb;
-use crate::{acpi, apic, cpu, exit, heap, interrupts, kprintln, paging, percpu, serial, smp, time, work};
+use crate::{
+    acpi, apic, cpu, exit, heap, interrupts, kprintln, paging, percpu, serial, smp, time, work,
+};
 
 /// The heap is this fraction of the RAM region the kernel runs in.
 const HEAP_FRACTION: u64 = 8;
@@ -90,7 +92,11 @@ pub fn boot(start_info: u32) -> System {
         (layout.arena.1 - layout.arena.0) >> 20,
         layout.arena.0,
         cpu::read_cr3(),
-        if crate::tlb::BROKEN { ", BROKEN FLUSH (test build)" } else { "" }
+        if crate::tlb::BROKEN {
+            ", BROKEN FLUSH (test build)"
+        } else {
+            ""
+        }
     );
     let params = match Params::parse(info.cmdline()) {
         Ok(p) => p,

@@ -152,7 +152,10 @@ fn set_slot(sym: *const u8, value: u64) {
 pub fn start_aps(vm: &Vmalloc<Kernel>, apic_ids: &[u32]) -> usize {
     install_trampoline();
     set_slot(core::ptr::addr_of!(tramp_cr3), cpu::read_cr3());
-    set_slot(core::ptr::addr_of!(tramp_entry), ap_entry as extern "C" fn(u64) -> ! as usize as u64);
+    set_slot(
+        core::ptr::addr_of!(tramp_entry),
+        ap_entry as extern "C" fn(u64) -> ! as usize as u64,
+    );
     let mut online = 1;
     for (i, &apic_id) in apic_ids.iter().enumerate() {
         let index = i + 1;
@@ -163,7 +166,10 @@ pub fn start_aps(vm: &Vmalloc<Kernel>, apic_ids: &[u32]) -> usize {
                 break;
             }
         };
-        set_slot(core::ptr::addr_of!(tramp_stack), stack.as_u64() + AP_STACK_BYTES);
+        set_slot(
+            core::ptr::addr_of!(tramp_stack),
+            stack.as_u64() + AP_STACK_BYTES,
+        );
         set_slot(core::ptr::addr_of!(tramp_arg), index as u64);
         let pc = percpu::cpu(index);
         apic::send_init(apic_id);
@@ -202,7 +208,9 @@ extern "C" fn ap_entry(index: u64) -> ! {
     // SAFETY: only PGE is added: every kernel mapping is global, as on the boot CPU.
     unsafe { cpu::write_cr4(cpu::read_cr4() | cpu::CR4_PGE) };
     apic::enable_this_cpu();
-    percpu::cpu(index as usize).online.store(true, Ordering::Release);
+    percpu::cpu(index as usize)
+        .online
+        .store(true, Ordering::Release);
     // SAFETY: the IDT is loaded and the APIC enabled.
     unsafe { cpu::enable_interrupts() };
     sched::idle_loop()

@@ -93,8 +93,17 @@ fn alloc_window(vm: &Vmalloc<Kernel>, ws: u64) -> Result<VirtAddr, String> {
         VirtAddr::new_truncate(ws),
         VirtAddr::new_truncate(ws + 2 * PAGE_SIZE),
     );
-    vm.vmalloc_node_range(PAGE_SIZE, PAGE_SIZE, s, e, Gfp::KERNEL, PAGE_KERNEL, VmFlags::empty(), None)
-        .map_err(|e| format!("vmalloc in window {ws:#x}: {e}"))
+    vm.vmalloc_node_range(
+        PAGE_SIZE,
+        PAGE_SIZE,
+        s,
+        e,
+        Gfp::KERNEL,
+        PAGE_KERNEL,
+        VmFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("vmalloc in window {ws:#x}: {e}"))
 }
 
 /// The frame mapped at `va`.
@@ -130,7 +139,9 @@ fn round(
     unsafe { (a.as_u64() as *mut u64).write_volatile(p1) };
     let seen = reader.read(a.as_u64());
     if seen != Some(p1) {
-        return Err(format!("read {seen:x?} through a live mapping, wrote {p1:#x}"));
+        return Err(format!(
+            "read {seen:x?} through a live mapping, wrote {p1:#x}"
+        ));
     }
     let f1 = frame_of(vm, a)?;
     vm.frames().get(f1).map_err(|e| format!("pin: {e}"))?;
@@ -143,7 +154,9 @@ fn round(
             return Err(format!("window {ws:#x} gave {b:?} the second time"));
         }
         if tlb.stats().flushes == flushes {
-            return Err(format!("{a:?} handed out again with no flush since its vfree"));
+            return Err(format!(
+                "{a:?} handed out again with no flush since its vfree"
+            ));
         }
         let f2 = frame_of(vm, b)?;
         if f2 == f1 {
@@ -154,7 +167,9 @@ fn round(
         let r = match after {
             Some(v) if v == p2 => Ok((stale_before, false)),
             Some(v) if v == p1 => Ok((stale_before, true)),
-            v => Err(format!("read {v:x?} after reuse (old {p1:#x}, new {p2:#x})")),
+            v => Err(format!(
+                "read {v:x?} after reuse (old {p1:#x}, new {p2:#x})"
+            )),
         };
         vm.vfree(b).map_err(|e| format!("vfree: {e}"))?;
         r
@@ -167,7 +182,11 @@ fn round(
 pub fn run(vm: &Vmalloc<Kernel>, tlb: &dyn TlbFlush, rounds: u32, online: usize) -> StaleTlbReport {
     let mut rep = StaleTlbReport::default();
     let top = vm.range().1.as_u64();
-    let readers = if online >= 2 { [Reader::Local, Reader::Remote].as_slice() } else { &[Reader::Local] };
+    let readers = if online >= 2 {
+        [Reader::Local, Reader::Remote].as_slice()
+    } else {
+        &[Reader::Local]
+    };
     for (k, &reader) in readers.iter().enumerate() {
         for r in 0..rounds {
             let i = k as u64 * u64::from(rounds) + u64::from(r);

@@ -17,7 +17,9 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 use pagetable::platform::RawSpinlock;
 use pagetable::platform::lock_api::RawMutex;
-use pagetable::{FlushRange, PAGE_SIZE, TLB_SINGLE_PAGE_FLUSH_CEILING, TlbFlush, TlbStats, VirtAddr};
+use pagetable::{
+    FlushRange, PAGE_SIZE, TLB_SINGLE_PAGE_FLUSH_CEILING, TlbFlush, TlbStats, VirtAddr,
+};
 
 use crate::platform::Kernel;
 use crate::{apic, cpu, interrupts, percpu};
@@ -75,7 +77,8 @@ fn shootdown(r: Request) -> usize {
     }
     let me = percpu::this_cpu();
     let n = Kernel::nr_cpu_ids();
-    let targets = || (0..n).filter(move |&c| c != me && percpu::cpu(c).online.load(Ordering::Acquire));
+    let targets =
+        || (0..n).filter(move |&c| c != me && percpu::cpu(c).online.load(Ordering::Acquire));
     if targets().next().is_none() {
         return 0;
     }
@@ -89,7 +92,10 @@ fn shootdown(r: Request) -> usize {
     // The request and count are visible before any target can take the interrupt.
     fence(Ordering::SeqCst);
     for c in targets() {
-        apic::send_ipi(percpu::cpu(c).apic_id.load(Ordering::Relaxed), interrupts::TLB_VECTOR);
+        apic::send_ipi(
+            percpu::cpu(c).apic_id.load(Ordering::Relaxed),
+            interrupts::TLB_VECTOR,
+        );
     }
     while PENDING.load(Ordering::Acquire) != 0 {
         cpu::pause();

@@ -69,5 +69,8 @@ pub fn run_pending() {
 
 /// (work items scheduled, purges the queue ran).
 pub fn counts() -> (u64, u64) {
-    (SCHEDULED.load(Ordering::Relaxed), PURGES_RUN.load(Ordering::Relaxed))
+    (
+        SCHEDULED.load(Ordering::Relaxed),
+        PURGES_RUN.load(Ordering::Relaxed),
+    )
 }
