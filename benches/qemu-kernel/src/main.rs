@@ -118,8 +118,11 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
         }
     }
     let (used, size) = heap::usage();
+    let frames = vm.frame_stats();
     kprintln!(
-        "heap: {} KiB live of {} MiB; shootdowns handled {}",
+        "memory: frames high water {} MiB of {} MiB, heap {} KiB live of {} MiB; shootdown IPIs handled {}",
+        frames.high_water >> 8,
+        frames.total >> 8,
         used >> 10,
         size >> 20,
         tlb::handled()
