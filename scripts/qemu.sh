@@ -29,7 +29,7 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq qemu-system-x86 >/dev/null
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null
 fi
 if ! rustup target list --installed 2>/dev/null | grep -q '^x86_64-unknown-none$'; then
     rustup target add x86_64-unknown-none
