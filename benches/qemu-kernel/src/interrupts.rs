@@ -3,7 +3,7 @@
 //! Stubs (in assembly below) push the vector (and a zero where the CPU pushes no error
 //! code), save the caller-saved registers and call [`trap_dispatch`] with the frame. Vectors:
 //! the 32 exceptions, [`TLB_VECTOR`] (shootdown request: flush, acknowledge), [`WAKE_VECTOR`]
-//! (an idle CPU has work) and [`SPURIOUS_VECTOR`]. Every gate is an interrupt gate, so
+//! (an idle CPU has work), [`SPURIOUS_VECTOR`] and the legacy PICs' spurious vectors. Every gate is an interrupt gate, so
 //! handlers run with interrupts off. An exception is fatal (reported on the console, QEMU
 //! exits with the fail status) except a page fault at [`probe_read`]'s load, which resumes
 //! at its fixup: the kernel's `copy_from_kernel_nofault`, used to read through a virtual
@@ -19,10 +19,13 @@ pub const TLB_VECTOR: u8 = 0xf0;
 pub const WAKE_VECTOR: u8 = 0xf1;
 /// The local APIC's spurious vector.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// Where the masked legacy PICs deliver a spurious IRQ 7 and IRQ 15 (see
+/// [`crate::apic::disable_legacy_pic`]): ignored.
+const LEGACY_SPURIOUS: [u8; 2] = [0x27, 0x2f];
 
 /// The vectors with a stub, in the order of `isr_table` below.
-const VECTORS: [u8; 35] = {
-    let mut v = [0u8; 35];
+const VECTORS: [u8; 37] = {
+    let mut v = [0u8; 37];
     let mut i = 0;
     while i < 32 {
         v[i] = i as u8;
@@ -31,6 +34,8 @@ const VECTORS: [u8; 35] = {
     v[32] = TLB_VECTOR;
     v[33] = WAKE_VECTOR;
     v[34] = SPURIOUS_VECTOR;
+    v[35] = LEGACY_SPURIOUS[0];
+    v[36] = LEGACY_SPURIOUS[1];
     v
 };
 
@@ -49,7 +54,7 @@ isr_\n:
     jmp isr_common
     .endm
 
-    .irp n, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31,240,241,255
+    .irp n, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31,240,241,255,39,47
     ISR_NOERR \n
     .endr
     .irp n, 8,10,11,12,13,14,17,21,29,30
@@ -98,14 +103,14 @@ probe_read_fixup:
     .balign 8
     .global isr_table
 isr_table:
-    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,240,241,255
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,240,241,255,39,47
     .quad isr_\n
     .endr
 "#
 );
 
 unsafe extern "C" {
-    static isr_table: [u64; 35];
+    static isr_table: [u64; 37];
     fn probe_read_u64(addr: u64, out: *mut u64) -> u32;
     static probe_read_insn: u8;
     static probe_read_fixup: u8;
@@ -230,6 +235,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         }
         WAKE_VECTOR => apic::eoi(),
         SPURIOUS_VECTOR => {}
+        v if LEGACY_SPURIOUS.contains(&v) => {}
         14 if frame.rip == core::ptr::addr_of!(probe_read_insn) as u64 => {
             frame.rip = core::ptr::addr_of!(probe_read_fixup) as u64;
         }

@@ -181,8 +181,8 @@ pub fn start_aps(vm: &Vmalloc<Kernel>, apic_ids: &[u32]) -> usize {
                 break;
             }
         }
-        // Up to one second for the AP to reach `ap_entry` and report in.
-        let deadline = time::now_usec() + 1_000_000;
+        // A liveness bound, not a speed check: emulated CPUs on a loaded host may take a while.
+        let deadline = time::now_usec() + 10_000_000;
         while !pc.online.load(Ordering::Acquire) && time::now_usec() < deadline {
             cpu::pause();
         }
