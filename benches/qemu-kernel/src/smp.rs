@@ -1,7 +1,7 @@
 //! Bringing up the application processors: INIT, STARTUP, STARTUP through the local APIC,
 //! into a trampoline copied to [`TRAMPOLINE`] (real mode -> protected mode -> long mode on
-//! the kernel's own page tables), onto a per-CPU stack vmalloc'd with a guard page below it
-//! (Linux's `VMAP_STACK`), then into [`ap_entry`]: per-CPU data, IDT, global pages, APIC,
+//! the kernel's own page tables), onto a per-CPU stack vmalloc'd as Linux's `VMAP_STACK`
+//! stacks are, then into [`ap_entry`]: per-CPU data, IDT, global pages, APIC,
 //! interrupts on, and the idle loop. One CPU at a time: the trampoline's data (CR3, stack,
 //! index) is shared.
 
