@@ -188,7 +188,9 @@ pub(crate) struct Inner<P: Platform> {
 /// deferred-free handler (what [`Vmalloc::vfree_atomic`] runs later: a full `vfree`) and an
 /// allocation-failure notifier that retires fragmented vmap blocks to the lazy list (Linux
 /// 3.7 does the same in `purge_vmap_area_lazy`). [`Vmalloc::with_platform`] does the same over
-/// the host's frame allocator and TLB hook.
+/// the host's frame allocator and TLB hook, and [`Vmalloc::with_space`] over the host's own
+/// address space too: a kernel hands over its `init_mm` (the PML4 already in CR3) and vmalloc
+/// installs the range's top-level entries in it and maps into it.
 ///
 /// # Drop
 ///
@@ -222,7 +224,8 @@ impl Vmalloc<DefaultPlatform> {
         let caller = Location::caller();
         let arena = SyncArc::new(PhysArena::new(cfg.arena)?);
         let frames = SyncArc::new(FrameAllocator::with_config(arena, cfg.frames));
-        Self::build(cfg.kva, &cfg.early, frames, cfg.tlb, None, caller)
+        let space = AddressSpace::new(frames)?;
+        Self::build(cfg.kva, &cfg.early, space, cfg.tlb, None, caller)
     }
 }
 
@@ -240,18 +243,37 @@ impl<P: Platform> Vmalloc<P> {
         tlb: TlbChoice,
         work: Option<StdArc<dyn PurgeWork>>,
     ) -> Result<Self, VmallocError> {
-        Self::build(kva, early, frames, tlb, work, Location::caller())
+        let space = AddressSpace::new(frames)?;
+        Self::build(kva, early, space, tlb, work, Location::caller())
+    }
+
+    /// Build an instance over an address space the host already has, as
+    /// [`Vmalloc::with_platform`] does over a fresh one: a kernel's `init_mm`, whose root is
+    /// the PML4 its CPUs load in CR3 and which already maps the kernel image and the direct
+    /// map. The vmalloc range's PML4-level tables are installed in it
+    /// ([`AddressSpace::preallocate`]; entries already there are kept), every vmalloc
+    /// mapping is made in it, and [`Vmalloc::kernel_space`] returns it. Frames come from the
+    /// space's frame allocator. Errors as for [`Vmalloc::new`].
+    #[track_caller]
+    pub fn with_space(
+        kva: KvaConfig,
+        early: &[EarlyArea],
+        space: AddressSpace<P>,
+        tlb: TlbChoice,
+        work: Option<StdArc<dyn PurgeWork>>,
+    ) -> Result<Self, VmallocError> {
+        Self::build(kva, early, space, tlb, work, Location::caller())
     }
 
     fn build(
         kva_cfg: KvaConfig,
         early: &[EarlyArea],
-        frames: SyncArc<FrameAllocator<P>>,
+        space: AddressSpace<P>,
         tlb_choice: TlbChoice,
         work: Option<StdArc<dyn PurgeWork>>,
         caller: &'static Location<'static>,
     ) -> Result<Self, VmallocError> {
-        let space = AddressSpace::new(SyncArc::clone(&frames))?;
+        let frames = SyncArc::clone(space.frames());
         let (start, end) = (kva_cfg.start, kva_cfg.end);
         // The CPU count the whole instance is built for (the TLB model's CPUs, the vmap-block
         // queues and the KVA's slots agree): the configured one, or the platform's.
@@ -505,6 +527,42 @@ mod tests {
         .unwrap();
         assert!(StdArc::ptr_eq(vm.tlb(), &hook));
         assert_eq!(format!("{:?}", TlbChoice::Custom(hook)), "Custom(..)");
+    }
+
+    #[test]
+    fn an_existing_space_keeps_its_root_and_mappings() {
+        use pagetable::PageTableFlags;
+        let arena = SyncArc::new(PhysArena::heap(4 << 20, PhysAddr::zero()).unwrap());
+        let frames = SyncArc::new(FrameAllocator::new(arena));
+        let space = AddressSpace::new(SyncArc::clone(&frames)).unwrap();
+        // The "kernel image" (identity) and a 2 MiB "direct map" leaf, mapped before vmalloc.
+        let image = VirtAddr::new(0x10_0000);
+        let direct = VirtAddr::new(0xffff_8880_0000_0000);
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+        space
+            .map_contiguous(image, PhysAddr::new(0x10_0000), PAGE_SIZE, flags, false)
+            .unwrap();
+        space
+            .map_contiguous(direct, PhysAddr::zero(), 2 << 20, flags, true)
+            .unwrap();
+        let root = space.root();
+        let vm = Vmalloc::with_space(small().kva, &[], space, TlbChoice::Counting, None).unwrap();
+        let k = vm.kernel_space();
+        assert_eq!(k.root(), root, "the host's PML4 stays the root");
+        assert!(StdArc::ptr_eq(vm.frames(), &frames));
+        assert_eq!(k.translate(image).unwrap().pa, PhysAddr::new(0x10_0000));
+        assert_eq!(
+            k.translate(direct + 0x1234u64).unwrap().pa,
+            PhysAddr::new(0x1234)
+        );
+        let p = vm.vmalloc(PAGE_SIZE).unwrap();
+        assert!(
+            k.translate(p).is_some(),
+            "vmalloc maps into the host's space"
+        );
+        vm.vfree(p).unwrap();
+        vm.purge_vmap_area_lazy();
+        assert!(k.translate(p).is_none());
     }
 
     #[test]
