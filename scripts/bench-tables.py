@@ -8,7 +8,7 @@ benchmark group: a row per function id, a column per parameter (the value after 
 "/" of the id), each cell criterion's
 estimate of the time per iteration (the regression slope, or the mean) with its 95% interval, and, when the
 group declared a throughput, elements per second at the mean. Groups whose parameters are
-thread counts ("contention", "llist") also get the ratio of each column's throughput to the
+thread counts ("contention", "llist", "kva/threads") also get the ratio of each column's throughput to the
 first column's.
 """
 
@@ -68,7 +68,7 @@ def param_key(p):
 
 def table(name, rows):
     params = sorted({p for r in rows.values() for p in r}, key=param_key)
-    threads = name.startswith(("contention", "llist"))
+    threads = name.startswith(("contention", "llist", "kva/threads"))
     out = [f"### {name}", ""]
     head = ["", *params]
     if threads and len(params) > 1:

@@ -1,6 +1,8 @@
-//! 1-page `vmalloc` + `vfree` pairs on 1, 2 and 4 threads, for every implementation of
-//! [`VmallocImpl`] (`sharded`, `single-lock`, `legacy`): the kernel's `fix_size_alloc_test`
-//! without the byte store, the workload of the Linux 6.9 "vmap nodes" figures.
+//! 1-page `vmalloc` + `vfree` pairs on 1, 2 and the machine's CPU count of threads (or the
+//! counts in `KVMALLOC_BENCH_THREADS`, e.g. `1,2,4,8,16`: [`benches::bench_threads`]), for
+//! every implementation of [`VmallocImpl`] (`sharded`, `single-lock`, `legacy`): the kernel's
+//! `fix_size_alloc_test` without the byte store, the workload of the Linux 6.9 "vmap nodes"
+//! figures.
 //!
 //! One criterion iteration is one pair on every thread, so the reported throughput
 //! (`Throughput::Elements(threads)`) is pairs per second over all threads, and the reported
@@ -18,6 +20,7 @@
 
 use std::hint::black_box;
 
+use benches::bench_threads;
 use benches::peers::run_together;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vmalloc_impls::{AllocatorKind, ImplConfig, VmallocImpl};
@@ -59,7 +62,8 @@ fn control(threads: usize, iters: u64) -> std::time::Duration {
 
 fn bench_contention(c: &mut Criterion) {
     let mut g = c.benchmark_group("contention");
-    for threads in [1usize, 2, 4] {
+    let counts = bench_threads();
+    for &threads in &counts {
         g.throughput(Throughput::Elements(threads as u64));
         g.bench_with_input(BenchmarkId::new("control", threads), &threads, |b, &t| {
             b.iter_custom(|iters| control(t, iters))
@@ -73,7 +77,7 @@ fn bench_contention(c: &mut Criterion) {
                 continue;
             }
         };
-        for threads in [1usize, 2, 4] {
+        for &threads in &counts {
             g.throughput(Throughput::Elements(threads as u64));
             g.bench_with_input(
                 BenchmarkId::new(kind.as_str(), threads),

@@ -10,16 +10,18 @@
 //!   one random slot and refills it with a fresh random size (`random_size_alloc_test` with a
 //!   standing population).
 //!
-//! One thread: the single-threaded adapters, no lock. Two threads: the shareable adapters
-//! (ours and `vmem` as they are, the others behind a parking_lot mutex), threads created once
-//! per sample and released together ([`run_together`]); the throughput is pairs per second
-//! over both threads. Our `free` is `remove` + `free_lazy`, so the amortised cost of the lazy
+//! `kva/1-thread`: the single-threaded adapters, no lock. `kva/threads`: the shareable
+//! adapters (ours and `vmem` as they are, the others behind a parking_lot mutex) at every
+//! count of [`bench_threads`] (1, 2 and the CPU count, or `KVMALLOC_BENCH_THREADS`, e.g.
+//! `1,2,4,8,16`), threads created once per sample and released together ([`run_together`]);
+//! the throughput is pairs per second over all threads, ids `fixed/<name>/<threads>`. Our `free` is `remove` + `free_lazy`, so the amortised cost of the lazy
 //! purges (one flush and a merge per `lazy_max_pages` freed pages) is in our figures.
 //!
 //! Run: `cargo bench -p benches --bench kva`.
 
 use std::hint::black_box;
 
+use benches::bench_threads;
 use benches::peers::{
     DEFAULT_SPAN, KvaPeer, PAGE, SharedVaAllocator, VaAllocator, XorShift, peers_shared,
     peers_single, run_together,
@@ -186,45 +188,52 @@ fn bench_one_thread(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_two_threads(c: &mut Criterion) {
-    let mut g = c.benchmark_group("kva/2-threads");
-    g.throughput(Throughput::Elements(2));
+fn bench_threads_group(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kva/threads");
+    let counts = bench_threads();
     for a in shared_all() {
         let a: &dyn SharedVaAllocator = a.as_ref();
-        g.bench_function(BenchmarkId::new("fixed", a.name()), |b| {
-            b.iter_custom(|iters| {
-                run_together(2, |_| {
-                    for _ in 0..iters {
-                        fixed_pair(a);
-                    }
+        for &t in &counts {
+            g.throughput(Throughput::Elements(t as u64));
+            g.bench_function(BenchmarkId::new(format!("fixed/{}", a.name()), t), |b| {
+                b.iter_custom(|iters| {
+                    run_together(t, |_| {
+                        for _ in 0..iters {
+                            fixed_pair(a);
+                        }
+                    })
                 })
-            })
-        });
+            });
+        }
         a.settle();
-        g.bench_function(BenchmarkId::new("random", a.name()), |b| {
-            b.iter_custom(|iters| {
-                // Rings are filled before the clock starts and drained after it stops.
-                let rings: Vec<parking_lot::Mutex<Option<Ring>>> = (0..2)
-                    .map(|t| parking_lot::Mutex::new(Some(Ring::fill(a, 11 + t))))
-                    .collect();
-                let dt = run_together(2, |t| {
-                    let mut ring = rings[t].lock().take().expect("ring");
-                    for _ in 0..iters {
-                        ring.step(a);
+        for &t in &counts {
+            g.throughput(Throughput::Elements(t as u64));
+            g.bench_function(BenchmarkId::new(format!("random/{}", a.name()), t), |b| {
+                b.iter_custom(|iters| {
+                    // Rings are filled before the clock starts and drained after it stops.
+                    let rings: Vec<parking_lot::Mutex<Option<Ring>>> = (0..t)
+                        .map(|i| parking_lot::Mutex::new(Some(Ring::fill(a, 11 + i as u64))))
+                        .collect();
+                    let dt = run_together(t, |i| {
+                        let mut ring = rings[i].lock().take().expect("ring");
+                        for _ in 0..iters {
+                            ring.step(a);
+                        }
+                        *rings[i].lock() = Some(ring);
+                    });
+                    for r in rings {
+                        if let Some(r) = r.into_inner() {
+                            r.drain(a);
+                        }
                     }
-                    *rings[t].lock() = Some(ring);
-                });
-                for r in rings {
-                    if let Some(r) = r.into_inner() {
-                        r.drain(a);
-                    }
-                }
-                dt
-            })
-        });
+                    a.settle();
+                    dt
+                })
+            });
+        }
     }
     g.finish();
 }
 
-criterion_group!(benches, bench_one_thread, bench_two_threads);
+criterion_group!(benches, bench_one_thread, bench_threads_group);
 criterion_main!(benches);

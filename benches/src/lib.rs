@@ -13,3 +13,25 @@
 //! and `purge` benchmarks); the `test_vmalloc` runner is the `test-vmalloc` crate.
 
 pub mod peers;
+
+/// Thread counts for the multi-thread benchmarks (`contention`, `kva`): the comma-separated
+/// list in `KVMALLOC_BENCH_THREADS` (for example `1,2,4,8,16`), else 1, 2 and the machine's
+/// CPU count (without duplicates, ascending). Zeros and unparsable entries are ignored.
+pub fn bench_threads() -> Vec<usize> {
+    let from_env = std::env::var("KVMALLOC_BENCH_THREADS").ok().map(|v| {
+        v.split(',')
+            .filter_map(|t| t.trim().parse::<usize>().ok())
+            .filter(|&t| t > 0)
+            .collect::<Vec<_>>()
+    });
+    let mut v = match from_env {
+        Some(v) if !v.is_empty() => v,
+        _ => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            vec![1, 2, cpus]
+        }
+    };
+    v.sort_unstable();
+    v.dedup();
+    v
+}
