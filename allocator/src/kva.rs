@@ -754,6 +754,8 @@ impl<P: Platform> Inner<P> {
 
 mod allocate;
 pub(crate) mod area;
+#[allow(dead_code)]
+pub(crate) mod bptree;
 pub mod busy;
 pub(crate) mod config;
 pub(crate) mod deferred;
