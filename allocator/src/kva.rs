@@ -24,11 +24,10 @@ use pagetable::platform::{DefaultPlatform, Platform};
 use pagetable::{PAGE_SIZE, TlbFlush, VirtAddr};
 
 use crate::kva::allocate::Reclaim;
-use crate::kva::area::DescPool;
 use crate::kva::area::{AreaInfo, RemovedArea, VmArea};
 use crate::kva::config::{KvaConfig, PurgeMode, Resolved};
 use crate::kva::deferred::{Deferred, Notifiers};
-use crate::kva::pcpu::Pcpu;
+use crate::kva::node::PoolShape;
 #[cfg(feature = "std")]
 use crate::kva::purge::Work;
 use crate::kva::purge::{PurgeReport, PurgeState};
@@ -43,26 +42,31 @@ use crate::sync::thread;
 pub use crate::kva::deferred::NotifierId;
 pub use crate::kva::error::KvaError;
 pub use crate::kva::inspect::KvaStats;
-pub use crate::kva::pcpu::MAX_CLASS_PAGES;
+pub use crate::kva::node::MAX_CLASS_PAGES;
 
-/// Largest capacity of a CPU slot's lazy batch, in areas (the capacity is
-/// `lazy_max_pages`, capped here).
+/// Largest capacity of a node's lazy batch, in areas (the capacity is `lazy_max_pages`,
+/// capped here).
 ///
-/// Why: a slot's batch must hold what its CPU frees between two purges. The lazy backlog of
-/// all CPUs together is kept near `lazy_max_pages` pages, and the smallest guarded area is
-/// two pages, so `lazy_max_pages` entries leave room for twice the areas a full backlog can
-/// hold: a purge may lag. Why 2^14: an entry is 16 bytes and every slot reserves its
-/// capacity at construction (touched only when used), so the cap bounds that reservation to
-/// 256 KiB per CPU; Linux's default threshold for 64 CPUs (57,344 pages) would otherwise
-/// reserve 896 KiB per CPU. Past a full batch `free_lazy` falls back to the shard's lock-free
-/// list, which has no bound, so the cap costs speed, never correctness.
+/// Why: a node's batch must hold what is freed in its shard between two purges. The lazy
+/// backlog of all nodes together is kept near `lazy_max_pages` pages, and the smallest
+/// guarded area is two pages, so `lazy_max_pages` entries leave room for twice the areas a
+/// full backlog can hold: a purge may lag. Why 2^14: an entry is 16 bytes and every node
+/// reserves its capacity at construction (touched only when used), so the cap bounds that
+/// reservation to 256 KiB per node; Linux's default threshold for 64 CPUs (57,344 pages)
+/// would otherwise reserve 896 KiB per node. Past a full batch `free_lazy` falls back to the
+/// shard's lock-free overflow list, which has no bound, so the cap costs speed, never
+/// correctness.
+#[cfg(not(feature = "loom"))]
 const LAZY_BATCH_MAX: usize = 1 << 14;
+/// Under loom: batches of one area, so that the models run the overflow list too.
+#[cfg(feature = "loom")]
+const LAZY_BATCH_MAX: usize = 1;
 
 /// Source of allocator ids (tokens carry their allocator's id). A plain core atomic: ids only
 /// need to be unique, nothing is ordered by them, so loom need not see it.
 static NEXT_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
-/// Which CPU slots call which shard home (immutable after construction).
+/// Which shard each CPU slot calls home (immutable after construction).
 #[derive(Debug)]
 struct Topology {
     /// CPU slots this instance is built for (`KvaConfig::nr_cpus`); a thread of CPU id `c`
@@ -70,22 +74,13 @@ struct Topology {
     nr_cpus: usize,
     /// CPU slot -> home shard.
     home: Box<[usize]>,
-    /// Shard -> the CPU slots whose home it is.
-    shard_cpus: Box<[Box<[usize]>]>,
 }
 
 impl Topology {
     /// `nr_cpus` slots spread evenly over `nr_shards` shards.
     fn new(nr_cpus: usize, nr_shards: usize) -> Self {
         let home: Box<[usize]> = (0..nr_cpus).map(|c| c * nr_shards / nr_cpus).collect();
-        let shard_cpus = (0..nr_shards)
-            .map(|s| (0..nr_cpus).filter(|&c| home[c] == s).collect())
-            .collect();
-        Self {
-            nr_cpus,
-            home,
-            shard_cpus,
-        }
+        Self { nr_cpus, home }
     }
 
     /// The home shard of CPU id `cpu` (modulo the slot count).
@@ -95,12 +90,6 @@ impl Topology {
             Some(&h) => h,
             None => self.home[cpu % self.home.len()],
         }
-    }
-
-    /// The CPU slots whose home is shard `s`.
-    #[inline]
-    fn cpus_of(&self, s: usize) -> &[usize] {
-        &self.shard_cpus[s]
     }
 }
 
@@ -147,10 +136,10 @@ impl Background {
 
 /// State shared by the allocator's handle and its purge workers: immutable configuration and
 /// the parts, each owned by its module (its fields are that module's business, the others
-/// use its methods): the shards and their trees (`shard`), the per-CPU caches and lazy
-/// batches (`pcpu`), the descriptor slab (`area`), the purge's lock, kick state, counters and
-/// spares (`purge`), the reclaim announcement (`alloc`), the deferred frees and notifiers
-/// (`deferred`), the background workers or hook (this module).
+/// use its methods): the shards with their trees, nodes and overflow lists (`shard`,
+/// `node`), the purge's lock, kick state, counters and spares (`purge`), the reclaim
+/// announcement (`alloc`), the deferred frees and notifiers (`deferred`), the background
+/// workers or hook (this module).
 pub(crate) struct Inner<P: Platform> {
     id: u64,
     cfg: Resolved,
@@ -158,9 +147,9 @@ pub(crate) struct Inner<P: Platform> {
     /// The TLB shootdown hook.
     flush: Arc<dyn TlbFlush>,
     shards: ShardSet<P>,
-    pcpu: Pcpu<P>,
-    pool: DescPool<P>,
-    /// A lazy counter (a shard's list or a CPU slot's batch) crossing a multiple of
+    /// Pool capacities and refill batches (the same for every node).
+    pools: PoolShape,
+    /// A lazy counter (a node's batch or a shard's overflow list) crossing a multiple of
     /// `1 << lazy_step_shift` pages triggers a global backlog check (see [`lazy_step_shift`]).
     lazy_step_shift: u32,
     reclaim: Reclaim,
@@ -281,10 +270,17 @@ impl<P: Platform> Kva<P> {
     ) -> Result<Self, KvaError> {
         let cfg = cfg.resolve::<P>()?;
         let nr_cpus = cfg.nr_cpus.max(1);
-        let shards = ShardSet::new(cfg.start, cfg.end, cfg.shards, cfg.shard_size);
-        let nr = shards.len();
         let lazy_cap = cfg.lazy_max_pages.clamp(1, LAZY_BATCH_MAX);
-        let pcpu = Pcpu::new(nr_cpus, cfg.pcpu_cache, cfg.shard_size, lazy_cap);
+        let pools = PoolShape::new(cfg.pcpu_cache, cfg.shard_size);
+        let shards = ShardSet::new(
+            cfg.start,
+            cfg.end,
+            cfg.shards,
+            cfg.shard_size,
+            &pools,
+            lazy_cap,
+        );
+        let nr = shards.len();
         let background = Background {
             #[cfg(feature = "std")]
             sched: (cfg.purge_mode != PurgeMode::Synchronous && work.is_none()).then(Sched::new),
@@ -293,16 +289,12 @@ impl<P: Platform> Kva<P> {
         let inner = Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             topo: Topology::new(nr_cpus, nr),
-            lazy_step_shift: lazy_step_shift(
-                cfg.lazy_max_pages,
-                nr + if cfg.pcpu_cache { nr_cpus } else { 0 },
-            ),
+            lazy_step_shift: lazy_step_shift(cfg.lazy_max_pages, 2 * nr),
             reclaim: Reclaim::default(),
             shards,
-            pcpu,
-            pool: DescPool::new(),
+            pools,
             flush,
-            purge: PurgeState::new(lazy_cap),
+            purge: PurgeState::new(),
             deferred: Deferred::new(nr_cpus),
             notifiers: Notifiers::new(),
             background,
@@ -754,7 +746,6 @@ impl<P: Platform> Inner<P> {
 
 mod allocate;
 pub(crate) mod area;
-#[allow(dead_code)]
 pub(crate) mod bptree;
 pub mod busy;
 pub(crate) mod config;
@@ -765,7 +756,7 @@ mod free;
 pub mod free_tree;
 mod inspect;
 pub mod llist;
-pub(crate) mod pcpu;
+pub(crate) mod node;
 pub(crate) mod purge;
 pub(crate) mod shard;
 pub mod tree;

@@ -392,40 +392,41 @@ fn every_error_variant() {
 
 #[test]
 fn lazy_purge_flushes_once_per_purge() {
-    // One shard, no caches, threshold 64: one lazy counter, checked each time it crosses a
-    // multiple of 64 / 4 = 16 pages; a purge runs at the first check that finds more than 64
-    // pages waiting (Linux's `nr_lazy > lazy_max_pages()`), here at 80.
+    // One shard, no caches, threshold 64: two lazy counters (the node's batch and the
+    // overflow list), each checked when it crosses a multiple of 64 / (4 * 2) = 8 pages; a
+    // purge runs at the first check that finds more than 64 pages waiting (Linux's
+    // `nr_lazy > lazy_max_pages()`), here at 72.
     let mut c = cfg(4096, 1, PurgeMode::Synchronous, 64);
     c.pcpu_cache = false;
     let (k, rec) = kva(c);
     let addrs: Vec<u64> = (0..48).map(|_| alloc(&k, 2 * P).unwrap()).collect();
-    for &a in &addrs[..39] {
+    for &a in &addrs[..35] {
         vfree(&k, &rec, a);
     }
-    // 78 pages: the check at 64 found 64 (not above), none since; nothing flushed.
+    // 70 pages: the check at 64 found 64 (not above), none since; nothing flushed.
     assert_eq!(rec.nr_flushes(), 0);
     let s = k.stats();
-    assert_eq!((s.lazy_pages, s.pending), (78, 78 * P));
-    vfree(&k, &rec, addrs[39]);
-    // 80 pages: one purge, one flush over the union range.
+    assert_eq!((s.lazy_pages, s.pending), (70, 70 * P));
+    vfree(&k, &rec, addrs[35]);
+    // 72 pages: one purge, one flush over the union range.
     assert_eq!(rec.nr_flushes(), 1);
     let s = k.stats();
     assert_eq!(
         (s.purges, s.purged_areas, s.purged_pages, s.flushes),
-        (1, 40, 80, 1)
+        (1, 36, 72, 1)
     );
     assert_eq!(s.lazy_pages, 0);
     assert_eq!(
         rec.flushes.lock().unwrap()[0],
-        (addrs[0], addrs[39] + 2 * P)
+        (addrs[0], addrs[35] + 2 * P)
     );
-    assert_eq!(s.pages_flushed, (addrs[39] + 2 * P - addrs[0]) / P);
-    for &a in &addrs[40..] {
+    assert_eq!(s.pages_flushed, (addrs[35] + 2 * P - addrs[0]) / P);
+    for &a in &addrs[36..] {
         vfree(&k, &rec, a);
     }
     // An explicit purge: one more flush; an empty purge flushes nothing.
     let r = k.purge();
-    assert_eq!((r.areas, r.pages), (8, 16));
+    assert_eq!((r.areas, r.pages), (12, 24));
     assert_eq!(rec.nr_flushes(), 2);
     assert_eq!(k.purge().flushed, None);
     assert_eq!(rec.nr_flushes(), 2);

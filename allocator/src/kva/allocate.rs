@@ -1,23 +1,24 @@
 //! The allocation side of the [`Kva`](crate::Kva) (Linux's `alloc_vmap_area`): request
-//! checks, the per-CPU fast path and its batch refills, the tree searches across shards, the
+//! checks, the pool fast path and its batch refills, the tree searches across shards, the
 //! allocation-failure reclaim, and the lookups (`find`, `busy_overlapping`, `set_info`).
 //!
 //! # How it works
 //!
-//! A small request (at most [`MAX_CLASS_PAGES`](crate::MAX_CLASS_PAGES) pages, page
-//! alignment, a window covering the home shard) pops a chunk and a descriptor from the calling
-//! CPU's slot under one uncontended lock, refilling an empty class with one batch carved from
-//! the home shard's tree. Otherwise the shards' trees are searched (the home shard first; see
-//! `search_trees`) and, past them, runs of free space crossing shard boundaries. The area is
-//! then inserted into the busy tree of the shard containing its start. No space: the reclaim
-//! (`reclaim_then`), then the notifiers, then [`KvaError::NoSpace`].
+//! A pooled request (at most [`MAX_CLASS_PAGES`](crate::MAX_CLASS_PAGES) pages, page
+//! alignment, a window covering the preferred shard) locks that shard's node once: pops an
+//! area of exactly its size from the node's pool (refilling a small size with one batch
+//! carved from the shard's tree, or carving the one area from the tree, under the same lock)
+//! and records it in the busy index. Otherwise the shards' trees are searched (the preferred
+//! shard first; see `search_trees`) and, past them, runs of free space crossing shard
+//! boundaries; the area is then recorded in the busy index of the shard containing its
+//! start. No space: the reclaim (`reclaim_then`), then the notifiers, then
+//! [`KvaError::NoSpace`].
 //!
 //! # Locking
 //!
-//! Purge lock (reclaim only) -> CPU slot -> shard free lock(s) (ascending) -> descriptor pool;
-//! the busy lock is taken alone. `Reclaim`'s counter is raised before the reclaim drains any
-//! slot, so a refill that takes a slot's lock after its drain sees it (the lock hand-over
-//! orders them): see `reclaim_then`.
+//! Purge lock (reclaim only) -> node -> shard free lock(s) (ascending). `Reclaim`'s counter
+//! is raised before the reclaim drains any node's pools, so a refill that takes a node's lock
+//! after its drain sees it (the lock hand-over orders them): see `reclaim_then`.
 
 #[allow(unused_imports)]
 use crate::prelude::*;
@@ -25,12 +26,12 @@ use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
 use super::Inner;
-use crate::kva::area::{AreaInfo, Desc, VmArea};
+use crate::kva::area::{AreaInfo, VmArea};
 use crate::kva::config::PurgeMode;
 use crate::kva::error::KvaError;
 use crate::kva::free_tree::{FreeTree, MaxSize};
-use crate::kva::pcpu::{self, Slot};
-use crate::sync::{AtomicUsize, MutexGuard, Ordering};
+use crate::kva::node::{self, NodeState, REFILL_MAX_PAGES};
+use crate::sync::{AtomicUsize, Ordering};
 
 /// Rounds of "notifiers freed something, retry" before an allocation gives up.
 ///
@@ -50,9 +51,9 @@ fn align_up(x: u64, align: u64) -> Option<u64> {
     Some(x.checked_add(align - 1)? & !(align - 1))
 }
 
-/// Allocation-failure reclaims in progress: while non-zero, a per-CPU cache refill carves one
-/// chunk, not a batch, so that free space drained out of the caches is not locked up in
-/// another CPU's cache before the failing allocation has searched the trees again.
+/// Allocation-failure reclaims in progress: while non-zero, a pool refill carves one area,
+/// not a batch, so that free space drained out of the pools is not locked up in another
+/// node's pool before the failing allocation has searched the trees again.
 #[derive(Debug, Default)]
 pub(crate) struct Reclaim {
     in_progress: AtomicUsize,
@@ -136,20 +137,21 @@ impl<P: Platform> Inner<P> {
         if self.cfg.purge_mode == PurgeMode::Synchronous && self.deferred.pending() {
             self.drain_deferred();
         }
-        let cpu = P::this_cpu();
-        if let Some((addr, desc)) = self.find_space(cpu, size, align, lo, hi, node) {
-            return self.publish(cpu, addr, size, desc, info);
+        let home = match node {
+            Some(n) => n % self.shards.len(),
+            None => self.topo.home_of(P::this_cpu()),
+        };
+        if let Some(r) = self.try_alloc(home, size, align, lo, hi, &info) {
+            return r;
         }
-        // No space: everything deferred, lazy or cached goes back to the trees and the search
+        // No space: everything deferred, lazy or pooled goes back to the trees and the search
         // is repeated, all under the purge lock (see `reclaim_then`); then the notifiers,
         // retrying while they free something.
         let mut rounds = 0;
         loop {
-            let cpu = P::this_cpu();
-            if let Some((addr, desc)) =
-                self.reclaim_then(|| self.find_space(cpu, size, align, lo, hi, node))
+            if let Some(r) = self.reclaim_then(|| self.try_alloc(home, size, align, lo, hi, &info))
             {
-                return self.publish(cpu, addr, size, desc, info);
+                return r;
             }
             if rounds < MAX_NOTIFIER_ROUNDS && self.notifiers.call(size) > 0 {
                 rounds += 1;
@@ -164,67 +166,64 @@ impl<P: Platform> Inner<P> {
         }
     }
 
-    /// Find free VA for a request and a descriptor for it (nothing published yet).
-    fn find_space(
+    /// Find free VA for a request and record it live with `info`: from the pool of shard
+    /// `home`'s node when the request is pooled, else from the trees. `None` if no space
+    /// was found; `Some(Err)` only if recording failed (an exhausted busy index).
+    #[inline]
+    fn try_alloc(
         &self,
-        cpu: usize,
+        home: usize,
         size: u64,
         align: u64,
         lo: u64,
         hi: u64,
-        node: Option<usize>,
-    ) -> Option<(u64, Desc)> {
-        let cpu_home = self.topo.home_of(cpu);
-        let home = node.map_or(cpu_home, |n| n % self.shards.len());
-        if let Some(class) = pcpu::class_of(size, align) {
+        info: &AreaInfo,
+    ) -> Option<Result<u64, KvaError>> {
+        if let Some(class) = node::class_of(size, align) {
             let sh = self.shards.get(home);
-            if home == cpu_home && self.pcpu.enabled() && lo <= sh.base() && sh.end() <= hi {
-                let mut slot = self.pcpu.lock(cpu);
-                let chunk = match slot.pop(class) {
-                    Some(c) => Some(c),
-                    None => self.refill(&mut slot, home, class),
+            if self.pools.enabled() && lo <= sh.base() && sh.end() <= hi {
+                let mut st = sh.lock_node();
+                let got = match st.pools.pop(class) {
+                    Some(a) => Some(a),
+                    None => self.refill(&mut st, home, class),
                 };
-                if let Some(c) = chunk {
-                    let d = slot.take_desc(&self.pool);
-                    return Some((c, d));
+                if let Some(a) = got {
+                    let r = self.record(&mut st, home, a, size, info);
+                    drop(st);
+                    return Some(r);
                 }
             }
         }
         let addr = self.search_trees(home, size, align, lo, hi)?;
-        let d = self.pcpu.lock(cpu).take_desc(&self.pool);
-        Some((addr, d))
+        Some(self.publish(addr, size, info))
     }
 
-    /// Refill class `class` of `slot` from shard `shard` with one batch carved in one go;
-    /// returns one chunk for the caller.
-    fn refill(
-        &self,
-        slot: &mut MutexGuard<'_, P, Slot>,
-        shard: usize,
-        class: usize,
-    ) -> Option<u64> {
-        let bytes = pcpu::class_bytes(class);
+    /// Refill class `class` of the pools in `st` (shard `shard`'s node, locked) from the
+    /// shard's tree: one batch carved in one go for small sizes, else just the one area;
+    /// returns an area for the caller.
+    fn refill(&self, st: &mut NodeState, shard: usize, class: usize) -> Option<u64> {
+        let bytes = node::class_bytes(class);
         // While an allocation-failure reclaim runs, carve only what this allocation takes
         // (see `reclaim_then`). `Relaxed` suffices: the reclaimer raises the count before it
-        // locks each slot to drain it, so a refill that takes this slot's lock after that
+        // locks each node to drain it, so a refill that takes this node's lock after that
         // drain sees the count through the lock's hand-over.
-        let batch = if self.reclaim.active() {
+        let batch = if self.reclaim.active() || class >= REFILL_MAX_PAGES {
             1
         } else {
-            self.pcpu.batch(class).max(1)
+            self.pools.batch(class).max(1)
         };
         let s = self.shards.get(shard);
         let mut tree = s.lock_free();
         if batch > 1 {
             if let Some(a) = tree.alloc(bytes * batch as u64, PAGE_SIZE, s.base(), s.end()) {
-                // Pushed highest first, so the stack hands the chunks out in ascending
+                // Pushed highest first, so the stack hands the areas out in ascending
                 // order: consecutive allocations (and their frees) are adjacent, and the
-                // purge merges a CPU's whole batch of frees as one run.
+                // purge merges a node's whole batch of frees as one run.
                 for k in (1..batch as u64).rev() {
                     let c = a + k * bytes;
-                    if !slot.push(class, c) {
+                    if !st.pools.push(class, c) {
                         // Cannot happen (the class was empty and holds 2 * batch), but never
-                        // lose VA: give the chunk back to the tree.
+                        // lose VA: give the area back to the tree.
                         let _ = tree.insert_merge(c, c + bytes);
                     }
                 }
@@ -270,38 +269,29 @@ impl<P: Platform> Inner<P> {
         None
     }
 
-    /// Fill the descriptor and insert it into the busy tree of the shard of `addr`.
-    fn publish(
+    /// Record `[addr, addr + size)`, free VA taken from shard `i`'s tree or pool, as live
+    /// in `st`, that shard's node (locked). On failure (an exhausted busy index) the VA goes
+    /// back to the tree.
+    #[inline]
+    fn record(
         &self,
-        cpu: usize,
+        st: &mut NodeState,
+        i: usize,
         addr: u64,
         size: u64,
-        desc: Desc,
-        info: AreaInfo,
+        info: &AreaInfo,
     ) -> Result<u64, KvaError> {
         let end = addr + size;
-        // SAFETY: `desc` was just taken from a free list: this thread owns it.
-        unsafe { desc.write(addr, end, info) };
-        let Some(i) = self.shards.index_of(addr).filter(|_| end <= self.cfg.end) else {
-            // Unreachable: the space came from our trees. Keep the descriptor, lose nothing.
-            // SAFETY: still ours.
-            unsafe { self.pcpu.lock(cpu).put_desc(&self.pool, desc) };
-            return Err(KvaError::InvalidRange { start: addr, end });
-        };
-        let shard = self.shards.get(i);
-        let inserted = { shard.lock_busy().insert(addr, end, desc) };
-        match inserted {
+        match st.insert(addr, end, info) {
             Ok(()) => {
-                if end > shard.end() {
+                if end > self.shards.get(i).end() {
                     self.shards.account_crossing(addr, end, true);
                 }
                 Ok(addr)
             }
             Err(_) => {
-                // Only an exhausted node arena can get here (the range was free): undo.
+                // Only an exhausted index can get here (the range was free): undo.
                 self.shards.free_range(addr, end);
-                // SAFETY: the insertion failed, so the descriptor is still ours.
-                unsafe { self.pcpu.lock(cpu).put_desc(&self.pool, desc) };
                 Err(KvaError::NoSpace {
                     size,
                     align: PAGE_SIZE,
@@ -312,27 +302,39 @@ impl<P: Platform> Inner<P> {
         }
     }
 
+    /// Record the free VA `[addr, addr + size)` (taken from the trees) as live in the busy
+    /// index of the shard containing `addr`.
+    fn publish(&self, addr: u64, size: u64, info: &AreaInfo) -> Result<u64, KvaError> {
+        let end = addr + size;
+        let Some(i) = self.shards.index_of(addr).filter(|_| end <= self.cfg.end) else {
+            // Unreachable: the space came from our trees.
+            return Err(KvaError::InvalidRange { start: addr, end });
+        };
+        let mut st = self.shards.get(i).lock_node();
+        self.record(&mut st, i, addr, size, info)
+    }
+
     /// The allocation-failure path (Linux's `reclaim_and_purge_vmap_areas`, then the retry):
     /// make every free byte visible to a tree search, then run `search` before anything can
     /// hide it again. In order:
     ///
-    /// 1. announce the reclaim (`reclaiming`): from the moment each CPU slot is drained
-    ///    below, its refills carve single chunks, not batches;
+    /// 1. announce the reclaim (`reclaiming`): from the moment each node is drained below,
+    ///    its refills carve single areas, not batches;
     /// 2. run the deferred frees queued so far and wait for drains in flight (a worker may
     ///    have just taken some), as [`Kva::purge`](crate::kva::Kva::purge) does, so that `vfree_atomic`s made before
     ///    the failure are lazy areas by now;
     /// 3. take the purge lock (waiting for a purge in progress: its areas are merged when it
-    ///    returns), purge everything lazy into the TREES (no per-CPU cache refill), then
-    ///    drain every CPU's cache into the trees, still under the purge lock, so that no
-    ///    purge can push areas into some other CPU's cache between the drain and the search
-    ///    (Linux 6.9 drains its node pools inside `__purge_vmap_area_lazy`, under
-    ///    `vmap_purge_lock`, for the same reason);
-    /// 4. run `search` under the purge lock (lock order purge -> slot -> shard free).
+    ///    returns), purge everything lazy into the TREES (no pool refill), then drain every
+    ///    node's pools into the trees, still under the purge lock, so that no purge can push
+    ///    areas into some pool between the drain and the search (Linux 6.9 drains its node
+    ///    pools inside `__purge_vmap_area_lazy`, under `vmap_purge_lock`, for the same
+    ///    reason);
+    /// 4. run `search` under the purge lock (lock order purge -> node -> shard free).
     ///
     /// So an allocation fails only if, at that point, no free space that fits exists in any
-    /// tree, any CPU's cache or any lazy list or batch: space taken by concurrent
-    /// allocations (single chunks while the reclaim runs) and areas freed after the purge
-    /// are the only ones it cannot see.
+    /// tree, any pool or any lazy list or batch: space taken by concurrent allocations
+    /// (single areas while the reclaim runs) and areas freed after the purge are the only
+    /// ones it cannot see.
     pub(crate) fn reclaim_then<R>(&self, search: impl FnOnce() -> Option<R>) -> Option<R> {
         let _announced = Announced::new(&self.reclaim);
         self.drain_deferred();
@@ -345,16 +347,16 @@ impl<P: Platform> Inner<P> {
         found
     }
 
-    /// Move every per-CPU cached chunk back into the trees.
+    /// Move every pooled area back into the trees.
     pub(crate) fn drain_caches(&self) {
-        if !self.pcpu.enabled() {
+        if !self.pools.enabled() {
             return;
         }
-        let mut chunks = Vec::new();
-        for c in 0..self.pcpu.len() {
-            self.pcpu.lock(c).drain(|a, b| chunks.push((a, b)));
+        let mut areas = Vec::new();
+        for sh in self.shards.all() {
+            sh.lock_node().pools.drain(|a, b| areas.push((a, b)));
         }
-        for (a, b) in chunks {
+        for (a, b) in areas {
             self.shards.free_range(a, b);
         }
     }
@@ -379,9 +381,7 @@ impl<P: Platform> Inner<P> {
                 end,
             });
         }
-        let cpu = P::this_cpu();
-        let desc = self.pcpu.lock(cpu).take_desc(&self.pool);
-        self.publish(cpu, start, end - start, desc, info).map(drop)
+        self.publish(start, end - start, &info).map(drop)
     }
 
     pub(crate) fn find(&self, addr: u64) -> Option<VmArea> {
@@ -392,10 +392,7 @@ impl<P: Platform> Inner<P> {
 
     /// The area containing `addr` among those starting in shard `i`.
     fn find_in(&self, i: usize, addr: u64) -> Option<VmArea> {
-        let busy = self.shards.get(i).lock_busy();
-        let (_, _, d) = busy.find_containing(addr)?;
-        // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
-        Some(unsafe { d.read() })
+        self.shards.get(i).lock_node().find_containing(addr)
     }
 
     /// The area containing `addr` that starts in a shard below `i`: only an area crossing
@@ -414,8 +411,8 @@ impl<P: Platform> Inner<P> {
     }
 
     /// Every live area overlapping `[start, end)`, ascending: the one containing `start` if
-    /// it starts in a lower shard, then each shard of the window's busy tree from its first
-    /// overlapping area (`BusyTree::iter_overlapping`). O(window shards + k log n) for k
+    /// it starts in a lower shard, then each shard of the window's busy index from its first
+    /// overlapping area (`BpTree::iter_overlapping`). O(window shards + k log n) for k
     /// areas found; no snapshot of the whole busy set.
     pub(crate) fn busy_overlapping(&self, start: u64, end: u64) -> Vec<VmArea> {
         let mut out = Vec::new();
@@ -429,11 +426,7 @@ impl<P: Platform> Inner<P> {
             out.push(a);
         }
         for k in first..=last {
-            let busy = self.shards.get(k).lock_busy();
-            out.extend(busy.overlapping(lo, hi).map(|(_, _, d)| {
-                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
-                unsafe { d.read() }
-            }));
+            out.extend(self.shards.get(k).lock_node().overlapping(lo, hi));
         }
         out
     }
@@ -444,10 +437,7 @@ impl<P: Platform> Inner<P> {
         f: impl FnOnce(&mut AreaInfo),
     ) -> Result<(), KvaError> {
         if let Some(i) = self.shards.index_of(start) {
-            let busy = self.shards.get(i).lock_busy();
-            if let Some((_, _, d)) = busy.get(start) {
-                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
-                unsafe { d.update_info(f) };
+            if self.shards.get(i).lock_node().update_info(start, f) {
                 return Ok(());
             }
         }

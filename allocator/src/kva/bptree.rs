@@ -138,10 +138,9 @@ impl<V: Copy> BpTree<V> {
         self.len
     }
 
-    /// Bytes of node storage held (arena capacity), for statistics.
-    pub(crate) fn footprint(&self) -> usize {
-        self.leaves.capacity() * core::mem::size_of::<Leaf<V>>()
-            + self.inners.capacity() * core::mem::size_of::<Inner>()
+    /// Entry slots of the leaves allocated so far (entries held without growing).
+    pub(crate) fn capacity(&self) -> usize {
+        self.leaves.len() * LEAF
     }
 
     fn new_leaf(&mut self) -> Result<u32, InsertError> {
@@ -178,7 +177,6 @@ impl<V: Copy> BpTree<V> {
     }
 
     /// Descend to the leaf whose key range holds `key`, recording the path.
-    #[inline]
     fn descend(&self, key: u64, path: &mut Path) -> u32 {
         let mut n = self.root;
         path.depth = 0;
@@ -341,8 +339,8 @@ impl<V: Copy> BpTree<V> {
             self.root = self.new_leaf()?;
             self.height = 0;
         }
-        let mut path = Path::new();
-        let l = self.descend(start, &mut path);
+        // The descent records no path: only a split needs one, and it descends again.
+        let l = self.leaf_for(start);
         let pos = self.lower_bound(l, start);
         // Neighbours: the entry before `pos` (maybe the previous leaf's last) and at `pos`
         // (maybe the next leaf's first).
@@ -377,6 +375,8 @@ impl<V: Copy> BpTree<V> {
         }
         // Split: reserve every node the split may need first, so that an exhausted arena
         // changes nothing.
+        let mut path = Path::new();
+        self.descend(start, &mut path);
         self.reserve_inners(&path)?;
         let r = self.new_leaf()?;
         let append = pos == LEAF && self.leaves[l as usize].next == NIL;
@@ -452,16 +452,33 @@ impl<V: Copy> BpTree<V> {
         }
     }
 
+    /// Insert at `pos` of a leaf with room. The shifts are plain loops: a leaf holds at most
+    /// [`LEAF`] entries, often none to move, and a `memmove` call costs more than that.
     #[inline]
     fn leaf_insert_at(leaf: &mut Leaf<V>, pos: usize, start: u64, end: u64, val: V) {
-        let len = leaf.len as usize;
-        leaf.starts.copy_within(pos..len, pos + 1);
-        leaf.ends.copy_within(pos..len, pos + 1);
-        leaf.vals.copy_within(pos..len, pos + 1);
+        let mut i = leaf.len as usize;
+        while i > pos {
+            leaf.starts[i] = leaf.starts[i - 1];
+            leaf.ends[i] = leaf.ends[i - 1];
+            leaf.vals[i] = leaf.vals[i - 1];
+            i -= 1;
+        }
         leaf.starts[pos] = start;
         leaf.ends[pos] = end;
         leaf.vals[pos] = val;
         leaf.len += 1;
+    }
+
+    /// Remove the entry at `pos` of a leaf (see [`BpTree::leaf_insert_at`]).
+    #[inline]
+    fn leaf_remove_at(leaf: &mut Leaf<V>, pos: usize) {
+        let len = leaf.len as usize;
+        for i in pos..len - 1 {
+            leaf.starts[i] = leaf.starts[i + 1];
+            leaf.ends[i] = leaf.ends[i + 1];
+            leaf.vals[i] = leaf.vals[i + 1];
+        }
+        leaf.len -= 1;
     }
 
     /// Insert child `new` (whose subtree starts at `sep`) right after the child taken at the
@@ -548,28 +565,27 @@ impl<V: Copy> BpTree<V> {
         if self.root == NIL {
             return Ok(None);
         }
-        let mut path = Path::new();
-        let l = self.descend(start, &mut path);
+        let l = self.leaf_for(start);
         let pos = self.lower_bound(l, start);
         let leaf = &mut self.leaves[l as usize];
-        let len = leaf.len as usize;
-        if pos >= len || leaf.starts[pos] != start {
+        if pos >= leaf.len as usize || leaf.starts[pos] != start {
             return Ok(None);
         }
         let e = (leaf.starts[pos], leaf.ends[pos], leaf.vals[pos]);
         check(e.0, e.1, e.2)?;
-        leaf.starts.copy_within(pos + 1..len, pos);
-        leaf.ends.copy_within(pos + 1..len, pos);
-        leaf.vals.copy_within(pos + 1..len, pos);
-        leaf.len -= 1;
+        Self::leaf_remove_at(leaf, pos);
         self.len -= 1;
-        if path.depth > 0 && (leaf.len as usize) < MIN_LEAF {
+        if self.height > 0 && (leaf.len as usize) < MIN_LEAF {
+            // Rare: descend again, recording the path, to even out or merge.
+            let mut path = Path::new();
+            self.descend(start, &mut path);
             self.rebalance_leaf(&mut path);
         }
         Ok(Some(e))
     }
 
     /// Remove the entry starting exactly at `start`.
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, start: u64) -> Option<(u64, u64, V)> {
         self.remove_checked(start, |_, _, _| Ok::<(), ()>(()))
             .ok()

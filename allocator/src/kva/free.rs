@@ -3,27 +3,27 @@
 //!
 //! # How it works
 //!
-//! `remove_if` finds, checks and removes the area in one busy-lock section and hands back a
-//! [`RemovedArea`] token. `free_lazy` records a lazily freed area in the calling CPU's lazy
-//! batch (one slot-lock section that also takes the descriptor back onto the slot's free
-//! list) or, with per-CPU caching off or the batch full, pushes the descriptor on its
-//! shard's lazy llist; a counter crossing a power-of-two step makes it look at the global
-//! backlog and kick a purge past `lazy_max_pages`.
+//! `remove_if` finds, checks and removes the area in one node-lock section of the shard
+//! holding its start and hands back a [`RemovedArea`] token. `free_lazy` records a lazily
+//! freed area in that node's lazy batch (one more node-lock section) or, with the batch full
+//! (the purge lagging far behind), pushes it on the shard's lock-free overflow list; a
+//! counter crossing a power-of-two step makes it look at the global backlog and kick a purge
+//! past `lazy_max_pages`.
 //!
 //! # Locking and ordering
 //!
-//! As in the parent module: busy locks are leaves; the slot lock is released before a kick
-//! (a kick may purge, which takes the purge lock first); a slot's lazy counter is written
-//! only under the slot lock (`Relaxed` load + store), a shard's by `Relaxed` RMWs raised
-//! before the `Release` push. The miss path of `remove` takes the purge lock, then one slot
-//! lock at a time.
+//! As in the parent module: the node lock is released before a kick (a kick may purge, which
+//! takes the purge lock first); a node's lazy counter is written only under the node lock
+//! (`Relaxed` load + store), an overflow list's by `Relaxed` RMWs raised before the
+//! `Release` push. The miss path of `remove` takes the purge lock, then one node lock at a
+//! time.
 
 #[allow(unused_imports)]
 use crate::prelude::*;
 use pagetable::platform::Platform;
 
 use super::Inner;
-use crate::kva::area::{Desc, RemovedArea, VmArea};
+use crate::kva::area::{RemovedArea, VmArea};
 use crate::kva::config::PurgeMode;
 use crate::kva::error::KvaError;
 
@@ -47,32 +47,21 @@ impl<P: Platform> Inner<P> {
         KvaError::NotAllocated { addr }
     }
 
-    /// Whether an area starting at `addr` waits on shard `i`'s lazy list or in a CPU slot's
-    /// lazy batch. Error path only (telling a double free from a wild pointer): takes the
-    /// purge lock (so no purger holds a detached chain or batch), looks through the batches
-    /// of the slots whose lazy counter is non-zero (a counter is written under its slot lock
-    /// and zeroed by the purger, which we exclude: an empty batch is skipped without taking
-    /// its lock), then detaches shard `i`'s list, walks it and puts it back. The work is
-    /// bounded by the lazy backlog (at most about `lazy_max_pages * 5 / 4` areas, see
-    /// `kva::lazy_step_shift`) plus one atomic load per slot.
+    /// Whether an area starting at `addr` waits in shard `i`'s lazy batch or on its
+    /// overflow list. Error path only (telling a double free from a wild pointer): takes the
+    /// purge lock (so no purger holds a detached batch or chain), looks through the node's
+    /// batch under its lock, then detaches the overflow list, walks it and puts it back. The
+    /// work is bounded by the lazy backlog (at most about `lazy_max_pages * 5 / 4` areas, see
+    /// `kva::lazy_step_shift`).
     fn lazy_holds(&self, i: usize, addr: u64) -> bool {
         let _purging = self.purge.lock();
-        let batched = (0..self.pcpu.len()).any(|c| {
-            let cell = self.pcpu.cell(c);
-            cell.lazy_pages() != 0 && cell.lock().lazy().iter().any(|r| r.0 == addr)
-        });
-        if batched {
+        let sh = self.shards.get(i);
+        if sh.lock_node().lazy().iter().any(|r| r.0 == addr) {
             return true;
         }
-        self.shards.get(i).peek_lazy(|chain| {
-            chain.iter().any(|n| {
-                // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the
-                // detached chain (we hold the purge lock: no purger holds one).
-                let d = unsafe { Desc::from_node(n) };
-                // SAFETY: as above: the chain owns the descriptor.
-                unsafe { d.read() }.start == addr
-            })
-        })
+        let mut found = false;
+        sh.peek_overflow(|s, _| found |= s == addr);
+        found
     }
 
     pub(crate) fn remove(&self, addr: u64) -> Result<RemovedArea, KvaError> {
@@ -88,28 +77,14 @@ impl<P: Platform> Inner<P> {
             return Err(KvaError::NotAllocated { addr }.into());
         };
         let shard = self.shards.get(i);
-        let removed = {
-            let mut busy = shard.lock_busy();
-            let mut seen = None;
-            let r = busy.remove_checked(addr, |_, _, desc| {
-                // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
-                let area = unsafe { desc.read() };
-                let ok = check(&area);
-                seen = Some(area);
-                ok
-            })?;
-            r.zip(seen)
-        };
-        let Some(((_, _, desc), area)) = removed else {
+        let removed = shard.lock_node().remove_checked(addr, check)?;
+        let Some(area) = removed else {
             return Err(self.miss_error(addr, true).into());
         };
         if area.end > shard.end() {
             self.shards.account_crossing(area.start, area.end, false);
         }
-        // The descriptor was removed from the busy tree under its lock: it is ours now, and
-        // `area` is its content (nobody wrote it since: only the busy tree's owner may).
         Ok(RemovedArea {
-            desc,
             area,
             owner: self.id,
         })
@@ -137,29 +112,21 @@ impl<P: Platform> Inner<P> {
         // A caller cannot have unmapped more pages than the area has (a larger count is a
         // caller bug; clamped, so the statistics cannot overflow).
         let unmapped_pages = unmapped_pages.min(pages);
-        if self.pcpu.enabled() {
-            // Fast path: the calling CPU's lazy batch. The range waits there (pending, not
-            // free) for a purge, which takes it under this same lock; the descriptor goes
-            // straight back to the slot's list (the token owned it), still in this CPU's
-            // cache for the next allocation.
-            let cell = self.pcpu.cell(P::this_cpu());
-            let mut slot = cell.lock();
-            let (start, end) = (area.area.start, area.area.end);
-            if let Some(old) = cell.record_lazy(&mut slot, start, end, pages, unmapped_pages) {
-                // SAFETY: the token owned the descriptor; its range is recorded above, so
-                // nothing refers to it any more.
-                unsafe { slot.put_desc(&self.pool, area.desc) };
-                drop(slot);
-                self.lazy_added(old, pages);
-                return;
-            }
-        }
-        // SAFETY: the token owns the descriptor until the push below. A plain write: the
-        // purge reads it, ordered by the push's Release.
-        unsafe { area.desc.set_unmapped(unmapped_pages) };
-        // SAFETY: the token owned the descriptor and its fields are written; the shard's list
-        // takes it over (counter first, then the `Release` push: see `Shard::push_lazy`).
-        let old = unsafe { self.shards.get(i).push_lazy(area.desc, pages) };
+        // The node's lazy batch: the range waits there (pending, not free) for a purge,
+        // which takes it under this same lock.
+        let (start, end) = (area.area.start, area.area.end);
+        let sh = self.shards.get(i);
+        let node = sh.node();
+        let recorded = {
+            let mut st = node.lock();
+            node.record_lazy(&mut st, start, end, pages, unmapped_pages)
+        };
+        let old = match recorded {
+            Some(old) => old,
+            // Batch full: the lock-free overflow list (counter first, then the `Release`
+            // push: see `Shard::push_overflow`).
+            None => sh.push_overflow(start, end, pages, unmapped_pages),
+        };
         self.lazy_added(old, pages);
     }
 
@@ -188,22 +155,16 @@ impl<P: Platform> Inner<P> {
         if let Some(i) = self.shards.index_of(start) {
             self.shards.get(i).add_returned(end - start);
         }
-        // SAFETY: the token owned the descriptor.
-        unsafe {
-            self.pcpu
-                .lock(P::this_cpu())
-                .put_desc(&self.pool, area.desc)
-        };
     }
 
-    /// Pages waiting for a purge: the shards' lazy lists plus the CPU slots' lazy batches
+    /// Pages waiting for a purge: the nodes' lazy batches plus the overflow lists
     /// (`Relaxed`: a heuristic, exact when quiescent).
     pub(crate) fn lazy_backlog(&self) -> usize {
         self.shards
             .all()
             .iter()
-            .map(|s| s.lazy_pages())
-            .fold(self.pcpu.lazy_pages(), usize::saturating_add)
+            .map(|s| s.node().lazy_pages().saturating_add(s.overflow_pages()))
+            .fold(0, usize::saturating_add)
     }
 
     /// Past the threshold: hand the purge to a worker (Background) or run it here unless

@@ -3,20 +3,20 @@
 //!
 //! # How it works
 //!
-//! Statistics are sums over shards and CPU slots taken one lock (or one `Relaxed` load) at a
-//! time: each figure is exact at some instant, the set is only consistent when the allocator
-//! is quiescent. `check_invariants` takes the purge lock (no purge can hold a detached
-//! chain or batch), then each structure's lock in turn, detaches each lazy list to walk it
-//! and puts it back, reads each CPU slot's lazy batch under the slot lock, and checks that
-//! every byte of the range is accounted for exactly once.
+//! Statistics are sums over shards taken one lock (or one `Relaxed` load) at a time: each
+//! figure is exact at some instant, the set is only consistent when the allocator is
+//! quiescent. `check_invariants` takes the purge lock (no purge can hold a detached batch or
+//! chain), then each structure's lock in turn, reads each node's busy index, pools and lazy
+//! batch under the node lock, detaches each overflow list to walk it and puts it back, and
+//! checks that every byte of the range is accounted for exactly once.
 //!
 //! # Locking
 //!
-//! Purge lock (invariant check only) -> one busy, free or slot lock at a time. Callbacks of
+//! Purge lock (invariant check only) -> one node or free lock at a time. Callbacks of
 //! `for_each_busy` run with no lock held (snapshots are taken shard by shard).
 
 use crate::kva::Inner;
-use crate::kva::area::{Desc, VmArea};
+use crate::kva::area::VmArea;
 #[allow(unused_imports)]
 use crate::prelude::*;
 use pagetable::platform::Platform;
@@ -28,14 +28,15 @@ pub struct KvaStats {
     pub total: u64,
     /// Bytes in live areas.
     pub used: u64,
-    /// Bytes free: in the trees plus in per-CPU caches.
+    /// Bytes free: in the trees plus in the nodes' pools.
     pub free: u64,
-    /// Of `free`, bytes held by per-CPU caches.
+    /// Of `free`, bytes held by the nodes' pools (per-CPU with the default one shard per
+    /// CPU).
     pub cached: u64,
     /// Bytes removed but not free yet (tokens outstanding, lazy lists, purge in progress).
     pub pending: u64,
-    /// Pages waiting for a purge: on the shards' lazy lists and in the CPU slots' lazy
-    /// batches (the purge trigger's counter; a purge in progress has already taken its areas
+    /// Pages waiting for a purge: in the nodes' lazy batches and on the shards' overflow
+    /// lists (the purge trigger's counter; a purge in progress has already taken its areas
     /// off, they are still in `pending`).
     pub lazy_pages: usize,
     /// Live areas.
@@ -50,7 +51,7 @@ pub struct KvaStats {
     pub purged_areas: u64,
     /// Pages purged in total.
     pub purged_pages: u64,
-    /// Of the purged areas, those returned to per-CPU caches.
+    /// Of the purged areas, those returned to the nodes' pools.
     pub purged_to_caches: u64,
     /// TLB flushes issued by purges (one per purge).
     pub flushes: u64,
@@ -65,7 +66,8 @@ pub struct KvaStats {
     pub merge_errors: usize,
     /// Tokens of another allocator passed to `free_lazy`/`free_unused` (refused, ignored).
     pub foreign_tokens: usize,
-    /// Descriptors created by the pool.
+    /// Busy-index slots allocated: live areas the nodes' indexes hold without growing (an
+    /// area has no descriptor object of its own).
     pub descriptors: usize,
     /// The lazy threshold in pages.
     pub lazy_max_pages: usize,
@@ -79,14 +81,15 @@ impl<P: Platform> Inner<P> {
             total: self.cfg.end - self.cfg.start,
             lazy_max_pages: self.cfg.lazy_max_pages,
             nr_shards: self.shards.len(),
-            descriptors: self.pool.capacity(),
             ..KvaStats::default()
         };
         for sh in self.shards.all() {
             {
-                let b = sh.lock_busy();
-                s.used += b.bytes();
-                s.nr_busy += b.len();
+                let st = sh.lock_node();
+                s.used += st.bytes();
+                s.nr_busy += st.len();
+                s.cached += st.pools.bytes();
+                s.descriptors += st.slots();
             }
             {
                 let t = sh.lock_free();
@@ -95,12 +98,8 @@ impl<P: Platform> Inner<P> {
                 s.largest_free = s.largest_free.max(t.largest());
             }
             s.pending += sh.pending();
-            s.lazy_pages += sh.lazy_pages();
+            s.lazy_pages += sh.node().lazy_pages() + sh.overflow_pages();
         }
-        for c in 0..self.pcpu.len() {
-            s.cached += self.pcpu.lock(c).bytes();
-        }
-        s.lazy_pages += self.pcpu.lazy_pages();
         s.free += s.cached;
         let p = self.purge.totals();
         s.purges = p.purges;
@@ -120,13 +119,7 @@ impl<P: Platform> Inner<P> {
         let mut snap = Vec::new();
         for sh in self.shards.all() {
             snap.clear();
-            {
-                let b = sh.lock_busy();
-                snap.extend(b.iter().map(|(_, _, d)| {
-                    // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
-                    unsafe { d.read() }
-                }));
-            }
+            snap.extend(sh.lock_node().iter());
             snap.iter().for_each(&mut f);
         }
     }
@@ -139,33 +132,56 @@ impl<P: Platform> Inner<P> {
             (0u64, 0u64, 0u64, 0u64, 0u64);
         for (i, sh) in self.shards.all().iter().enumerate() {
             {
-                let b = sh.lock_busy();
-                b.check_tree()
-                    .map_err(|e| format!("shard {i} busy tree: {e}"))?;
+                let st = sh.lock_node();
+                st.check_index()
+                    .map_err(|e| format!("shard {i} busy index: {e}"))?;
                 let mut sum = 0;
-                for (s, e, d) in b.iter() {
-                    // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
-                    let a = unsafe { d.read() };
-                    if (a.start, a.end) != (s, e) {
+                for a in st.iter() {
+                    if a.start < sh.base() || a.start >= sh.end() {
                         return Err(format!(
-                            "shard {i}: busy entry [{s:#x}, {e:#x}) has descriptor {a:?}"
+                            "shard {i}: busy area at {:#x} starts outside the shard",
+                            a.start
                         ));
                     }
-                    if s < sh.base() || s >= sh.end() {
-                        return Err(format!(
-                            "shard {i}: busy area at {s:#x} starts outside the shard"
-                        ));
-                    }
-                    sum += e - s;
-                    ranges.push((s, e, "busy"));
+                    sum += a.end - a.start;
+                    ranges.push((a.start, a.end, "busy"));
                 }
-                if sum != b.bytes() {
+                if sum != st.bytes() {
                     return Err(format!(
                         "shard {i}: busy bytes {} but areas sum to {sum}",
-                        b.bytes()
+                        st.bytes()
                     ));
                 }
                 busy += sum;
+                let mut batch_pages = 0;
+                for &(s, e) in st.lazy() {
+                    batch_pages += crate::kva::shard::pages(s, e);
+                    lazy_listed += e - s;
+                    ranges.push((s, e, "lazy"));
+                }
+                let counted = sh.node().lazy_pages();
+                if counted != batch_pages {
+                    return Err(format!(
+                        "shard {i}: lazy counter {counted} but the batch holds {batch_pages} pages"
+                    ));
+                }
+                let mut pooled = 0;
+                for (s, e) in st.pools.areas() {
+                    if s < sh.base() || e > sh.end() {
+                        return Err(format!(
+                            "shard {i}: pooled area [{s:#x}, {e:#x}) outside the shard"
+                        ));
+                    }
+                    pooled += e - s;
+                    ranges.push((s, e, "cached"));
+                }
+                if pooled != st.pools.bytes() {
+                    return Err(format!(
+                        "shard {i}: pool bytes {} but areas sum to {pooled}",
+                        st.pools.bytes()
+                    ));
+                }
+                cached += pooled;
             }
             {
                 let t = sh.lock_free();
@@ -181,59 +197,19 @@ impl<P: Platform> Inner<P> {
                 }
                 free += t.free_bytes();
             }
-            let pages = sh.peek_lazy(|chain| {
-                let mut pages = 0;
-                for node in chain.iter() {
-                    // SAFETY: lazy-list nodes are links of pooled descriptors, owned by the
-                    // chain detached under the purge lock (no purger races with us).
-                    let a = unsafe { Desc::from_node(node).read() };
-                    pages += crate::kva::shard::pages(a.start, a.end);
-                    lazy_listed += a.end - a.start;
-                    ranges.push((a.start, a.end, "lazy"));
-                }
-                pages
+            let mut pages = 0;
+            sh.peek_overflow(|a, b| {
+                pages += crate::kva::shard::pages(a, b);
+                lazy_listed += b - a;
+                ranges.push((a, b, "lazy"));
             });
-            let counted = sh.lazy_pages();
+            let counted = sh.overflow_pages();
             if counted < pages {
                 return Err(format!(
-                    "shard {i}: lazy counter {counted} below the {pages} pages listed"
+                    "shard {i}: overflow counter {counted} below the {pages} pages listed"
                 ));
             }
             pending += sh.pending();
-        }
-        for c in 0..self.pcpu.len() {
-            let cell = self.pcpu.cell(c);
-            let slot = cell.lock();
-            let mut batch_pages = 0;
-            for &(s, e) in slot.lazy() {
-                batch_pages += crate::kva::shard::pages(s, e);
-                lazy_listed += e - s;
-                ranges.push((s, e, "lazy"));
-            }
-            let counted = cell.lazy_pages();
-            if counted != batch_pages {
-                return Err(format!(
-                    "cpu {c}: lazy counter {counted} but the batch holds {batch_pages} pages"
-                ));
-            }
-            let mut sum = 0;
-            for (s, e) in slot.chunks() {
-                let home = self.shards.get(self.topo.home_of(c));
-                if s < home.base() || e > home.end() {
-                    return Err(format!(
-                        "cpu {c}: cached chunk [{s:#x}, {e:#x}) outside its home shard"
-                    ));
-                }
-                sum += e - s;
-                ranges.push((s, e, "cached"));
-            }
-            if sum != slot.bytes() {
-                return Err(format!(
-                    "cpu {c}: cache bytes {} but chunks sum to {sum}",
-                    slot.bytes()
-                ));
-            }
-            cached += sum;
         }
         ranges.sort_unstable();
         for w in ranges.windows(2) {

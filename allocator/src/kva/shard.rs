@@ -1,13 +1,15 @@
-//! Shards: the KVA range cut into contiguous slices, each with its own free tree, busy lookup
-//! and lazy list behind its own locks (Linux 6.9's vmap nodes, but contiguous, so a free
-//! range never has to be looked up in another shard's tree).
+//! Shards: the KVA range cut into contiguous slices, each with its own free tree, node (busy
+//! index, pools, lazy batch) and overflow lazy list (Linux 6.9's vmap nodes, but contiguous,
+//! so a free range never has to be looked up in another shard's tree).
 //!
 //! # How it works
 //!
 //! Shard `i` covers `[base + i * shard_size, min(base + (i + 1) * shard_size, end))`. Its
-//! [`FreeTree`] holds only free space inside those bounds; its [`BusyTree`] holds the live
-//! areas that START inside them (an area may run on into later shards: see "spanning"
-//! below); its lazy llist holds the lazily freed areas that start inside them.
+//! [`FreeTree`] holds only free space inside those bounds; its [`Node`] holds the live areas
+//! that START inside them (an area may run on into later shards: see "spanning" below), the
+//! pools of free areas inside them and the lazy batch of areas freed there; its lock-free
+//! llist takes the lazily freed areas that do not fit the batch (the purge lagging far
+//! behind), each in a small heap node.
 //!
 //! Spanning allocations. A request that no single shard can satisfy (larger than a shard, or
 //! only satisfiable across a boundary) takes the free-tree locks of every shard its
@@ -21,35 +23,32 @@
 //! # Invariants
 //!
 //! * Free-tree areas of shard `i` lie inside shard `i`.
-//! * A live area is in exactly one busy tree: that of the shard containing its start.
-//! * `Lazy::pages` >= the pages of the areas on the lazy list (the counter is raised before
-//!   the push and lowered by the purger after its `del_all` detached them), so it never
-//!   underflows; it equals them when nothing runs. (The list is `free_lazy`'s fallback: with
-//!   per-CPU caching on, lazily freed areas normally wait in the CPU slots' batches, see
-//!   `pcpu`.)
-//! * "Pending" bytes, `BusyState::removed - Lazy::returned`, are those of areas removed from
-//!   the busy tree and not yet back in a tree or a per-CPU cache (held by a `RemovedArea`, on
-//!   a lazy list, or being purged). Two monotonic counters rather than one up-down counter so
-//!   that `remove` adds under the busy lock it holds anyway, with no extra atomic.
+//! * A live area is in exactly one busy index: that of the shard containing its start.
+//! * `Lazy::pages` >= the pages of the areas on the overflow list (the counter is raised
+//!   before the push and lowered by the purger after its `del_all` detached them), so it
+//!   never underflows; it equals them when nothing runs.
+//! * "Pending" bytes, `NodeState::removed - Lazy::returned`, are those of areas removed from
+//!   the busy index and not yet back in a tree or a pool (held by a `RemovedArea`, in a lazy
+//!   batch or list, or being purged). Two monotonic counters rather than one up-down counter
+//!   so that `remove` adds under the node lock it holds anyway, with no extra atomic.
 //!
 //! # Locking
 //!
-//! `free` and `busy` are separate mutexes (as in Linux 6.9) and are never held together by
-//! the allocator. Several free locks are taken only in ascending shard order (spanning
-//! allocation, invariant checks); a per-CPU slot lock may be held while taking a free lock,
-//! never the reverse. The lazy list is lock-free (llist); its counters are `Relaxed` atomics
-//! (heuristics and statistics: the list itself orders the descriptors).
+//! The node lock may be held while taking the shard's free lock (pool refills), never the
+//! reverse. Several free locks are taken only in ascending shard order (spanning
+//! allocation, invariant checks). The overflow list is lock-free (llist); its counters are
+//! `Relaxed` atomics (heuristics and statistics: the list itself orders its nodes).
 
 #[allow(unused_imports)]
 use crate::prelude::*;
+use core::ptr::NonNull;
 use crossbeam_utils::CachePadded;
 use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
-use crate::kva::area::Desc;
-use crate::kva::busy::{BusyError, BusyTree};
 use crate::kva::free_tree::FreeTree;
-use crate::kva::llist::{Chain, LlistHead};
+use crate::kva::llist::{Intrusive, LlistHead, LlistNode};
+use crate::kva::node::{Node, NodeState, PoolShape};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// A shard's free tree behind its lock, with a lock-free hint of its largest free area.
@@ -136,99 +135,38 @@ impl<P: Platform> core::ops::DerefMut for FreeGuard<'_, P> {
     }
 }
 
-/// The live areas starting in a shard, with their total size.
+/// A lazily freed area on a shard's overflow list (a heap node: the list is the fallback of a
+/// full lazy batch, so it is rare).
+pub(crate) struct LazyNode {
+    link: LlistNode,
+    start: u64,
+    end: u64,
+    unmapped: usize,
+}
+
+crate::impl_llist_intrusive!(LazyNode, link);
+
+/// A detached overflow list: the areas it held, its nodes freed.
 #[derive(Debug, Default)]
-pub(crate) struct BusyState {
-    /// start -> (end, descriptor).
-    tree: BusyTree<Desc>,
-    /// Sum of the live areas' sizes.
-    bytes: u64,
-    /// Bytes ever removed from this tree (monotonic; `pending = removed - Lazy::returned`).
-    removed: u64,
+pub(crate) struct Detached {
+    /// `(start, end)` of every area, newest first.
+    pub(crate) ranges: Vec<(u64, u64)>,
+    /// Pages of those areas.
+    pub(crate) pages: usize,
+    /// Pages their callers reported unmapped.
+    pub(crate) unmapped: u64,
 }
 
-impl BusyState {
-    /// Insert the live area `[start, end)` owned by `desc`.
-    #[inline]
-    pub(crate) fn insert(&mut self, start: u64, end: u64, desc: Desc) -> Result<(), BusyError> {
-        self.tree.insert(start, end, desc)?;
-        self.bytes += end - start;
-        Ok(())
-    }
-
-    /// Remove the area starting at `start` if `check` accepts it (see
-    /// [`BusyTree::remove_checked`]); the byte counters follow.
-    #[inline]
-    pub(crate) fn remove_checked<E>(
-        &mut self,
-        start: u64,
-        check: impl FnOnce(u64, u64, Desc) -> Result<(), E>,
-    ) -> Result<Option<(u64, u64, Desc)>, E> {
-        let r = self.tree.remove_checked(start, check)?;
-        if let Some((s, e, _)) = r {
-            self.bytes -= e - s;
-            self.removed += e - s;
-        }
-        Ok(r)
-    }
-
-    /// The live area containing `addr`.
-    #[inline]
-    pub(crate) fn find_containing(&self, addr: u64) -> Option<(u64, u64, Desc)> {
-        self.tree.find_containing(addr)
-    }
-
-    /// The live area starting at `start`.
-    #[inline]
-    pub(crate) fn get(&self, start: u64) -> Option<(u64, u64, Desc)> {
-        self.tree.get(start)
-    }
-
-    /// The live areas overlapping `[start, end)`, ascending.
-    #[inline]
-    pub(crate) fn overlapping(
-        &self,
-        start: u64,
-        end: u64,
-    ) -> impl Iterator<Item = (u64, u64, Desc)> + '_ {
-        self.tree.iter_overlapping(start, end)
-    }
-
-    /// Every live area, ascending.
-    #[inline]
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64, Desc)> + '_ {
-        self.tree.iter()
-    }
-
-    /// Live areas.
-    #[inline]
-    pub(crate) fn len(&self) -> usize {
-        self.tree.len()
-    }
-
-    /// Bytes in live areas.
-    #[inline]
-    pub(crate) fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// The tree's own invariants (see [`BusyTree::check_invariants`]).
-    #[inline]
-    pub(crate) fn check_tree(&self) -> Result<(), crate::kva::tree::InvariantViolation> {
-        self.tree.check_invariants()
-    }
-}
-
-/// A shard's lazy list and counters (one cache line, written by the freeing CPUs of this
+/// A shard's overflow list and counters (one cache line, written by the freeing CPUs of this
 /// shard and by the purger).
 #[derive(Debug, Default)]
 struct Lazy {
-    /// Lazily freed areas (descriptors), newest first.
+    /// Lazily freed areas that did not fit the node's batch, newest first.
     head: LlistHead,
     /// Pages of the areas on `head` (raised before the push, lowered once detached).
     pages: AtomicUsize,
-    /// Bytes ever given back to the free space after a removal from this shard's busy tree
-    /// (monotonic; see `BusyState::removed`).
+    /// Bytes ever given back to the free space after a removal from this shard's busy index
+    /// (monotonic; see `NodeState::removed`).
     returned: AtomicU64,
 }
 
@@ -241,12 +179,12 @@ pub(crate) struct Shard<P: Platform> {
     end: u64,
     /// Free space inside `[base, end)`.
     free: CachePadded<FreeLock<P>>,
-    /// Live areas starting inside `[base, end)`.
-    busy: CachePadded<Mutex<P, BusyState>>,
-    /// Lazily freed areas starting inside `[base, end)`.
+    /// Busy index, pools and lazy batch of `[base, end)`.
+    node: CachePadded<Node<P>>,
+    /// Lazily freed areas starting inside `[base, end)` that overflowed the node's batch.
     lazy: CachePadded<Lazy>,
     /// Live areas that start below `base` and end above it (they cross into this shard).
-    /// A lookup of an address here needs the lower shards' busy trees only while this is
+    /// A lookup of an address here needs the lower shards' busy indexes only while this is
     /// non-zero, and only down to the first lower shard with none: an area reaching this
     /// shard from further below crosses into every shard in between. Written only by
     /// publishing and removing boundary-crossing areas (rare), `Relaxed`: a lookup races
@@ -256,7 +194,7 @@ pub(crate) struct Shard<P: Platform> {
 }
 
 impl<P: Platform> Shard<P> {
-    fn new(base: u64, end: u64) -> Self {
+    fn new(base: u64, end: u64, shape: &PoolShape, lazy_cap: usize) -> Self {
         let mut tree = FreeTree::with_capacity(16);
         // `base < end` by construction; an error here would mean an empty shard, which
         // `ShardSet::new` never builds, and leaves the tree empty (no space) rather than panic.
@@ -265,11 +203,7 @@ impl<P: Platform> Shard<P> {
             base,
             end,
             free: CachePadded::new(FreeLock::new(tree)),
-            busy: CachePadded::new(Mutex::<P, _>::new(BusyState {
-                tree: BusyTree::with_capacity(16),
-                bytes: 0,
-                removed: 0,
-            })),
+            node: CachePadded::new(Node::new(shape, lazy_cap)),
             lazy: CachePadded::new(Lazy::default()),
             crossed_in: AtomicUsize::new(0),
         }
@@ -293,10 +227,16 @@ impl<P: Platform> Shard<P> {
         self.free.lock()
     }
 
-    /// Lock the busy lookup.
+    /// The node (busy index, pools, lazy batch).
     #[inline]
-    pub(crate) fn lock_busy(&self) -> MutexGuard<'_, P, BusyState> {
-        self.busy.lock()
+    pub(crate) fn node(&self) -> &Node<P> {
+        &self.node
+    }
+
+    /// Lock the node.
+    #[inline]
+    pub(crate) fn lock_node(&self) -> MutexGuard<'_, P, NodeState> {
+        self.node.lock()
     }
 
     /// Whether some live area crosses into this shard from a lower one.
@@ -305,53 +245,71 @@ impl<P: Platform> Shard<P> {
         self.crossed_in.load(Ordering::Relaxed) != 0
     }
 
-    /// Pages currently on the lazy list (approximately: `Relaxed`).
+    /// Pages on the overflow list (approximately: `Relaxed`).
     #[inline]
-    pub(crate) fn lazy_pages(&self) -> usize {
+    pub(crate) fn overflow_pages(&self) -> usize {
         self.lazy.pages.load(Ordering::Relaxed)
     }
 
-    /// Free the area owned by `desc` (`pages` pages) lazily on this shard's list. The
-    /// counter is raised BEFORE the push, so that the purger's subtraction (after its
-    /// `del_all` saw the push) never underflows it. Returns the counter's old value.
-    ///
-    /// # Safety
-    ///
-    /// The caller owns `desc` (a removed area's token), whose fields it has written: the
-    /// list takes it over (its `Release` push publishes them to the purger).
+    /// Free the area `[start, end)` (`pages` pages, `unmapped` unmapped by the caller)
+    /// lazily on this shard's overflow list. The counter is raised BEFORE the push, so that
+    /// the purger's subtraction (after its `del_all` saw the push) never underflows it.
+    /// Returns the counter's old value.
     #[inline]
-    pub(crate) unsafe fn push_lazy(&self, desc: Desc, pages: usize) -> usize {
+    pub(crate) fn push_overflow(
+        &self,
+        start: u64,
+        end: u64,
+        pages: usize,
+        unmapped: usize,
+    ) -> usize {
+        let node = NonNull::from(Box::leak(Box::new(LazyNode {
+            link: LlistNode::new(),
+            start,
+            end,
+            unmapped,
+        })));
         let old = self.lazy.pages.fetch_add(pages, Ordering::Relaxed);
-        // SAFETY: forwarded from the caller; the pool keeps the descriptor live.
-        unsafe { self.lazy.head.add(desc.node()) };
+        // SAFETY: a fresh heap node on no list; it stays live until a purge (or `Drop`)
+        // detaches it and frees it with `Box::from_raw`. The `Release` push publishes its
+        // fields to that purger.
+        unsafe { self.lazy.head.add(LazyNode::to_node(node)) };
         old
     }
 
-    /// Detach the whole lazy list (`Acquire`: the pushers' descriptor fields are visible);
-    /// the caller lowers the counter by what it found ([`Shard::detached_lazy`]).
-    #[inline]
-    pub(crate) fn take_lazy(&self) -> Chain {
-        self.lazy.head.del_all()
-    }
-
-    /// `pages` pages were detached by [`Shard::take_lazy`]: no longer counted as waiting
-    /// (every one was counted before its push, which the detaching `del_all` saw).
-    #[inline]
-    pub(crate) fn detached_lazy(&self, pages: usize) {
-        self.lazy.pages.fetch_sub(pages, Ordering::Relaxed);
-    }
-
-    /// Look at the lazy list without taking it: detach, `f`, re-attach (error path and
-    /// invariant checks only; the caller holds the purge lock, so no purger holds a chain).
-    #[inline]
-    pub(crate) fn peek_lazy<R>(&self, f: impl FnOnce(&Chain) -> R) -> R {
+    /// Detach the whole overflow list (`Acquire`: the pushers' node fields are visible),
+    /// free its nodes and lower the counter by what was found (every page subtracted was
+    /// added before its area's push, which the detaching `del_all` saw: no underflow).
+    pub(crate) fn take_overflow(&self) -> Detached {
         let chain = self.lazy.head.del_all();
-        let r = f(&chain);
-        self.lazy.head.add_chain(chain);
-        r
+        let mut d = Detached::default();
+        for link in chain {
+            // SAFETY: every node on this list was made by `push_overflow` from a leaked box
+            // and is now owned by us (detached); rebuilding the box frees it exactly once.
+            let n = unsafe { Box::from_raw(LazyNode::from_node(link).as_ptr()) };
+            d.pages += pages(n.start, n.end);
+            d.unmapped += n.unmapped as u64;
+            d.ranges.push((n.start, n.end));
+        }
+        self.lazy.pages.fetch_sub(d.pages, Ordering::Relaxed);
+        d
     }
 
-    /// `bytes` removed from this shard's busy tree are free again (merged or cached).
+    /// Look at the overflow list without taking it: detach, call `f` with each area, then
+    /// re-attach (error path and invariant checks only; the caller holds the purge lock, so
+    /// no purger holds a chain).
+    pub(crate) fn peek_overflow(&self, mut f: impl FnMut(u64, u64)) {
+        let chain = self.lazy.head.del_all();
+        for link in chain.iter() {
+            // SAFETY: a node of this list (see `take_overflow`), owned by the detached chain;
+            // only read here, and re-attached below.
+            let n = unsafe { LazyNode::from_node(link).as_ref() };
+            f(n.start, n.end);
+        }
+        self.lazy.head.add_chain(chain);
+    }
+
+    /// `bytes` removed from this shard's busy index are free again (merged or pooled).
     #[inline]
     pub(crate) fn add_returned(&self, bytes: u64) {
         self.lazy.returned.fetch_add(bytes, Ordering::Relaxed);
@@ -362,7 +320,14 @@ impl<P: Platform> Shard<P> {
     #[inline]
     pub(crate) fn pending(&self) -> u64 {
         let returned = self.lazy.returned.load(Ordering::Relaxed);
-        self.busy.lock().removed.saturating_sub(returned)
+        self.node.lock().removed().saturating_sub(returned)
+    }
+}
+
+impl<P: Platform> Drop for Shard<P> {
+    fn drop(&mut self) {
+        // Areas still on the overflow list when the allocator goes away: free the nodes.
+        let _ = self.take_overflow();
     }
 }
 
@@ -387,11 +352,18 @@ impl<P: Platform> ShardSet<P> {
     /// `nr` shards of `shard_size` bytes (the last one takes the remainder) over
     /// `[start, end)`; the caller has checked that `nr * shard_size` covers the range and no
     /// shard is empty.
-    pub(crate) fn new(start: u64, end: u64, nr: usize, shard_size: u64) -> Self {
+    pub(crate) fn new(
+        start: u64,
+        end: u64,
+        nr: usize,
+        shard_size: u64,
+        shape: &PoolShape,
+        lazy_cap: usize,
+    ) -> Self {
         let shards = (0..nr as u64)
             .map(|i| {
                 let b = start + i * shard_size;
-                Shard::new(b, (b + shard_size).min(end))
+                Shard::new(b, (b + shard_size).min(end), shape, lazy_cap)
             })
             .collect();
         let shift = shard_size
@@ -661,7 +633,26 @@ mod tests {
             0x100000 + nr as u64 * pages_each * P,
             nr,
             pages_each * P,
+            &PoolShape::new(false, pages_each * P),
+            4,
         )
+    }
+
+    #[test]
+    fn overflow_list_counts_and_frees_its_nodes() {
+        let s = set(1, 8);
+        let sh = s.get(0);
+        assert_eq!(sh.push_overflow(0x100000, 0x102000, 2, 1), 0);
+        assert_eq!(sh.push_overflow(0x102000, 0x105000, 3, 0), 2);
+        let mut seen = Vec::new();
+        sh.peek_overflow(|a, b| seen.push((a, b)));
+        assert_eq!(seen, vec![(0x102000, 0x105000), (0x100000, 0x102000)]);
+        assert_eq!(sh.overflow_pages(), 5);
+        let d = sh.take_overflow();
+        assert_eq!((d.pages, d.unmapped, d.ranges.len()), (5, 1, 2));
+        assert_eq!(sh.overflow_pages(), 0);
+        // One left on the list when the set is dropped: freed by `Drop` (Miri checks).
+        sh.push_overflow(0x100000, 0x101000, 1, 1);
     }
 
     #[test]

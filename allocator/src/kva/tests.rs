@@ -1,4 +1,4 @@
-//! Unit tests of `Kva` internals: home shards, the per-CPU fast path, the lazy trigger,
+//! Unit tests of `Kva` internals: home shards, the pool fast path, the lazy trigger,
 //! foreign tokens, invariant checking against deliberate corruption.
 
 use std::sync::Arc as StdArc;
@@ -35,16 +35,13 @@ fn info() -> AreaInfo {
 }
 
 #[test]
-fn homes_cover_every_cpu_and_shard_lists_agree() {
+fn homes_cover_every_cpu() {
     let k = new(sync_cfg(1024, 3, 64));
     let inner = &k.inner;
     assert_eq!(inner.topo.home.len(), cpu::nr_cpu_ids());
-    for (c, &h) in inner.topo.home.iter().enumerate() {
+    for &h in inner.topo.home.iter() {
         assert!(h < k.nr_shards());
-        assert!(inner.topo.shard_cpus[h].contains(&c));
     }
-    let listed: usize = inner.topo.shard_cpus.iter().map(|l| l.len()).sum();
-    assert_eq!(listed, cpu::nr_cpu_ids());
     assert!(k.workers.is_empty());
     assert!(inner.background.sched.is_none());
 }
@@ -55,29 +52,22 @@ fn lazy_step_is_a_power_of_two_fraction_of_the_threshold() {
         nr_cpus: 2,
         ..sync_cfg(1024, 2, 1000)
     });
-    // Counters: 2 shards' lists + 2 CPU slots' batches; 1000 / (4 * 4) = 62 -> 32.
+    // Counters: 2 nodes' batches + 2 overflow lists; 1000 / (4 * 4) = 62 -> 32.
     assert_eq!(k.inner.lazy_step_shift, 5);
-    let k = new(KvaConfig {
-        nr_cpus: 2,
-        pcpu_cache: false,
-        ..sync_cfg(1024, 2, 1000)
-    });
-    // No batches: 1000 / (4 * 2) = 125 -> 64.
-    assert_eq!(k.inner.lazy_step_shift, 6);
     let k = new(sync_cfg(1024, 4, 1));
     assert_eq!(k.inner.lazy_step_shift, 0);
-    // 64 CPUs on one shard: the step shrinks with the slot count.
-    assert_eq!(lazy_step_shift(57_344, 1 + 64), 7);
+    // 64 shards: the step shrinks with the counter count.
+    assert_eq!(lazy_step_shift(57_344, 2 * 64), 6);
     assert_eq!(lazy_step_shift(1, 1000), 0);
 }
 
 #[test]
-fn purged_small_areas_come_back_through_the_cache() {
+fn purged_small_areas_come_back_through_the_pool() {
     let k = new(sync_cfg(4096, 1, 1 << 20));
     let (s, e) = k.range();
     let a = k.alloc(2 * P, P, s, e, None, info()).unwrap().as_u64();
-    // The refill carved a batch: the rest of it sits in this CPU's cache.
-    let batch = k.inner.pcpu.batch(1) as u64;
+    // The refill carved a batch: the rest of it sits in the node's pool.
+    let batch = k.inner.pools.batch(1) as u64;
     assert_eq!(k.stats().cached, (batch - 1) * 2 * P);
     let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
     k.free_lazy(r, 1);
@@ -85,18 +75,44 @@ fn purged_small_areas_come_back_through_the_cache() {
     assert_eq!((rep.areas, rep.to_caches), (1, 1));
     assert_eq!(k.stats().cached, batch * 2 * P);
     k.check_invariants().unwrap();
-    // The purged chunk sits in the cache of one of the shard's CPUs.
-    let inner = &k.inner;
-    let holder = (0..inner.pcpu.len()).find(|&c| inner.pcpu.lock(c).chunks().any(|(x, _)| x == a));
-    let holder = holder.expect("purged chunk not cached");
-    // LIFO: a thread on that CPU gets it back first.
+    // LIFO: the next allocation of that size gets it back first, from any CPU (one shard).
     let k = &k;
     std::thread::scope(|sc| {
         sc.spawn(move || {
-            cpu::set_this_cpu(holder);
+            cpu::set_this_cpu(1);
             assert_eq!(k.alloc(2 * P, P, s, e, None, info()).unwrap().as_u64(), a);
         });
     });
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn purged_large_areas_skip_the_tree_merge() {
+    // A shard of 2^24 pages: pools for every size up to 256 pages.
+    let k = new(sync_cfg(1 << 24, 1, 1 << 20));
+    let (s, e) = k.range();
+    let a = k.alloc(100 * P, P, s, e, None, info()).unwrap().as_u64();
+    let b = k.alloc(100 * P, P, s, e, None, info()).unwrap().as_u64();
+    // Not refilled in batches: only what was asked was carved.
+    assert_eq!(k.stats().cached, 0);
+    for x in [a, b] {
+        let r = k.remove(pagetable::VirtAddr::new_truncate(x)).unwrap();
+        k.free_lazy(r, 99);
+    }
+    let rep = k.purge();
+    assert_eq!((rep.areas, rep.to_caches), (2, 2));
+    let st = k.stats();
+    assert_eq!((st.cached, st.nr_free_areas), (200 * P, 1));
+    k.check_invariants().unwrap();
+    // Both come back, last freed first, without a tree search.
+    assert_eq!(k.alloc(100 * P, P, s, e, None, info()).unwrap().as_u64(), b);
+    assert_eq!(k.alloc(100 * P, P, s, e, None, info()).unwrap().as_u64(), a);
+    assert_eq!(k.stats().cached, 0);
+    // Above 256 pages: the tree.
+    let c = k.alloc(300 * P, P, s, e, None, info()).unwrap().as_u64();
+    let r = k.remove(pagetable::VirtAddr::new_truncate(c)).unwrap();
+    k.free_lazy(r, 299);
+    assert_eq!(k.purge().to_caches, 0);
     k.check_invariants().unwrap();
 }
 
@@ -291,21 +307,18 @@ fn remove_if_checks_under_the_lock_and_changes_nothing_on_refusal() {
 }
 
 #[test]
-fn lazy_frees_wait_in_the_cpu_batch_and_recycle_the_descriptor_at_once() {
+fn lazy_frees_wait_in_the_node_batch() {
     // Threshold far away: nothing is purged until asked.
     let k = new(sync_cfg(1024, 2, 512));
     let (s, e) = k.range();
     let a = k.alloc(2 * P, P, s, e, None, info()).unwrap().as_u64();
     let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
-    let desc = r.desc;
     k.free_lazy(r, 1);
-    let cpu = cpu::this_cpu();
+    let i = k.inner.shards.index_of(a).unwrap();
     {
-        let inner = &k.inner;
-        let cell = inner.pcpu.cell(cpu);
-        let slot = cell.lock();
-        assert_eq!(slot.lazy(), &[(a, a + 2 * P)]);
-        assert_eq!(cell.lazy_pages(), 2);
+        let sh = k.inner.shards.get(i);
+        assert_eq!(sh.lock_node().lazy(), &[(a, a + 2 * P)]);
+        assert_eq!(sh.node().lazy_pages(), 2);
     }
     let st = k.stats();
     assert_eq!((st.lazy_pages, st.pending, st.nr_busy), (2, 2 * P, 0));
@@ -317,9 +330,7 @@ fn lazy_frees_wait_in_the_cpu_batch_and_recycle_the_descriptor_at_once() {
     ));
     let b = k.alloc(2 * P, P, s, e, None, info()).unwrap().as_u64();
     assert_ne!(b, a);
-    // The descriptor went straight back to this CPU: the next allocation reused it.
     let rb = k.remove(pagetable::VirtAddr::new_truncate(b)).unwrap();
-    assert_eq!(rb.desc, desc);
     // SAFETY: the KVA layer alone: nothing was ever mapped in the area.
     unsafe { k.free_unused(rb) };
     let rep = k.purge();
@@ -328,33 +339,30 @@ fn lazy_frees_wait_in_the_cpu_batch_and_recycle_the_descriptor_at_once() {
     let st = k.stats();
     assert_eq!((st.lazy_pages, st.pending, st.purged_areas), (0, 0, 1));
     assert_eq!(st.unmapped_pages, 1);
-    assert!(k.inner.pcpu.lock(cpu).lazy().is_empty());
+    assert!(k.inner.shards.get(i).lock_node().lazy().is_empty());
     k.check_invariants().unwrap();
 }
 
 #[test]
-fn a_full_cpu_batch_falls_back_to_the_shard_list() {
+fn a_full_node_batch_falls_back_to_the_overflow_list() {
     // lazy_max_pages = 3: batches hold 3 areas; the threshold is never crossed by 1-page
     // areas before the fourth free, and Synchronous mode purges inline when it is.
     let k = new(sync_cfg(1024, 1, 3));
-    assert_eq!(k.inner.purge.batch_cap(), 3);
     let (s, e) = k.range();
     let areas: Vec<u64> = (0..5)
         .map(|_| k.alloc(P, P, s, e, Some(0), info()).unwrap().as_u64())
         .collect();
-    // Fill the batch without crossing the threshold: push directly, as free_lazy would.
+    // Fill the batch without crossing the threshold: record directly, as free_lazy would.
+    let node = k.inner.shards.get(0).node();
     for &a in &areas[..3] {
         let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
-        let cell = k.inner.pcpu.cell(cpu::this_cpu());
-        let mut slot = cell.lock();
+        let mut st = node.lock();
         assert!(
-            cell.record_lazy(&mut slot, r.area.start, r.area.end, 1, 1)
+            node.record_lazy(&mut st, r.area.start, r.area.end, 1, 1)
                 .is_some()
         );
-        // SAFETY: the token owned the descriptor; its range is recorded in the batch.
-        unsafe { slot.put_desc(&k.inner.pool, r.desc) };
     }
-    // The batch is full: this one goes to the shard's list, and crossing the threshold
+    // The batch is full: this one goes to the overflow list, and crossing the threshold
     // purges both sources at once.
     let r = k
         .remove(pagetable::VirtAddr::new_truncate(areas[3]))
@@ -383,9 +391,9 @@ fn check_invariants_catches_a_wrong_batch_counter() {
     let a = k.alloc(P, P, s, e, None, info()).unwrap().as_u64();
     let r = k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap();
     k.free_lazy(r, 1);
-    let cell = k.inner.pcpu.cell(cpu::this_cpu());
-    cell.set_lazy_pages_for_tests(5);
+    let node = k.inner.shards.get(0).node();
+    node.set_lazy_pages_for_tests(5);
     assert!(k.check_invariants().unwrap_err().contains("lazy counter"));
-    cell.set_lazy_pages_for_tests(1);
+    node.set_lazy_pages_for_tests(1);
     k.check_invariants().unwrap();
 }

@@ -1,0 +1,673 @@
+//! Nodes: what a shard keeps behind ONE lock for the fast paths (Linux 6.9's vmap node):
+//! the busy index of the live areas starting in the shard, the pools of ready free areas of
+//! the common sizes, and the lazy batch of areas freed and waiting for a purge.
+//!
+//! # How it works
+//!
+//! * **Busy index**: a [`BpTree`] from start to `(end, Rec)`, where a `Rec` is the area's
+//!   info packed in 16 bytes (its caller, its flags and its page count in 32 bits each); an
+//!   info that does not pack (an `ioremap` area's physical address, flags or page counts
+//!   beyond 32 bits) is kept whole in a side map by start. This is the whole record of a live
+//!   area: there is no descriptor object.
+//! * **Pools** (vmem's quantum caches, Linux 6.9's per-node pools): for each size of 1 to
+//!   [`MAX_CLASS_PAGES`] pages (guard included, page alignment), a stack of free areas of
+//!   exactly that size inside the shard, in one flat array. Sizes up to
+//!   [`REFILL_MAX_PAGES`] are refilled in batches carved from the shard's free tree at once;
+//!   all sizes are fed by the purge, which pushes purged areas here (bounded) instead of
+//!   merging them into the tree.
+//! * **Lazy batch**: the `(start, end)` of areas removed from the busy index and freed
+//!   lazily, in an array of fixed capacity; a purge swaps it for an empty one under the lock.
+//!   Its page count sits beside the lock in an atomic (written only under the lock, read
+//!   without it by the purge trigger).
+//!
+//! An allocation from a pool is one critical section (pop + insert), a removal another, a
+//! lazy free a third; with one shard per CPU the lock and everything it guards stay in the
+//! CPU's cache.
+//!
+//! # Invariants
+//!
+//! * Busy entries start inside the shard, are disjoint, and `busy_bytes` is their total.
+//! * A pooled area is free VA inside the shard (no tree, no busy entry, no lazy list holds
+//!   it), flushed since its last unmapping; `pool_bytes` is their total; a class never holds
+//!   more than its capacity.
+//! * A lazy batch entry is an area removed and unmapped but not flushed: "pending", never
+//!   allocatable until the purge that takes it has flushed. The page counter is exactly the
+//!   batch's pages (both change under the lock).
+//!
+//! # Locking
+//!
+//! The node's mutex guards all of the above. Lock order: purge lock -> node lock -> shard
+//! free-tree locks (ascending); a node lock is never taken while holding a free-tree lock or
+//! another node's lock.
+
+#[allow(unused_imports)]
+use crate::prelude::*;
+use alloc::collections::BTreeMap;
+use core::panic::Location;
+use pagetable::PAGE_SIZE;
+use pagetable::platform::Platform;
+
+use crate::kva::area::{AreaInfo, VmArea};
+use crate::kva::bptree::{BpTree, InsertError};
+use crate::kva::flags::VmFlags;
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
+
+/// Largest pooled size, in pages (guard page included): page-aligned requests of 1 to 256
+/// pages are served from a node's pools when they hold an area of exactly that size.
+///
+/// Why 256: Linux 6.9's `MAX_VA_SIZE_PAGES`. Sizes up to it are where a pool pays: a tree
+/// search and merge cost as much for them as for a huge area, and they are most of the calls
+/// (test_vmalloc's long-busy-list test maps 100 pages). Above it areas are rare and costly
+/// to map anyway; they go through the tree.
+pub const MAX_CLASS_PAGES: usize = 256;
+
+/// Largest size, in pages, whose pool is refilled in batches carved from the tree.
+///
+/// Why 16: batches are carved for sizes allocated back to back (one page, two with a guard);
+/// above that, areas reach the pools only from purges, so that pools never hold VA nobody
+/// freed in those sizes.
+pub(crate) const REFILL_MAX_PAGES: usize = 16;
+
+/// Largest number of areas carved per refill (a refilled pool then holds at most twice that).
+///
+/// Why 16: a refill takes the shard's free-tree lock once for up to 16 areas, so the small
+/// allocation path locks a tree at most once per 16 allocations of a size, while the pooled
+/// VA stays bounded: 32 × (1 + 2 + … + 16) = 4,352 pages (17 MiB) at most in the refilled
+/// sizes. Small shards get smaller batches (a refill carves at most 1/64 of a shard).
+const MAX_BATCH: usize = 16;
+
+/// Most areas a purge-fed pool (above [`REFILL_MAX_PAGES`]) keeps.
+///
+/// Why 16: a purge brings back a lazy backlog of about `lazy_max_pages` pages spread over the
+/// sizes freed; 16 areas per size cover a backlog of a few thousand areas of mixed sizes
+/// (the purge leaves the rest to the tree), while all 240 such pools together hold at most
+/// 16 × (17 + … + 256) pages (about 2 GiB of VA, not memory) per node, and at most 1/16 of
+/// the shard's pages on small shards (see [`Pools::new`]).
+const LARGE_CAP: usize = 16;
+
+/// The pool class (index) of a request of `size` bytes aligned to `align`, if pooled.
+#[inline]
+pub(crate) fn class_of(size: u64, align: u64) -> Option<usize> {
+    let pages = size / PAGE_SIZE;
+    (align <= PAGE_SIZE && pages >= 1 && pages as usize <= MAX_CLASS_PAGES)
+        .then(|| pages as usize - 1)
+}
+
+/// Bytes of an area of class `class`.
+#[inline]
+pub(crate) fn class_bytes(class: usize) -> u64 {
+    (class as u64 + 1) * PAGE_SIZE
+}
+
+/// Flags value of a [`Rec`] whose info lives in the side map.
+const EXT: u32 = u32::MAX;
+
+/// An area's info as the busy index holds it (16 bytes).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rec {
+    caller: &'static Location<'static>,
+    flags: u32,
+    nr_pages: u32,
+}
+
+impl Rec {
+    /// A placeholder for unused slots.
+    fn filler() -> Rec {
+        Rec {
+            caller: Location::caller(),
+            flags: 0,
+            nr_pages: 0,
+        }
+    }
+
+    /// `info` packed, if it fits.
+    #[inline]
+    fn pack(info: &AreaInfo) -> Option<Rec> {
+        let flags = u32::try_from(info.flags.bits())
+            .ok()
+            .filter(|&f| f != EXT)?;
+        let nr_pages = u32::try_from(info.nr_pages).ok()?;
+        info.phys_addr.is_none().then_some(Rec {
+            caller: info.caller,
+            flags,
+            nr_pages,
+        })
+    }
+
+    #[inline]
+    fn unpack(self) -> AreaInfo {
+        AreaInfo {
+            flags: VmFlags::from_bits_retain(u64::from(self.flags)),
+            nr_pages: self.nr_pages as usize,
+            caller: self.caller,
+            phys_addr: None,
+        }
+    }
+}
+
+/// The free areas of each pooled size, in one flat array (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct Pools {
+    /// Stack of class `c` in `slots[off[c] .. off[c] + len[c]]`.
+    slots: Box<[u64]>,
+    off: Box<[u32]>,
+    len: Box<[u16]>,
+    /// Bytes held.
+    bytes: u64,
+}
+
+impl Pools {
+    /// Pools with `caps[c]` slots for class `c`.
+    fn new(caps: &[usize]) -> Self {
+        let mut off = Vec::with_capacity(caps.len() + 1);
+        let mut total = 0u32;
+        for &c in caps {
+            off.push(total);
+            total += c as u32;
+        }
+        off.push(total);
+        Self {
+            slots: vec![0; total as usize].into_boxed_slice(),
+            off: off.into_boxed_slice(),
+            len: vec![0; caps.len()].into_boxed_slice(),
+            bytes: 0,
+        }
+    }
+
+    /// Room for class `c`.
+    #[inline]
+    fn cap(&self, c: usize) -> usize {
+        (self.off[c + 1] - self.off[c]) as usize
+    }
+
+    /// Take an area of class `c`.
+    #[inline]
+    pub(crate) fn pop(&mut self, c: usize) -> Option<u64> {
+        let n = *self.len.get(c)?;
+        if n == 0 {
+            return None;
+        }
+        self.len[c] = n - 1;
+        self.bytes -= class_bytes(c);
+        Some(self.slots[self.off[c] as usize + n as usize - 1])
+    }
+
+    /// Keep an area of class `c`; `false` (nothing done) if the class is full.
+    #[inline]
+    pub(crate) fn push(&mut self, c: usize, start: u64) -> bool {
+        let Some(&n) = self.len.get(c) else {
+            return false;
+        };
+        if n as usize >= self.cap(c) {
+            return false;
+        }
+        self.slots[self.off[c] as usize + n as usize] = start;
+        self.len[c] = n + 1;
+        self.bytes += class_bytes(c);
+        true
+    }
+
+    /// Bytes held.
+    #[inline]
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Empty every class, calling `f(start, end)` per area.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(u64, u64)) {
+        for c in 0..self.len.len() {
+            let o = self.off[c] as usize;
+            for &s in &self.slots[o..o + self.len[c] as usize] {
+                f(s, s + class_bytes(c));
+            }
+            self.len[c] = 0;
+        }
+        self.bytes = 0;
+    }
+
+    /// Every pooled area `(start, end)`.
+    pub(crate) fn areas(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.len.len()).flat_map(move |c| {
+            let o = self.off[c] as usize;
+            self.slots[o..o + self.len[c] as usize]
+                .iter()
+                .map(move |&s| (s, s + class_bytes(c)))
+        })
+    }
+}
+
+/// Pool capacities and refill batch sizes, the same for every node of a `Kva`.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolShape {
+    /// Areas carved per refill, per refilled class (0 when pools are off).
+    batch: [usize; REFILL_MAX_PAGES],
+    caps: Vec<usize>,
+}
+
+impl PoolShape {
+    /// With `enabled`, pools sized for shards of `shard_bytes`: a refill carves at most 1/64
+    /// of a shard, the purge-fed pools together hold at most 1/16 of it.
+    pub(crate) fn new(enabled: bool, shard_bytes: u64) -> Self {
+        let shard_pages = (shard_bytes / PAGE_SIZE) as usize;
+        let mut batch = [0; REFILL_MAX_PAGES];
+        let mut caps = vec![0; if enabled { MAX_CLASS_PAGES } else { 0 }];
+        if enabled {
+            for (c, b) in batch.iter_mut().enumerate() {
+                *b = (shard_pages / (64 * (c + 1))).clamp(1, MAX_BATCH);
+                caps[c] = 2 * *b;
+            }
+            // 240 classes of at most shard_pages / (4096 * pages) areas each: below 1/16 of
+            // the shard in all.
+            for (c, cap) in caps.iter_mut().enumerate().skip(REFILL_MAX_PAGES) {
+                *cap = (shard_pages / (4096 * (c + 1))).min(LARGE_CAP);
+            }
+        }
+        Self { batch, caps }
+    }
+
+    /// Whether areas are pooled at all.
+    #[inline]
+    pub(crate) fn enabled(&self) -> bool {
+        self.batch[0] != 0
+    }
+
+    /// Areas to carve when refilling class `c` (0: not refilled).
+    #[inline]
+    pub(crate) fn batch(&self, c: usize) -> usize {
+        self.batch.get(c).copied().unwrap_or(0)
+    }
+
+    /// Capacity of class `c`.
+    #[cfg(all(test, not(feature = "loom")))]
+    pub(crate) fn cap(&self, c: usize) -> usize {
+        self.caps.get(c).copied().unwrap_or(0)
+    }
+}
+
+/// What a node's lock guards.
+#[derive(Debug)]
+pub(crate) struct NodeState {
+    busy: BpTree<Rec>,
+    /// Infos that do not pack into a [`Rec`], by start.
+    ext: BTreeMap<u64, AreaInfo>,
+    busy_bytes: u64,
+    /// Bytes ever removed from the busy index (monotonic; pending = removed - returned).
+    removed: u64,
+    pub(crate) pools: Pools,
+    lazy: Vec<(u64, u64)>,
+    /// Capacity of `lazy` (never grown).
+    lazy_cap: usize,
+    lazy_unmapped: u64,
+}
+
+/// What a purge took from a node's lazy batch.
+#[derive(Debug, Default)]
+pub(crate) struct LazyTaken {
+    /// Pages their callers reported unmapped.
+    pub(crate) unmapped: u64,
+    /// Pages of the areas taken.
+    pub(crate) pages: usize,
+}
+
+impl NodeState {
+    fn new(shape: &PoolShape, lazy_cap: usize) -> Self {
+        Self {
+            busy: BpTree::new(Rec::filler()),
+            ext: BTreeMap::new(),
+            busy_bytes: 0,
+            removed: 0,
+            pools: Pools::new(&shape.caps),
+            lazy: Vec::with_capacity(lazy_cap),
+            lazy_cap,
+            lazy_unmapped: 0,
+        }
+    }
+
+    #[inline]
+    fn info_of(&self, start: u64, rec: Rec) -> AreaInfo {
+        if rec.flags == EXT {
+            if let Some(i) = self.ext.get(&start) {
+                return *i;
+            }
+        }
+        rec.unpack()
+    }
+
+    #[inline]
+    fn area(&self, (start, end, rec): (u64, u64, Rec)) -> VmArea {
+        VmArea {
+            start,
+            end,
+            info: self.info_of(start, rec),
+        }
+    }
+
+    /// Record the live area `[start, end)` with `info`. Refused (nothing changed) if the
+    /// index is out of ids, or overlaps an entry (a bug: the space came from our trees).
+    #[inline]
+    pub(crate) fn insert(
+        &mut self,
+        start: u64,
+        end: u64,
+        info: &AreaInfo,
+    ) -> Result<(), InsertError> {
+        let rec = match Rec::pack(info) {
+            Some(r) => r,
+            None => {
+                self.busy.insert(
+                    start,
+                    end,
+                    Rec {
+                        caller: info.caller,
+                        flags: EXT,
+                        nr_pages: 0,
+                    },
+                )?;
+                self.ext.insert(start, *info);
+                self.busy_bytes += end - start;
+                return Ok(());
+            }
+        };
+        self.busy.insert(start, end, rec)?;
+        self.busy_bytes += end - start;
+        Ok(())
+    }
+
+    /// Remove the live area starting at `start` if `check` accepts it: `Ok(None)` if there
+    /// is none, `Err` (nothing changed) if `check` refuses. One descent of the index.
+    #[inline]
+    pub(crate) fn remove_checked<E>(
+        &mut self,
+        start: u64,
+        check: impl FnOnce(&VmArea) -> Result<(), E>,
+    ) -> Result<Option<VmArea>, E> {
+        let ext = &self.ext;
+        let mut seen = None;
+        let r = self.busy.remove_checked(start, |s, e, rec| {
+            let info = if rec.flags == EXT {
+                ext.get(&s).copied().unwrap_or_else(|| rec.unpack())
+            } else {
+                rec.unpack()
+            };
+            let a = VmArea {
+                start: s,
+                end: e,
+                info,
+            };
+            let r = check(&a);
+            seen = Some(a);
+            r
+        })?;
+        let Some((s, e, rec)) = r else {
+            return Ok(None);
+        };
+        if rec.flags == EXT {
+            self.ext.remove(&s);
+        }
+        self.busy_bytes -= e - s;
+        self.removed += e - s;
+        Ok(seen)
+    }
+
+    /// The live area starting exactly at `start`.
+    #[cfg(all(test, not(feature = "loom")))]
+    pub(crate) fn get(&self, start: u64) -> Option<VmArea> {
+        self.busy.get(start).map(|e| self.area(e))
+    }
+
+    /// Change the info of the live area starting at `start`; `false` if there is none.
+    pub(crate) fn update_info(&mut self, start: u64, f: impl FnOnce(&mut AreaInfo)) -> bool {
+        let Some((_, _, rec)) = self.busy.get(start) else {
+            return false;
+        };
+        let mut info = self.info_of(start, rec);
+        f(&mut info);
+        let new = match Rec::pack(&info) {
+            Some(r) => {
+                if rec.flags == EXT {
+                    self.ext.remove(&start);
+                }
+                r
+            }
+            None => {
+                self.ext.insert(start, info);
+                Rec {
+                    caller: info.caller,
+                    flags: EXT,
+                    nr_pages: 0,
+                }
+            }
+        };
+        if let Some(r) = self.busy.get_mut(start) {
+            *r = new;
+        }
+        true
+    }
+
+    /// The live area containing `addr`.
+    #[inline]
+    pub(crate) fn find_containing(&self, addr: u64) -> Option<VmArea> {
+        self.busy.find_containing(addr).map(|e| self.area(e))
+    }
+
+    /// The live areas overlapping `[start, end)`, ascending.
+    pub(crate) fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = VmArea> + '_ {
+        self.busy
+            .iter_overlapping(start, end)
+            .map(move |e| self.area(e))
+    }
+
+    /// Every live area, ascending.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = VmArea> + '_ {
+        self.busy.iter().map(move |e| self.area(e))
+    }
+
+    /// Live areas.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.busy.len()
+    }
+
+    /// Bytes in live areas.
+    #[inline]
+    pub(crate) fn bytes(&self) -> u64 {
+        self.busy_bytes
+    }
+
+    /// Bytes ever removed (see `Shard::pending`).
+    #[inline]
+    pub(crate) fn removed(&self) -> u64 {
+        self.removed
+    }
+
+    /// Busy-index slots allocated (live areas it holds without growing).
+    pub(crate) fn slots(&self) -> usize {
+        self.busy.capacity()
+    }
+
+    /// The index's own invariants and the side map's agreement with it.
+    pub(crate) fn check_index(&self) -> Result<(), String> {
+        self.busy.check()?;
+        let ext = self.busy.iter().filter(|e| e.2.flags == EXT).count();
+        if ext != self.ext.len() || self.ext.keys().any(|&s| self.busy.get(s).is_none()) {
+            return Err(format!(
+                "{ext} packed-out records but {} side entries",
+                self.ext.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lazily freed areas waiting here.
+    #[inline]
+    pub(crate) fn lazy(&self) -> &[(u64, u64)] {
+        &self.lazy
+    }
+}
+
+/// A node: its lock and, beside it (same cache line), the page count of its lazy batch.
+#[derive(Debug)]
+pub(crate) struct Node<P: Platform> {
+    state: Mutex<P, NodeState>,
+    /// Capacity of the lazy batch (immutable).
+    lazy_cap: usize,
+    /// Pages of the areas in the lazy batch: changed only under `state`'s lock (a `Relaxed`
+    /// load + store, the lock serialising writers), read without it (`Relaxed`: the purge
+    /// trigger's heuristic; exact when nothing runs).
+    lazy_pages: AtomicUsize,
+}
+
+impl<P: Platform> Node<P> {
+    pub(crate) fn new(shape: &PoolShape, lazy_cap: usize) -> Self {
+        Self {
+            state: Mutex::<P, _>::new(NodeState::new(shape, lazy_cap)),
+            lazy_cap,
+            lazy_pages: AtomicUsize::new(0),
+        }
+    }
+
+    /// Lock the node.
+    #[inline]
+    pub(crate) fn lock(&self) -> MutexGuard<'_, P, NodeState> {
+        self.state.lock()
+    }
+
+    /// Pages in the lazy batch (`Relaxed`: a heuristic; exact when quiescent and under the
+    /// lock).
+    #[inline]
+    pub(crate) fn lazy_pages(&self) -> usize {
+        self.lazy_pages.load(Ordering::Relaxed)
+    }
+
+    /// Overwrite the lazy page count (tests of the invariant check).
+    #[cfg(all(test, not(feature = "loom")))]
+    pub(crate) fn set_lazy_pages_for_tests(&self, pages: usize) {
+        self.lazy_pages.store(pages, Ordering::Relaxed);
+    }
+
+    /// Queue the lazily freed area `[start, end)` (`pages` pages, `unmapped` of them unmapped
+    /// by the caller) in `st`, this node's state, locked by the caller, and raise the page
+    /// count. Returns the count's old value, or `None` (nothing done) if the batch is full.
+    #[inline]
+    pub(crate) fn record_lazy(
+        &self,
+        st: &mut NodeState,
+        start: u64,
+        end: u64,
+        pages: usize,
+        unmapped: usize,
+    ) -> Option<usize> {
+        if st.lazy.len() >= st.lazy_cap {
+            return None;
+        }
+        st.lazy.push((start, end));
+        st.lazy_unmapped += unmapped as u64;
+        let old = self.lazy_pages.load(Ordering::Relaxed);
+        self.lazy_pages.store(old + pages, Ordering::Relaxed);
+        Some(old)
+    }
+
+    /// Take the whole lazy batch, leaving `spare` (emptied) in its place, and zero the page
+    /// count, in one O(1) critical section: the freeing CPUs never wait on a walk of the
+    /// batch.
+    #[inline]
+    pub(crate) fn take_lazy(&self, mut spare: Vec<(u64, u64)>) -> (Vec<(u64, u64)>, LazyTaken) {
+        spare.clear();
+        // Sized before the lock is taken: nothing is allocated under it.
+        spare.reserve_exact(self.lazy_cap);
+        let mut st = self.state.lock();
+        let batch = core::mem::replace(&mut st.lazy, spare);
+        let unmapped = core::mem::take(&mut st.lazy_unmapped);
+        let pages = self.lazy_pages.load(Ordering::Relaxed);
+        self.lazy_pages.store(0, Ordering::Relaxed);
+        (batch, LazyTaken { unmapped, pages })
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_pack_and_spill_to_the_side_map() {
+        let mut st = NodeState::new(&PoolShape::new(true, 1 << 30), 4);
+        let plain = AreaInfo::new(VmFlags::ALLOC);
+        let mut io = AreaInfo::new(VmFlags::IOREMAP);
+        io.phys_addr = Some(0xfee0_0000);
+        let mut big = AreaInfo::new(VmFlags::MAP);
+        big.nr_pages = usize::MAX;
+        st.insert(0x1000, 0x3000, &plain).unwrap();
+        st.insert(0x3000, 0x5000, &io).unwrap();
+        st.insert(0x8000, 0x9000, &big).unwrap();
+        assert_eq!(st.get(0x1000).unwrap().info, plain);
+        assert_eq!(st.get(0x3000).unwrap().info, io);
+        assert_eq!(st.find_containing(0x8fff).unwrap().info, big);
+        assert_eq!(st.bytes(), 0x5000);
+        st.check_index().unwrap();
+        // Infos move between the two forms when changed in place.
+        assert!(st.update_info(0x1000, |i| i.phys_addr = Some(7)));
+        assert!(st.update_info(0x3000, |i| i.phys_addr = None));
+        assert_eq!(st.get(0x1000).unwrap().info.phys_addr, Some(7));
+        assert_eq!(st.get(0x3000).unwrap().info.phys_addr, None);
+        st.check_index().unwrap();
+        let r = st.remove_checked(0x1000, |a| {
+            assert_eq!(a.info.phys_addr, Some(7));
+            Ok::<(), ()>(())
+        });
+        assert_eq!(r.unwrap().unwrap().end, 0x3000);
+        assert_eq!(st.remove_checked(0x3000, |_| Err("no")), Err("no"));
+        assert!(
+            st.remove_checked(0x2000, |_| Ok::<(), ()>(()))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(st.removed(), 0x2000);
+        assert_eq!(st.len(), 2);
+        st.check_index().unwrap();
+        assert!(!st.update_info(0x2000, |_| ()));
+        assert!(st.slots() >= 2);
+    }
+
+    #[test]
+    fn pools_are_bounded_per_class() {
+        let shape = PoolShape::new(true, 1 << 40);
+        assert_eq!(shape.batch(1), MAX_BATCH);
+        assert_eq!(shape.cap(1), 2 * MAX_BATCH);
+        assert_eq!(shape.cap(100), LARGE_CAP);
+        let mut p = Pools::new(&shape.caps);
+        for k in 0..40u64 {
+            let pushed = p.push(1, k * 0x2000);
+            assert_eq!(pushed, k < 2 * MAX_BATCH as u64);
+        }
+        assert_eq!(p.bytes(), 32 * 0x2000);
+        assert_eq!(p.pop(1), Some(31 * 0x2000));
+        assert_eq!(p.pop(0), None);
+        assert!(!p.push(MAX_CLASS_PAGES, 0));
+        let mut seen = 0;
+        p.drain(|a, b| {
+            assert_eq!(b - a, 0x2000);
+            seen += 1;
+        });
+        assert_eq!((seen, p.bytes()), (31, 0));
+        // Small shards: batches of one, no purge-fed pools; off: nothing at all.
+        let small = PoolShape::new(true, 64 * PAGE_SIZE);
+        assert_eq!((small.batch(0), small.cap(0), small.cap(20)), (1, 2, 0));
+        assert!(!PoolShape::new(false, 1 << 30).enabled());
+    }
+
+    #[test]
+    fn lazy_batches_swap_in_constant_time() {
+        let node = Node::<pagetable::platform::StdPlatform>::new(&PoolShape::new(true, 1 << 30), 2);
+        let mut st = node.lock();
+        assert_eq!(node.record_lazy(&mut st, 0, 0x2000, 2, 1), Some(0));
+        assert_eq!(node.record_lazy(&mut st, 0x2000, 0x5000, 3, 2), Some(2));
+        assert_eq!(node.record_lazy(&mut st, 0x5000, 0x6000, 1, 0), None);
+        drop(st);
+        assert_eq!(node.lazy_pages(), 5);
+        let (b, t) = node.take_lazy(Vec::new());
+        assert_eq!(b, vec![(0, 0x2000), (0x2000, 0x5000)]);
+        assert_eq!((t.pages, t.unmapped), (5, 3));
+        assert_eq!(node.lazy_pages(), 0);
+        assert!(node.lock().lazy().is_empty());
+    }
+}
