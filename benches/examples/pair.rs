@@ -5,8 +5,12 @@
 //!
 //! ```text
 //! cargo run --release -p benches --example pair -- [--pairs N] [--threads T]
-//!     [--tlb counting|model] [--arena mmap|heap] [--warmup N]
+//!     [--tlb counting|model] [--arena mmap|heap] [--warmup N] [--purge background|sync]
 //! ```
+//!
+//! `--purge sync` builds the instance with `PurgeMode::Synchronous` (the freeing thread that
+//! crosses the threshold purges): what `valgrind --tool=callgrind` should count, since under
+//! valgrind's serialised threads a purge worker runs late and the lazy batches overflow.
 //!
 //! Each thread pins itself to CPU slot `i` (`pagetable::cpu::set_this_cpu`), runs `--warmup`
 //! pairs (default 10% of N), waits for the others at a barrier, then runs N timed pairs.
@@ -25,6 +29,7 @@ struct Args {
     model: bool,
     heap: bool,
     warmup: Option<u64>,
+    sync: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -34,6 +39,7 @@ fn parse() -> Result<Args, String> {
         model: false,
         heap: false,
         warmup: None,
+        sync: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -49,6 +55,13 @@ fn parse() -> Result<Args, String> {
                     "model" => true,
                     "counting" => false,
                     v => return Err(format!("--tlb: {v}: want counting or model")),
+                }
+            }
+            "--purge" => {
+                a.sync = match val()?.as_str() {
+                    "sync" => true,
+                    "background" => false,
+                    v => return Err(format!("--purge: {v}: want background or sync")),
                 }
             }
             "--arena" => {
@@ -123,6 +136,9 @@ fn main() {
     cfg.arena.size = 1 << 30;
     if args.heap {
         cfg.arena.backing = pagetable::Backing::Heap;
+    }
+    if args.sync {
+        cfg.kva.purge_mode = vmalloc::PurgeMode::Synchronous;
     }
     cfg.tlb = if args.model {
         TlbChoice::Model

@@ -85,6 +85,7 @@ impl Drop for Announced<'_> {
 
 impl<P: Platform> Inner<P> {
     /// Check a request; returns the effective alignment and window.
+    #[inline]
     fn check_request(
         &self,
         size: u64,

@@ -38,9 +38,9 @@
 use crate::prelude::*;
 use core::fmt;
 
-/// Entries per leaf.
+/// Entries per leaf (the search of [`rank`] is written for 16).
 pub(crate) const LEAF: usize = 16;
-/// Children per inner node.
+/// Children per inner node (likewise).
 pub(crate) const FAN: usize = 16;
 /// Fewest entries of a non-root leaf.
 const MIN_LEAF: usize = LEAF / 4;
@@ -50,6 +50,23 @@ const MIN_FAN: usize = FAN / 4;
 const MAX_DEPTH: usize = 17;
 /// "No node".
 const NIL: u32 = u32::MAX;
+/// What unused key slots hold: searches scan whole arrays without looking at lengths (a
+/// start is always below it: an area ends above its start).
+const PAD: u64 = u64::MAX;
+
+/// How many of the 16 sorted keys of `a` are below `key` (`strict`) or at most `key`:
+/// a branch-free binary search (four halvings and a last step, conditional moves only).
+#[inline(always)]
+fn rank(a: &[u64; 16], key: u64, strict: bool) -> usize {
+    let before = |x: u64| if strict { x < key } else { x <= key };
+    let mut i = 0usize;
+    for step in [8usize, 4, 2, 1] {
+        if before(a[(i + step - 1) & 15]) {
+            i += step;
+        }
+    }
+    i + usize::from(before(a[i & 15]))
+}
 
 /// Why an insertion was refused (nothing changed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +91,7 @@ struct Leaf<V: Copy> {
 
 #[derive(Clone)]
 struct Inner {
-    /// `keys[0]` is unused.
+    /// `keys[0]` is 0 (unused by the search), unused slots [`PAD`].
     keys: [u64; FAN],
     children: [u32; FAN],
     len: u32,
@@ -145,7 +162,7 @@ impl<V: Copy> BpTree<V> {
 
     fn new_leaf(&mut self) -> Result<u32, InsertError> {
         let leaf = Leaf {
-            starts: [0; LEAF],
+            starts: [PAD; LEAF],
             ends: [0; LEAF],
             vals: [self.filler; LEAF],
             len: 0,
@@ -164,16 +181,12 @@ impl<V: Copy> BpTree<V> {
         Ok(id)
     }
 
-    /// The child of inner node `n` whose subtree may hold `key`.
+    /// The child of inner node `n` whose subtree may hold `key`: one less than the number
+    /// of keys at most `key` (`keys[0]` is 0, unused ones are [`PAD`]).
     #[inline]
     fn child_index(&self, n: u32, key: u64) -> usize {
         let node = &self.inners[n as usize];
-        let len = node.len as usize;
-        let mut i = 1;
-        while i < len && node.keys[i] <= key {
-            i += 1;
-        }
-        i - 1
+        (rank(&node.keys, key, false) - 1).min(node.len as usize - 1)
     }
 
     /// Descend to the leaf whose key range holds `key`, recording the path.
@@ -200,16 +213,10 @@ impl<V: Copy> BpTree<V> {
         n
     }
 
-    /// First index of leaf `l` whose start is `>= key`.
+    /// First index of leaf `l` whose start is `>= key` (unused slots are [`PAD`]).
     #[inline]
     fn lower_bound(&self, l: u32, key: u64) -> usize {
-        let leaf = &self.leaves[l as usize];
-        let len = leaf.len as usize;
-        let mut i = 0;
-        while i < len && leaf.starts[i] < key {
-            i += 1;
-        }
-        i
+        rank(&self.leaves[l as usize].starts, key, true)
     }
 
     /// The entry starting exactly at `start`, as (leaf, index).
@@ -250,10 +257,7 @@ impl<V: Copy> BpTree<V> {
         }
         let l = self.leaf_for(key);
         let leaf = &self.leaves[l as usize];
-        let mut i = 0;
-        while i < leaf.len as usize && leaf.starts[i] <= key {
-            i += 1;
-        }
+        let i = rank(&leaf.starts, key, false).min(leaf.len as usize);
         if i > 0 {
             return Some((l, i - 1));
         }
@@ -331,6 +335,7 @@ impl<V: Copy> BpTree<V> {
     }
 
     /// Insert `[start, end)` with `val`; refused if empty or overlapping an entry.
+    #[inline]
     pub(crate) fn insert(&mut self, start: u64, end: u64, val: V) -> Result<(), InsertError> {
         if start >= end {
             return Err(InsertError::Empty);
@@ -373,8 +378,22 @@ impl<V: Copy> BpTree<V> {
             self.len += 1;
             return Ok(());
         }
-        // Split: reserve every node the split may need first, so that an exhausted arena
-        // changes nothing.
+        self.insert_split(l, pos, start, end, val)
+    }
+
+    /// [`BpTree::insert`] into the full leaf `l` at `pos`: split it (out of line: one
+    /// insertion in [`LEAF`] at most comes here).
+    #[cold]
+    fn insert_split(
+        &mut self,
+        l: u32,
+        pos: usize,
+        start: u64,
+        end: u64,
+        val: V,
+    ) -> Result<(), InsertError> {
+        // Reserve every node the split may need first, so that an exhausted arena changes
+        // nothing.
         let mut path = Path::new();
         self.descend(start, &mut path);
         self.reserve_inners(&path)?;
@@ -389,6 +408,7 @@ impl<V: Copy> BpTree<V> {
             right.vals[..moved].copy_from_slice(&left.vals[mid..]);
             right.len = moved as u32;
             left.len = mid as u32;
+            Self::pad_leaf(left);
             right.prev = l;
             right.next = left.next;
             left.next = r;
@@ -421,13 +441,28 @@ impl<V: Copy> BpTree<V> {
                 .filter(|&i| i != NIL)
                 .ok_or(InsertError::Full)?;
             self.inners.push(Inner {
-                keys: [0; FAN],
+                keys: [PAD; FAN],
                 children: [NIL; FAN],
                 len: 0,
             });
             self.free_inners.push(id);
         }
         Ok(())
+    }
+
+    /// Unused start slots of `leaf` back to [`PAD`] (after a bulk move).
+    fn pad_leaf(leaf: &mut Leaf<V>) {
+        for k in &mut leaf.starts[leaf.len as usize..] {
+            *k = PAD;
+        }
+    }
+
+    /// `keys[0]` to 0 and unused key slots to [`PAD`] (after a bulk move).
+    fn pad_inner(node: &mut Inner) {
+        node.keys[0] = 0;
+        for k in &mut node.keys[node.len as usize..] {
+            *k = PAD;
+        }
     }
 
     fn two_leaves(v: &mut [Leaf<V>], a: u32, b: u32) -> (&mut Leaf<V>, &mut Leaf<V>) {
@@ -478,6 +513,7 @@ impl<V: Copy> BpTree<V> {
             leaf.ends[i] = leaf.ends[i + 1];
             leaf.vals[i] = leaf.vals[i + 1];
         }
+        leaf.starts[len - 1] = PAD;
         leaf.len -= 1;
     }
 
@@ -509,7 +545,7 @@ impl<V: Copy> BpTree<V> {
                 return; // unreachable: reserved
             };
             self.inners[r as usize] = Inner {
-                keys: [0; FAN],
+                keys: [PAD; FAN],
                 children: [NIL; FAN],
                 len: 0,
             };
@@ -536,6 +572,8 @@ impl<V: Copy> BpTree<V> {
             right.children[..moved].copy_from_slice(&kids[mid..]);
             right.len = moved as u32;
             sep = keys[mid];
+            Self::pad_inner(left);
+            Self::pad_inner(right);
             new = r;
         }
         // The root split: a new root above it.
@@ -543,12 +581,13 @@ impl<V: Copy> BpTree<V> {
             return; // unreachable: reserved
         };
         let mut node = Inner {
-            keys: [0; FAN],
+            keys: [PAD; FAN],
             children: [NIL; FAN],
             len: 2,
         };
         node.children[0] = self.root;
         node.children[1] = new;
+        node.keys[0] = 0;
         node.keys[1] = sep;
         self.inners[root as usize] = node;
         self.root = root;
@@ -557,6 +596,7 @@ impl<V: Copy> BpTree<V> {
 
     /// Remove the entry starting exactly at `start` if `check(start, end, value)` accepts it:
     /// `Ok(None)` if there is none, `Err` (nothing changed) if `check` refuses. One descent.
+    #[inline]
     pub(crate) fn remove_checked<E>(
         &mut self,
         start: u64,
@@ -576,10 +616,7 @@ impl<V: Copy> BpTree<V> {
         Self::leaf_remove_at(leaf, pos);
         self.len -= 1;
         if self.height > 0 && (leaf.len as usize) < MIN_LEAF {
-            // Rare: descend again, recording the path, to even out or merge.
-            let mut path = Path::new();
-            self.descend(start, &mut path);
-            self.rebalance_leaf(&mut path);
+            self.rebalance_after_remove(start);
         }
         Ok(Some(e))
     }
@@ -590,6 +627,15 @@ impl<V: Copy> BpTree<V> {
         self.remove_checked(start, |_, _, _| Ok::<(), ()>(()))
             .ok()
             .flatten()
+    }
+
+    /// The leaf that held `start` fell below a quarter: descend again, recording the path,
+    /// to even out or merge (out of line: rare).
+    #[cold]
+    fn rebalance_after_remove(&mut self, start: u64) {
+        let mut path = Path::new();
+        self.descend(start, &mut path);
+        self.rebalance_leaf(&mut path);
     }
 
     /// The leaf reached by `path` fell below a quarter: even out with or merge into a sibling.
@@ -620,6 +666,7 @@ impl<V: Copy> BpTree<V> {
                 left.len = (alen + blen) as u32;
                 left.next = right.next;
                 right.len = 0;
+                Self::pad_leaf(right);
                 right.next
             };
             if next != NIL {
@@ -652,6 +699,8 @@ impl<V: Copy> BpTree<V> {
         }
         left.len = want_a as u32;
         right.len = (total - want_a) as u32;
+        Self::pad_leaf(left);
+        Self::pad_leaf(right);
         let sep = right.starts[0];
         self.inners[p as usize].keys[li + 1] = sep;
     }
@@ -665,6 +714,7 @@ impl<V: Copy> BpTree<V> {
         let len = node.len as usize;
         node.keys.copy_within(at + 1..len, at);
         node.children.copy_within(at + 1..len, at);
+        node.keys[len - 1] = PAD;
         node.len -= 1;
         let len = len - 1;
         if path.depth == 0 {
@@ -700,6 +750,7 @@ impl<V: Copy> BpTree<V> {
             left.keys[alen + 1..alen + blen].copy_from_slice(&right.keys[1..blen]);
             left.len = (alen + blen) as u32;
             right.len = 0;
+            Self::pad_inner(left);
             self.free_inners.push(b);
             self.remove_child(path, li + 1);
             return;
@@ -723,6 +774,8 @@ impl<V: Copy> BpTree<V> {
             right.keys[..nb].copy_from_slice(&keys[want_a..total]);
             right.children[..nb].copy_from_slice(&kids[want_a..total]);
             right.len = nb as u32;
+            Self::pad_inner(left);
+            Self::pad_inner(right);
         }
         self.inners[p as usize].keys[li + 1] = keys[want_a];
     }
@@ -802,6 +855,9 @@ impl<V: Copy> BpTree<V> {
                     return Err(format!("leaf {n}: key {:#x} out of order", leaf.starts[k]));
                 }
             }
+            if leaf.starts[len..].iter().any(|&k| k != PAD) {
+                return Err(format!("leaf {n}: an unused slot is not padded"));
+            }
             leaves.push(n);
             return Ok(());
         }
@@ -809,6 +865,11 @@ impl<V: Copy> BpTree<V> {
         let len = node.len as usize;
         if len < if root || rightmost { 2 } else { MIN_FAN } {
             return Err(format!("inner {n} has {len} children"));
+        }
+        if node.keys[0] != 0 || node.keys[len..].iter().any(|&k| k != PAD) {
+            return Err(format!(
+                "inner {n}: key slot 0 or an unused slot is not padded"
+            ));
         }
         for k in 1..len {
             if !in_bounds(node.keys[k]) || (k > 1 && node.keys[k - 1] >= node.keys[k]) {

@@ -119,13 +119,16 @@ impl<P: Platform> Inner<P> {
         let node = sh.node();
         let recorded = {
             let mut st = node.lock();
-            node.record_lazy(&mut st, start, end, pages, unmapped_pages)
+            match node.record_lazy(&mut st, start, end, pages, unmapped_pages) {
+                Some(old) => Ok(old),
+                None => Err(st.take_spare()),
+            }
         };
         let old = match recorded {
-            Some(old) => old,
-            // Batch full: the lock-free overflow list (counter first, then the `Release`
-            // push: see `Shard::push_overflow`).
-            None => sh.push_overflow(start, end, pages, unmapped_pages),
+            Ok(old) => old,
+            // Batch full: the lock-free overflow list, in a spare node if the node had one
+            // (counter first, then the `Release` push: see `Shard::push_overflow`).
+            Err(spare) => sh.push_overflow(spare, start, end, pages, unmapped_pages),
         };
         self.lazy_added(old, pages);
     }

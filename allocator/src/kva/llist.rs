@@ -371,6 +371,23 @@ impl Chain {
         self.first = node.as_ptr();
     }
 
+    /// Link the whole of `other` after this chain's last node (O(1) when the last node is
+    /// known, as for chains built with [`Chain::push_front`] or detached by
+    /// [`LlistHead::del_all`]; else one walk of this chain).
+    #[inline]
+    pub fn append(&mut self, other: Chain) {
+        let Some(first) = NonNull::new(other.first) else {
+            return;
+        };
+        match self.last_node() {
+            // SAFETY: `last` is a node of this chain, owned by it; linking `other`'s nodes
+            // after it hands their ownership to this chain (`other` is consumed).
+            Some(last) => unsafe { LlistNode::set_next(last, first.as_ptr()) },
+            None => self.first = first.as_ptr(),
+        }
+        self.last = other.last;
+    }
+
     /// Take the first node off the chain (its link is cleared).
     #[inline]
     pub fn pop_front(&mut self) -> Option<NonNull<LlistNode>> {

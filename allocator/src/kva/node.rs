@@ -47,9 +47,12 @@ use core::panic::Location;
 use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
+use core::ptr::NonNull;
+
 use crate::kva::area::{AreaInfo, VmArea};
 use crate::kva::bptree::{BpTree, InsertError};
 use crate::kva::flags::VmFlags;
+use crate::kva::llist::{Chain, Intrusive, LlistNode};
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// Largest pooled size, in pages (guard page included): page-aligned requests of 1 to 256
@@ -284,6 +287,47 @@ impl PoolShape {
     }
 }
 
+/// A lazily freed area on a shard's overflow list: a heap node, recycled through its node's
+/// spares (the list is the fallback of a full lazy batch, a purge lagging far behind).
+///
+/// Ownership: exactly one of the node's spare chain (under the node lock), a freeing thread
+/// (between taking it and pushing it), the shard's overflow list, or the purger's detached
+/// chain; fields are written only by the owner, the list's `Release` push / `Acquire`
+/// `del_all` orders them for the purger.
+pub(crate) struct LazyNode {
+    link: LlistNode,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) unmapped: usize,
+}
+
+crate::impl_llist_intrusive!(LazyNode, link);
+
+impl LazyNode {
+    /// A new heap node holding `[start, end)`.
+    pub(crate) fn boxed(start: u64, end: u64, unmapped: usize) -> NonNull<LazyNode> {
+        NonNull::from(Box::leak(Box::new(LazyNode {
+            link: LlistNode::new(),
+            start,
+            end,
+            unmapped,
+        })))
+    }
+
+    /// Free every node of `chain`.
+    ///
+    /// # Safety
+    ///
+    /// Every node of `chain` is the link of a `LazyNode` made by [`LazyNode::boxed`], owned by
+    /// the chain, referred to by nothing else.
+    pub(crate) unsafe fn free_chain(chain: Chain) {
+        for link in chain {
+            // SAFETY: per the contract, a leaked box owned by us; rebuilt and freed once.
+            drop(unsafe { Box::from_raw(LazyNode::from_node(link).as_ptr()) });
+        }
+    }
+}
+
 /// What a node's lock guards.
 #[derive(Debug)]
 pub(crate) struct NodeState {
@@ -298,6 +342,20 @@ pub(crate) struct NodeState {
     /// Capacity of `lazy` (never grown).
     lazy_cap: usize,
     lazy_unmapped: u64,
+    /// Free overflow nodes (see [`LazyNode`]), at most `lazy_cap` of them.
+    spare: Chain,
+    spare_len: usize,
+}
+
+// SAFETY: the spare chain's nodes are heap `LazyNode`s owned by this state alone (moving the
+// state moves their ownership); everything else is plain data.
+unsafe impl Send for NodeState {}
+
+impl Drop for NodeState {
+    fn drop(&mut self) {
+        // SAFETY: the spare nodes are ours alone (see `give_spares`).
+        unsafe { LazyNode::free_chain(core::mem::take(&mut self.spare)) };
+    }
 }
 
 /// What a purge took from a node's lazy batch.
@@ -320,7 +378,30 @@ impl NodeState {
             lazy: Vec::with_capacity(lazy_cap),
             lazy_cap,
             lazy_unmapped: 0,
+            spare: Chain::new(),
+            spare_len: 0,
         }
+    }
+
+    /// A free overflow node, if one is spare (the caller owns it from now on).
+    #[inline]
+    pub(crate) fn take_spare(&mut self) -> Option<NonNull<LazyNode>> {
+        let link = self.spare.pop_front()?;
+        self.spare_len -= 1;
+        // SAFETY: spare links are links of live `LazyNode`s (see `give_spares`).
+        Some(unsafe { LazyNode::from_node(link) })
+    }
+
+    /// Keep the `n` free overflow nodes of `chain` for reuse, up to `lazy_cap` spares in all;
+    /// past that they are freed.
+    pub(crate) fn give_spares(&mut self, chain: Chain, n: usize) {
+        if self.spare_len + n <= self.lazy_cap {
+            self.spare.append(chain);
+            self.spare_len += n;
+            return;
+        }
+        // SAFETY: the caller hands over the chain's nodes, free heap `LazyNode`s.
+        unsafe { LazyNode::free_chain(chain) };
     }
 
     #[inline]

@@ -324,6 +324,8 @@ impl<P: Platform> Inner<P> {
                 pages += d.pages;
                 unmapped += d.unmapped;
                 ranges.splice(0..0, d.ranges);
+                // The nodes are read: free for the next overflows.
+                sh.lock_node().give_spares(d.nodes, d.len);
             }
             if ranges.is_empty() {
                 self.purge.give_spare(ranges);
@@ -572,7 +574,7 @@ mod tests {
         inner
             .shards
             .get(i)
-            .push_overflow(r.start(), r.end(), pages, pages);
+            .push_overflow(None, r.start(), r.end(), pages, pages);
     }
 
     #[test]

@@ -47,8 +47,8 @@ use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
 use crate::kva::free_tree::FreeTree;
-use crate::kva::llist::{Intrusive, LlistHead, LlistNode};
-use crate::kva::node::{Node, NodeState, PoolShape};
+use crate::kva::llist::{Chain, Intrusive, LlistHead};
+use crate::kva::node::{LazyNode, Node, NodeState, PoolShape};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// A shard's free tree behind its lock, with a lock-free hint of its largest free area.
@@ -135,18 +135,7 @@ impl<P: Platform> core::ops::DerefMut for FreeGuard<'_, P> {
     }
 }
 
-/// A lazily freed area on a shard's overflow list (a heap node: the list is the fallback of a
-/// full lazy batch, so it is rare).
-pub(crate) struct LazyNode {
-    link: LlistNode,
-    start: u64,
-    end: u64,
-    unmapped: usize,
-}
-
-crate::impl_llist_intrusive!(LazyNode, link);
-
-/// A detached overflow list: the areas it held, its nodes freed.
+/// A detached overflow list: the areas it held, and its nodes for reuse.
 #[derive(Debug, Default)]
 pub(crate) struct Detached {
     /// `(start, end)` of every area, newest first.
@@ -155,6 +144,10 @@ pub(crate) struct Detached {
     pub(crate) pages: usize,
     /// Pages their callers reported unmapped.
     pub(crate) unmapped: u64,
+    /// The list's nodes (read, now free: see `NodeState::give_spares`).
+    pub(crate) nodes: Chain,
+    /// How many.
+    pub(crate) len: usize,
 }
 
 /// A shard's overflow list and counters (one cache line, written by the freeing CPUs of this
@@ -252,45 +245,56 @@ impl<P: Platform> Shard<P> {
     }
 
     /// Free the area `[start, end)` (`pages` pages, `unmapped` unmapped by the caller)
-    /// lazily on this shard's overflow list. The counter is raised BEFORE the push, so that
-    /// the purger's subtraction (after its `del_all` saw the push) never underflows it.
-    /// Returns the counter's old value.
-    #[inline]
+    /// lazily on this shard's overflow list, in `spare` (a node taken from the node's spares
+    /// by the caller) or, if there is none, a new heap node. The counter is raised BEFORE the
+    /// push, so that the purger's subtraction (after its `del_all` saw the push) never
+    /// underflows it. Returns the counter's old value.
     pub(crate) fn push_overflow(
         &self,
+        spare: Option<NonNull<LazyNode>>,
         start: u64,
         end: u64,
         pages: usize,
         unmapped: usize,
     ) -> usize {
-        let node = NonNull::from(Box::leak(Box::new(LazyNode {
-            link: LlistNode::new(),
-            start,
-            end,
-            unmapped,
-        })));
+        let node = match spare {
+            Some(n) => {
+                // SAFETY: a spare node is a live heap node owned by the caller (taken off the
+                // node's spare chain under its lock), on no list: ours to fill.
+                unsafe {
+                    let p = n.as_ptr();
+                    (*p).start = start;
+                    (*p).end = end;
+                    (*p).unmapped = unmapped;
+                }
+                n
+            }
+            None => LazyNode::boxed(start, end, unmapped),
+        };
         let old = self.lazy.pages.fetch_add(pages, Ordering::Relaxed);
-        // SAFETY: a fresh heap node on no list; it stays live until a purge (or `Drop`)
-        // detaches it and frees it with `Box::from_raw`. The `Release` push publishes its
-        // fields to that purger.
+        // SAFETY: a live heap node owned by us, on no list; the list takes it over until a
+        // purge detaches it (or `Drop` frees it). The `Release` push publishes its fields.
         unsafe { self.lazy.head.add(LazyNode::to_node(node)) };
         old
     }
 
     /// Detach the whole overflow list (`Acquire`: the pushers' node fields are visible),
-    /// free its nodes and lower the counter by what was found (every page subtracted was
-    /// added before its area's push, which the detaching `del_all` saw: no underflow).
+    /// read its areas and lower the counter by what was found (every page subtracted was
+    /// added before its area's push, which the detaching `del_all` saw: no underflow). The
+    /// nodes come back in `Detached::nodes`, for the node's spares.
     pub(crate) fn take_overflow(&self) -> Detached {
         let chain = self.lazy.head.del_all();
         let mut d = Detached::default();
-        for link in chain {
-            // SAFETY: every node on this list was made by `push_overflow` from a leaked box
-            // and is now owned by us (detached); rebuilding the box frees it exactly once.
-            let n = unsafe { Box::from_raw(LazyNode::from_node(link).as_ptr()) };
+        for link in chain.iter() {
+            // SAFETY: every node on this list is a live `LazyNode` (see `push_overflow`), now
+            // owned by the detached chain we hold.
+            let n = unsafe { LazyNode::from_node(link).as_ref() };
             d.pages += pages(n.start, n.end);
             d.unmapped += n.unmapped as u64;
             d.ranges.push((n.start, n.end));
         }
+        d.len = d.ranges.len();
+        d.nodes = chain;
         self.lazy.pages.fetch_sub(d.pages, Ordering::Relaxed);
         d
     }
@@ -327,7 +331,9 @@ impl<P: Platform> Shard<P> {
 impl<P: Platform> Drop for Shard<P> {
     fn drop(&mut self) {
         // Areas still on the overflow list when the allocator goes away: free the nodes.
-        let _ = self.take_overflow();
+        let d = self.take_overflow();
+        // SAFETY: the detached nodes are ours and nothing else refers to them.
+        unsafe { LazyNode::free_chain(d.nodes) };
     }
 }
 
@@ -639,20 +645,30 @@ mod tests {
     }
 
     #[test]
-    fn overflow_list_counts_and_frees_its_nodes() {
+    fn overflow_list_counts_and_recycles_its_nodes() {
         let s = set(1, 8);
         let sh = s.get(0);
-        assert_eq!(sh.push_overflow(0x100000, 0x102000, 2, 1), 0);
-        assert_eq!(sh.push_overflow(0x102000, 0x105000, 3, 0), 2);
+        assert_eq!(sh.push_overflow(None, 0x100000, 0x102000, 2, 1), 0);
+        assert_eq!(sh.push_overflow(None, 0x102000, 0x105000, 3, 0), 2);
         let mut seen = Vec::new();
         sh.peek_overflow(|a, b| seen.push((a, b)));
         assert_eq!(seen, vec![(0x102000, 0x105000), (0x100000, 0x102000)]);
         assert_eq!(sh.overflow_pages(), 5);
         let d = sh.take_overflow();
-        assert_eq!((d.pages, d.unmapped, d.ranges.len()), (5, 1, 2));
+        assert_eq!((d.pages, d.unmapped, d.len), (5, 1, 2));
         assert_eq!(sh.overflow_pages(), 0);
-        // One left on the list when the set is dropped: freed by `Drop` (Miri checks).
-        sh.push_overflow(0x100000, 0x101000, 1, 1);
+        // The nodes go to the node's spares and are reused by the next overflows.
+        sh.lock_node().give_spares(d.nodes, d.len);
+        let n = sh.lock_node().take_spare();
+        assert!(n.is_some());
+        sh.push_overflow(n, 0x100000, 0x101000, 1, 1);
+        let d = sh.take_overflow();
+        assert_eq!(d.ranges, vec![(0x100000, 0x101000)]);
+        sh.lock_node().give_spares(d.nodes, d.len);
+        // One left on the list when the set is dropped, one among the spares: both freed by
+        // `Drop` (Miri checks).
+        let n = sh.lock_node().take_spare();
+        sh.push_overflow(n, 0x100000, 0x101000, 1, 1);
     }
 
     #[test]

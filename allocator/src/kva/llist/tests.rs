@@ -112,6 +112,34 @@ fn chains_build_and_add_as_batches() {
 }
 
 #[test]
+fn chains_append_in_order() {
+    let head = LlistHead::new();
+    for v in 0..3 {
+        // SAFETY: fresh items.
+        unsafe { head.add(Item::to_node(new_item(v))) };
+    }
+    // A detached chain (last node unknown) followed by a built one, then an empty one.
+    let mut a = head.del_all();
+    let mut b = Chain::new();
+    for v in 5..7 {
+        // SAFETY: fresh items, owned by the chain.
+        unsafe { b.push_front(Item::to_node(new_item(v))) };
+    }
+    a.append(b);
+    a.append(Chain::new());
+    assert_eq!(values(&a), [2, 1, 0, 6, 5]);
+    // Onto an empty chain, then more after it: the last node is kept.
+    let mut c = Chain::new();
+    c.append(a);
+    let mut d = Chain::new();
+    // SAFETY: fresh item.
+    unsafe { d.push_front(Item::to_node(new_item(9))) };
+    c.append(d);
+    assert_eq!(values(&c), [2, 1, 0, 6, 5, 9]);
+    assert_eq!(free_chain(c), [2, 1, 0, 6, 5, 9]);
+}
+
+#[test]
 fn raw_add_batch_and_pop_front() {
     let head = LlistHead::new();
     let a = Item::to_node(new_item(1));
