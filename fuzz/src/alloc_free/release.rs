@@ -201,7 +201,7 @@ impl World {
 
     /// The model's side of a successful release of the area starting at `a`.
     pub fn release_area(&mut self, a: u64) {
-        let area = self.m.areas.remove(&a).expect("released area in the model");
+        let area = self.m.remove_area(a).expect("released area in the model");
         self.touched.push(a);
         let space = self.vm.kernel_space();
         for p in [
@@ -226,7 +226,7 @@ impl World {
             Kind::Block => panic!("a vmap block released as an area"),
             Kind::Ioremap { .. } | Kind::Reserved => {}
         }
-        self.m.lazy.insert(area.start, area.end);
+        self.m.add_lazy(area.start, area.end);
         self.handles
             .retain(|h| h.addr < area.start || h.addr >= area.end);
         self.released(a);
