@@ -7,7 +7,13 @@
 //! chain's order (newest first) with the model, and pushing it back with `add_chain` (which
 //! must keep the order); chains are compared with `iter`, `len`, `first` and `is_empty`.
 //! Operations on nodes in the wrong state are skipped by the harness (they would break the
-//! `unsafe` contracts, which is the caller's bug, not the list's).
+//! `unsafe` contracts, which is the caller's bug, not the list's). Every node is also in
+//! exactly the places its state says.
+//!
+//! How it is fast: the per-step check compares iterators element by element and counts
+//! places in a fixed array; it built a `Vec` (and cloned a `VecDeque`) per chain per step and
+//! scanned every model for every node, which, each allocation costing more than the whole
+//! comparison under ASan, made it 3x slower.
 
 use std::collections::VecDeque;
 use std::ptr::NonNull;
