@@ -13,8 +13,9 @@
 //! tables a map that met an already mapped page leaves linked, by design: see
 //! `check_failed_map`). Every 16 steps and at the end, the full check: both whole windows
 //! against the models, and every mapped frame's references and tag (so a change outside a
-//! step's range that keeps `rss` is reported at most 15 steps late; replay with
-//! `KVMALLOC_FUZZ_TRACE` to find the step). At the end everything is unmapped, the spaces
+//! step's range that keeps `rss` is reported at most 15 steps late, and one undone within
+//! those steps is missed; replaying with `KVMALLOC_FUZZ_FULL=1` or `KVMALLOC_FUZZ_TRACE=1`
+//! runs the full check after every step and names the step). At the end everything is unmapped, the spaces
 //! dropped, and the allocator must be back to zero frames used.
 //!
 //! How it is fast: the per-step check above replaced one that walked both whole windows and
@@ -37,8 +38,6 @@ use pagetable::{
 };
 
 const KB4: u64 = 4096;
-/// Steps between two full checks (see [`World::check`]).
-const FULL_EVERY: usize = 16;
 const PAGES: u64 = 2048;
 /// Window start: 1,024 pages below the 512 GiB boundary.
 const BASE: u64 = 0x80_0000_0000 - 1024 * KB4;
@@ -860,7 +859,8 @@ impl World {
     /// `rss` equal the models' sizes and their highest page translates as modelled; every
     /// frame whose model entries or tag the step changed has exactly the references the
     /// models count (none once no entry maps it) and holds its tag; as many frames are
-    /// tagged as mapped. Every [`FULL_EVERY`] steps and at the end, the full check
+    /// tagged as mapped. Every [`full_every`](crate::alloc_free::full_every) steps (16; 1
+    /// under `KVMALLOC_FUZZ_TRACE` or `KVMALLOC_FUZZ_FULL`) and at the end, the full check
     /// ([`World::check_full`]) as well. Cost: the step's pages and frames, not the models'.
     fn check(&mut self) {
         for &(s, lo, hi) in &self.dirty {
@@ -892,7 +892,8 @@ impl World {
             let n = self.users.get(&pa).copied().unwrap_or(0);
             self.check_frame(pa, n);
         }
-        if self.step % FULL_EVERY == FULL_EVERY - 1 {
+        let every = crate::alloc_free::full_every();
+        if self.step % every == every - 1 {
             self.check_full();
         }
         self.dirty.clear();
