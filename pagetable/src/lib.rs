@@ -216,5 +216,5 @@ pub use page::{
     PhysFrameRange, Size1GiB, Size2MiB, Size4KiB,
 };
 #[cfg(feature = "std")]
-pub use tlb::{AccessError, SETS, TlbModel, WAYS};
+pub use tlb::{AccessError, HUGE_SETS, SETS, TlbEntries, TlbModel, WAYS};
 pub use tlb::{CountingFlush, FlushRange, TLB_SINGLE_PAGE_FLUSH_CEILING, TlbFlush, TlbStats};

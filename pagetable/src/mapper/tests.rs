@@ -325,6 +325,27 @@ fn map_huge_maps_each_run_with_one_leaf() {
 }
 
 #[test]
+fn pte_slots_are_the_leaf_entries() {
+    let (a, s) = space(64);
+    let v = va(0xffff_c900_0000_3000);
+    assert_eq!(s.pte_slot(v), None);
+    s.populate(v, 3 * KB4).unwrap();
+    let slots: Vec<PhysAddr> = (0..3).map(|k| s.pte_slot(v + k * KB4).unwrap()).collect();
+    assert_eq!(slots[1] - slots[0], 8);
+    assert_eq!(slots[0].as_u64() % KB4, 3 * 8);
+    // Writing a slot maps the page.
+    let f = data_frames(1, 0x9000_0000)[0];
+    let pte = f.start_address().as_u64() | RW.bits();
+    a.arena().write(slots[2], &pte.to_ne_bytes()).unwrap();
+    assert_eq!(s.translate(v + 2 * KB4).unwrap().pa, f.start_address());
+    // Under a huge leaf there is no 4 KiB slot.
+    let h = va(0xffff_c900_4000_0000);
+    s.map_contiguous(h, PhysAddr::new(0x40_0000_0000), MB2, RW, true)
+        .unwrap();
+    assert_eq!(s.pte_slot(h + KB4), None);
+}
+
+#[test]
 fn populate_then_map_allocates_nothing_more() {
     let (a, s) = space(64);
     s.populate(va(0x1_0000_0000), 4 * MB2).unwrap();

@@ -16,7 +16,7 @@
 mod model;
 
 #[cfg(feature = "std")]
-pub use model::{AccessError, SETS, TlbModel, WAYS};
+pub use model::{AccessError, HUGE_SETS, SETS, TlbEntries, TlbModel, WAYS};
 
 use crate::addr::VirtAddr;
 use crate::page::PAGE_SIZE;
