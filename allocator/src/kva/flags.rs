@@ -46,8 +46,6 @@ bitflags::bitflags! {
         const PFNMAP = 0x2_0000;
         /// A kernel thread stack (`alloc_thread_stack_node`).
         const STACK = 0x4_0000;
-        /// A thread stack parked in a per-CPU stack cache (freed by its owner).
-        const STACK_CACHED = 0x8_0000;
     }
 }
 
@@ -66,7 +64,7 @@ impl VmFlags {
     /// [`VmFlags::ALLOC`], [`VmFlags::VPAGES`], [`VmFlags::UNLIST`],
     /// [`VmFlags::UNINITIALIZED`], [`VmFlags::MAP_RAM`], [`VmFlags::EXEC`],
     /// [`VmFlags::DMA32`], [`VmFlags::EARLY`], [`VmFlags::HUGE`], [`VmFlags::ZEROED`],
-    /// [`VmFlags::PFNMAP`], [`VmFlags::STACK`], [`VmFlags::STACK_CACHED`].
+    /// [`VmFlags::PFNMAP`], [`VmFlags::STACK`].
     pub const INTERNAL: VmFlags = VmFlags::all().difference(VmFlags::CALLER);
 }
 
