@@ -439,6 +439,10 @@ impl TlbFlush for TlbModel {
         self.cpus.iter().for_each(|c| c.lock().clear());
     }
 
+    fn as_model(&self) -> Option<&TlbModel> {
+        Some(self)
+    }
+
     fn stats(&self) -> TlbStats {
         let mut s = self.counters.stats();
         for c in self.cpus.iter() {
