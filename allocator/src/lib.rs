@@ -168,21 +168,28 @@ mod kva;
 
 // Layer 2, the vmalloc API over the KVA allocator and the page tables.
 mod access;
+mod array;
 mod error;
+mod family;
+mod idle;
 mod info;
 mod instance;
 mod ioremap;
+mod lookup;
 mod map_ram;
 mod remap;
+mod stack;
 mod valloc;
 mod vmap;
 mod vmap_block;
 
 // One path per item: the modules are private and everything public is re-exported here.
 pub use error::VmallocError;
+pub use idle::IdleError;
 pub use info::{VmallocStats, vmallocinfo_line};
 pub use instance::{
-    DEFAULT_ARENA_BYTES, EarlyArea, SMALL_KVA_BYTES, TlbChoice, Vmalloc, VmallocConfig,
+    DEFAULT_ARENA_BYTES, EarlyArea, SMALL_KVA_BYTES, TlbChoice, VFREE_ATOMIC_ERRORS_KEPT, Vmalloc,
+    VmallocConfig,
 };
 pub use kva::area::{AreaInfo, RemovedArea, VmArea};
 pub use kva::config::{
@@ -193,7 +200,10 @@ pub use kva::flags::VmFlags;
 pub use kva::purge::{PurgeReport, RESCHED_EVERY};
 pub use kva::{Kva, KvaError, KvaStats, MAX_CLASS_PAGES, NotifierId, PurgeWork};
 pub use remap::PAGE_USER;
-pub use valloc::{Gfp, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_IO, PAGE_KERNEL_RO};
+pub use stack::{NR_CACHED_STACKS, THREAD_SIZE, ThreadStack};
+pub use valloc::{
+    Gfp, NUMA_NO_NODE, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_IO, PAGE_KERNEL_RO,
+};
 pub use vmap::{IOREMAP_MAX_ORDER, ioremap_align};
 pub use vmap_block::{VMAP_BBMAP_BITS, VMAP_BLOCK_SIZE, VMAP_MAX_ALLOC};
 

@@ -146,7 +146,7 @@ fn reservations_ioremap_and_remap() {
         vm.ioremap(PhysAddr::new(1 << 40), 3 * P, PAGE_KERNEL_IO)
     });
     assert!(f >= 1, "page tables must have been allocated");
-    let (area, f) = inject(&vm, "alloc_vm_area", |vm| vm.alloc_vm_area(600 * P));
+    let (area, f) = inject(&vm, "alloc_vm_area", |vm| vm.alloc_vm_area(600 * P, None));
     assert!(f >= 1, "page tables must have been allocated");
     let (user, _) = inject(&vm, "new_user_space", |vm| vm.new_user_space());
     let k = vm.vmalloc_user(4 * P).unwrap();
