@@ -38,7 +38,8 @@ pub struct ShardedImpl {
 impl From<VmallocError> for ImplError {
     fn from(e: VmallocError) -> Self {
         match e {
-            VmallocError::NoSpace { size, align, .. } => ImplError::NoSpace { size, align },
+            VmallocError::NoSpace { size, align, .. }
+            | VmallocError::TooLarge { size, align, .. } => ImplError::NoSpace { size, align },
             VmallocError::OutOfMemory { .. }
             | VmallocError::Frame(_)
             | VmallocError::Map(pagetable::MapError::OutOfFrames) => ImplError::OutOfMemory,
