@@ -171,6 +171,7 @@ mod access;
 mod array;
 mod error;
 mod family;
+mod huge;
 mod idle;
 mod info;
 mod instance;
@@ -185,6 +186,7 @@ mod vmap_block;
 
 // One path per item: the modules are private and everything public is re-exported here.
 pub use error::VmallocError;
+pub use huge::PMD_SIZE;
 pub use idle::IdleError;
 pub use info::{VmallocStats, vmallocinfo_line};
 pub use instance::{

@@ -323,6 +323,12 @@ impl<P: Platform> Inner<P> {
                 },
             });
         }
+        // Linux 5.13+: 2 MiB leaves first when the caller allows them, else 4 KiB pages.
+        if r.flags.contains(VmFlags::ALLOW_HUGE_VMAP) && r.size >= crate::huge::PMD_SIZE {
+            if let Some(va) = self.try_huge(r, zone) {
+                return Ok(va);
+            }
+        }
         let info = AreaInfo {
             flags: area_flags(r, zone, nr_pages),
             nr_pages,
@@ -452,7 +458,19 @@ impl<P: Platform> Inner<P> {
         let va = VirtAddr::new_truncate(area.start);
         let len = usable_end(&area) - area.start;
         let unmapped = if area.info.flags.contains(VmFlags::ALLOC) {
-            if area.info.nr_pages <= STACK_FRAMES {
+            if area.info.flags.contains(VmFlags::HUGE) {
+                // Each 2 MiB leaf's run goes back whole (a 4 KiB leaf, frame by frame).
+                let frames = &self.frames;
+                self.space.unmap(va, len, |pa, size| {
+                    if size == crate::huge::PMD_SIZE {
+                        let _ = frames.free_huge(PhysFrame::containing_address(pa));
+                    } else {
+                        for off in (0..size).step_by(PAGE_SIZE as usize) {
+                            let _ = frames.free(PhysFrame::containing_address(pa + off));
+                        }
+                    }
+                })
+            } else if area.info.nr_pages <= STACK_FRAMES {
                 // Few frames: hand each back as its PTE is cleared (no batch buffer).
                 let frames = &self.frames;
                 self.space.unmap(va, len, |pa, size| {
