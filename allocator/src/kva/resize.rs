@@ -1,5 +1,5 @@
 //! Growing a live area in place ([`Kva::try_extend`]): what `vrealloc` does when the range
-//! after an area is free.
+//! after an area is free; and its undo ([`Kva::trim_unused`]).
 //!
 //! # How it works
 //!
@@ -40,6 +40,20 @@ impl<P: Platform> Kva<P> {
     /// The caller owns the area: nobody may free or resize it meanwhile.
     pub fn try_extend(&self, start: VirtAddr, new_end: u64) -> Result<(), KvaError> {
         self.inner.try_extend(start.as_u64(), new_end)
+    }
+
+    /// Undo a [`Kva::try_extend`]: the live area starting at `start` ends at `new_end` again
+    /// (above `start`, below its end) and `[new_end, end)` goes straight back to the free
+    /// space, with no flush. Errors as for [`Kva::try_extend`], nothing changed.
+    ///
+    /// # Safety
+    ///
+    /// No CPU may hold a TLB entry for any page of `[new_end, end)`: nothing was mapped
+    /// there since the area got it (e.g. a failed map right after `try_extend`), or every
+    /// mapping of it has been flushed since it was unmapped. As for [`Kva::free_unused`], the
+    /// range may be handed out again at once.
+    pub unsafe fn trim_unused(&self, start: VirtAddr, new_end: u64) -> Result<(), KvaError> {
+        self.inner.trim_unused(start.as_u64(), new_end)
     }
 }
 
@@ -93,6 +107,40 @@ impl<P: Platform> Inner<P> {
                 self.shards.account_crossing(start, end, false);
             }
         }
+        Ok(())
+    }
+
+    fn trim_unused(&self, start: u64, new_end: u64) -> Result<(), KvaError> {
+        let i = self
+            .shards
+            .index_of(start)
+            .ok_or(KvaError::NotAllocated { addr: start })?;
+        let shard = self.shards.get(i);
+        let end = {
+            let mut busy = shard.lock_busy();
+            let Some((_, end, d)) = busy.get(start) else {
+                drop(busy);
+                return Err(self.miss_error(start, true));
+            };
+            if new_end <= start || new_end >= end || new_end % PAGE_SIZE != 0 {
+                return Err(KvaError::InvalidRange {
+                    start: new_end,
+                    end,
+                });
+            }
+            busy.set_end(start, new_end);
+            // SAFETY: the descriptor is owned by the busy tree, whose lock we hold.
+            unsafe { d.set_end(new_end) };
+            end
+        };
+        if end > shard.end() {
+            self.shards.account_crossing(start, end, false);
+            if new_end > shard.end() {
+                self.shards.account_crossing(start, new_end, true);
+            }
+        }
+        // The caller guarantees no translation of the tail survives: straight back.
+        self.shards.free_range(new_end, end);
         Ok(())
     }
 }

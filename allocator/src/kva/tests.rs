@@ -444,6 +444,19 @@ fn try_extend_takes_free_tree_space_only() {
     k.purge();
     k.try_extend(a, a_end + 4 * P).unwrap();
     k.check_invariants().unwrap();
+    // The undo: the tail goes straight back to the free tree.
+    let free = k.stats().free;
+    // SAFETY: nothing was ever mapped (this Kva maps nothing).
+    unsafe { k.trim_unused(a, a_end + 2 * P) }.unwrap();
+    assert_eq!(k.stats().free, free + 2 * P);
+    assert_eq!(k.find(a + 4 * P).unwrap().end, a_end + 2 * P);
+    assert!(matches!(
+        // SAFETY: as above (refused anyway: not below the end).
+        unsafe { k.trim_unused(a, a_end + 2 * P) },
+        Err(KvaError::InvalidRange { .. })
+    ));
+    k.try_extend(a, a_end + 4 * P).unwrap();
+    k.check_invariants().unwrap();
     // Across the shard boundary: the area is found from the upper shard too.
     let top = BASE + 64 * P;
     k.try_extend(a, top + 5 * P).unwrap();
@@ -453,6 +466,19 @@ fn try_extend_takes_free_tree_space_only() {
     );
     assert_eq!(k.busy_overlapping(top, top + P).len(), 1);
     k.check_invariants().unwrap();
+    // Trimming back across the boundary keeps the crossing count right.
+    // SAFETY: nothing was ever mapped.
+    unsafe { k.trim_unused(a, top + P) }.unwrap();
+    assert_eq!(
+        k.find(VirtAddr::new_truncate(top)).unwrap().start,
+        a.as_u64()
+    );
+    assert!(k.find(VirtAddr::new_truncate(top + 2 * P)).is_none());
+    k.check_invariants().unwrap();
+    // SAFETY: nothing was ever mapped.
+    unsafe { k.trim_unused(a, top - P) }.unwrap();
+    assert!(k.find(VirtAddr::new_truncate(top)).is_none());
+    k.try_extend(a, top + 5 * P).unwrap();
     let t = k.remove(a).unwrap();
     assert_eq!(t.area().end, top + 5 * P);
     k.free_lazy(t, 0);
