@@ -183,6 +183,7 @@ mod stack;
 mod valloc;
 mod vmap;
 mod vmap_block;
+mod vrealloc;
 
 // One path per item: the modules are private and everything public is re-exported here.
 pub use error::VmallocError;

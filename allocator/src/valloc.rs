@@ -451,6 +451,40 @@ impl<P: Platform> Inner<P> {
         })
     }
 
+    /// Unmap `[va, va + len)` of an `ALLOC` area with `flags` and about `nr_pages` pages,
+    /// freeing the frames it owns: each 2 MiB leaf's run whole ([`VmFlags::HUGE`]), few
+    /// frames one by one as their PTE is cleared (no batch buffer), many in batches.
+    pub(crate) fn unmap_owned(
+        &self,
+        va: VirtAddr,
+        len: u64,
+        flags: VmFlags,
+        nr_pages: usize,
+    ) -> Result<pagetable::FlushRange, pagetable::MapError> {
+        let frames = &self.frames;
+        if flags.contains(VmFlags::HUGE) {
+            self.space.unmap(va, len, |pa, size| {
+                if size == crate::huge::PMD_SIZE {
+                    let _ = frames.free_huge(PhysFrame::containing_address(pa));
+                } else {
+                    for off in (0..size).step_by(PAGE_SIZE as usize) {
+                        let _ = frames.free(PhysFrame::containing_address(pa + off));
+                    }
+                }
+            })
+        } else if nr_pages <= STACK_FRAMES {
+            self.space.unmap(va, len, |pa, size| {
+                for off in (0..size).step_by(PAGE_SIZE as usize) {
+                    // Refused only for a frame outside the arena (never ours): skipped, as
+                    // `unmap_and_free` does.
+                    let _ = frames.free(PhysFrame::containing_address(pa + off));
+                }
+            })
+        } else {
+            self.space.unmap_and_free(va, len)
+        }
+    }
+
     /// Unmap a removed area by its kind (frames freed for `ALLOC`, kept otherwise) and free
     /// its VA lazily.
     pub(crate) fn release(&self, removed: RemovedArea) -> Result<(), VmallocError> {
@@ -458,31 +492,7 @@ impl<P: Platform> Inner<P> {
         let va = VirtAddr::new_truncate(area.start);
         let len = usable_end(&area) - area.start;
         let unmapped = if area.info.flags.contains(VmFlags::ALLOC) {
-            if area.info.flags.contains(VmFlags::HUGE) {
-                // Each 2 MiB leaf's run goes back whole (a 4 KiB leaf, frame by frame).
-                let frames = &self.frames;
-                self.space.unmap(va, len, |pa, size| {
-                    if size == crate::huge::PMD_SIZE {
-                        let _ = frames.free_huge(PhysFrame::containing_address(pa));
-                    } else {
-                        for off in (0..size).step_by(PAGE_SIZE as usize) {
-                            let _ = frames.free(PhysFrame::containing_address(pa + off));
-                        }
-                    }
-                })
-            } else if area.info.nr_pages <= STACK_FRAMES {
-                // Few frames: hand each back as its PTE is cleared (no batch buffer).
-                let frames = &self.frames;
-                self.space.unmap(va, len, |pa, size| {
-                    for off in (0..size).step_by(PAGE_SIZE as usize) {
-                        // Refused only for a frame outside the arena (never ours): skipped,
-                        // as `unmap_and_free` does.
-                        let _ = frames.free(PhysFrame::containing_address(pa + off));
-                    }
-                })
-            } else {
-                self.space.unmap_and_free(va, len)
-            }
+            self.unmap_owned(va, len, area.info.flags, area.info.nr_pages)
         } else {
             self.space.unmap(va, len, |_, _| {})
         };
