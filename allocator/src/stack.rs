@@ -284,3 +284,65 @@ impl<P: Platform> Inner<P> {
         self.free_kind(start, VmFlags::STACK, |f| f.contains(VmFlags::STACK))
     }
 }
+
+#[cfg(all(test, feature = "loom"))]
+mod loom_tests {
+    //! The per-CPU stack cache's race: threads of one CPU slot taking and caching stacks at
+    //! once (two threads may share a slot: a preempted thread, or more threads than CPUs).
+    //! Every interleaving hands each stack to exactly one taker and loses none.
+
+    use super::*;
+    use loom::thread;
+    use pagetable::platform::StdPlatform;
+    use std::sync::Arc;
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        if b.preemption_bound.is_none() {
+            b.preemption_bound = Some(3);
+        }
+        b.check(f);
+    }
+
+    #[test]
+    fn take_and_put_on_one_slot_lose_nothing() {
+        model(|| {
+            let c = Arc::new(StackCaches::<StdPlatform>::new(1));
+            assert!(c.put(0x1000));
+            let taker = {
+                let c = Arc::clone(&c);
+                thread::spawn(move || c.take())
+            };
+            let putter = {
+                let c = Arc::clone(&c);
+                thread::spawn(move || c.put(0x2000))
+            };
+            let mine = c.take();
+            let theirs = taker.join().unwrap();
+            // One word was free when the putter came, or became free: it always fits.
+            assert!(putter.join().unwrap());
+            let mut seen: Vec<u64> = [mine, theirs].into_iter().flatten().collect();
+            while let Some(s) = c.take() {
+                seen.push(s);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, vec![0x1000, 0x2000], "each stack exactly once");
+        });
+    }
+
+    #[test]
+    fn two_puts_into_the_last_free_word() {
+        model(|| {
+            let c = Arc::new(StackCaches::<StdPlatform>::new(1));
+            assert!(c.put(0x1000));
+            let other = {
+                let c = Arc::clone(&c);
+                thread::spawn(move || c.put(0x2000))
+            };
+            let mine = c.put(0x3000);
+            let theirs = other.join().unwrap();
+            assert!(mine ^ theirs, "exactly one fits");
+            assert_eq!(c.count(), NR_CACHED_STACKS);
+        });
+    }
+}
