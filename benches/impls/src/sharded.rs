@@ -8,7 +8,8 @@
 //! replaces the KVA configuration by [`KvaConfig::single_lock`] (one shard, no per-CPU
 //! caches: the Linux 5.2 design).
 //!
-//! The mapping calls are the kernel test's: `vmalloc`, `__vmalloc_node_range(size, align,
+//! The mapping calls are the kernel test's: `vmalloc`, `vmalloc_huge(size, GFP_KERNEL)` (with
+//! `use_huge`), `__vmalloc_node_range(size, align,
 //! VMALLOC_START, VMALLOC_END, GFP_KERNEL | __GFP_ZERO, PAGE_KERNEL)` for the aligned tests,
 //! `vfree`, `vm_map_ram(pages, NUMA_NO_NODE, PAGE_KERNEL)`, `vm_unmap_ram`. A one-byte store
 //! is a page-table walk plus an arena write, exactly as in `legacy` (the kernel test's
@@ -107,6 +108,10 @@ impl VmallocImpl for ShardedImpl {
 
     fn vmalloc(&self, size: u64) -> Result<u64, ImplError> {
         Ok(self.vm.vmalloc(size)?.as_u64())
+    }
+
+    fn vmalloc_huge(&self, size: u64) -> Result<u64, ImplError> {
+        Ok(self.vm.vmalloc_huge(size, Gfp::KERNEL)?.as_u64())
     }
 
     fn vmalloc_align(&self, size: u64, align: u64) -> Result<u64, ImplError> {
