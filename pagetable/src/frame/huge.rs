@@ -29,8 +29,6 @@
 //! cache lock for the counters; releasing a partly shared run puts its released frames
 //! through the CPU cache, as [`FrameAllocator::free`] does.
 
-use alloc::vec::Vec;
-
 use super::pcp::{HIGH, LOW, RUN_FRAMES, Tagged};
 use super::{FrameAllocator, FrameError, Zone};
 use crate::addr::PhysAddr;
@@ -111,23 +109,39 @@ impl<P: Platform> FrameAllocator<P> {
                 });
             }
         }
-        let mut released = Vec::new();
-        for i in first..first + RUN_FRAMES {
+        // Which frames this call released (a shared frame may drop to zero on its other
+        // holder's side meanwhile: that one is theirs to release, not ours).
+        let mut mine = [0u64; (RUN_FRAMES / 64) as usize];
+        let mut released = 0;
+        for k in 0..RUN_FRAMES {
+            let i = first + k;
             if let Ok(true) = self.drop_ref(i, self.frame_of(i)) {
-                released.push(Tagged::new(i, false));
+                mine[(k / 64) as usize] |= 1 << (k % 64);
+                released += 1;
             }
         }
-        if released.len() as u64 == RUN_FRAMES {
+        if released == RUN_FRAMES {
             let z = self.zone_index(first);
             debug_assert!(z == LOW || z == HIGH);
             self.zones[z].give_run(Tagged::new(first, false));
             let mut g = self.pcp().lock();
             g.frees += RUN_FRAMES;
             self.account(&mut g, -(RUN_FRAMES as i64));
-        } else {
-            self.release(&released);
+        } else if released != 0 {
+            // Some frames are still shared: ours go back one by one.
+            let mut buf = [Tagged::new(0, false); 64];
+            let mut n = 0;
+            for k in (0..RUN_FRAMES).filter(|k| mine[(k / 64) as usize] & (1 << (k % 64)) != 0) {
+                buf[n] = Tagged::new(first + k, false);
+                n += 1;
+                if n == buf.len() {
+                    self.release(&buf);
+                    n = 0;
+                }
+            }
+            self.release(&buf[..n]);
         }
-        Ok(released.len())
+        Ok(released as usize)
     }
 
     /// Free 2 MiB runs held in the zones' run lists (runs released whole by
