@@ -7,12 +7,14 @@
 //! address, handed out as one [`PhysFrame<Size2MiB>`]. Each of its 512 frames gets its own
 //! reference count of 1, as Linux splits the high-order pages of a huge vmalloc area
 //! (`split_page`): a frame of a run can be shared ([`FrameAllocator::get`]) and released
-//! alone ([`FrameAllocator::free`]) like any other. Runs come from the zone pools directly
-//! (no per-CPU cache): first the run list of released runs, then the never-touched bump
-//! region, whose frames skipped to reach the alignment go to the single-frame free list.
+//! alone ([`FrameAllocator::free`]) like any other. Runs come from
+//! first the calling CPU's cache (a few runs per zone), then the pool's list of released
+//! runs, then the never-touched bump region, whose frames skipped to reach the alignment go
+//! to the single-frame free list; when none has one, every CPU's cache is drained and the
+//! pools are tried again.
 //! [`FrameAllocator::free_huge`] drops one reference on each of the 512 frames; when all of
-//! them are released the run goes back whole, otherwise the released ones go back as single
-//! frames. Single frames are never merged into runs again (there is no buddy allocator), and
+//! them are released the run goes back whole (to the CPU's cache, or the pool past its
+//! bound), otherwise the released ones go back as single frames. Single frames are never merged into runs again (there is no buddy allocator), and
 //! a free run is broken into single frames only when a single-frame request finds nothing
 //! else.
 //!
@@ -25,11 +27,12 @@
 //!
 //! # Locking
 //!
-//! A zone pool's lock for the run itself, then (after it is released) the calling CPU's
-//! cache lock for the counters; releasing a partly shared run puts its released frames
+//! The calling CPU's cache lock (its runs and the counters), then a zone pool's lock when
+//! the cache has no run or too many (the pool lock taken under the cache lock or alone,
+//! never the other way round); releasing a partly shared run puts its released frames
 //! through the CPU cache, as [`FrameAllocator::free`] does.
 
-use super::pcp::{HIGH, LOW, RUN_FRAMES, Tagged};
+use super::pcp::{HIGH, LOW, RUN_FRAMES, RUN_PCP_HIGH, Tagged};
 use super::{FrameAllocator, FrameError, Zone};
 use crate::addr::PhysAddr;
 use crate::page::{PAGE_SIZE, PhysFrame, Size2MiB};
@@ -60,27 +63,53 @@ impl<P: Platform> FrameAllocator<P> {
         if self.injected(1) {
             return Err(self.fail(zone, true));
         }
-        let Some((z, t)) = self
-            .order(zone)
-            .iter()
-            .find_map(|&z| self.zones[z].take_run().map(|t| (z, t)))
-        else {
-            return Err(self.fail(zone, false));
+        // This CPU's cached runs, then the pools; then, as for single frames, every CPU's
+        // cache drained (a run may sit in another CPU's) and the pools again.
+        let cached = {
+            let mut g = self.pcp().lock();
+            let t = self
+                .order(zone)
+                .iter()
+                .find_map(|&z| g.runs[z].pop().map(|t| (z, t)));
+            if t.is_some() {
+                g.allocs += RUN_FRAMES;
+                self.account(&mut g, RUN_FRAMES as i64);
+            }
+            t
+        };
+        let (z, t) = match cached {
+            Some(zt) => zt,
+            None => {
+                let from_pools = || {
+                    self.order(zone)
+                        .iter()
+                        .find_map(|&z| self.zones[z].take_run().map(|t| (z, t)))
+                };
+                let zt = match from_pools() {
+                    Some(zt) => zt,
+                    None => {
+                        self.drain_cpu_caches();
+                        from_pools().ok_or_else(|| self.fail(zone, false))?
+                    }
+                };
+                let mut g = self.pcp().lock();
+                g.allocs += RUN_FRAMES;
+                self.account(&mut g, RUN_FRAMES as i64);
+                zt
+            }
         };
         let pa = self.frame_of(t.index()).start_address();
         if zeroed && !t.is_zero() {
             if let Err(e) = self.arena.fill(pa, RUN_FRAMES * PAGE_SIZE, 0) {
                 self.zones[z].give_run(t);
+                let mut g = self.pcp().lock();
+                g.allocs -= RUN_FRAMES;
+                self.account(&mut g, -(RUN_FRAMES as i64));
                 return Err(self.fail_with(e));
             }
         }
         for i in t.index()..t.index() + RUN_FRAMES {
             self.claim(i);
-        }
-        {
-            let mut g = self.pcp().lock();
-            g.allocs += RUN_FRAMES;
-            self.account(&mut g, RUN_FRAMES as i64);
         }
         Ok(PhysFrame::containing_address(pa))
     }
@@ -123,8 +152,13 @@ impl<P: Platform> FrameAllocator<P> {
         if released == RUN_FRAMES {
             let z = self.zone_index(first);
             debug_assert!(z == LOW || z == HIGH);
-            self.zones[z].give_run(Tagged::new(first, false));
+            let run = Tagged::new(first, false);
             let mut g = self.pcp().lock();
+            if g.runs[z].len() < RUN_PCP_HIGH {
+                g.runs[z].push(run);
+            } else {
+                self.zones[z].give_run(run);
+            }
             g.frees += RUN_FRAMES;
             self.account(&mut g, -(RUN_FRAMES as i64));
         } else if released != 0 {
@@ -144,10 +178,18 @@ impl<P: Platform> FrameAllocator<P> {
         Ok(released as usize)
     }
 
-    /// Free 2 MiB runs held in the zones' run lists (runs released whole by
-    /// [`FrameAllocator::free_huge`]; the never-touched region may hold more).
+    /// Free 2 MiB runs held in the zones' run lists and the CPU caches (runs released
+    /// whole by [`FrameAllocator::free_huge`]; the never-touched region may hold more).
     pub fn free_runs(&self) -> usize {
-        self.zones.iter().map(|z| z.pooled_runs()).sum()
+        let cached: usize = self
+            .pcps
+            .iter()
+            .map(|p| {
+                let g = p.lock();
+                g.runs[LOW].len() + g.runs[HIGH].len()
+            })
+            .sum();
+        cached + self.zones.iter().map(|z| z.pooled_runs()).sum::<usize>()
     }
 }
 

@@ -13,7 +13,8 @@
 //!   the run list, where [`ZoneState::give_run`] puts a run whose 512 frames were all
 //!   released together. Single frames are never merged back into runs (there is no buddy
 //!   allocator): a run is broken into 512 single frames only when the free list and the bump
-//!   region cannot serve a single-frame request.
+//!   region cannot serve a single-frame request. A CPU cache keeps up to `RUN_PCP_HIGH` free
+//!   runs per zone, so a CPU that frees a huge area and allocates another skips the pool.
 //! * A [`Pcp`] is one CPU's cache: a LIFO list per zone plus that CPU's exact allocation and
 //!   release counters, all behind the CPU's own (normally uncontended) mutex.
 //!
@@ -61,6 +62,16 @@ impl Tagged {
 
 /// Frames in a 2 MiB run.
 pub(super) const RUN_FRAMES: u64 = 512;
+
+/// Free 2 MiB runs a CPU cache keeps per zone (Linux's pcp lists keep huge orders too since
+/// 5.13).
+///
+/// Why 2: a CPU churning huge areas (allocate, free, allocate) then takes and returns its
+/// run without the shared pool's lock, and with one more run in reserve a
+/// `vrealloc`-style "allocate the new, free the old" finds one too; each cached run keeps
+/// 2 MiB away from the other CPUs until they drain the caches (which they do when they
+/// find nothing), so more would hoard memory.
+pub(super) const RUN_PCP_HIGH: usize = 2;
 
 /// The shared free frames of one zone.
 #[derive(Debug)]
@@ -248,6 +259,8 @@ impl<P: Platform> ZoneState<P> {
 pub(super) struct Pcp {
     /// Cached free frames per zone ([`LOW`], [`HIGH`]), LIFO.
     pub(super) lists: [Vec<Tagged>; 2],
+    /// Cached free 2 MiB runs per zone (their first frame), at most [`RUN_PCP_HIGH`] each.
+    pub(super) runs: [Vec<Tagged>; 2],
     /// Frames handed out through this CPU slot.
     pub(super) allocs: u64,
     /// Frames released through this CPU slot.
@@ -264,6 +277,10 @@ impl Pcp {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
             lists: [Vec::with_capacity(capacity), Vec::with_capacity(capacity)],
+            runs: [
+                Vec::with_capacity(RUN_PCP_HIGH),
+                Vec::with_capacity(RUN_PCP_HIGH),
+            ],
             allocs: 0,
             frees: 0,
             net: 0,
@@ -271,10 +288,12 @@ impl Pcp {
         }
     }
 
-    /// Frames cached in both lists.
+    /// Frames cached in both lists and in the cached runs.
     #[inline]
     pub(super) fn cached(&self) -> usize {
-        self.lists[LOW].len() + self.lists[HIGH].len()
+        self.lists[LOW].len()
+            + self.lists[HIGH].len()
+            + (self.runs[LOW].len() + self.runs[HIGH].len()) * RUN_FRAMES as usize
     }
 
     /// If list `z` holds more than `high` frames, give the coldest ones (the bottom of the
@@ -295,11 +314,16 @@ impl Pcp {
         }
     }
 
-    /// Give every cached frame back to its zone.
+    /// Give every cached frame and run back to its zone.
     pub(super) fn drain_all<P: Platform>(&mut self, zones: &[ZoneState<P>; 2]) {
         for (list, zone) in self.lists.iter_mut().zip(zones) {
             zone.give(list);
             list.clear();
+        }
+        for (runs, zone) in self.runs.iter_mut().zip(zones) {
+            for r in runs.drain(..) {
+                zone.give_run(r);
+            }
         }
     }
 }
