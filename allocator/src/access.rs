@@ -54,9 +54,9 @@ impl<P: Platform> Vmalloc<P> {
     ///   zero-fills them, [`vwrite`](Vmalloc::vwrite) skips them;
     /// * other bytes are copied as the calling CPU would access them, **through the
     ///   installed TLB** when it has a translation cache: the
-    ///   [`TlbModel`](pagetable::TlbModel) of [`TlbChoice::Model`](crate::TlbChoice::Model),
+    ///   [`TlbModel`] of [`TlbChoice::Model`](crate::TlbChoice::Model),
     ///   or the one a [`TlbChoice::Custom`](crate::TlbChoice::Custom) hook exposes through
-    ///   [`TlbFlush::as_model`](pagetable::TlbFlush::as_model) (a hook that wraps a model
+    ///   [`TlbFlush::as_model`] (a hook that wraps a model
     ///   to count or delay its flushes). So a translation that CPU still caches is used
     ///   exactly as hardware would, 2 MiB leaves included. A TLB without a software cache
     ///   ([`TlbChoice::Counting`](crate::TlbChoice::Counting), a kernel's shootdown hook)
@@ -72,6 +72,14 @@ impl<P: Platform> Vmalloc<P> {
     /// free by the caller, as in Linux: memory safe (arena accesses are atomic words), but it
     /// may read zeros or write into the freed frames. No lock is taken beyond the `Kva`'s
     /// lookups and the TLB model's per-CPU lock.
+    ///
+    #[cfg_attr(feature = "std", doc = "[`TlbModel`]: pagetable::TlbModel")]
+    #[cfg_attr(not(feature = "std"), doc = "[`TlbModel`]: crate#features")]
+    #[cfg_attr(
+        feature = "std",
+        doc = "[`TlbFlush::as_model`]: pagetable::TlbFlush::as_model"
+    )]
+    #[cfg_attr(not(feature = "std"), doc = "[`TlbFlush::as_model`]: crate#features")]
     pub fn vread(&self, addr: VirtAddr, buf: &mut [u8]) -> usize {
         self.v().access(addr, Buf::Read(buf))
     }

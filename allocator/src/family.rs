@@ -124,7 +124,7 @@ impl<P: Platform> Vmalloc<P> {
     }
 
     /// `vmalloc_node(size, node)`: [`Vmalloc::vmalloc`] preferring node `node`
-    /// ([`NUMA_NO_NODE`] or a plain number: every `node` argument of the API is an
+    /// ([`NUMA_NO_NODE`](crate::NUMA_NO_NODE) or a plain number: every `node` argument of the API is an
     /// `Option<usize>`, a `usize` converting to `Some`).
     ///
     /// Difference from Linux (seed 002 says "allocate memory on a specific node"): this
