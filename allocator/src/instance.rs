@@ -54,7 +54,8 @@ type SyncArc<T> = StdArc<T>;
 /// Which TLB the instance flushes (and, for the model, reads and writes through).
 #[derive(Clone, Default)]
 pub enum TlbChoice {
-    /// A `TlbModel` with one cache per CPU slot: `vread`/`vwrite` go through it, so stale
+    /// A `TlbModel` with one cache per CPU slot of the instance (as many CPUs as
+    /// [`KvaConfig::nr_cpus`] resolves to): `vread`/`vwrite` go through it, so stale
     /// translations are observable (and tests can ask `TlbModel::holds_any`). The default;
     /// needs the `std` feature ([`VmallocError::Unsupported`] otherwise).
     #[default]
@@ -62,8 +63,9 @@ pub enum TlbChoice {
     /// A [`CountingFlush`]: flushes are counted, nothing is cached; `vread`/`vwrite` walk the
     /// page tables.
     Counting,
-    /// The caller's shootdown hook (e.g. a real kernel's IPI code); `vread`/`vwrite` walk the
-    /// page tables.
+    /// The caller's shootdown hook (e.g. a real kernel's IPI code, or a wrapper of a model
+    /// that counts or delays flushes). `vread`/`vwrite` go through the model the hook
+    /// exposes with `TlbFlush::as_model` (with `std`), else walk the page tables.
     Custom(StdArc<dyn TlbFlush>),
 }
 

@@ -64,11 +64,17 @@
 //!   marked dirty, a fully dirty block going to the lazy list);
 //!   [`vm_unmap_aliases`](Vmalloc::vm_unmap_aliases) flushes every dirty range once and
 //!   purges.
-//! * [`vread`](Vmalloc::vread)/[`vwrite`](Vmalloc::vwrite) copy through the TLB model as the
-//!   calling CPU, holes as zeros (Linux 3.7's `/dev/kmem` semantics);
-//!   [`remap_vmalloc_range`](Vmalloc::remap_vmalloc_range) maps `VM_USERMAP` pages into a
-//!   user space with a reference per frame; [`vmallocinfo`](Vmalloc::vmallocinfo) and
-//!   [`stats`](Vmalloc::stats) print `/proc/vmallocinfo` and the `/proc/meminfo` lines.
+//! * [`vmalloc_huge`](Vmalloc::vmalloc_huge) maps 2 MiB leaves over 2 MiB frame runs (4 KiB
+//!   pages when no run is left); [`vrealloc`](Vmalloc::vrealloc) resizes in place when it
+//!   can, else moves; [`alloc_thread_stack_node`](Vmalloc::alloc_thread_stack_node) hands out
+//!   guarded kernel stacks, kept mapped in a per-CPU cache between threads.
+//! * [`vread`](Vmalloc::vread)/[`vwrite`](Vmalloc::vwrite) copy through the installed TLB's
+//!   model as the calling CPU (or a page walk), holes as zeros (Linux 3.7's `/dev/kmem`
+//!   semantics); [`remap_vmalloc_range`](Vmalloc::remap_vmalloc_range) maps `VM_USERMAP`
+//!   pages into a user space with a reference per frame;
+//!   [`vmallocinfo`](Vmalloc::vmallocinfo), [`meminfo`](Vmalloc::meminfo) and
+//!   [`stats`](Vmalloc::stats) print `/proc/vmallocinfo` and the `/proc/meminfo` lines as
+//!   Linux 6.x does; [`check_idle`](Vmalloc::check_idle) is the leak check.
 //!
 //! # Invariants
 //!

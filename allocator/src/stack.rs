@@ -225,8 +225,13 @@ impl<P: Platform> Vmalloc<P> {
     }
 
     /// Linux's `free_thread_stack`: give a stack back. It goes into the calling CPU's cache,
-    /// still mapped, if a word is free there (no unmap, no flush); otherwise it is released
-    /// as by [`Vmalloc::vfree`] (unmapped, frames freed, VA freed lazily).
+    /// still mapped, if a word is free there: one compare-exchange, no lock, no unmap, no
+    /// flush. Otherwise it is released as by [`Vmalloc::vfree`] (unmapped, frames freed, VA
+    /// freed lazily): the allocator's short lock sections, and no flush on this thread in
+    /// [`PurgeMode::Background`](crate::PurgeMode::Background) (the default: a purge the
+    /// free kicks runs on a worker or the host's hook), so a thread can end with interrupts
+    /// off as long as the platform's locks disable them; in `Inline` and `Synchronous` modes
+    /// a free that crosses the lazy threshold purges (one flush) on this thread.
     ///
     /// Errors: a stack of another instance ([`VmallocError::NotAllocated`]); nothing changes.
     pub fn free_thread_stack(&self, stack: ThreadStack) -> Result<(), VmallocError> {
