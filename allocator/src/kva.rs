@@ -765,6 +765,7 @@ mod inspect;
 pub mod llist;
 pub(crate) mod pcpu;
 pub(crate) mod purge;
+mod resize;
 pub(crate) mod shard;
 pub mod tree;
 #[cfg(feature = "std")]

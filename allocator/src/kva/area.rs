@@ -152,6 +152,17 @@ impl Desc {
         }
     }
 
+    /// Move the end of the area.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Desc::write`].
+    #[inline]
+    pub(crate) unsafe fn set_end(self, end: u64) {
+        // SAFETY: live pointee, exclusive by the caller's ownership; the link is untouched.
+        unsafe { (*self.0.as_ptr()).va_end = end };
+    }
+
     /// Record the pages the caller unmapped (before pushing on a lazy list).
     ///
     /// # Safety

@@ -15,8 +15,8 @@
 //! Purge lock (invariant check only) -> one busy, free or slot lock at a time. Callbacks of
 //! `for_each_busy` run with no lock held (snapshots are taken shard by shard).
 
-use crate::kva::Inner;
 use crate::kva::area::{Desc, VmArea};
+use crate::kva::{Inner, Kva};
 #[allow(unused_imports)]
 use crate::prelude::*;
 use pagetable::platform::Platform;
@@ -73,7 +73,45 @@ pub struct KvaStats {
     pub nr_shards: usize,
 }
 
+impl<P: Platform> Kva<P> {
+    /// Call `f(start, end)` for every area freed lazily and not purged yet: on the shards'
+    /// lazy lists and in the CPU slots' lazy batches (what Linux's `/proc/vmallocinfo` lists
+    /// as `unpurged vm_area`), in no particular order. Waits for a purge in progress (its
+    /// areas are free when it returns) and keeps purges out while it collects; `f` runs with
+    /// no lock held. Areas removed but not freed yet (a token outstanding) are not listed.
+    pub fn for_each_lazy(&self, f: impl FnMut(u64, u64)) {
+        self.inner.for_each_lazy(f);
+    }
+}
+
 impl<P: Platform> Inner<P> {
+    pub(crate) fn for_each_lazy(&self, mut f: impl FnMut(u64, u64)) {
+        let mut lazy: Vec<(u64, u64)> = Vec::new();
+        {
+            // No purger holds a detached chain or batch while we look (as `check_invariants`).
+            let _purging = self.purge.lock();
+            for sh in self.shards.all() {
+                sh.peek_lazy(|chain| {
+                    for node in chain.iter() {
+                        // SAFETY: lazy-list nodes are links of pooled descriptors, owned by
+                        // the chain detached under the purge lock (no purger races with us).
+                        let a = unsafe { Desc::from_node(node).read() };
+                        lazy.push((a.start, a.end));
+                    }
+                });
+            }
+            for c in 0..self.pcpu.len() {
+                let cell = self.pcpu.cell(c);
+                if cell.lazy_pages() != 0 {
+                    lazy.extend_from_slice(cell.lock().lazy());
+                }
+            }
+        }
+        for (s, e) in lazy {
+            f(s, e);
+        }
+    }
+
     pub(crate) fn stats(&self) -> KvaStats {
         let mut s = KvaStats {
             total: self.cfg.end - self.cfg.start,

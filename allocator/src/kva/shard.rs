@@ -172,6 +172,14 @@ impl BusyState {
         Ok(r)
     }
 
+    /// Move the end of the live area starting at `start` to `end` (see
+    /// [`BusyTree::set_end`]); the byte count follows. Returns the old end.
+    pub(crate) fn set_end(&mut self, start: u64, end: u64) -> Option<u64> {
+        let old = self.tree.set_end(start, end)?;
+        self.bytes = self.bytes + end - old;
+        Some(old)
+    }
+
     /// The live area containing `addr`.
     #[inline]
     pub(crate) fn find_containing(&self, addr: u64) -> Option<(u64, u64, Desc)> {
