@@ -12,17 +12,21 @@
 # leaves its input in fuzz/artifacts/<target>/ (ignored by git) and this script exits
 # non-zero after printing how to replay it. Needs the nightly toolchain and cargo-fuzz
 # (`cargo install cargo-fuzz --locked`, which scripts/test-all.sh does on a fresh machine).
+#
+# Runs the exact command of the project's design, `cargo fuzz run <target>` (no `+nightly`):
+# fuzz/rust-toolchain.toml selects nightly (cargo-fuzz needs `-Zsanitizer=address`) and its
+# components for every cargo command in fuzz/, whatever the machine's default toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
-TARGETS="${FUZZ_TARGETS:-$(cargo +nightly fuzz list)}"
+TARGETS="${FUZZ_TARGETS:-$(cargo fuzz list)}"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/fuzz-ci.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 # Build once up front (so the per-target time budget is spent fuzzing, and a build error
 # is reported as such).
-cargo +nightly fuzz build
+cargo fuzz build
 
 failed=""
 for t in $TARGETS; do
@@ -36,7 +40,7 @@ for t in $TARGETS; do
     fi
     echo "== fuzz $t for ${FUZZ_SECONDS} s (seeds: $(ls "$work/$t" | wc -l))"
     log="$work/$t.log"
-    if cargo +nightly fuzz run "$t" "$work/$t" -- \
+    if cargo fuzz run "$t" "$work/$t" -- \
         -max_total_time="$FUZZ_SECONDS" -timeout=60 -rss_limit_mb=4096 \
         -print_final_stats=1 ${extra[@]+"${extra[@]}"} >"$log" 2>&1; then
         # The last status line (cov/ft/corpus/exec/s) and the final stats.
@@ -45,7 +49,7 @@ for t in $TARGETS; do
     else
         tail -n 60 "$log"
         art="$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -n 1 | sed 's/Test unit written to //')"
-        echo "!! $t FAILED${art:+; replay: (cd fuzz && cargo +nightly fuzz run $t $art)}"
+        echo "!! $t FAILED${art:+; replay: (cd fuzz && cargo fuzz run $t $art)}"
         failed="$failed $t"
     fi
 done

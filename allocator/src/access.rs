@@ -48,28 +48,49 @@ impl<P: Platform> Vmalloc<P> {
     /// lies inside one area, the common case; otherwise a walk of every live area in address
     /// order). Then, page piece by page piece:
     ///
-    /// * bytes in no area, in a guard page, in an `ioremap` area (device memory: reading it
-    ///   has side effects), in an unmapped page of an area, or in a page of a vmap block that
-    ///   belongs to no live `vm_map_ram` piece are holes: `vread` zero-fills them,
-    ///   [`vwrite`](Vmalloc::vwrite) skips them;
-    /// * other bytes are copied through the TLB model
-    ///   ([`TlbChoice::Model`](crate::TlbChoice::Model)) as the calling CPU
-    ///   (`Platform::this_cpu()`), so a translation that CPU still caches is used exactly as
-    ///   hardware would; a write to a read-only page is skipped like a hole. Without a model
-    ///   ([`TlbChoice::Counting`](crate::TlbChoice::Counting) / `Custom`) the page tables are
-    ///   walked instead.
+    /// * bytes in no area, in a guard page, in an `ioremap` or `vmap_pfn` area (device
+    ///   memory: reading it has side effects), in an unmapped page of an area, or in a page
+    ///   of a vmap block that belongs to no live `vm_map_ram` piece are holes: `vread`
+    ///   zero-fills them, [`vwrite`](Vmalloc::vwrite) skips them;
+    /// * other bytes are copied as the calling CPU would access them, **through the
+    ///   installed TLB** when it has a translation cache: the
+    ///   [`TlbModel`] of [`TlbChoice::Model`](crate::TlbChoice::Model),
+    ///   or the one a [`TlbChoice::Custom`](crate::TlbChoice::Custom) hook exposes through
+    ///   [`TlbFlush::as_model`] (a hook that wraps a model
+    ///   to count or delay its flushes). So a translation that CPU still caches is used
+    ///   exactly as hardware would, 2 MiB leaves included. A TLB without a software cache
+    ///   ([`TlbChoice::Counting`](crate::TlbChoice::Counting), a kernel's shootdown hook)
+    ///   has nothing to go through: the page tables are walked, as the MMU does on a miss.
+    ///
+    /// **The calling CPU** is `Platform::this_cpu()` taken modulo the instance's CPU count
+    /// ([`Kva::nr_cpus`](crate::Kva::nr_cpus), [`KvaConfig::nr_cpus`](crate::KvaConfig)),
+    /// as for every per-CPU structure of the instance; the built-in model has exactly that
+    /// many CPUs, so thread ids beyond it share the model's CPUs the way they share the
+    /// instance's CPU slots. A custom model with fewer CPUs is used modulo its own count.
     ///
     /// Reading or writing an area that another thread frees at the same time is a use after
     /// free by the caller, as in Linux: memory safe (arena accesses are atomic words), but it
     /// may read zeros or write into the freed frames. No lock is taken beyond the `Kva`'s
     /// lookups and the TLB model's per-CPU lock.
+    ///
+    #[cfg_attr(feature = "std", doc = "[`TlbModel`]: pagetable::TlbModel")]
+    #[cfg_attr(not(feature = "std"), doc = "[`TlbModel`]: crate#features")]
+    #[cfg_attr(
+        feature = "std",
+        doc = "[`TlbFlush::as_model`]: pagetable::TlbFlush::as_model"
+    )]
+    #[cfg_attr(not(feature = "std"), doc = "[`TlbFlush::as_model`]: crate#features")]
     pub fn vread(&self, addr: VirtAddr, buf: &mut [u8]) -> usize {
         self.v().access(addr, Buf::Read(buf))
     }
 
     /// `vwrite(addr, data)`: write `data` at `addr` in the vmalloc range; holes (as
-    /// [`Vmalloc::vread`] defines them) and read-only pages are skipped. Returns `data.len()`,
-    /// or 0 (nothing written) if the range intersects no live area.
+    /// [`Vmalloc::vread`] defines them) are skipped. As seed 002 (Linux 3.7) says: returns
+    /// `data.len()`, or 0 (nothing written) if the range intersects no live area other than
+    /// `ioremap` / `vmap_pfn` ones ("IOREMAP area is treated as memory hole and no copy is
+    /// done"); and a read-only page is written, through its frame, as 3.7 writes through
+    /// `vmalloc_to_page` and a kernel mapping of the page (the TLB is bypassed for that
+    /// page only: the frame is what the read-only mapping shows).
     pub fn vwrite(&self, addr: VirtAddr, data: &[u8]) -> usize {
         self.v().access(addr, Buf::Write(data))
     }
@@ -84,8 +105,12 @@ impl<P: Platform> Inner<P> {
             return 0;
         }
         let end = a + len;
+        let write = matches!(buf, Buf::Write(_));
         if let Some(area) = self.kva.find(VirtAddr::new_truncate(a)) {
             if a >= area.start && end <= usable_end(&area) {
+                if write && is_hole_kind(area.info.flags) {
+                    return 0;
+                }
                 self.copy_area(&area, a, end, a, &mut buf);
                 return len as usize;
             }
@@ -94,7 +119,7 @@ impl<P: Platform> Inner<P> {
         // the cost follows the range, not the number of live areas.
         let mut areas = self.kva.busy_overlapping(a, end);
         areas.retain(|ar| a < usable_end(ar));
-        if areas.is_empty() {
+        if areas.is_empty() || (write && areas.iter().all(|ar| is_hole_kind(ar.info.flags))) {
             return 0;
         }
         let mut pos = a;
@@ -115,7 +140,7 @@ impl<P: Platform> Inner<P> {
     /// Copy `[s, e)` (inside `area`'s usable part); `base` is the address of `buf[0]`.
     fn copy_area(&self, area: &VmArea, s: u64, e: u64, base: u64, buf: &mut Buf<'_>) {
         let f = area.info.flags;
-        if f.contains(VmFlags::IOREMAP) {
+        if is_hole_kind(f) {
             buf.hole((s - base) as usize, (e - base) as usize);
             return;
         }
@@ -134,31 +159,48 @@ impl<P: Platform> Inner<P> {
         }
     }
 
-    /// Copy one piece within a page through the TLB model (or a page walk); false = hole.
+    /// Copy one piece within a page through the installed TLB's model (or a page walk);
+    /// false = hole.
     fn copy_piece(&self, cpu: usize, va: u64, buf: &mut Buf<'_>, from: usize, to: usize) -> bool {
         let v = VirtAddr::new_truncate(va);
         #[cfg(feature = "std")]
-        if let Some(m) = &self.model {
+        if let Some(m) = self.tlb.as_model() {
             let cpu = cpu % m.nr_cpus();
             let r = match buf {
                 Buf::Read(b) => m.read(cpu, &self.space, v, &mut b[from..to]),
                 Buf::Write(b) => m.write(cpu, &self.space, v, &b[from..to]),
             };
-            // Not mapped, read-only, or outside the arena: a hole.
-            return r.is_ok();
+            return match r {
+                Ok(()) => true,
+                // 3.7 writes read-only pages through the page itself.
+                Err(pagetable::AccessError::WriteProtected { .. }) => {
+                    self.walk_copy(v, buf, from, to)
+                }
+                // Not mapped, or outside the arena: a hole.
+                Err(_) => false,
+            };
         }
         #[cfg(not(feature = "std"))]
         let _ = cpu;
+        self.walk_copy(v, buf, from, to)
+    }
+
+    /// Copy one piece through a page-table walk and the frame (any permission: 3.7's
+    /// `vmalloc_to_page` + `kmap` path); false = hole.
+    fn walk_copy(&self, v: VirtAddr, buf: &mut Buf<'_>, from: usize, to: usize) -> bool {
         let Some(t) = self.space.translate(v) else {
             return false;
         };
-        if matches!(buf, Buf::Write(_)) && !t.flags.contains(pagetable::PageTableFlags::WRITABLE) {
-            return false;
-        }
         let arena = self.frames.arena();
         match buf {
             Buf::Read(b) => arena.read(t.pa, &mut b[from..to]).is_ok(),
             Buf::Write(b) => arena.write(t.pa, &b[from..to]).is_ok(),
         }
     }
+}
+
+/// Areas `vread` / `vwrite` treat as holes: device memory (`ioremap`, `vmap_pfn`).
+#[inline]
+fn is_hole_kind(flags: VmFlags) -> bool {
+    flags.contains(VmFlags::IOREMAP)
 }

@@ -16,14 +16,18 @@ use crate::prelude::*;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum VmallocError {
-    /// No free range of `size` bytes aligned to `align` exists in `[start, end)`, even after a
-    /// synchronous purge of the lazily freed areas and the registered notifiers.
+    /// No free range for `size` bytes aligned to `align` exists in `[start, end)` right now,
+    /// even after a synchronous purge of the lazily freed areas and the registered notifiers
+    /// (the range could hold it if less of it were in use).
     #[error(
-        "vmap allocation for size {size:#x} (align {align:#x}) failed in [{start:#x}, {end:#x}): \
-         no space left (use a larger KVA range)"
+        "vmap allocation for size {size:#x} (align {align:#x}) failed: no free range left in \
+         [{start:#x}, {end:#x}) after purging the lazily freed areas (free some areas, or \
+         configure a larger KVA range)"
     )]
     NoSpace {
-        /// Requested size in bytes (guard page included).
+        /// The size the caller asked for, in bytes (as given: the guard page and the rounding
+        /// to pages not included). For the [`Kva`](crate::Kva)'s own errors converted with
+        /// `From`, the size passed to [`Kva::alloc`](crate::Kva::alloc).
         size: u64,
         /// Requested alignment in bytes.
         align: u64,
@@ -31,6 +35,30 @@ pub enum VmallocError {
         start: u64,
         /// Upper bound (exclusive) of the searched range.
         end: u64,
+    },
+    /// No range of `[start, end)` could ever hold `size` bytes aligned to `align` with their
+    /// guard page, even with nothing else allocated: the request is larger than the window.
+    #[error(
+        "vmap allocation for size {size:#x} (align {align:#x}) can never succeed: \
+         [{start:#x}, {end:#x}) is too small for it even when empty"
+    )]
+    TooLarge {
+        /// The size the caller asked for, in bytes.
+        size: u64,
+        /// Requested alignment in bytes.
+        align: u64,
+        /// Lower bound of the window searched (clipped to the vmalloc range).
+        start: u64,
+        /// Upper bound (exclusive) of the window.
+        end: u64,
+    },
+    /// `n * size` (an array allocation: `vmalloc_array`, `vcalloc`) does not fit in 64 bits.
+    #[error("array of {n} elements of {size} bytes: the size overflows")]
+    SizeOverflow {
+        /// Number of elements.
+        n: u64,
+        /// Size of one element in bytes.
+        size: u64,
     },
     /// The size is zero, not a whole number of pages, or too large to represent.
     #[error("invalid size {size:#x}: must be a non-zero multiple of the page size")]
@@ -73,12 +101,21 @@ pub enum VmallocError {
         addr: u64,
     },
     /// The area at `addr` was created by another kind of allocation (e.g. `vunmap` on a
-    /// `vmalloc` area).
-    #[error("area at {addr:#x} has flags {found:?}, expected {expected:?}")]
+    /// `vmalloc` area). The message names both kinds in words and the call that releases the
+    /// area found.
+    #[error(
+        "the area at {addr:#x} is {}, not {}: release it with {}",
+        kind_name(*found),
+        expected_name(*expected),
+        release_call(*found)
+    )]
     WrongKind {
         /// Start of the area.
         addr: u64,
-        /// Flags the operation requires.
+        /// The kind the operation releases: [`VmFlags::ALLOC`] (`vfree`), [`VmFlags::MAP`]
+        /// (`vunmap`), [`VmFlags::IOREMAP`] (`iounmap`), [`VmFlags::MAP_RAM`]
+        /// (`vm_unmap_ram`), [`VmFlags::STACK`] (`free_thread_stack`), or no flag for
+        /// `free_vm_area`'s reservations.
         expected: VmFlags,
         /// Flags the area has.
         found: VmFlags,
@@ -150,7 +187,7 @@ pub enum VmallocError {
         addr: u64,
         /// The count passed.
         count: usize,
-        /// The count (rounded as allocated) of the mapping.
+        /// The page count `vm_map_ram` mapped there (exactly as passed to it).
         expected: usize,
     },
     /// A configuration value above what the allocator supports.
@@ -176,6 +213,65 @@ pub enum VmallocError {
         /// Index of the worker that could not be started.
         index: usize,
     },
+}
+
+/// The kind of area `flags` describe, in words (for messages).
+pub(crate) fn kind_name(flags: VmFlags) -> &'static str {
+    if flags.contains(VmFlags::MAP_RAM | VmFlags::UNLIST) {
+        "a vmap block (it holds vm_map_ram pieces)"
+    } else if flags.contains(VmFlags::MAP_RAM) {
+        "a vm_map_ram mapping"
+    } else if flags.contains(VmFlags::STACK) {
+        "a thread stack"
+    } else if flags.contains(VmFlags::ALLOC) {
+        "a vmalloc area"
+    } else if flags.contains(VmFlags::PFNMAP) {
+        "a vmap_pfn area"
+    } else if flags.contains(VmFlags::MAP) {
+        "a vmap area"
+    } else if flags.contains(VmFlags::EARLY) {
+        "an early (boot-time) area"
+    } else if flags.contains(VmFlags::IOREMAP) {
+        "an ioremap or alloc_vm_area area"
+    } else {
+        "a get_vm_area reservation"
+    }
+}
+
+/// What a release call accepts, in words, from its `expected` flag.
+fn expected_name(expected: VmFlags) -> &'static str {
+    if expected.contains(VmFlags::MAP_RAM) {
+        "a vm_map_ram mapping"
+    } else if expected.contains(VmFlags::STACK) {
+        "a thread stack"
+    } else if expected.contains(VmFlags::ALLOC) {
+        "a vmalloc area"
+    } else if expected.contains(VmFlags::MAP) {
+        "a vmap or vmap_pfn area"
+    } else if expected.contains(VmFlags::IOREMAP) {
+        "an ioremap area"
+    } else {
+        "a reservation (get_vm_area, alloc_vm_area, vmap, vmap_pfn, ioremap or early area)"
+    }
+}
+
+/// The call that releases an area of kind `flags`.
+fn release_call(flags: VmFlags) -> &'static str {
+    if flags.contains(VmFlags::MAP_RAM | VmFlags::UNLIST) {
+        "vm_unmap_ram on each of its pieces"
+    } else if flags.contains(VmFlags::MAP_RAM) {
+        "vm_unmap_ram"
+    } else if flags.contains(VmFlags::STACK) {
+        "free_thread_stack"
+    } else if flags.contains(VmFlags::ALLOC) {
+        "vfree"
+    } else if flags.intersects(VmFlags::MAP | VmFlags::PFNMAP) {
+        "vunmap"
+    } else if flags.contains(VmFlags::IOREMAP) && !flags.contains(VmFlags::EARLY) {
+        "iounmap (ioremap) or free_vm_area (alloc_vm_area)"
+    } else {
+        "free_vm_area"
+    }
 }
 
 impl From<KvaError> for VmallocError {
@@ -234,7 +330,42 @@ mod tests {
             expected: VmFlags::MAP,
             found: VmFlags::ALLOC,
         };
-        assert!(e.to_string().contains("MAP"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "the area at 0x1000 is a vmalloc area, not a vmap or vmap_pfn area: release it \
+             with vfree"
+        );
+        // `free_vm_area` on a vmalloc area: the kinds in words, no raw flag value.
+        let e = VmallocError::WrongKind {
+            addr: 0x1000,
+            expected: VmFlags::empty(),
+            found: VmFlags::ALLOC | VmFlags::ZEROED,
+        };
+        let s = e.to_string();
+        assert!(s.contains("is a vmalloc area, not a reservation"), "{s}");
+        assert!(!s.contains("VmFlags"), "{s}");
+        for (found, call) in [
+            (VmFlags::MAP_RAM, "vm_unmap_ram"),
+            (
+                VmFlags::MAP_RAM | VmFlags::UNLIST | VmFlags::NO_GUARD,
+                "on each of its pieces",
+            ),
+            (VmFlags::IOREMAP, "iounmap"),
+            (
+                VmFlags::IOREMAP | VmFlags::EARLY | VmFlags::NO_GUARD,
+                "free_vm_area",
+            ),
+            (VmFlags::IOREMAP | VmFlags::PFNMAP, "vunmap"),
+            (VmFlags::ALLOC | VmFlags::STACK, "free_thread_stack"),
+            (VmFlags::empty(), "free_vm_area"),
+        ] {
+            let e = VmallocError::WrongKind {
+                addr: 0,
+                expected: VmFlags::ALLOC,
+                found,
+            };
+            assert!(e.to_string().contains(call), "{e}");
+        }
         assert_eq!(
             VmallocError::DoubleFree { addr: 1 },
             VmallocError::DoubleFree { addr: 1 }

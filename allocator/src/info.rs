@@ -22,11 +22,15 @@ use crate::sync::Ordering;
 /// The vmalloc figures of `/proc/meminfo` and the counters behind them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmallocStats {
-    /// `VmallocTotal`: size of the vmalloc range, kB.
+    /// `VmallocTotal`, kB: Linux's `VMALLOC_TOTAL = VMALLOC_END - VMALLOC_START` with its
+    /// inclusive `VMALLOC_END`, one byte short of the range (so 32 TiB prints as
+    /// 34359738367 kB, as on every x86_64 machine).
     pub vmalloc_total_kb: u64,
     /// `VmallocUsed`: pages of `vmalloc`-family areas, kB (Linux 4.x+ meaning).
     pub vmalloc_used_kb: u64,
-    /// `VmallocChunk`: the largest free range, kB (Linux 3.7's meaning).
+    /// The largest free range, kB: `VmallocChunk` as Linux 3.7 computed it. Linux 4.4+
+    /// prints `VmallocChunk: 0 kB` (the walk was too costly), and so does
+    /// [`Vmalloc::meminfo`]; the figure stays here for callers who want it.
     pub vmalloc_chunk_kb: u64,
     /// Live areas (of every kind, vmap blocks included).
     pub nr_areas: usize,
@@ -59,11 +63,12 @@ pub struct VmallocStats {
 }
 
 impl fmt::Display for VmallocStats {
-    /// The three `/proc/meminfo` lines.
+    /// The three `/proc/meminfo` lines as Linux 6.x prints them (`show_val_kb`: the label
+    /// padded to 16 columns, the value right-aligned in 8, ` kB`; `VmallocChunk` is 0).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "VmallocTotal:   {:>8} kB", self.vmalloc_total_kb)?;
         writeln!(f, "VmallocUsed:    {:>8} kB", self.vmalloc_used_kb)?;
-        writeln!(f, "VmallocChunk:   {:>8} kB", self.vmalloc_chunk_kb)
+        writeln!(f, "VmallocChunk:   {:>8} kB", 0)
     }
 }
 
@@ -82,7 +87,8 @@ pub fn vmallocinfo_line(a: &VmArea) -> String {
         let _ = write!(s, " pages={}", a.info.nr_pages);
     }
     if let Some(p) = a.info.phys_addr {
-        let _ = write!(s, " phys=0x{p:x}");
+        // `%pa`: a phys_addr_t as `0x` and 16 hex digits.
+        let _ = write!(s, " phys=0x{p:016x}");
     }
     for (flag, name) in [
         (VmFlags::IOREMAP, " ioremap"),
@@ -98,18 +104,58 @@ pub fn vmallocinfo_line(a: &VmArea) -> String {
     s
 }
 
+/// The `/proc/vmallocinfo` line of a lazily freed area not purged yet (without the
+/// newline): `0x<start>-0x<end> <size> unpurged vm_area`.
+fn unpurged_line(out: &mut String, start: u64, end: u64) {
+    let _ = writeln!(
+        out,
+        "0x{start:016x}-0x{end:016x} {:7} unpurged vm_area",
+        end - start
+    );
+}
+
 impl<P: Platform> Vmalloc<P> {
-    /// `/proc/vmallocinfo`: one line per live area in address order,
-    /// `0x<start>-0x<end> <size> <file>:<line> [pages=N] [phys=0x..] [ioremap] [vmalloc]
-    /// [vmap] [user] [vpages]`, sizes including the guard page; `vm_map_ram` areas and vmap
-    /// blocks print `0x<start>-0x<end> <size> vm_map_ram`, as in Linux.
+    /// `/proc/vmallocinfo` as Linux 6.x prints it: one line per live area in address order,
+    ///
+    /// ```text
+    /// 0x<start>-0x<end> <size> <file>:<line> [pages=N] [phys=0x<16 hex>] [ioremap] [vmalloc] [vmap] [user] [vpages]
+    /// ```
+    ///
+    /// with `<start>` and `<end>` as 16 hex digits (`%pK`), the size in bytes (guard page
+    /// included) right-aligned in 7 columns (`%7ld`), the caller where Linux prints its
+    /// symbol (`%pS`), `pages=` for areas that own pages (`vmalloc`, thread stacks and huge
+    /// areas, whose count is in 4 KiB pages; not `vmap`, which records none without
+    /// `VM_MAP_PUT_PAGES`), `phys=` as `%pa` prints it, and `vpages` when the page array
+    /// would not fit in a page (more than 512 pages), as Linux then vmallocs it.
+    /// `vm_map_ram` mappings and vmap blocks print `0x<start>-0x<end> <size> vm_map_ram`.
+    /// Last come the lazily freed areas still waiting for a purge, in no particular order,
+    /// as `0x<start>-0x<end> <size> unpurged vm_area` (Linux's `show_purge_info`; vmap
+    /// blocks retired to the lazy list appear there too).
     pub fn vmallocinfo(&self) -> String {
         let mut out = String::new();
-        self.v().kva.for_each_busy(|a| {
+        let v = self.v();
+        v.kva.for_each_busy(|a| {
             out.push_str(&vmallocinfo_line(a));
             out.push('\n');
         });
+        v.kva.for_each_lazy(|s, e| unpurged_line(&mut out, s, e));
         out
+    }
+
+    /// `/proc/meminfo`'s vmalloc lines, as Linux 6.x prints them:
+    ///
+    /// ```text
+    /// VmallocTotal:   34359738367 kB
+    /// VmallocUsed:          40 kB
+    /// VmallocChunk:          0 kB
+    /// ```
+    ///
+    /// `VmallocTotal` is the size of the range, `VmallocUsed` the pages of `vmalloc`-family
+    /// areas (Linux's `vmalloc_nr_pages()`, thread stacks and huge areas included; `vmap`,
+    /// `ioremap` and `vm_map_ram` mappings are not counted), `VmallocChunk` 0 as since Linux
+    /// 4.4. The [`VmallocStats`] of [`Vmalloc::stats`] printed (`Display`).
+    pub fn meminfo(&self) -> String {
+        self.stats().to_string()
     }
 
     /// The `/proc/meminfo` vmalloc figures and the counters of every layer (see
@@ -135,7 +181,7 @@ impl<P: Platform> Vmalloc<P> {
         let tlb = v.tlb.stats();
         let frames = v.frames.stats();
         VmallocStats {
-            vmalloc_total_kb: (v.end - v.start) >> 10,
+            vmalloc_total_kb: (v.end - v.start - 1) >> 10,
             vmalloc_used_kb: vmalloc_pages * (PAGE_SIZE >> 10),
             vmalloc_chunk_kb: kva.largest_free >> 10,
             nr_areas,
@@ -184,7 +230,7 @@ mod tests {
             end: 0x3000,
             info: io,
         });
-        assert!(l.ends_with(" phys=0xfee00000 ioremap"), "{l}");
+        assert!(l.ends_with(" phys=0x00000000fee00000 ioremap"), "{l}");
         let ram = VmArea {
             start: 0x1000,
             end: 0x2000,

@@ -45,7 +45,7 @@ use crate::kva::area::{AreaInfo, VmArea};
 use crate::kva::config::{KvaConfig, VMALLOC_END, VMALLOC_START};
 use crate::kva::flags::VmFlags;
 use crate::kva::{Kva, PurgeWork};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::vmap_block::VmapBlocks;
 
 /// The frame allocator and arena are shared through `alloc`'s `Arc`, as `pagetable` takes them.
@@ -54,7 +54,8 @@ type SyncArc<T> = StdArc<T>;
 /// Which TLB the instance flushes (and, for the model, reads and writes through).
 #[derive(Clone, Default)]
 pub enum TlbChoice {
-    /// A `TlbModel` with one cache per CPU slot: `vread`/`vwrite` go through it, so stale
+    /// A `TlbModel` with one cache per CPU slot of the instance (as many CPUs as
+    /// [`KvaConfig::nr_cpus`] resolves to): `vread`/`vwrite` go through it, so stale
     /// translations are observable (and tests can ask `TlbModel::holds_any`). The default;
     /// needs the `std` feature ([`VmallocError::Unsupported`] otherwise).
     #[default]
@@ -62,8 +63,9 @@ pub enum TlbChoice {
     /// A [`CountingFlush`]: flushes are counted, nothing is cached; `vread`/`vwrite` walk the
     /// page tables.
     Counting,
-    /// The caller's shootdown hook (e.g. a real kernel's IPI code); `vread`/`vwrite` walk the
-    /// page tables.
+    /// The caller's shootdown hook (e.g. a real kernel's IPI code, or a wrapper of a model
+    /// that counts or delays flushes). `vread`/`vwrite` go through the model the hook
+    /// exposes with `TlbFlush::as_model` (with `std`), else walk the page tables.
     Custom(StdArc<dyn TlbFlush>),
 }
 
@@ -79,7 +81,9 @@ impl fmt::Debug for TlbChoice {
 
 /// An area reserved at construction (Linux's boot-time `vm_area_add_early` /
 /// `vm_area_register_early`). Early areas have no guard page and nothing mapped; they are
-/// listed by `vmallocinfo` and may be released with [`Vmalloc::free_vm_area`].
+/// listed by `vmallocinfo` and may be released with [`Vmalloc::free_vm_area`]. Their
+/// `flags` may hold [`VmFlags::IOREMAP`], [`VmFlags::MAP`], [`VmFlags::USERMAP`] and
+/// [`VmFlags::NO_GUARD`] ([`VmallocError::InvalidFlags`] otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EarlyArea {
     /// `Some(addr)`: exactly `[addr, addr + size)` (`vm_area_add_early`); `None`: the lowest
@@ -169,7 +173,23 @@ pub(crate) struct Inner<P: Platform> {
     pub(crate) early: Vec<VmArea>,
     /// Deferred frees (`vfree_atomic`) that failed when run (bad address).
     pub(crate) deferred_errors: AtomicU64,
+    /// The first of those failures not taken yet, with their address (at most
+    /// [`VFREE_ATOMIC_ERRORS_KEPT`]).
+    pub(crate) deferred_log: Mutex<P, Vec<(u64, VmallocError)>>,
+    /// Frames in use right after construction (root, preallocated tables): what
+    /// [`Vmalloc::check_idle`] expects once everything is freed.
+    pub(crate) frames_at_build: u64,
+    /// The per-CPU caches of thread stacks (`alloc_thread_stack_node`).
+    pub(crate) stacks: crate::stack::StackCaches<P>,
 }
+
+/// How many failed `vfree_atomic` frees [`Vmalloc::take_vfree_atomic_errors`] can report
+/// between two calls (later ones are only counted, in `VmallocStats::deferred_errors`).
+///
+/// Why 64: a failed deferred free is a caller bug (a bad address), reported to find the bug,
+/// not to account for every occurrence; 64 entries of about 40 bytes bound the memory a
+/// buggy caller that never looks can make the instance hold.
+pub const VFREE_ATOMIC_ERRORS_KEPT: usize = 64;
 
 /// A vmalloc instance: the Linux vmalloc API over one kernel address space (the
 /// [crate documentation](crate) has an overview and an example), typed by its [`Platform`].
@@ -306,6 +326,7 @@ impl<P: Platform> Vmalloc<P> {
         };
         let kva = Kva::with_platform(kva_cfg, StdArc::clone(&tlb), work)?;
         let blocks = VmapBlocks::new(kva.nr_cpus());
+        let stacks = crate::stack::StackCaches::new(kva.nr_cpus());
         // The range is valid now (the Kva checked it): both ends are canonical in one half.
         space.preallocate(VirtAddr::new_truncate(start), VirtAddr::new_truncate(end))?;
         let inner = StdArc::new(Inner {
@@ -320,15 +341,21 @@ impl<P: Platform> Vmalloc<P> {
             end,
             early: Vec::new(),
             deferred_errors: AtomicU64::new(0),
+            deferred_log: Mutex::<P, _>::new(Vec::new()),
+            frames_at_build: 0,
+            stacks,
         });
         let mut vm = Vmalloc { inner: Some(inner) };
         let early = early
             .iter()
             .map(|e| vm.v().add_early(e, caller))
             .collect::<Result<Vec<_>, _>>()?;
-        // Nobody else holds the Arc yet (no callback is installed): set the early list.
+        // Nobody else holds the Arc yet (no callback is installed): set the early list and
+        // the frame count of an idle instance.
+        let frames_at_build = vm.v().frames.stats().used;
         if let Some(inner) = vm.inner.as_mut().and_then(StdArc::get_mut) {
             inner.early = early;
+            inner.frames_at_build = frames_at_build;
         }
         vm.install_callbacks();
         Ok(vm)
@@ -341,8 +368,12 @@ impl<P: Platform> Vmalloc<P> {
         let w = weak.clone();
         inner.kva.set_deferred_handler(Box::new(move |addr| {
             if let Some(v) = w.upgrade() {
-                if v.vfree_now(addr.as_u64()).is_err() {
+                if let Err(e) = v.vfree_now(addr.as_u64()) {
                     v.deferred_errors.fetch_add(1, Ordering::Relaxed);
+                    let mut log = v.deferred_log.lock();
+                    if log.len() < VFREE_ATOMIC_ERRORS_KEPT {
+                        log.push((addr.as_u64(), e));
+                    }
                 }
             }
         }));
@@ -458,6 +489,11 @@ impl<P: Platform> Inner<P> {
         e: &EarlyArea,
         caller: &'static Location<'static>,
     ) -> Result<VmArea, VmallocError> {
+        // The early area's own kind and properties only (`EARLY | NO_GUARD` are added).
+        crate::vmap::check_flags(
+            e.flags,
+            VmFlags::CALLER.difference(VmFlags::ALLOW_HUGE_VMAP),
+        )?;
         let size = e
             .size
             .checked_next_multiple_of(PAGE_SIZE)
@@ -476,12 +512,14 @@ impl<P: Platform> Inner<P> {
                     end: u64::MAX,
                 })?;
                 self.kva
-                    .alloc_at(VirtAddr::new_truncate(a), end - a, info)?;
+                    .alloc_at(VirtAddr::new_truncate(a), end - a, info)
+                    .map_err(|err| crate::valloc::alloc_error(err, e.size, size))?;
                 a
             }
             None => self
                 .kva
-                .alloc(size, e.align, self.start, self.end, None, info)?
+                .alloc(size, e.align, self.start, self.end, None, info)
+                .map_err(|err| crate::valloc::alloc_error(err, e.size, size))?
                 .as_u64(),
         };
         Ok(VmArea {

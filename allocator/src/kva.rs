@@ -758,6 +758,7 @@ mod inspect;
 pub mod llist;
 pub(crate) mod node;
 pub(crate) mod purge;
+mod resize;
 pub(crate) mod shard;
 pub mod tree;
 #[cfg(feature = "std")]

@@ -64,11 +64,17 @@
 //!   marked dirty, a fully dirty block going to the lazy list);
 //!   [`vm_unmap_aliases`](Vmalloc::vm_unmap_aliases) flushes every dirty range once and
 //!   purges.
-//! * [`vread`](Vmalloc::vread)/[`vwrite`](Vmalloc::vwrite) copy through the TLB model as the
-//!   calling CPU, holes as zeros (Linux 3.7's `/dev/kmem` semantics);
-//!   [`remap_vmalloc_range`](Vmalloc::remap_vmalloc_range) maps `VM_USERMAP` pages into a
-//!   user space with a reference per frame; [`vmallocinfo`](Vmalloc::vmallocinfo) and
-//!   [`stats`](Vmalloc::stats) print `/proc/vmallocinfo` and the `/proc/meminfo` lines.
+//! * [`vmalloc_huge`](Vmalloc::vmalloc_huge) maps 2 MiB leaves over 2 MiB frame runs (4 KiB
+//!   pages when no run is left); [`vrealloc`](Vmalloc::vrealloc) resizes in place when it
+//!   can, else moves; [`alloc_thread_stack_node`](Vmalloc::alloc_thread_stack_node) hands out
+//!   guarded kernel stacks, kept mapped in a per-CPU cache between threads.
+//! * [`vread`](Vmalloc::vread)/[`vwrite`](Vmalloc::vwrite) copy through the installed TLB's
+//!   model as the calling CPU (or a page walk), holes as zeros (Linux 3.7's `/dev/kmem`
+//!   semantics); [`remap_vmalloc_range`](Vmalloc::remap_vmalloc_range) maps `VM_USERMAP`
+//!   pages into a user space with a reference per frame;
+//!   [`vmallocinfo`](Vmalloc::vmallocinfo), [`meminfo`](Vmalloc::meminfo) and
+//!   [`stats`](Vmalloc::stats) print `/proc/vmallocinfo` and the `/proc/meminfo` lines as
+//!   Linux 6.x does; [`check_idle`](Vmalloc::check_idle) is the leak check.
 //!
 //! # Invariants
 //!
@@ -168,21 +174,31 @@ mod kva;
 
 // Layer 2, the vmalloc API over the KVA allocator and the page tables.
 mod access;
+mod array;
 mod error;
+mod family;
+mod huge;
+mod idle;
 mod info;
 mod instance;
 mod ioremap;
+mod lookup;
 mod map_ram;
 mod remap;
+mod stack;
 mod valloc;
 mod vmap;
 mod vmap_block;
+mod vrealloc;
 
 // One path per item: the modules are private and everything public is re-exported here.
 pub use error::VmallocError;
+pub use huge::PMD_SIZE;
+pub use idle::IdleError;
 pub use info::{VmallocStats, vmallocinfo_line};
 pub use instance::{
-    DEFAULT_ARENA_BYTES, EarlyArea, SMALL_KVA_BYTES, TlbChoice, Vmalloc, VmallocConfig,
+    DEFAULT_ARENA_BYTES, EarlyArea, SMALL_KVA_BYTES, TlbChoice, VFREE_ATOMIC_ERRORS_KEPT, Vmalloc,
+    VmallocConfig,
 };
 pub use kva::area::{AreaInfo, RemovedArea, VmArea};
 pub use kva::config::{
@@ -193,7 +209,10 @@ pub use kva::flags::VmFlags;
 pub use kva::purge::{PurgeReport, RESCHED_EVERY};
 pub use kva::{Kva, KvaError, KvaStats, MAX_CLASS_PAGES, NotifierId, PurgeWork};
 pub use remap::PAGE_USER;
-pub use valloc::{Gfp, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_IO, PAGE_KERNEL_RO};
+pub use stack::{NR_CACHED_STACKS, THREAD_SIZE, ThreadStack};
+pub use valloc::{
+    Gfp, NUMA_NO_NODE, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_IO, PAGE_KERNEL_RO,
+};
 pub use vmap::{IOREMAP_MAX_ORDER, ioremap_align};
 pub use vmap_block::{VMAP_BBMAP_BITS, VMAP_BLOCK_SIZE, VMAP_MAX_ALLOC};
 

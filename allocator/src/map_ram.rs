@@ -13,8 +13,9 @@ use crate::vmap_block::VMAP_MAX_ALLOC;
 
 impl<P: Platform> Vmalloc<P> {
     /// `vm_map_ram(pages, node, prot)`: map `pages` (frames of this arena, owned by the
-    /// caller) contiguously; release with [`Vmalloc::vm_unmap_ram`] and the same count. No
-    /// reference is taken on the frames.
+    /// caller) contiguously; release with [`Vmalloc::vm_unmap_ram`] and exactly the same
+    /// count. No reference is taken on the frames. `node` ([`NUMA_NO_NODE`](crate::NUMA_NO_NODE)
+    /// or a number) prefers a KVA shard for a new block or area.
     ///
     /// # How it works
     ///
@@ -39,8 +40,9 @@ impl<P: Platform> Vmalloc<P> {
     /// `pages.len()` pages (no guard page), freed by the usual lazy path.
     ///
     /// Errors: an empty `pages` ([`VmallocError::InvalidSize`]), a frame of another arena
-    /// ([`pagetable::FrameError::NotOwned`]), no VA space, or the map failing (the piece is
-    /// then left dirty, as in Linux, or the area released).
+    /// ([`pagetable::FrameError::NotOwned`]), no VA space ([`VmallocError::NoSpace`] with
+    /// the size of `pages`), or the map failing (the piece is then left dirty, as in Linux,
+    /// or the area released).
     ///
     /// # Example
     ///
@@ -65,8 +67,12 @@ impl<P: Platform> Vmalloc<P> {
     /// frames.arena().read(pages[1].start_address(), &mut back)?;
     /// assert_eq!(&back, b"via the block");
     ///
-    /// // Unmapping needs the same count; the piece becomes dirty, nothing is flushed yet.
-    /// assert!(matches!(vm.vm_unmap_ram(va, 1), Err(VmallocError::WrongCount { .. })));
+    /// // Unmapping needs the same count (the error says which); the piece becomes dirty,
+    /// // nothing is flushed yet.
+    /// assert!(matches!(
+    ///     vm.vm_unmap_ram(va, 4),
+    ///     Err(VmallocError::WrongCount { count: 4, expected: 3, .. })
+    /// ));
     /// vm.vm_unmap_ram(va, 3)?;
     /// assert!(vm.kernel_space().translate(va).is_none());
     /// let model = vm.tlb_model().unwrap();
@@ -90,10 +96,11 @@ impl<P: Platform> Vmalloc<P> {
     pub fn vm_map_ram(
         &self,
         pages: &[PhysFrame],
-        node: Option<usize>,
+        node: impl Into<Option<usize>>,
         prot: PageTableFlags,
     ) -> Result<VirtAddr, VmallocError> {
         let v = self.v();
+        let node = node.into();
         let count = pages.len();
         if count == 0 {
             return Err(VmallocError::InvalidSize { size: 0 });
@@ -137,10 +144,11 @@ impl<P: Platform> Vmalloc<P> {
     /// `vm_unmap_ram(addr, count)`: unmap what [`Vmalloc::vm_map_ram`] mapped at `addr` with
     /// `count` pages (its example shows both). Frames are not freed. A piece of a vmap block
     /// is left dirty, its flush deferred to [`Vmalloc::vm_unmap_aliases`] or to the purge of
-    /// its block; a larger mapping's area is freed lazily. Errors (nothing changed): not a live mapping
-    /// start ([`VmallocError::NotAllocated`], [`VmallocError::NotStartOfArea`],
-    /// [`VmallocError::DoubleFree`]), another count ([`VmallocError::WrongCount`]), another
-    /// kind of area ([`VmallocError::WrongKind`]).
+    /// its block; a larger mapping's area is freed lazily. Errors (nothing changed): not a
+    /// live mapping start ([`VmallocError::NotAllocated`], [`VmallocError::NotStartOfArea`],
+    /// [`VmallocError::DoubleFree`]), a count other than the one mapped, whatever its size
+    /// ([`VmallocError::WrongCount`] with the mapped count in `expected`), another kind of
+    /// area ([`VmallocError::WrongKind`]).
     pub fn vm_unmap_ram(&self, addr: VirtAddr, count: usize) -> Result<(), VmallocError> {
         let v = self.v();
         let a = addr.as_u64();
@@ -153,7 +161,9 @@ impl<P: Platform> Vmalloc<P> {
                 align: PAGE_SIZE,
             });
         }
-        if count <= VMAP_MAX_ALLOC {
+        // A piece of a vmap block (whatever `count` says: a wrong one is reported with the
+        // piece's real count), or a small count that can only name a piece.
+        if count <= VMAP_MAX_ALLOC || v.blocks.holds(a) {
             return v.blocks.free(&v.kva, &v.space, a, count);
         }
         // Find, check and remove in ONE busy-lock critical section: an area that another

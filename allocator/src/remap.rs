@@ -30,14 +30,31 @@ pub const PAGE_USER: PageTableFlags = PageTableFlags::PRESENT
 const USER_END: u64 = 1 << 47;
 
 impl<P: Platform> Vmalloc<P> {
-    /// `remap_vmalloc_range(vma, addr, pgoff)`: map `len` bytes of the `VM_USERMAP` area at
-    /// `kaddr`, starting `pgoff` pages in, at `uaddr` of `user` (a space from
-    /// [`Vmalloc::new_user_space`], or any space over this instance's frame allocator): what
-    /// a driver's `mmap` does with a [`vmalloc_user`](Vmalloc::vmalloc_user) buffer.
+    /// `remap_vmalloc_range(vma, addr, pgoff)`: map the user range `[uaddr, uaddr + len)`
+    /// (what Linux takes from the `vma`) of `user` with the `VM_USERMAP` area at `kaddr`,
+    /// starting `pgoff` pages in: what a driver's `mmap` does with a
+    /// [`vmalloc_user`](Vmalloc::vmalloc_user) buffer. Exactly
+    /// [`Vmalloc::remap_vmalloc_range_partial`]`(user, uaddr, kaddr, pgoff, len)`, as in
+    /// Linux; its documentation has the rules and errors.
+    pub fn remap_vmalloc_range(
+        &self,
+        user: &AddressSpace<P>,
+        uaddr: VirtAddr,
+        len: u64,
+        kaddr: VirtAddr,
+        pgoff: u64,
+    ) -> Result<(), VmallocError> {
+        self.remap_vmalloc_range_partial(user, uaddr, kaddr, pgoff, len)
+    }
+
+    /// `remap_vmalloc_range_partial(vma, uaddr, kaddr, pgoff, size)`: map `size` bytes of
+    /// the `VM_USERMAP` area containing `kaddr`, starting `pgoff` pages after `kaddr`, at
+    /// `uaddr` of `user` (a space from [`Vmalloc::new_user_space`], or any space over this
+    /// instance's frame allocator).
     ///
     /// As Linux's `remap_vmalloc_range_partial`: `kaddr` must be page aligned and inside a
     /// live area marked `VM_USERMAP` (from [`Vmalloc::vmalloc_user`] /
-    /// [`Vmalloc::vmalloc_32_user`]); the window `[kaddr + pgoff pages, + len)` must fit in
+    /// [`Vmalloc::vmalloc_32_user`]); the window `[kaddr + pgoff pages, + size)` must fit in
     /// the area's usable part (guard page excluded). Each page of the window is translated in
     /// the kernel space, its frame gets one more reference
     /// ([`FrameAllocator::get`](pagetable::FrameAllocator::get), Linux's `vm_insert_page`),
@@ -48,21 +65,22 @@ impl<P: Platform> Vmalloc<P> {
     /// [`AddressSpace::unmap_and_free`] drops those references. Remapping an area that
     /// another thread frees at the same time is a use after free by the caller (as in Linux).
     ///
-    /// Errors: `kaddr`, `uaddr` or `len` not page aligned ([`VmallocError::Misaligned`]), a
-    /// zero `len` ([`VmallocError::InvalidSize`]), a user range outside the lower half
+    /// Errors: `kaddr`, `uaddr` or `size` not page aligned ([`VmallocError::Misaligned`]), a
+    /// zero `size` ([`VmallocError::InvalidSize`]), a user range outside the lower half
     /// ([`VmallocError::InvalidRange`]), no live area ([`VmallocError::NotAllocated`]), not
     /// `VM_USERMAP` ([`VmallocError::NotUserMappable`]), too large
     /// ([`VmallocError::RemapTooLarge`]), or the user map failing (already mapped, out of
     /// frames for tables: [`VmallocError::Map`]).
-    pub fn remap_vmalloc_range(
+    pub fn remap_vmalloc_range_partial(
         &self,
         user: &AddressSpace<P>,
         uaddr: VirtAddr,
-        len: u64,
         kaddr: VirtAddr,
         pgoff: u64,
+        size: u64,
     ) -> Result<(), VmallocError> {
         let v = self.v();
+        let len = size;
         let (u, k) = (uaddr.as_u64(), kaddr.as_u64());
         for x in [k, u, len] {
             if x % PAGE_SIZE != 0 {

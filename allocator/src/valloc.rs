@@ -1,6 +1,6 @@
-//! The vmalloc family (`vmalloc`, `vzalloc`, `vmalloc_user`, `vmalloc_32`, `vmalloc_32_user`,
-//! `vmalloc_exec`, `vmalloc_node`, `vzalloc_node`, `__vmalloc`, `__vmalloc_node_range`),
-//! `vfree` and `vfree_atomic`, plus the release path shared by every kind of area.
+//! `__vmalloc_node_range` (every allocation of the vmalloc family ends here; the short forms
+//! are in the `family` module), `vfree` and `vfree_atomic`, plus the release path shared by
+//! every kind of area.
 //!
 //! # How it works
 //!
@@ -33,6 +33,7 @@ use pagetable::{PAGE_SIZE, PageTableFlags, PhysAddr, PhysFrame, VirtAddr};
 use crate::error::VmallocError;
 use crate::instance::{Inner, Vmalloc};
 use crate::kva::area::{AreaInfo, RemovedArea, VmArea};
+use crate::kva::error::KvaError;
 use crate::kva::flags::VmFlags;
 
 bitflags::bitflags! {
@@ -79,16 +80,50 @@ pub const PAGE_KERNEL_IO: PageTableFlags = PAGE_KERNEL.union(PageTableFlags::NO_
 /// (and go back in batches through `unmap_and_free`).
 pub const STACK_FRAMES: usize = 16;
 
-/// Flags that name another kind of area and may not be passed to the vmalloc family.
-const NOT_FOR_VMALLOC: VmFlags = VmFlags::IOREMAP
-    .union(VmFlags::MAP)
-    .union(VmFlags::MAP_RAM)
-    .union(VmFlags::EARLY)
-    .union(VmFlags::UNINITIALIZED)
-    .union(VmFlags::UNLIST);
+/// The flags a caller may pass to [`Vmalloc::vmalloc_node_range`]; every other one names
+/// another kind of area or is the library's own ([`VmFlags::INTERNAL`]).
+const VMALLOC_FLAGS: VmFlags = VmFlags::NO_GUARD
+    .union(VmFlags::USERMAP)
+    .union(VmFlags::ALLOW_HUGE_VMAP);
+
+/// "No NUMA node preference" (Linux's `NUMA_NO_NODE`), for the `node` arguments, which take
+/// an `Option<usize>` (a plain `usize` converts to `Some`).
+pub const NUMA_NO_NODE: Option<usize> = None;
 
 /// A frame value used to fill unused stack slots (never mapped).
 const NO_FRAME: PhysFrame = PhysFrame::containing_address(PhysAddr::zero());
+
+/// A KVA allocation error as the caller of a vmalloc-layer call sees it: `NoSpace` carries
+/// the caller's `size` (not the area's, guard page included), and becomes `TooLarge` when
+/// the window could never hold an area of `area_size` bytes at that alignment.
+pub(crate) fn alloc_error(e: KvaError, size: u64, area_size: u64) -> VmallocError {
+    match e {
+        KvaError::NoSpace {
+            align, start, end, ..
+        } => {
+            let fits = start
+                .checked_next_multiple_of(align.max(1))
+                .and_then(|a| a.checked_add(area_size))
+                .is_some_and(|e| e <= end);
+            if fits {
+                VmallocError::NoSpace {
+                    size,
+                    align,
+                    start,
+                    end,
+                }
+            } else {
+                VmallocError::TooLarge {
+                    size,
+                    align,
+                    start,
+                    end,
+                }
+            }
+        }
+        e => e.into(),
+    }
+}
 
 /// `size` in whole pages (`InvalidSize` for 0 or overflow).
 #[inline]
@@ -111,6 +146,28 @@ pub(crate) fn usable_end(area: &VmArea) -> u64 {
     }
 }
 
+/// The flags of a fresh `vmalloc` area of `nr_pages` pages in `zone` for request `r`: the
+/// caller's, plus what the library records (`ALLOC`; `DMA32`, `EXEC`, `ZEROED` as asked;
+/// `VPAGES` when the page array would not fit in a page, as Linux 6.x then vmallocs it).
+pub(crate) fn area_flags(r: &Request, zone: Zone, nr_pages: usize) -> VmFlags {
+    let mut flags = r.flags | VmFlags::ALLOC;
+    if zone == Zone::Dma32 {
+        flags |= VmFlags::DMA32;
+    }
+    if !r.prot.contains(PageTableFlags::NO_EXECUTE) {
+        flags |= VmFlags::EXEC;
+    }
+    if r.gfp.contains(Gfp::ZERO) {
+        flags |= VmFlags::ZEROED;
+    }
+    // Linux's `__vmalloc_area_node`: a page array larger than a page is itself vmalloc'ed,
+    // and vmallocinfo says `vpages`.
+    if nr_pages.saturating_mul(core::mem::size_of::<u64>()) > PAGE_SIZE as usize {
+        flags |= VmFlags::VPAGES;
+    }
+    flags
+}
+
 /// What a vmalloc-family call asks for (`__vmalloc_node_range`'s arguments).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Request {
@@ -126,158 +183,14 @@ pub(crate) struct Request {
 }
 
 impl<P: Platform> Vmalloc<P> {
-    /// The common request: the whole vmalloc range, page alignment, no node.
-    #[inline]
-    fn req(
-        &self,
-        size: u64,
-        gfp: Gfp,
-        prot: PageTableFlags,
-        flags: VmFlags,
-        caller: &'static Location<'static>,
-    ) -> Request {
-        let v = self.v();
-        Request {
-            size,
-            align: PAGE_SIZE,
-            start: v.start,
-            end: v.end,
-            gfp,
-            prot,
-            flags,
-            node: None,
-            caller,
-        }
-    }
-
-    /// `vmalloc(size)`: `size` bytes (rounded up to pages) of virtually contiguous memory,
-    /// contents unspecified, mapped [`PAGE_KERNEL`], followed by a guard page.
-    #[track_caller]
-    #[inline]
-    pub fn vmalloc(&self, size: u64) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(
-            size,
-            Gfp::KERNEL,
-            PAGE_KERNEL,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
-    }
-
-    /// `vzalloc(size)`: [`Vmalloc::vmalloc`] with the memory zeroed.
-    #[track_caller]
-    pub fn vzalloc(&self, size: u64) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(
-            size,
-            Gfp::ZERO,
-            PAGE_KERNEL,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
-    }
-
-    /// `vmalloc_user(size)`: zeroed memory marked `VM_USERMAP`, so that
-    /// [`Vmalloc::remap_vmalloc_range`] may map it into user space without leaking data.
-    #[track_caller]
-    pub fn vmalloc_user(&self, size: u64) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(
-            size,
-            Gfp::ZERO,
-            PAGE_KERNEL,
-            VmFlags::USERMAP,
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
-    }
-
-    /// `vmalloc_32(size)`: memory whose frames all lie below 4 GiB physical.
-    #[track_caller]
-    pub fn vmalloc_32(&self, size: u64) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(
-            size,
-            Gfp::DMA32,
-            PAGE_KERNEL,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
-    }
-
-    /// `vmalloc_32_user(size)`: zeroed, 32-bit addressable, `VM_USERMAP` memory.
-    #[track_caller]
-    pub fn vmalloc_32_user(&self, size: u64) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(
-            size,
-            Gfp::DMA32 | Gfp::ZERO,
-            PAGE_KERNEL,
-            VmFlags::USERMAP,
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
-    }
-
-    /// `vmalloc_exec(size)`: memory mapped executable ([`PAGE_KERNEL_EXEC`]).
-    #[track_caller]
-    pub fn vmalloc_exec(&self, size: u64) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(
-            size,
-            Gfp::KERNEL,
-            PAGE_KERNEL_EXEC,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
-    }
-
-    /// `vmalloc_node(size, node)`: [`Vmalloc::vmalloc`] preferring the KVA shard `node` (the
-    /// "NUMA node" of this model; taken modulo the shard count).
-    #[track_caller]
-    pub fn vmalloc_node(&self, size: u64, node: usize) -> Result<VirtAddr, VmallocError> {
-        let mut r = self.req(
-            size,
-            Gfp::KERNEL,
-            PAGE_KERNEL,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        r.node = Some(node);
-        self.v().vmalloc_area(&r)
-    }
-
-    /// `vzalloc_node(size, node)`: [`Vmalloc::vmalloc_node`] with the memory zeroed.
-    #[track_caller]
-    pub fn vzalloc_node(&self, size: u64, node: usize) -> Result<VirtAddr, VmallocError> {
-        let mut r = self.req(
-            size,
-            Gfp::ZERO,
-            PAGE_KERNEL,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        r.node = Some(node);
-        self.v().vmalloc_area(&r)
-    }
-
-    /// Linux's `__vmalloc(size, gfp_mask, prot)`: the page-allocator flags and protection are
-    /// the caller's.
-    #[track_caller]
-    pub fn vmalloc_with(
-        &self,
-        size: u64,
-        gfp: Gfp,
-        prot: PageTableFlags,
-    ) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(size, gfp, prot, VmFlags::empty(), Location::caller());
-        self.v().vmalloc_area(&r)
-    }
-
     /// Linux's `__vmalloc_node_range`: `size` bytes aligned to `align` (a power of two; below
     /// a page means a page) inside `[start, end)` (clipped to the vmalloc range), frames per
-    /// `gfp`, mapped with `prot` (`PRESENT` is added), with the extra `vm_flags` (e.g.
-    /// `NO_GUARD`, `USERMAP`; flags naming another kind of area are
-    /// [`VmallocError::InvalidFlags`]), preferring KVA shard `node`.
+    /// `gfp`, mapped with `prot` (`PRESENT` is added), with the extra `vm_flags`:
+    /// [`VmFlags::NO_GUARD`], [`VmFlags::USERMAP`], [`VmFlags::ALLOW_HUGE_VMAP`] (2 MiB leaves
+    /// where possible, see [`Vmalloc::vmalloc_huge`]). Any other flag names another kind of
+    /// area or is one only the library sets ([`VmFlags::INTERNAL`]):
+    /// [`VmallocError::InvalidFlags`] with the offending ones. `node` prefers a KVA shard (see
+    /// [`Vmalloc::vmalloc_node`]).
     ///
     /// # How it works
     ///
@@ -307,8 +220,12 @@ impl<P: Platform> Vmalloc<P> {
         gfp: Gfp,
         prot: PageTableFlags,
         vm_flags: VmFlags,
-        node: Option<usize>,
+        node: impl Into<Option<usize>>,
     ) -> Result<VirtAddr, VmallocError> {
+        let bad = vm_flags - VMALLOC_FLAGS;
+        if !bad.is_empty() {
+            return Err(VmallocError::InvalidFlags { flags: bad });
+        }
         let r = Request {
             size,
             align,
@@ -317,7 +234,7 @@ impl<P: Platform> Vmalloc<P> {
             gfp,
             prot,
             flags: vm_flags,
-            node,
+            node: node.into(),
             caller: Location::caller(),
         };
         self.v().vmalloc_area(&r)
@@ -335,7 +252,7 @@ impl<P: Platform> Vmalloc<P> {
     /// Errors (nothing is changed): [`VmallocError::NotStartOfArea`] (inside an area),
     /// [`VmallocError::DoubleFree`] (freed already, not purged yet),
     /// [`VmallocError::NotAllocated`], [`VmallocError::WrongKind`] (a `vmap`, `ioremap`,
-    /// `vm_map_ram` or reserved area: use its own release call).
+    /// `vm_map_ram`, reserved area or thread stack: the message names its release call).
     #[inline]
     pub fn vfree(&self, addr: VirtAddr) -> Result<(), VmallocError> {
         if addr.is_null() {
@@ -361,16 +278,24 @@ impl<P: Platform> Vmalloc<P> {
             self.v().kva.defer(addr);
         }
     }
+
+    /// The `vfree_atomic` frees that failed when they ran, with their address and error, in
+    /// the order they failed; taking them empties the list. At most
+    /// [`VFREE_ATOMIC_ERRORS_KEPT`](crate::VFREE_ATOMIC_ERRORS_KEPT) are kept between two
+    /// calls; [`VmallocStats::deferred_errors`](crate::VmallocStats) counts them all. Frees
+    /// still queued have not run yet: [`Vmalloc::purge_vmap_area_lazy`] runs them first.
+    pub fn take_vfree_atomic_errors(&self) -> Vec<(VirtAddr, VmallocError)> {
+        let mut log = self.v().deferred_log.lock();
+        core::mem::take(&mut *log)
+            .into_iter()
+            .map(|(a, e)| (VirtAddr::new_truncate(a), e))
+            .collect()
+    }
 }
 
 impl<P: Platform> Inner<P> {
     /// `__vmalloc_node_range` proper (see [`Vmalloc::vmalloc_node_range`]).
     pub(crate) fn vmalloc_area(&self, r: &Request) -> Result<VirtAddr, VmallocError> {
-        if r.flags.intersects(NOT_FOR_VMALLOC) {
-            return Err(VmallocError::InvalidFlags {
-                flags: r.flags & NOT_FOR_VMALLOC,
-            });
-        }
         let pages = size_to_pages(r.size)?;
         let guard = if r.flags.contains(VmFlags::NO_GUARD) {
             0
@@ -398,22 +323,22 @@ impl<P: Platform> Inner<P> {
                 },
             });
         }
-        let mut flags = r.flags | VmFlags::ALLOC;
-        if zone == Zone::Dma32 {
-            flags |= VmFlags::DMA32;
-        }
-        if !r.prot.contains(PageTableFlags::NO_EXECUTE) {
-            flags |= VmFlags::EXEC;
+        // Linux 5.13+: 2 MiB leaves first when the caller allows them, else 4 KiB pages.
+        if r.flags.contains(VmFlags::ALLOW_HUGE_VMAP) && r.size >= crate::huge::PMD_SIZE {
+            if let Some(va) = self.try_huge(r, zone) {
+                return Ok(va);
+            }
         }
         let info = AreaInfo {
-            flags,
+            flags: area_flags(r, zone, nr_pages),
             nr_pages,
             caller: r.caller,
             phys_addr: None,
         };
         let va = self
             .kva
-            .alloc(area_size, r.align, r.start, r.end, r.node, info)?;
+            .alloc(area_size, r.align, r.start, r.end, r.node, info)
+            .map_err(|e| alloc_error(e, r.size, area_size))?;
         let addr = va.as_u64();
         match self.fill_area(va, pages, zone, r) {
             Ok(()) => Ok(va),
@@ -428,7 +353,7 @@ impl<P: Platform> Inner<P> {
     /// Allocate and map the frames of a fresh area, all or nothing: on error every frame is
     /// already freed and nothing is mapped (a map call undoes its own page tables).
     #[inline]
-    fn fill_area(
+    pub(crate) fn fill_area(
         &self,
         va: VirtAddr,
         pages: u64,
@@ -517,10 +442,47 @@ impl<P: Platform> Inner<P> {
         self.release(removed)
     }
 
-    /// `vfree` (also run for deferred frees).
+    /// `vfree` (also run for deferred frees). Thread stacks are refused: they go back through
+    /// `free_thread_stack` (which may keep them in a per-CPU cache).
     #[inline]
     pub(crate) fn vfree_now(&self, addr: u64) -> Result<(), VmallocError> {
-        self.free_kind(addr, VmFlags::ALLOC, |f| f.contains(VmFlags::ALLOC))
+        self.free_kind(addr, VmFlags::ALLOC, |f| {
+            f.contains(VmFlags::ALLOC) && !f.contains(VmFlags::STACK)
+        })
+    }
+
+    /// Unmap `[va, va + len)` of an `ALLOC` area with `flags` and about `nr_pages` pages,
+    /// freeing the frames it owns: each 2 MiB leaf's run whole ([`VmFlags::HUGE`]), few
+    /// frames one by one as their PTE is cleared (no batch buffer), many in batches.
+    pub(crate) fn unmap_owned(
+        &self,
+        va: VirtAddr,
+        len: u64,
+        flags: VmFlags,
+        nr_pages: usize,
+    ) -> Result<pagetable::FlushRange, pagetable::MapError> {
+        let frames = &self.frames;
+        if flags.contains(VmFlags::HUGE) {
+            self.space.unmap(va, len, |pa, size| {
+                if size == crate::huge::PMD_SIZE {
+                    let _ = frames.free_huge(PhysFrame::containing_address(pa));
+                } else {
+                    for off in (0..size).step_by(PAGE_SIZE as usize) {
+                        let _ = frames.free(PhysFrame::containing_address(pa + off));
+                    }
+                }
+            })
+        } else if nr_pages <= STACK_FRAMES {
+            self.space.unmap(va, len, |pa, size| {
+                for off in (0..size).step_by(PAGE_SIZE as usize) {
+                    // Refused only for a frame outside the arena (never ours): skipped, as
+                    // `unmap_and_free` does.
+                    let _ = frames.free(PhysFrame::containing_address(pa + off));
+                }
+            })
+        } else {
+            self.space.unmap_and_free(va, len)
+        }
     }
 
     /// Unmap a removed area by its kind (frames freed for `ALLOC`, kept otherwise) and free
@@ -530,19 +492,7 @@ impl<P: Platform> Inner<P> {
         let va = VirtAddr::new_truncate(area.start);
         let len = usable_end(&area) - area.start;
         let unmapped = if area.info.flags.contains(VmFlags::ALLOC) {
-            if area.info.nr_pages <= STACK_FRAMES {
-                // Few frames: hand each back as its PTE is cleared (no batch buffer).
-                let frames = &self.frames;
-                self.space.unmap(va, len, |pa, size| {
-                    for off in (0..size).step_by(PAGE_SIZE as usize) {
-                        // Refused only for a frame outside the arena (never ours): skipped,
-                        // as `unmap_and_free` does.
-                        let _ = frames.free(PhysFrame::containing_address(pa + off));
-                    }
-                })
-            } else {
-                self.space.unmap_and_free(va, len)
-            }
+            self.unmap_owned(va, len, area.info.flags, area.info.nr_pages)
         } else {
             self.space.unmap(va, len, |_, _| {})
         };
@@ -648,5 +598,20 @@ mod tests {
                 flags: VmFlags::IOREMAP
             })
         );
+        // Flags only the library sets are refused too, and only they are reported.
+        for internal in VmFlags::INTERNAL.iter() {
+            let r = vm.vmalloc_node_range(
+                PAGE_SIZE,
+                PAGE_SIZE,
+                s,
+                e,
+                Gfp::KERNEL,
+                PAGE_KERNEL,
+                internal | VmFlags::USERMAP,
+                NUMA_NO_NODE,
+            );
+            assert_eq!(r, Err(VmallocError::InvalidFlags { flags: internal }));
+        }
+        assert_eq!(vm.stats().nr_areas, 0);
     }
 }

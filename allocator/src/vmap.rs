@@ -1,5 +1,6 @@
-//! `vmap` / `vunmap` (caller-owned frames mapped contiguously), `get_vm_area` /
-//! `alloc_vm_area` / `free_vm_area` (reservations) and `find_vm_area`.
+//! `vmap` / `vunmap` (caller-owned frames mapped contiguously), `vmap_pfn` (page frame
+//! numbers), `get_vm_area` / `alloc_vm_area` / `free_vm_area` (reservations) and
+//! `find_vm_area`.
 //!
 //! # How it works
 //!
@@ -18,7 +19,7 @@ use crate::prelude::*;
 use core::panic::Location;
 use pagetable::platform::Platform;
 
-use pagetable::{PAGE_SHIFT, PAGE_SIZE, PageTableFlags, PhysFrame, VirtAddr};
+use pagetable::{PAGE_SHIFT, PAGE_SIZE, PageTableFlags, PhysAddr, PhysFrame, VirtAddr};
 
 use crate::error::VmallocError;
 use crate::instance::{Inner, Vmalloc};
@@ -33,11 +34,27 @@ use crate::kva::flags::VmFlags;
 /// alignment can leave unused before an area to less than 128 pages, whatever the size.
 pub const IOREMAP_MAX_ORDER: u32 = 7 + PAGE_SHIFT;
 
-/// Flags that only the vmalloc layer itself sets.
-const RESERVED_KINDS: VmFlags = VmFlags::ALLOC
-    .union(VmFlags::MAP_RAM)
-    .union(VmFlags::EARLY)
-    .union(VmFlags::UNINITIALIZED);
+/// The flags a caller may pass to [`Vmalloc::vmap`] (`VM_MAP` is added anyway).
+const VMAP_FLAGS: VmFlags = VmFlags::MAP
+    .union(VmFlags::USERMAP)
+    .union(VmFlags::NO_GUARD);
+
+/// The flags a caller may pass to [`Vmalloc::get_vm_area`]: a reservation's kind and
+/// properties.
+const GET_VM_AREA_FLAGS: VmFlags = VmFlags::IOREMAP
+    .union(VmFlags::MAP)
+    .union(VmFlags::USERMAP)
+    .union(VmFlags::NO_GUARD);
+
+/// `Err(InvalidFlags)` with the flags of `flags` outside `allowed`.
+pub(crate) fn check_flags(flags: VmFlags, allowed: VmFlags) -> Result<(), VmallocError> {
+    let bad = flags - allowed;
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(VmallocError::InvalidFlags { flags: bad })
+    }
+}
 
 /// The alignment of an `IOREMAP` area of `size` bytes: `size` rounded up to a power of two,
 /// clamped to `[PAGE_SIZE, 1 << IOREMAP_MAX_ORDER]`.
@@ -55,9 +72,11 @@ pub fn ioremap_align(size: u64) -> u64 {
 impl<P: Platform> Vmalloc<P> {
     /// `vmap(pages, flags, prot)`: map `pages` (frames of this instance's arena, owned by the
     /// caller) at consecutive addresses with `prot`, followed by a guard page. The area gets
-    /// `flags | VM_MAP`; `ALLOC`, `IOREMAP`, `MAP_RAM` and `EARLY` are
-    /// [`VmallocError::InvalidFlags`]. No reference is taken on the frames: the caller keeps
-    /// them alive until [`Vmalloc::vunmap`].
+    /// `flags | VM_MAP`; `flags` may hold [`VmFlags::MAP`], [`VmFlags::USERMAP`] and
+    /// [`VmFlags::NO_GUARD`], anything else is [`VmallocError::InvalidFlags`]. No reference is
+    /// taken on the frames: the caller keeps them alive until [`Vmalloc::vunmap`]. As in
+    /// Linux 6.x (without `VM_MAP_PUT_PAGES`) the area records no page count, so its
+    /// `vmallocinfo` line has no `pages=`.
     #[track_caller]
     pub fn vmap(
         &self,
@@ -66,10 +85,7 @@ impl<P: Platform> Vmalloc<P> {
         prot: PageTableFlags,
     ) -> Result<VirtAddr, VmallocError> {
         let v = self.v();
-        let bad = flags & (RESERVED_KINDS | VmFlags::IOREMAP);
-        if !bad.is_empty() {
-            return Err(VmallocError::InvalidFlags { flags: bad });
-        }
+        check_flags(flags, VMAP_FLAGS)?;
         if let Some(&f) = pages.iter().find(|&&f| !v.frames.owns(f)) {
             return Err(pagetable::FrameError::NotOwned {
                 frame: f.start_address(),
@@ -83,7 +99,7 @@ impl<P: Platform> Vmalloc<P> {
             size,
             PAGE_SIZE,
             flags | VmFlags::MAP,
-            pages.len(),
+            0,
             None,
             None,
             Location::caller(),
@@ -95,38 +111,103 @@ impl<P: Platform> Vmalloc<P> {
         Ok(VirtAddr::new_truncate(area.start))
     }
 
-    /// `vunmap(addr)`: unmap a `vmap` area (frames untouched) and free its VA lazily. Null is
-    /// a no-op. Errors as for [`Vmalloc::vfree`]; a non-`vmap` area is
-    /// [`VmallocError::WrongKind`].
+    /// `vunmap(addr)`: unmap a `vmap` or [`vmap_pfn`](Vmalloc::vmap_pfn) area (frames
+    /// untouched) and free its VA lazily. Null is a no-op. Errors as for [`Vmalloc::vfree`];
+    /// another kind of area is [`VmallocError::WrongKind`].
     pub fn vunmap(&self, addr: VirtAddr) -> Result<(), VmallocError> {
         if addr.is_null() {
             return Ok(());
         }
-        self.v()
-            .free_kind(addr.as_u64(), VmFlags::MAP, |f| f.contains(VmFlags::MAP))
+        self.v().free_kind(addr.as_u64(), VmFlags::MAP, |f| {
+            f.intersects(VmFlags::MAP | VmFlags::PFNMAP) && !f.contains(VmFlags::ALLOC)
+        })
+    }
+
+    /// `vmap_pfn(pfns, prot)` (Linux 5.10+): map the page frame numbers `pfns` (any physical
+    /// frames below 2^52: device memory or RAM the caller manages without page structures)
+    /// at consecutive addresses with `prot`, followed by a guard page. As in Linux the area
+    /// is `VM_IOREMAP` (`vmallocinfo` says `ioremap`; [`Vmalloc::vread`] treats it as a hole)
+    /// and records no page count; it is marked [`VmFlags::PFNMAP`] and released with
+    /// [`Vmalloc::vunmap`] (or [`Vmalloc::free_vm_area`]). Nothing is taken on the frames.
+    ///
+    /// Errors: no pfn ([`VmallocError::InvalidSize`]), a pfn beyond 52 bits
+    /// ([`VmallocError::InvalidRange`]), no VA space, or the map failing (out of frames for
+    /// page tables); nothing is left behind.
+    #[track_caller]
+    pub fn vmap_pfn(&self, pfns: &[u64], prot: PageTableFlags) -> Result<VirtAddr, VmallocError> {
+        let v = self.v();
+        if pfns.is_empty() {
+            return Err(VmallocError::InvalidSize { size: 0 });
+        }
+        let mut frames = Vec::new();
+        frames
+            .try_reserve_exact(pfns.len())
+            .map_err(|_| VmallocError::InvalidSize { size: u64::MAX })?;
+        for &pfn in pfns {
+            let f = PhysFrame::from_number(pfn).map_err(|_| VmallocError::InvalidRange {
+                start: pfn.saturating_mul(PAGE_SIZE),
+                end: pfn.saturating_add(1).saturating_mul(PAGE_SIZE),
+            })?;
+            frames.push(f);
+        }
+        let size = (pfns.len() as u64)
+            .checked_mul(PAGE_SIZE)
+            .ok_or(VmallocError::InvalidSize { size: u64::MAX })?;
+        let area = v.get_vm_area_node(
+            size,
+            PAGE_SIZE,
+            VmFlags::IOREMAP | VmFlags::PFNMAP,
+            0,
+            None,
+            None,
+            Location::caller(),
+        )?;
+        if let Err(e) = v
+            .space
+            .map(VirtAddr::new_truncate(area.start), &frames, prot)
+        {
+            v.drop_unused(area.start);
+            return Err(e.into());
+        }
+        Ok(VirtAddr::new_truncate(area.start))
     }
 
     /// `get_vm_area(size, flags)`: reserve `size` bytes (rounded up to pages; plus a guard
     /// page unless `NO_GUARD`) of the vmalloc range, nothing mapped, no page tables built.
-    /// `IOREMAP` in `flags` selects the ioremap alignment. `ALLOC`, `MAP_RAM`, `EARLY` and
-    /// `UNINITIALIZED` are [`VmallocError::InvalidFlags`]. Release with
+    /// `IOREMAP` in `flags` selects the ioremap alignment. `flags` may hold
+    /// [`VmFlags::IOREMAP`], [`VmFlags::MAP`], [`VmFlags::USERMAP`] and
+    /// [`VmFlags::NO_GUARD`]; anything else is [`VmallocError::InvalidFlags`]. Release with
     /// [`Vmalloc::free_vm_area`].
     #[track_caller]
     pub fn get_vm_area(&self, size: u64, flags: VmFlags) -> Result<VmArea, VmallocError> {
-        let bad = flags & RESERVED_KINDS;
-        if !bad.is_empty() {
-            return Err(VmallocError::InvalidFlags { flags: bad });
-        }
+        check_flags(flags, GET_VM_AREA_FLAGS)?;
         self.v()
             .get_vm_area_node(size, PAGE_SIZE, flags, 0, None, None, Location::caller())
     }
 
-    /// `alloc_vm_area(size)`: reserve an `IOREMAP` area as Linux 3.7 does and build its page
-    /// tables down to the leaf tables, mapping nothing (the kernel half is shared by every
-    /// address space, so nothing needs syncing). Release with [`Vmalloc::free_vm_area`].
+    /// `alloc_vm_area(size, ptes)`: reserve an `IOREMAP` area as Linux 3.7 does and build its
+    /// page tables down to the leaf tables, mapping nothing (the kernel half is shared by
+    /// every address space, so nothing needs syncing). With `ptes`, the physical address of
+    /// the PTE slot of every page of the area (guard page excluded), in order, is appended
+    /// to it: seed 002's "pointers to the PTEs (in init_mm) allocated for the VM area"
+    /// ([`AddressSpace::pte_slot`](pagetable::AddressSpace::pte_slot); a slot is an atomic
+    /// word of the arena, and writing one maps that page: the caller then owns the area's
+    /// mappings and must clear them before [`Vmalloc::free_vm_area`], which unmaps what is
+    /// left anyway). Release with [`Vmalloc::free_vm_area`].
     #[track_caller]
-    pub fn alloc_vm_area(&self, size: u64) -> Result<VmArea, VmallocError> {
+    pub fn alloc_vm_area(
+        &self,
+        size: u64,
+        mut ptes: Option<&mut Vec<PhysAddr>>,
+    ) -> Result<VmArea, VmallocError> {
         let v = self.v();
+        if let Some(out) = ptes.as_mut() {
+            let pages = crate::valloc::size_to_pages(size)?;
+            usize::try_from(pages)
+                .ok()
+                .and_then(|n| out.try_reserve(n).ok())
+                .ok_or(VmallocError::InvalidSize { size })?;
+        }
         let area = v.get_vm_area_node(
             size,
             PAGE_SIZE,
@@ -141,16 +222,24 @@ impl<P: Platform> Vmalloc<P> {
             v.drop_unused(area.start);
             return Err(e.into());
         }
+        if let Some(out) = ptes {
+            out.extend(
+                (area.start..area.start + len)
+                    .step_by(PAGE_SIZE as usize)
+                    .filter_map(|a| v.space.pte_slot(VirtAddr::new_truncate(a))),
+            );
+        }
         Ok(area)
     }
 
     /// `free_vm_area(area)`: release a reservation: a [`get_vm_area`](Vmalloc::get_vm_area)
     /// or [`alloc_vm_area`](Vmalloc::alloc_vm_area) one, an early area, a
-    /// [`vmap`](Vmalloc::vmap) or an [`ioremap`](Vmalloc::ioremap) area. Whatever is mapped inside is unmapped, frames are
+    /// [`vmap`](Vmalloc::vmap), [`vmap_pfn`](Vmalloc::vmap_pfn) or
+    /// [`ioremap`](Vmalloc::ioremap) area. Whatever is mapped inside is unmapped, frames are
     /// not freed (they are the caller's, or device memory), the VA is freed lazily. Errors: no
-    /// live area starts at `area.start` (as for [`Vmalloc::vfree`]), or a `vmalloc` /
-    /// `vm_map_ram` area, whose release must free frames or vmap blocks
-    /// ([`VmallocError::WrongKind`]: use [`Vmalloc::vfree`] / [`Vmalloc::vm_unmap_ram`]).
+    /// live area starts at `area.start` (as for [`Vmalloc::vfree`]), or a `vmalloc` area,
+    /// thread stack or `vm_map_ram` mapping, whose release must free frames or vmap blocks
+    /// ([`VmallocError::WrongKind`], whose message names the right call).
     pub fn free_vm_area(&self, area: &VmArea) -> Result<(), VmallocError> {
         self.v().free_kind(area.start, VmFlags::empty(), |f| {
             !f.intersects(VmFlags::ALLOC | VmFlags::MAP_RAM)
@@ -204,7 +293,8 @@ impl<P: Platform> Inner<P> {
         };
         let start = self
             .kva
-            .alloc(total, align, self.start, self.end, node, info)?
+            .alloc(total, align, self.start, self.end, node, info)
+            .map_err(|e| crate::valloc::alloc_error(e, size, total))?
             .as_u64();
         Ok(VmArea {
             start,

@@ -133,6 +133,9 @@ struct BlockState {
     dirty_max: u32,
     /// Start of every piece handed out.
     starts: Bitmap,
+    /// Last page of every piece's mapping as `vm_map_ram` was asked for it (`start + count -
+    /// 1`: the exact page count, below the piece's rounded length).
+    ends: Bitmap,
     /// Start of every live piece.
     live: Bitmap,
     /// Retired: on no list; its range belongs to the `Kva` again.
@@ -147,18 +150,26 @@ impl BlockState {
             dirty_min: BITS,
             dirty_max: 0,
             starts: Bitmap::default(),
+            ends: Bitmap::default(),
             live: Bitmap::default(),
             dead: false,
         }
     }
 
-    /// Hand out `pages` pages at the bump offset; returns the offset.
-    fn take(&mut self, pages: u32) -> u32 {
+    /// Hand out `pages` pages (a power of two) at the bump offset for a mapping of `count`
+    /// pages (`1..=pages`); returns the offset.
+    fn take(&mut self, pages: u32, count: u32) -> u32 {
         let off = BITS - self.free;
         self.free -= pages;
         self.starts.set(off);
+        self.ends.set(off + count - 1);
         self.live.set(off);
         off
+    }
+
+    /// The page count `vm_map_ram` mapped at piece start `off` (exact, not rounded).
+    fn piece_count(&self, off: u32) -> u32 {
+        self.ends.next_set(off).map_or(1, |e| e - off + 1)
     }
 
     /// Length in pages of the piece starting at `off` (which must be a piece start).
@@ -262,8 +273,14 @@ impl<P: Platform> VmapBlocks<P> {
     }
 }
 impl<P: Platform> VmapBlocks<P> {
-    /// `vb_alloc`: a piece of `count.next_power_of_two()` pages from this CPU's blocks; a
-    /// new block comes from `kva`, inside the vmalloc range `[start, end)`.
+    /// Whether `addr` lies in a live vmap block.
+    pub(crate) fn holds(&self, addr: u64) -> bool {
+        self.lookup(addr & !(VMAP_BLOCK_SIZE - 1)).is_some()
+    }
+
+    /// `vb_alloc`: a piece of `count.next_power_of_two()` pages (`count` in
+    /// `1..=VMAP_MAX_ALLOC`) from this CPU's blocks; a new block comes from `kva`, inside the
+    /// vmalloc range `[start, end)`.
     pub(crate) fn alloc(
         &self,
         kva: &Kva<P>,
@@ -279,7 +296,7 @@ impl<P: Platform> VmapBlocks<P> {
             while i < q.len() {
                 let mut st = q[i].st.lock();
                 if !st.dead && st.free >= pages {
-                    let off = st.take(pages);
+                    let off = st.take(pages, count as u32);
                     let full = st.free == 0;
                     drop(st);
                     let addr = q[i].start + u64::from(off) * PAGE_SIZE;
@@ -291,7 +308,19 @@ impl<P: Platform> VmapBlocks<P> {
                 i += 1;
             }
         }
-        self.new_block(kva, (start, end), cpu, pages, node)
+        self.new_block(kva, (start, end), cpu, pages, count as u32, node)
+            .map_err(|e| match e {
+                // The caller asked for `count` pages, not a block.
+                VmallocError::NoSpace {
+                    align, start, end, ..
+                } => VmallocError::NoSpace {
+                    size: count as u64 * PAGE_SIZE,
+                    align,
+                    start,
+                    end,
+                },
+                e => e,
+            })
     }
 
     /// `new_vmap_block`: take a block from the `Kva` (no lock of ours held: the `Kva` may call
@@ -302,6 +331,7 @@ impl<P: Platform> VmapBlocks<P> {
         (lo, hi): (u64, u64),
         cpu: usize,
         pages: u32,
+        count: u32,
         node: Option<usize>,
     ) -> Result<u64, VmallocError> {
         let info = AreaInfo {
@@ -314,7 +344,7 @@ impl<P: Platform> VmapBlocks<P> {
             .alloc(VMAP_BLOCK_SIZE, VMAP_BLOCK_SIZE, lo, hi, node, info)?
             .as_u64();
         let mut st = BlockState::new();
-        st.take(pages);
+        st.take(pages, count);
         let vb = StdArc::new(VmapBlock {
             start,
             st: Mutex::<P, _>::new(st),
@@ -328,6 +358,8 @@ impl<P: Platform> VmapBlocks<P> {
     }
 
     /// `vb_free`: unmap a piece and mark it dirty; retire the block once all of it is dirty.
+    /// `count` must be the page count the piece was mapped with, exactly
+    /// ([`VmallocError::WrongCount`] with that count otherwise).
     pub(crate) fn free(
         &self,
         kva: &Kva<P>,
@@ -335,7 +367,6 @@ impl<P: Platform> VmapBlocks<P> {
         addr: u64,
         count: usize,
     ) -> Result<(), VmallocError> {
-        let pages = count.next_power_of_two() as u32;
         let bstart = addr & !(VMAP_BLOCK_SIZE - 1);
         let Some(vb) = self.lookup(bstart) else {
             return Err(not_a_piece(kva, addr, count));
@@ -358,14 +389,15 @@ impl<P: Platform> VmapBlocks<P> {
                 VmallocError::NotAllocated { addr }
             });
         }
-        let len = st.piece_len(off);
-        if len != pages {
+        let mapped = st.piece_count(off) as usize;
+        if count != mapped {
             return Err(VmallocError::WrongCount {
                 addr,
                 count,
-                expected: len as usize,
+                expected: mapped,
             });
         }
+        let len = st.piece_len(off);
         // Caller-owned frames: nothing to free; the flush is deferred (dirty range).
         let unmapped = space.unmap(
             VirtAddr::new_truncate(addr),
@@ -491,10 +523,11 @@ mod tests {
     #[test]
     fn block_state_pieces() {
         let mut st = BlockState::new();
-        assert_eq!(st.take(4), 0);
-        assert_eq!(st.take(1), 4);
+        assert_eq!(st.take(4, 3), 0);
+        assert_eq!(st.take(1, 1), 4);
         assert_eq!(st.piece_len(0), 4);
         assert_eq!(st.piece_len(4), 1);
+        assert_eq!((st.piece_count(0), st.piece_count(4)), (3, 1));
         assert!(st.page_live(3) && st.page_live(4) && !st.page_live(5));
         st.live.clear(0);
         assert!(!st.page_live(2));

@@ -178,7 +178,7 @@ fn node_range_honours_align_window_flags_and_prot() {
         )
         .unwrap();
     assert_eq!(vm.find_vm_area(ng).unwrap().size(), 2 * P);
-    // Read-only pages: vwrite skips them.
+    // Read-only pages: vwrite writes them through the frame, as seed 002 (3.7) does.
     let ro = vm
         .vmalloc_node_range(
             P,
@@ -201,7 +201,15 @@ fn node_range_honours_align_window_flags_and_prot() {
     assert_eq!(vm.vwrite(ro, &[7; 16]), 16);
     let mut b = [9u8; 16];
     vm.vread(ro, &mut b);
-    assert_eq!(b, [0; 16]);
+    assert_eq!(b, [7; 16]);
+    assert!(
+        !vm.kernel_space()
+            .translate(ro)
+            .unwrap()
+            .flags
+            .contains(PageTableFlags::WRITABLE),
+        "the mapping stays read-only"
+    );
     // Errors.
     let bad_align = vm.vmalloc_node_range(
         P,
@@ -224,9 +232,15 @@ fn node_range_honours_align_window_flags_and_prot() {
         VmFlags::empty(),
         None,
     );
-    assert!(
-        matches!(tiny, Err(VmallocError::NoSpace { .. })),
-        "{tiny:?}"
+    // A window that could never hold 4 pages + a guard page: TooLarge with the caller's size.
+    assert_eq!(
+        tiny,
+        Err(VmallocError::TooLarge {
+            size: 4 * P,
+            align: P,
+            start: ws.as_u64(),
+            end: ws.as_u64() + 2 * P
+        })
     );
     let bad_flags = vm.vmalloc_node_range(P, P, s, e, Gfp::KERNEL, PAGE_KERNEL, VmFlags::MAP, None);
     assert_eq!(
@@ -423,7 +437,8 @@ fn vmap_maps_caller_frames_and_vunmap_keeps_them() {
         .unwrap();
     let m = vm.vmap(&frames, VmFlags::empty(), PAGE_KERNEL).unwrap();
     let area = vm.find_vm_area(m).unwrap();
-    assert_eq!((area.size(), area.info.nr_pages), (4 * P, 3));
+    // Linux 6.x records no page count for vmap (only with VM_MAP_PUT_PAGES).
+    assert_eq!((area.size(), area.info.nr_pages), (4 * P, 0));
     assert!(area.info.flags.contains(VmFlags::MAP));
     let mut b = [0u8; 9];
     assert_eq!(vm.vread(m + P, &mut b), 9);
@@ -483,7 +498,7 @@ fn reservations_get_alloc_free_find() {
     assert!(vm.get_vm_area(0, VmFlags::empty()).is_err());
 
     // alloc_vm_area: page tables exist, nothing mapped: mapping there allocates no frame.
-    let r = vm.alloc_vm_area(8 * P).unwrap();
+    let r = vm.alloc_vm_area(8 * P, None).unwrap();
     assert!(r.info.flags.contains(VmFlags::IOREMAP));
     let f = vm.frames().alloc(Zone::Normal).unwrap();
     let used = vm.frame_stats().used;
@@ -550,11 +565,15 @@ fn vmallocinfo_lists_every_kind_in_order() {
     );
     assert!(find(u).ends_with(" pages=1 vmalloc user"), "{}", find(u));
     assert!(
-        find(io).ends_with(" phys=0xfee00000 ioremap"),
+        find(io).ends_with(" phys=0x00000000fee00000 ioremap"),
         "{}",
         find(io)
     );
-    assert!(find(m).ends_with(" pages=1 vmap"), "{}", find(m));
+    assert!(
+        find(m).ends_with(" vmap") && !find(m).contains("pages="),
+        "{}",
+        find(m)
+    );
     let block = lines.iter().find(|l| l.ends_with("vm_map_ram")).unwrap();
     assert!(
         block.contains(&format!("{:7}", vmalloc::VMAP_BLOCK_SIZE)),
@@ -567,7 +586,7 @@ fn vmallocinfo_lists_every_kind_in_order() {
 fn stats_follow_meminfo() {
     let vm = vm();
     let s0 = vm.stats();
-    assert_eq!(s0.vmalloc_total_kb, vmalloc::SMALL_KVA_BYTES >> 10);
+    assert_eq!(s0.vmalloc_total_kb, (vmalloc::SMALL_KVA_BYTES - 1) >> 10);
     let a = vm.vmalloc(10 * P).unwrap();
     let s = vm.stats();
     assert_eq!(s.vmalloc_used_kb, 40);
@@ -687,7 +706,14 @@ fn default_config_is_x86_64_over_an_mmap_arena() {
         (s.as_u64(), e.as_u64()),
         (0xffff_c900_0000_0000, 0xffff_e900_0000_0000)
     );
-    assert_eq!(vm.stats().vmalloc_total_kb, 32 << 30);
+    // What every x86_64 machine's /proc/meminfo says (VMALLOC_END is inclusive).
+    assert_eq!(vm.stats().vmalloc_total_kb, 34_359_738_367);
+    assert!(
+        vm.meminfo()
+            .starts_with("VmallocTotal:   34359738367 kB\nVmallocUsed:           0 kB\n"),
+        "{}",
+        vm.meminfo()
+    );
     assert_eq!(vm.frames().arena().size(), 8 << 30);
     let low = vm.vmalloc_32(P).unwrap();
     let high = vm.vzalloc(P).unwrap();

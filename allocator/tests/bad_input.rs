@@ -133,7 +133,10 @@ fn ioremap_sized_requests_near_u64_max_are_typed_errors() {
     let vm = vm();
     let before = snapshot(&vm);
     for size in [(1u64 << 63) + 1, u64::MAX, u64::MAX - PAGE_SIZE, 1 << 63] {
-        assert!(vm.alloc_vm_area(size).is_err(), "alloc_vm_area({size:#x})");
+        assert!(
+            vm.alloc_vm_area(size, None).is_err(),
+            "alloc_vm_area({size:#x})"
+        );
         assert!(
             vm.get_vm_area(size, VmFlags::IOREMAP).is_err(),
             "get_vm_area({size:#x}, IOREMAP)"

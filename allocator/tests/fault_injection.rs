@@ -140,13 +140,39 @@ fn vmap_and_vm_map_ram() {
 }
 
 #[test]
+fn arrays_vmap_pfn_and_thread_stacks() {
+    let vm = fresh();
+    let (a, f) = inject(&vm, "vmalloc_array", |vm| vm.vmalloc_array(30, 1000));
+    assert!(f >= 8, "every frame is a failure point");
+    let (c, _) = inject(&vm, "vcalloc", |vm| vm.vcalloc(5, P));
+    // Device frame numbers far from any table built so far.
+    let (pfn, _) = inject(&vm, "vmap_pfn", |vm| {
+        vm.vmap_pfn(&[1 << 28, (1 << 28) + 1], PAGE_KERNEL_IO)
+    });
+    let (st, f) = inject(&vm, "alloc_thread_stack_node", |vm| {
+        vm.alloc_thread_stack_node(None)
+    });
+    assert!(f >= 4, "the four stack frames are failure points");
+    vm.vfree(a).unwrap();
+    vm.vfree(c).unwrap();
+    vm.vunmap(pfn).unwrap();
+    vm.free_thread_stack(st).unwrap();
+    // A cached stack comes back without any frame allocation: nothing to inject.
+    vm.frames().fail_after(Some(0));
+    let st = vm.alloc_thread_stack_node(None).unwrap();
+    vm.frames().fail_after(None);
+    vm.free_thread_stack(st).unwrap();
+    vm.check_idle().unwrap();
+}
+
+#[test]
 fn reservations_ioremap_and_remap() {
     let vm = fresh();
     let (io, f) = inject(&vm, "ioremap", |vm| {
         vm.ioremap(PhysAddr::new(1 << 40), 3 * P, PAGE_KERNEL_IO)
     });
     assert!(f >= 1, "page tables must have been allocated");
-    let (area, f) = inject(&vm, "alloc_vm_area", |vm| vm.alloc_vm_area(600 * P));
+    let (area, f) = inject(&vm, "alloc_vm_area", |vm| vm.alloc_vm_area(600 * P, None));
     assert!(f >= 1, "page tables must have been allocated");
     let (user, _) = inject(&vm, "new_user_space", |vm| vm.new_user_space());
     let k = vm.vmalloc_user(4 * P).unwrap();

@@ -21,7 +21,7 @@ use pagetable::{
     FrameAllocator, FrameConfig, PAGE_SIZE, PhysAddr, PhysArena, TlbFlush, TlbStats, VirtAddr, Zone,
 };
 use vmalloc::{
-    KvaConfig, PAGE_KERNEL, PurgeMode, PurgeWork, TlbChoice, VmFlags, Vmalloc, VmallocError,
+    Gfp, KvaConfig, PAGE_KERNEL, PurgeMode, PurgeWork, TlbChoice, VmFlags, Vmalloc, VmallocError,
 };
 
 const P: u64 = PAGE_SIZE;
@@ -201,12 +201,28 @@ fn the_vmalloc_api_on_a_std_free_platform() {
     vm.vm_unmap_aliases();
     frames.free_bulk(&pages).unwrap();
 
+    // Thread stacks (the per-CPU cache on the kernel's CPU ids), a huge area (2 MiB runs of
+    // the direct-map RAM), vrealloc.
+    CURRENT_CPU.store(1, Ordering::Relaxed);
+    let st = vm.alloc_thread_stack_node(None).unwrap();
+    let base = st.base();
+    vm.free_thread_stack(st).unwrap();
+    let st = vm.alloc_thread_stack_node(None).unwrap();
+    assert_eq!(st.base(), base, "from CPU 1's cache");
+    vm.free_thread_stack(st).unwrap();
+    let h = vm.vmalloc_huge(2 << 20, Gfp::ZERO).unwrap();
+    assert_eq!(vm.kernel_space().translate(h).unwrap().size, 2 << 20);
+    let g = vm.vrealloc(h, (2 << 20) + P, Gfp::ZERO).unwrap();
+    assert_eq!(vm.vwrite(g + (2 << 20), b"grown"), 5);
+    vm.vfree(g).unwrap();
+    assert!(vm.meminfo().starts_with("VmallocTotal:"));
     // Bad input is a typed error here too.
     assert!(matches!(
         vm.vfree(VirtAddr::new(0xffff_c900_0000_1000)),
         Err(VmallocError::NotAllocated { .. })
     ));
     // Nothing leaked: after a purge every frame but the page tables is back, no VA is used.
+    assert_eq!(vm.free_vm_stack_cache(), 1);
     vm.purge_vmap_area_lazy();
     let st = vm.stats();
     assert_eq!((st.kva.used, st.lazy_pages), (0, 0), "{st:?}");
@@ -214,4 +230,6 @@ fn the_vmalloc_api_on_a_std_free_platform() {
     vm.kernel_space().clean_up(s, e - s).unwrap();
     assert_eq!(frames.stats().used, base_frames, "frames leaked");
     vm.kva().check_invariants().unwrap();
+    // The library's own leak check agrees (it empties the stack caches first).
+    vm.check_idle().unwrap();
 }

@@ -1,4 +1,4 @@
-//! `cargo +nightly fuzz run alloc_free`: the vmalloc API against its model (see
+//! `cargo fuzz run alloc_free`: the vmalloc API against its model (see
 //! `kvmalloc_fuzz::alloc_free`).
 #![no_main]
 

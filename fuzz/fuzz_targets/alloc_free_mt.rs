@@ -1,4 +1,4 @@
-//! `cargo +nightly fuzz run alloc_free_mt`: two threads replaying their own operation lists
+//! `cargo fuzz run alloc_free_mt`: two threads replaying their own operation lists
 //! on one shared vmalloc instance with background purge workers (see
 //! `kvmalloc_fuzz::alloc_free_mt`).
 #![no_main]

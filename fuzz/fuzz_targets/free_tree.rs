@@ -1,4 +1,4 @@
-//! `cargo +nightly fuzz run free_tree`: the augmented free tree against a brute-force model
+//! `cargo fuzz run free_tree`: the augmented free tree against a brute-force model
 //! (see `kvmalloc_fuzz::free_tree`).
 #![no_main]
 

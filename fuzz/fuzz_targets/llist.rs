@@ -1,4 +1,4 @@
-//! `cargo +nightly fuzz run llist`: the lock-free list and its detached chains against
+//! `cargo fuzz run llist`: the lock-free list and its detached chains against
 //! `VecDeque`s (see `kvmalloc_fuzz::llist`).
 #![no_main]
 

@@ -1,4 +1,4 @@
-//! `cargo +nightly fuzz run pagetable`: two address spaces against a `BTreeMap` model (see
+//! `cargo fuzz run pagetable`: two address spaces against a `BTreeMap` model (see
 //! `kvmalloc_fuzz::pagetable`).
 #![no_main]
 

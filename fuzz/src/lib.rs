@@ -10,8 +10,11 @@
 //! | `llist` | [`llist`] | `VecDeque`s for the list and the detached chains |
 //!
 //! Each harness checks the model after every step and panics (a libFuzzer crash) on the
-//! first difference, naming the step (`alloc_free_mt` checks what holds under any
-//! interleaving after every step and everything else at the end). Inputs are decoded with `arbitrary` from derived
+//! first difference, naming the step (`alloc_free` and `pagetable` check after every step
+//! what the step can have changed, in time proportional to it, and everything every 16
+//! steps and at the end; `alloc_free_mt` checks what holds under any interleaving after
+//! every step and everything else at the end). Each module's documentation says what it
+//! checks and what makes it fast. Inputs are decoded with `arbitrary` from derived
 //! operation enums, so any byte string is a valid input: a few header fields, then one
 //! operation after another until the bytes run out ([`ops_until_empty`]; `arbitrary`'s own
 //! `Vec` decoding spends a continuation byte per element and stops at the first even one,

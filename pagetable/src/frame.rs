@@ -12,6 +12,7 @@
 //! release. Counts are taken with `Relaxed` (the caller already holds a reference); counters
 //! and the fault-injection state are `Relaxed`.
 
+mod huge;
 mod pcp;
 
 use core::fmt;
@@ -42,6 +43,8 @@ use crate::sync::{AtomicI64, AtomicU32, AtomicU64, Mutex, Ordering};
 /// the high-water mark on many-CPU machines. Linux folds its per-CPU vmstat differentials
 /// the same way (mm/vmstat.c), past a `stat_threshold` of at most 125.
 pub const FOLD: i64 = 64;
+
+pub use huge::HUGE_FRAMES;
 
 /// Physical address where the low (DMA32) zone ends.
 pub const DMA32_LIMIT: u64 = 1 << 32;
@@ -174,6 +177,13 @@ pub struct FrameStats {
 ///   of that and `folded + Σ peak` (exact while one CPU slot allocates; with several, an
 ///   upper bound that can exceed the true peak by less than `FOLD` per other CPU, never
 ///   above `total`).
+/// * **2 MiB runs.** [`FrameAllocator::alloc_huge`] hands out 512 contiguous frames at a
+///   2 MiB-aligned physical address (what a huge vmalloc maps with one 2 MiB leaf), each
+///   with its own reference count, straight from a zone pool: a run released whole by
+///   [`FrameAllocator::free_huge`], else one carved from the never-touched region. Freed
+///   single frames are never merged back into runs (no buddy allocator); a free run is
+///   broken into single frames only when nothing else can serve a single-frame request. A
+///   run counts as 512 frames in the counters and as one allocation for fault injection.
 /// * **Fault injection.** [`FrameAllocator::fail_nth`] and [`FrameAllocator::fail_after`]
 ///   make chosen allocations fail with `OutOfFrames { injected: true, .. }`, so that every
 ///   error path above can be driven from a test.
@@ -266,8 +276,8 @@ impl<P: Platform> FrameAllocator<P> {
             nframes,
             low_end,
             zones: [
-                ZoneState::new(0, low_end, arena.starts_zeroed()),
-                ZoneState::new(low_end, nframes, arena.starts_zeroed()),
+                ZoneState::new(0, low_end, arena.starts_zeroed(), base / PAGE_SIZE),
+                ZoneState::new(low_end, nframes, arena.starts_zeroed(), base / PAGE_SIZE),
             ],
             pcps: pcps.collect(),
             // The arena's size fits in `usize`, so its frame count does too.

@@ -207,12 +207,14 @@ pub use fork::{
     CopyStats, Dup, FaultOutcome, MAX_SWAPFILES, SWAP_CONT_MAX, SWAP_MAP_MAX, SwapEntry, SwapKind,
     SwapMap, VmaKind, copy_range, copy_range_with_swap, handle_write_fault, install_swap_entry,
 };
-pub use frame::{DMA32_LIMIT, FOLD, FrameAllocator, FrameConfig, FrameError, FrameStats, Zone};
+pub use frame::{
+    DMA32_LIMIT, FOLD, FrameAllocator, FrameConfig, FrameError, FrameStats, HUGE_FRAMES, Zone,
+};
 pub use mapper::{AddressSpace, MapError, Mapping, Mappings, Translation};
 pub use page::{
     ENTRIES_PER_TABLE, PAGE_SHIFT, PAGE_SIZE, Page, PageRange, PageSize, PageTableIndex, PhysFrame,
     PhysFrameRange, Size1GiB, Size2MiB, Size4KiB,
 };
 #[cfg(feature = "std")]
-pub use tlb::{AccessError, SETS, TlbModel, WAYS};
+pub use tlb::{AccessError, HUGE_SETS, SETS, TlbEntries, TlbModel, WAYS};
 pub use tlb::{CountingFlush, FlushRange, TLB_SINGLE_PAGE_FLUSH_CEILING, TlbFlush, TlbStats};

@@ -195,6 +195,24 @@ impl<V: Copy> BusyTree<V> {
         Some(old)
     }
 
+    /// Move the end of the area starting at `start` to `end` (above `start`, and not past
+    /// the next area's start); returns the old end, or `None` (nothing changed) if there is no
+    /// such area or the new end is refused.
+    pub fn set_end(&mut self, start: u64, end: u64) -> Option<u64> {
+        let id = self.tree.find(start)?;
+        if end <= start {
+            return None;
+        }
+        if let Some(n) = self.tree.next(id) {
+            if self.tree.get(n).start < end {
+                return None;
+            }
+        }
+        let old = self.tree.get(id).end;
+        self.tree.modify(id, |e| e.end = end);
+        Some(old)
+    }
+
     /// The area containing `addr` (`start <= addr < end`).
     pub fn find_containing(&self, addr: u64) -> Option<(u64, u64, V)> {
         let id = self.tree.floor(addr)?;

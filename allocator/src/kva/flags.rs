@@ -34,7 +34,38 @@ bitflags::bitflags! {
         const DMA32 = 0x1000;
         /// Registered at boot with `vm_area_add_early` (an exact range).
         const EARLY = 0x2000;
+        /// The caller allows 2 MiB leaves (Linux's `VM_ALLOW_HUGE_VMAP`, what
+        /// `vmalloc_huge` passes).
+        const ALLOW_HUGE_VMAP = 0x4000;
+        /// Mapped with 2 MiB leaves (Linux's `page_order > 0`).
+        const HUGE = 0x8000;
+        /// The pages were zeroed at allocation (`__GFP_ZERO`): `vrealloc` keeps the bytes
+        /// past the size zero.
+        const ZEROED = 0x1_0000;
+        /// A `vmap_pfn()` area: page frame numbers, no pages.
+        const PFNMAP = 0x2_0000;
+        /// A kernel thread stack (`alloc_thread_stack_node`).
+        const STACK = 0x4_0000;
     }
+}
+
+impl VmFlags {
+    /// Flags a caller may pass to the calls that take flags (`vmalloc_node_range`, `vmap`,
+    /// `get_vm_area`, early areas): the kind of a reservation or `vmap` area and its
+    /// properties. Every other flag is set by the library itself to record what it did
+    /// ([`VmFlags::INTERNAL`]); each call further restricts the kinds it accepts.
+    pub const CALLER: VmFlags = VmFlags::IOREMAP
+        .union(VmFlags::MAP)
+        .union(VmFlags::USERMAP)
+        .union(VmFlags::NO_GUARD)
+        .union(VmFlags::ALLOW_HUGE_VMAP);
+
+    /// Flags only the library sets (refused from callers with `InvalidFlags`):
+    /// [`VmFlags::ALLOC`], [`VmFlags::VPAGES`], [`VmFlags::UNLIST`],
+    /// [`VmFlags::UNINITIALIZED`], [`VmFlags::MAP_RAM`], [`VmFlags::EXEC`],
+    /// [`VmFlags::DMA32`], [`VmFlags::EARLY`], [`VmFlags::HUGE`], [`VmFlags::ZEROED`],
+    /// [`VmFlags::PFNMAP`], [`VmFlags::STACK`].
+    pub const INTERNAL: VmFlags = VmFlags::all().difference(VmFlags::CALLER);
 }
 
 #[cfg(test)]
@@ -49,6 +80,13 @@ mod tests {
         assert_eq!(VmFlags::USERMAP.bits(), 0x8);
         assert_eq!(VmFlags::VPAGES.bits(), 0x10);
         assert_eq!(VmFlags::UNLIST.bits(), 0x20);
+    }
+
+    #[test]
+    fn caller_and_internal_flags_partition_all() {
+        assert_eq!(VmFlags::CALLER | VmFlags::INTERNAL, VmFlags::all());
+        assert!(!VmFlags::CALLER.intersects(VmFlags::INTERNAL));
+        assert!(VmFlags::INTERNAL.contains(VmFlags::VPAGES | VmFlags::ALLOC | VmFlags::HUGE));
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //! Purge lock (invariant check only) -> one node or free lock at a time. Callbacks of
 //! `for_each_busy` run with no lock held (snapshots are taken shard by shard).
 
-use crate::kva::Inner;
 use crate::kva::area::VmArea;
+use crate::kva::{Inner, Kva};
 #[allow(unused_imports)]
 use crate::prelude::*;
 use pagetable::platform::Platform;
@@ -75,7 +75,35 @@ pub struct KvaStats {
     pub nr_shards: usize,
 }
 
+impl<P: Platform> Kva<P> {
+    /// Call `f(start, end)` for every area freed lazily and not purged yet: on the shards'
+    /// nodes' lazy batches and overflow lists (what Linux's `/proc/vmallocinfo` lists
+    /// as `unpurged vm_area`), in no particular order. Waits for a purge in progress (its
+    /// areas are free when it returns) and keeps purges out while it collects; `f` runs with
+    /// no lock held. Areas removed but not freed yet (a token outstanding) are not listed.
+    pub fn for_each_lazy(&self, f: impl FnMut(u64, u64)) {
+        self.inner.for_each_lazy(f);
+    }
+}
+
 impl<P: Platform> Inner<P> {
+    pub(crate) fn for_each_lazy(&self, mut f: impl FnMut(u64, u64)) {
+        let mut lazy: Vec<(u64, u64)> = Vec::new();
+        {
+            // No purger holds a detached batch or chain while we look (as `check_invariants`).
+            let _purging = self.purge.lock();
+            for sh in self.shards.all() {
+                lazy.extend_from_slice(sh.lock_node().lazy());
+                if sh.overflow_pages() != 0 {
+                    sh.peek_overflow(|s, e| lazy.push((s, e)));
+                }
+            }
+        }
+        for (s, e) in lazy {
+            f(s, e);
+        }
+    }
+
     pub(crate) fn stats(&self) -> KvaStats {
         let mut s = KvaStats {
             total: self.cfg.end - self.cfg.start,

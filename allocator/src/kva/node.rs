@@ -496,6 +496,21 @@ impl NodeState {
         self.busy.get(start).map(|e| self.area(e))
     }
 
+    /// The bounds of the live area starting exactly at `start`.
+    #[inline]
+    pub(crate) fn bounds(&self, start: u64) -> Option<(u64, u64)> {
+        self.busy.get(start).map(|(s, e, _)| (s, e))
+    }
+
+    /// Move the end of the live area starting at `start` to `end` (`vrealloc` growing or
+    /// trimming in place; the caller has made `[old end, end)` its own when growing); the
+    /// byte count follows. Returns the old end, `None` if there is no such area.
+    pub(crate) fn set_end(&mut self, start: u64, end: u64) -> Option<u64> {
+        let old = self.busy.set_end(start, end)?;
+        self.busy_bytes = self.busy_bytes + end - old;
+        Some(old)
+    }
+
     /// Change the info of the live area starting at `start`; `false` if there is none.
     pub(crate) fn update_info(&mut self, start: u64, f: impl FnOnce(&mut AreaInfo)) -> bool {
         let Some((_, _, rec)) = self.busy.get(start) else {

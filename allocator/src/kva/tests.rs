@@ -397,3 +397,130 @@ fn check_invariants_catches_a_wrong_batch_counter() {
     node.set_lazy_pages_for_tests(1);
     k.check_invariants().unwrap();
 }
+
+#[test]
+fn try_extend_takes_free_tree_space_only() {
+    // Two shards of 64 pages, no per-CPU caches (the space after an area stays in the tree).
+    let k = new(KvaConfig {
+        pcpu_cache: false,
+        ..sync_cfg(128, 2, 1_000)
+    });
+    let a = k
+        .alloc(3 * P, P, BASE, BASE + 64 * P, Some(0), info())
+        .unwrap();
+    let a_end = a.as_u64() + 3 * P;
+    let used = k.stats().used;
+    k.try_extend(a, a_end + 2 * P).unwrap();
+    assert_eq!(k.find(a + 4 * P).unwrap().start, a.as_u64());
+    assert_eq!(k.find(a + 4 * P).unwrap().end, a_end + 2 * P);
+    assert_eq!(k.stats().used, used + 2 * P);
+    k.check_invariants().unwrap();
+    // Same end: nothing to do; shrinking, unaligned or outside the range: refused.
+    k.try_extend(a, a_end + 2 * P).unwrap();
+    for bad in [a_end, a_end + 2 * P + 1, BASE + 200 * P] {
+        assert!(matches!(
+            k.try_extend(a, bad),
+            Err(KvaError::InvalidRange { .. })
+        ));
+    }
+    assert!(matches!(
+        k.try_extend(a + P, a_end + 4 * P),
+        Err(KvaError::NotStartOfArea { .. })
+    ));
+    // A neighbour in the way: NoSpace naming the range, nothing changed.
+    let b = k
+        .alloc(P, P, a_end + 3 * P, a_end + 4 * P, None, info())
+        .unwrap();
+    let before = k.stats();
+    assert_eq!(
+        k.try_extend(a, a_end + 4 * P),
+        Err(KvaError::NoSpace {
+            size: 2 * P,
+            align: P,
+            start: a_end + 2 * P,
+            end: a_end + 4 * P
+        })
+    );
+    assert_eq!(k.stats(), before);
+    // Lazily freed space is not taken (it needs a purge first).
+    let t = k.remove(b).unwrap();
+    k.free_lazy(t, 1);
+    assert!(matches!(
+        k.try_extend(a, a_end + 4 * P),
+        Err(KvaError::NoSpace { .. })
+    ));
+    k.purge();
+    k.try_extend(a, a_end + 4 * P).unwrap();
+    k.check_invariants().unwrap();
+    // The undo: the tail goes straight back to the free tree.
+    let free = k.stats().free;
+    // SAFETY: nothing was ever mapped (this Kva maps nothing).
+    unsafe { k.trim_unused(a, a_end + 2 * P) }.unwrap();
+    assert_eq!(k.stats().free, free + 2 * P);
+    assert_eq!(k.find(a + 4 * P).unwrap().end, a_end + 2 * P);
+    assert!(matches!(
+        // SAFETY: as above (refused anyway: not below the end).
+        unsafe { k.trim_unused(a, a_end + 2 * P) },
+        Err(KvaError::InvalidRange { .. })
+    ));
+    k.try_extend(a, a_end + 4 * P).unwrap();
+    k.check_invariants().unwrap();
+    // Across the shard boundary: the area is found from the upper shard too.
+    let top = BASE + 64 * P;
+    k.try_extend(a, top + 5 * P).unwrap();
+    assert_eq!(
+        k.find(VirtAddr::new_truncate(top + 4 * P)).unwrap().start,
+        a.as_u64()
+    );
+    assert_eq!(k.busy_overlapping(top, top + P).len(), 1);
+    k.check_invariants().unwrap();
+    // Trimming back across the boundary keeps the crossing count right.
+    // SAFETY: nothing was ever mapped.
+    unsafe { k.trim_unused(a, top + P) }.unwrap();
+    assert_eq!(
+        k.find(VirtAddr::new_truncate(top)).unwrap().start,
+        a.as_u64()
+    );
+    assert!(k.find(VirtAddr::new_truncate(top + 2 * P)).is_none());
+    k.check_invariants().unwrap();
+    // SAFETY: nothing was ever mapped.
+    unsafe { k.trim_unused(a, top - P) }.unwrap();
+    assert!(k.find(VirtAddr::new_truncate(top)).is_none());
+    k.try_extend(a, top + 5 * P).unwrap();
+    let t = k.remove(a).unwrap();
+    assert_eq!(t.area().end, top + 5 * P);
+    k.free_lazy(t, 0);
+    k.purge();
+    assert!(k.find(VirtAddr::new_truncate(top + 4 * P)).is_none());
+    let s = k.stats();
+    assert_eq!((s.used, s.free), (0, 128 * P));
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn for_each_lazy_lists_batches_and_lists() {
+    // With per-CPU caches the frees go to the CPU's lazy batch, without to the shard lists.
+    for pcpu_cache in [true, false] {
+        let k = new(KvaConfig {
+            pcpu_cache,
+            ..sync_cfg(256, 2, 1_000)
+        });
+        let mut freed = Vec::new();
+        for pages in [2u64, 5, 40] {
+            let a = k.alloc(pages * P, P, 0, u64::MAX, None, info()).unwrap();
+            freed.push((a.as_u64(), a.as_u64() + pages * P));
+            let t = k.remove(a).unwrap();
+            k.free_lazy(t, pages as usize);
+        }
+        let mut seen = Vec::new();
+        k.for_each_lazy(|s, e| seen.push((s, e)));
+        seen.sort_unstable();
+        freed.sort_unstable();
+        assert_eq!(seen, freed, "pcpu_cache {pcpu_cache}");
+        k.check_invariants().unwrap();
+        k.purge();
+        let mut n = 0;
+        k.for_each_lazy(|_, _| n += 1);
+        assert_eq!(n, 0);
+    }
+}

@@ -186,6 +186,14 @@ pub trait VmallocImpl: Send + Sync {
     /// `vmalloc(size)`: map `size` bytes (rounded up to pages) of fresh frames, page aligned.
     fn vmalloc(&self, size: u64) -> Result<u64, ImplError>;
 
+    /// `vmalloc_huge(size, GFP_KERNEL)`: like [`VmallocImpl::vmalloc`], mapped with 2 MiB
+    /// leaves where the size (2 MiB or more) and the frames allow. The default is
+    /// `vmalloc`, which is what `vmalloc_huge` is on a kernel without huge vmalloc (Linux
+    /// 3.x, the `legacy` baseline).
+    fn vmalloc_huge(&self, size: u64) -> Result<u64, ImplError> {
+        self.vmalloc(size)
+    }
+
     /// `__vmalloc_node(size, align, GFP_KERNEL | __GFP_ZERO, ..)`: zeroed, aligned to `align`
     /// (a power of two), anywhere in the vmalloc range.
     fn vmalloc_align(&self, size: u64, align: u64) -> Result<u64, ImplError>;

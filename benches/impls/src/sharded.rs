@@ -8,7 +8,8 @@
 //! replaces the KVA configuration by [`KvaConfig::single_lock`] (one shard, no per-CPU
 //! caches: the Linux 5.2 design).
 //!
-//! The mapping calls are the kernel test's: `vmalloc`, `__vmalloc_node_range(size, align,
+//! The mapping calls are the kernel test's: `vmalloc`, `vmalloc_huge(size, GFP_KERNEL)` (with
+//! `use_huge`), `__vmalloc_node_range(size, align,
 //! VMALLOC_START, VMALLOC_END, GFP_KERNEL | __GFP_ZERO, PAGE_KERNEL)` for the aligned tests,
 //! `vfree`, `vm_map_ram(pages, NUMA_NO_NODE, PAGE_KERNEL)`, `vm_unmap_ram`. A one-byte store
 //! is a page-table walk plus an arena write, exactly as in `legacy` (the kernel test's
@@ -33,14 +34,13 @@ pub struct ShardedImpl {
     vm: Vmalloc,
     name: &'static str,
     batch_pages: AtomicU64,
-    /// Frames in use right after construction (root and preallocated tables).
-    baseline_frames: u64,
 }
 
 impl From<VmallocError> for ImplError {
     fn from(e: VmallocError) -> Self {
         match e {
-            VmallocError::NoSpace { size, align, .. } => ImplError::NoSpace { size, align },
+            VmallocError::NoSpace { size, align, .. }
+            | VmallocError::TooLarge { size, align, .. } => ImplError::NoSpace { size, align },
             VmallocError::OutOfMemory { .. }
             | VmallocError::Frame(_)
             | VmallocError::Map(pagetable::MapError::OutOfFrames) => ImplError::OutOfMemory,
@@ -70,7 +70,6 @@ impl ShardedImpl {
             c.kva = KvaConfig::single_lock(c.kva.start, c.kva.end);
         }
         let vm = Vmalloc::new(c)?;
-        let baseline_frames = vm.frame_stats().used;
         Ok(Self {
             id: InstanceId::fresh(),
             vm,
@@ -80,7 +79,6 @@ impl ShardedImpl {
                 "sharded"
             },
             batch_pages: AtomicU64::new(0),
-            baseline_frames,
         })
     }
 
@@ -110,6 +108,10 @@ impl VmallocImpl for ShardedImpl {
 
     fn vmalloc(&self, size: u64) -> Result<u64, ImplError> {
         Ok(self.vm.vmalloc(size)?.as_u64())
+    }
+
+    fn vmalloc_huge(&self, size: u64) -> Result<u64, ImplError> {
+        Ok(self.vm.vmalloc_huge(size, Gfp::KERNEL)?.as_u64())
     }
 
     fn vmalloc_align(&self, size: u64, align: u64) -> Result<u64, ImplError> {
@@ -206,47 +208,18 @@ impl VmallocImpl for ShardedImpl {
 
     fn check_idle(&self) -> Result<(), ImplError> {
         let fail = |m: String| Err(ImplError::Backend(m));
-        self.vm
-            .kva()
-            .check_invariants()
-            .map_err(ImplError::Backend)?;
-        let s = self.vm.stats();
-        if s.nr_areas != 0 {
-            return fail(format!(
-                "{} live areas left ({} vmap blocks)",
-                s.nr_areas, s.vmap_blocks
-            ));
-        }
-        if s.lazy_pages != 0 {
-            return fail(format!("{} lazy pages left after a purge", s.lazy_pages));
-        }
-        if s.vmalloc_used_kb != 0 || s.deferred_errors != 0 {
-            return fail(format!(
-                "VmallocUsed {} kB, {} failed deferred frees",
-                s.vmalloc_used_kb, s.deferred_errors
-            ));
-        }
         let b = self.batch_pages.load(Ordering::Relaxed);
         if b != 0 {
             return fail(format!("{b} page-batch frames not returned"));
         }
-        let (start, end) = self.vm.range();
-        let len = end.as_u64().wrapping_sub(start.as_u64());
-        let space = self.vm.kernel_space();
-        if let Some(m) = space.mappings(start, len).next() {
-            return fail(format!("mapping left at {:#x}", m.va.as_u64()));
-        }
-        // Every frame back: free the now empty page tables of the range (nothing maps there
-        // while idle), then the count must be what construction left.
-        space
-            .clean_up(start, len)
+        // The library's own leak check: purges, then no live area, nothing lazy, no
+        // mapping in the range, and (once the empty page tables are freed) every frame back.
+        self.vm
+            .check_idle()
             .map_err(|e| ImplError::Backend(e.to_string()))?;
-        let used = self.vm.frame_stats().used;
-        if used != self.baseline_frames {
-            return fail(format!(
-                "{used} frames in use when idle, {} after construction",
-                self.baseline_frames
-            ));
+        let s = self.vm.stats();
+        if s.deferred_errors != 0 {
+            return fail(format!("{} failed deferred frees", s.deferred_errors));
         }
         Ok(())
     }

@@ -170,6 +170,8 @@ pub fn full_fit_junk_length() -> usize {
 pub fn peak_frames(t: &TestCase, p: &Params) -> u64 {
     let array = |n: usize| (n as u64 * 8).div_ceil(PAGE_SIZE);
     match t.index {
+        // A huge area is a whole number of 2 MiB runs (each 2 MiB aligned in the arena).
+        0 if p.use_huge && p.pages() >= 512 => u64::from(p.pages()).next_multiple_of(512) + 512,
         0 => u64::from(p.pages()),
         1 => {
             let j = full_fit_junk_length();
@@ -209,11 +211,25 @@ fn free_all(imp: &dyn VmallocImpl, addrs: &[Option<u64>]) -> Result<(), CaseErro
     res
 }
 
-/// Test id 1: `nr_pages` (default 1) pages, store one byte, free.
+/// Test id 1: `nr_pages` (default 1) pages, store one byte, free; with `use_huge`, the pages
+/// come from `vmalloc_huge` (2 MiB leaves from 512 pages up), as the module does.
 pub fn fix_size_alloc_test(c: &mut Ctx<'_>) -> Result<(), CaseError> {
     let size = u64::from(c.params.pages()) * PAGE_SIZE;
     for _ in 0..c.params.test_loop_count {
-        alloc_touch_free(c.imp, size, 0)?;
+        if c.params.use_huge {
+            let p = c
+                .imp
+                .vmalloc_huge(size)
+                .map_err(op(|| format!("vmalloc_huge({size:#x})")))?;
+            let w = c
+                .imp
+                .write_byte(p, 0)
+                .map_err(op(|| format!("store at {p:#x}")));
+            let f = c.imp.vfree(p).map_err(op(|| format!("vfree({p:#x})")));
+            w.and(f)?;
+        } else {
+            alloc_touch_free(c.imp, size, 0)?;
+        }
     }
     Ok(())
 }

@@ -184,6 +184,7 @@ fn point(
         sequential_test_order: true,
         run_test_mask: 1,
         nr_pages: cfg.nr_pages,
+        use_huge: cfg.use_huge,
     };
     let arena_bytes = cfg.arena_bytes.unwrap_or_else(|| arena_for(&params));
     let imp = kind

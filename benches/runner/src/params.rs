@@ -13,8 +13,9 @@
 //!
 //! Validation follows the module: every value must fit the kernel's `int`; `nr_threads` is
 //! clamped to `1..=65535` and non-positive repeat/loop counts become 1, as
-//! `init_test_configurtion` does; negative values, junk, unknown keys and `use_huge` (no huge
-//! vmalloc here) are errors with a message, never a panic.
+//! `init_test_configurtion` does; negative values, junk and unknown keys are errors with a
+//! message, never a panic. `use_huge` (a 0/1 `bool`, as the module's) makes
+//! `fix_size_alloc_test` call `vmalloc_huge`.
 //!
 //! Pure functions, no shared state.
 
@@ -53,6 +54,8 @@ pub struct Params {
     pub run_test_mask: u32,
     /// Pages for `fix_size_alloc_test` and `vm_map_ram_test` (0 means 1).
     pub nr_pages: u32,
+    /// `fix_size_alloc_test` allocates with `vmalloc_huge` (2 MiB leaves from 512 pages up).
+    pub use_huge: bool,
 }
 
 impl Params {
@@ -65,6 +68,7 @@ impl Params {
             sequential_test_order: false,
             run_test_mask: DEFAULT_RUN_TEST_MASK,
             nr_pages: 0,
+            use_huge: false,
         }
     }
 
@@ -146,9 +150,6 @@ pub enum CliError {
     /// Two modes given.
     #[error("more than one mode given (`{0}` and `{1}`)")]
     TwoModes(&'static str, &'static str),
-    /// A kernel parameter without a counterpart here.
-    #[error("`{0}` is not supported by this runner: {1}")]
-    Unsupported(&'static str, &'static str),
     /// An unknown allocator name.
     #[error(transparent)]
     Allocator(#[from] UnknownAllocator),
@@ -228,6 +229,10 @@ struct Cli {
     /// Pages per allocation in fix_size_alloc_test and vm_map_ram_test (0 = 1).
     #[arg(long = "nr_pages", allow_negative_numbers = true, value_name = "N")]
     nr_pages: Option<String>,
+    /// fix_size_alloc_test allocates with vmalloc_huge (2 MiB leaves from nr_pages=512 up).
+    /// Takes an optional 0/1.
+    #[arg(long = "use_huge", value_name = "0|1", num_args = 0..=1, default_missing_value = "1")]
+    use_huge: Option<String>,
     /// Which implementation to run: sharded, single-lock or legacy.
     #[arg(long, value_name = "NAME", default_value = "sharded")]
     allocator: String,
@@ -322,6 +327,8 @@ pub struct CompareConfig {
     pub test_repeat_count: u32,
     /// `nr_pages` of fix_size_alloc_test.
     pub nr_pages: u32,
+    /// `use_huge` of fix_size_alloc_test.
+    pub use_huge: bool,
     /// Where to write the SVG chart.
     pub chart: Option<PathBuf>,
     /// JSON output.
@@ -376,6 +383,7 @@ where
         ("test_repeat_count", &cli.test_repeat_count),
         ("sequential_test_order", &cli.sequential_test_order),
         ("nr_pages", &cli.nr_pages),
+        ("use_huge", &cli.use_huge),
     ];
     for (k, v) in &flag_pairs {
         if let Some(v) = v {
@@ -455,6 +463,7 @@ where
             },
             test_repeat_count: params.test_repeat_count,
             nr_pages: params.nr_pages,
+            use_huge: params.use_huge,
             chart: cli.chart,
             json: cli.json,
             seed: cli.seed,
@@ -496,12 +505,7 @@ pub fn apply_param(p: &mut Params, key: &str, value: &str) -> Result<(), CliErro
         "nr_pages" => p.nr_pages = parse_int(value).map_err(bad)? as u32,
         "run_test_mask" => p.run_test_mask = parse_int(value).map_err(bad)? as u32,
         "sequential_test_order" => p.sequential_test_order = parse_bool(value).map_err(bad)?,
-        "use_huge" => {
-            return Err(CliError::Unsupported(
-                "use_huge",
-                "vmalloc_huge has no counterpart in this runner",
-            ));
-        }
+        "use_huge" => p.use_huge = parse_bool(value).map_err(bad)?,
         other => return Err(CliError::UnknownParam(other.to_owned())),
     }
     Ok(())
@@ -608,9 +612,17 @@ mod tests {
             run(&["smoke", "stress"]),
             Err(CliError::TwoModes(..))
         ));
+        assert!(run(&["use_huge=1"]).unwrap().params.use_huge);
+        assert!(run(&["--use_huge"]).unwrap().params.use_huge);
+        assert!(
+            !run(&["use_huge=1", "--use_huge", "0"])
+                .unwrap()
+                .params
+                .use_huge
+        );
         assert!(matches!(
-            run(&["use_huge=1"]),
-            Err(CliError::Unsupported(..))
+            run(&["use_huge=2"]),
+            Err(CliError::BadValue { .. })
         ));
         assert!(matches!(
             run(&["--allocator", "slab"]),

@@ -136,13 +136,18 @@ impl RunReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "allocator: {}   mode: {}   workers: {}   loops: {}   repeat: {}   seed: {}",
+            "allocator: {}   mode: {}   workers: {}   loops: {}   repeat: {}   seed: {}{}",
             self.allocator,
             self.mode.map_or("manual", Mode::as_str),
             self.params.nr_threads,
             self.params.test_loop_count,
             self.params.test_repeat_count,
-            self.seed
+            self.seed,
+            if self.params.use_huge {
+                "   use_huge: 1"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,

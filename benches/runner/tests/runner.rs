@@ -19,6 +19,7 @@ fn tiny(threads: u32, mask: u32) -> Params {
         sequential_test_order: false,
         run_test_mask: mask,
         nr_pages: 0,
+        use_huge: false,
     }
 }
 
@@ -85,6 +86,39 @@ fn light_tests_pass_with_two_workers_and_nr_pages() {
         }
         assert_all_passed(&r);
     }
+}
+
+/// `use_huge=1`: fix_size_alloc_test through `vmalloc_huge`, as the module does; with
+/// `nr_pages=512` the sharded allocator maps each area with one 2 MiB leaf (legacy, which
+/// has no huge vmalloc, falls back to `vmalloc`, as Linux does without it).
+#[test]
+fn use_huge_runs_fix_size_alloc_test_with_huge_areas() {
+    for kind in AllocatorKind::ALL {
+        let mut p = tiny(2, 1);
+        p.nr_pages = 512;
+        p.use_huge = true;
+        let r = run(kind, p);
+        assert_all_passed(&r);
+        assert!(r.table().contains("use_huge: 1"));
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["params"]["use_huge"], true);
+    }
+    let imp = vmalloc_impls::ShardedImpl::new(
+        &vmalloc_impls::ImplConfig {
+            arena_bytes: 64 << 20,
+        },
+        false,
+    )
+    .unwrap();
+    let a = vmalloc_impls::VmallocImpl::vmalloc_huge(&imp, 2 << 20).unwrap();
+    let vm = imp.vmalloc_instance();
+    let t = vm
+        .kernel_space()
+        .translate(pagetable::VirtAddr::new(a))
+        .unwrap();
+    assert_eq!(t.size, 2 << 20);
+    vmalloc_impls::VmallocImpl::vfree(&imp, a).unwrap();
+    vmalloc_impls::VmallocImpl::check_idle(&imp).unwrap();
 }
 
 #[test]
@@ -161,6 +195,7 @@ fn compare_draws_a_chart() {
         test_loop_count: 20,
         test_repeat_count: 1,
         nr_pages: 0,
+        use_huge: false,
         chart: Some(chart.clone()),
         json: false,
         seed: Some(1),

@@ -266,12 +266,79 @@ pub struct Model {
     pub user: BTreeMap<u64, u64>,
     /// `vfree_atomic` frees that failed.
     pub deferred_errors: u64,
+    /// Running totals kept by the methods that change `areas`, `lazy` and the pieces'
+    /// liveness (see [`Totals`]), so that the per-step check costs O(1) instead of a walk of
+    /// the model; recomputed and compared by the full check.
+    pub totals: Totals,
+}
+
+/// The model's sums the per-step check compares with the allocator's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Bytes of live areas (guard pages included).
+    pub used: u64,
+    /// Bytes of lazily freed areas.
+    pub pending: u64,
+    /// Kernel pages mapped (see [`Model::kernel_rss`]).
+    pub rss: usize,
 }
 
 /// What a release call (`vfree`, `vunmap`, `iounmap`, `free_vm_area`) must answer.
 pub type Expect = Result<(), VmallocError>;
 
 impl Model {
+    /// Add a live area (must be new at its start).
+    pub fn insert_area(&mut self, a: Area) -> Option<Area> {
+        self.totals.used += a.end - a.start;
+        self.totals.rss += a.mapped_pages();
+        let prev = self.areas.insert(a.start, a);
+        if let Some(p) = &prev {
+            self.totals.used -= p.end - p.start;
+            self.totals.rss -= p.mapped_pages();
+        }
+        prev
+    }
+
+    /// Remove the live area starting at `start`.
+    pub fn remove_area(&mut self, start: u64) -> Option<Area> {
+        let a = self.areas.remove(&start)?;
+        self.totals.used -= a.end - a.start;
+        self.totals.rss -= a.mapped_pages();
+        Some(a)
+    }
+
+    /// Put `[s, e)` on the lazy list.
+    pub fn add_lazy(&mut self, s: u64, e: u64) {
+        self.totals.pending += e - s;
+        if let Some(old) = self.lazy.insert(s, e) {
+            self.totals.pending -= old - s;
+        }
+    }
+
+    /// Empty the lazy list (a purge ran).
+    pub fn clear_lazy(&mut self) {
+        self.lazy.clear();
+        self.totals.pending = 0;
+    }
+
+    /// A vm_map_ram piece of `pages` mapped pages became live (`true`) or dead.
+    pub fn piece_live(&mut self, pages: usize, live: bool) {
+        if live {
+            self.totals.rss += pages;
+        } else {
+            self.totals.rss -= pages;
+        }
+    }
+
+    /// The totals recomputed from the collections (for the full check).
+    pub fn recount(&self) -> Totals {
+        Totals {
+            used: self.areas.values().map(|a| a.end - a.start).sum(),
+            pending: self.lazy.iter().map(|(&s, &e)| e - s).sum(),
+            rss: self.kernel_rss(),
+        }
+    }
+
     /// The live area containing `a` (guard page included).
     pub fn containing(&self, a: u64) -> Option<&Area> {
         self.areas

@@ -459,7 +459,7 @@ impl World {
     /// Record a new live area.
     pub fn add_area(&mut self, a: Area) {
         self.touched.push(a.start);
-        let prev = self.m.areas.insert(a.start, a);
+        let prev = self.m.insert_area(a);
         assert!(
             prev.is_none(),
             "step {}: two areas at one address",

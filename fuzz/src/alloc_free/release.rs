@@ -149,7 +149,10 @@ impl World {
                 let Some(user) = self.user.as_ref() else {
                     return;
                 };
-                user.unmap_and_free(World::va(u), SLOT_PAGES * PAGE)
+                // The user range is never accessed through the TLB model (only the page
+                // tables are compared): no translation to shoot down.
+                let _never_cached = user
+                    .unmap_and_free(World::va(u), SLOT_PAGES * PAGE)
                     .expect("user unmap");
                 let gone: Vec<(u64, u64)> = self
                     .m
@@ -201,7 +204,7 @@ impl World {
 
     /// The model's side of a successful release of the area starting at `a`.
     pub fn release_area(&mut self, a: u64) {
-        let area = self.m.areas.remove(&a).expect("released area in the model");
+        let area = self.m.remove_area(a).expect("released area in the model");
         self.touched.push(a);
         let space = self.vm.kernel_space();
         for p in [
@@ -226,7 +229,7 @@ impl World {
             Kind::Block => panic!("a vmap block released as an area"),
             Kind::Ioremap { .. } | Kind::Reserved => {}
         }
-        self.m.lazy.insert(area.start, area.end);
+        self.m.add_lazy(area.start, area.end);
         self.handles
             .retain(|h| h.addr < area.start || h.addr >= area.end);
         self.released(a);

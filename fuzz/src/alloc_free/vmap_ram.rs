@@ -114,7 +114,9 @@ impl World {
                 writable: !ro,
             },
         );
-        if b.free == 0 {
+        let full = b.free == 0;
+        self.m.piece_live(pas.len(), true);
+        if full {
             let q = &mut self.m.queues[self.m.cpu];
             let i = q.iter().position(|&x| x == bstart).expect("queued");
             q.swap_remove(i);
@@ -171,6 +173,7 @@ impl World {
         let p = blk.pieces.get_mut(&off).expect("piece");
         assert!(p.live);
         p.live = false;
+        let mapped = p.frames.len();
         blk.dirty += p.pages;
         if blk.dirty == BLOCK_PAGES {
             assert_eq!(blk.free, 0);
@@ -179,10 +182,11 @@ impl World {
                 "a full block on a queue"
             );
             self.m.blocks.remove(&b);
-            self.m.areas.remove(&b);
-            self.m.lazy.insert(b, b + BLOCK_BYTES);
+            self.m.remove_area(b);
+            self.m.add_lazy(b, b + BLOCK_BYTES);
             self.touched.push(b);
         }
+        self.m.piece_live(mapped, false);
     }
 
     fn map_ram_large(

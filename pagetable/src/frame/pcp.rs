@@ -6,7 +6,15 @@
 //!   so `alloc_zeroed` may skip the memset).
 //! * A [`ZoneState`] is one physical zone (below 4 GiB / above) of the arena: a [`Pool`]
 //!   behind a mutex (a LIFO free list of released frames in front of a bump region of
-//!   never-touched frames) plus an `available` hint readable without the lock.
+//!   never-touched frames, plus a LIFO list of free 2 MiB runs) and an `available` hint
+//!   readable without the lock.
+//! * A 2 MiB run is 512 frames starting at a 2 MiB-aligned physical address. Runs come from
+//!   the bump region (the frames skipped to reach the alignment go to the free list) or from
+//!   the run list, where [`ZoneState::give_run`] puts a run whose 512 frames were all
+//!   released together. Single frames are never merged back into runs (there is no buddy
+//!   allocator): a run is broken into 512 single frames only when the free list and the bump
+//!   region cannot serve a single-frame request. A CPU cache keeps up to `RUN_PCP_HIGH` free
+//!   runs per zone, so a CPU that frees a huge area and allocates another skips the pool.
 //! * A [`Pcp`] is one CPU's cache: a LIFO list per zone plus that CPU's exact allocation and
 //!   release counters, all behind the CPU's own (normally uncontended) mutex.
 //!
@@ -52,11 +60,29 @@ impl Tagged {
     }
 }
 
+/// Frames in a 2 MiB run.
+pub(super) const RUN_FRAMES: u64 = 512;
+
+/// Free 2 MiB runs a CPU cache keeps per zone (Linux's pcp lists keep huge orders too since
+/// 5.13).
+///
+/// Why 2: a CPU churning huge areas (allocate, free, allocate) then takes and returns its
+/// run without the shared pool's lock, and with one more run in reserve a
+/// `vrealloc`-style "allocate the new, free the old" finds one too; each cached run keeps
+/// 2 MiB away from the other CPUs until they drain the caches (which they do when they
+/// find nothing), so more would hoard memory.
+pub(super) const RUN_PCP_HIGH: usize = 2;
+
 /// The shared free frames of one zone.
 #[derive(Debug)]
 pub(super) struct Pool {
     /// Released frames, LIFO (the most recently freed, cache-hot frame goes out first).
     free: Vec<Tagged>,
+    /// Free 2 MiB runs (their first frame), LIFO.
+    runs: Vec<Tagged>,
+    /// Physical frame number of frame index 0: index `i` starts a 2 MiB-aligned run iff
+    /// `(pfn0 + i) % RUN_FRAMES == 0`.
+    pfn0: u64,
     /// The next never-touched frame index.
     bump_next: u64,
     /// The end of the bump region (exclusive frame index).
@@ -69,12 +95,31 @@ impl Pool {
     /// Frames available from this pool.
     #[inline]
     fn available(&self) -> u64 {
-        self.free.len() as u64 + (self.bump_end - self.bump_next)
+        self.free.len() as u64
+            + (self.bump_end - self.bump_next)
+            + self.runs.len() as u64 * RUN_FRAMES
     }
 
     /// Append up to `n` frames to `out` (released ones first, then fresh bump frames, pushed
-    /// so that popping `out` yields ascending addresses); returns how many.
+    /// so that popping `out` yields ascending addresses, then frames of broken-up runs);
+    /// returns how many.
     fn take(&mut self, n: usize, out: &mut Vec<Tagged>) -> usize {
+        let mut got = self.take_singles(n, out);
+        while got < n {
+            // Single frames ran out: break a free run into the free list.
+            let Some(run) = self.runs.pop() else { break };
+            self.free.extend(
+                (0..RUN_FRAMES)
+                    .rev()
+                    .map(|k| Tagged::new(run.index() + k, run.is_zero())),
+            );
+            got += self.take_singles(n - got, out);
+        }
+        got
+    }
+
+    /// [`Pool::take`] from the free list and the bump region only.
+    fn take_singles(&mut self, n: usize, out: &mut Vec<Tagged>) -> usize {
         let from_free = n.min(self.free.len());
         let keep = self.free.len() - from_free;
         out.extend(self.free.drain(keep..));
@@ -87,6 +132,25 @@ impl Pool {
                 .map(|i| Tagged::new(i, self.bump_zero)),
         );
         from_free + from_bump as usize
+    }
+
+    /// A free 2 MiB run: the most recently released one, else carved from the bump region
+    /// (the frames skipped to reach the alignment go to the free list). `None` if neither
+    /// has one.
+    fn take_run(&mut self) -> Option<Tagged> {
+        if let Some(r) = self.runs.pop() {
+            return Some(r);
+        }
+        let skip = (RUN_FRAMES - (self.pfn0 + self.bump_next) % RUN_FRAMES) % RUN_FRAMES;
+        let first = self.bump_next.checked_add(skip)?;
+        if first.checked_add(RUN_FRAMES)? > self.bump_end {
+            return None;
+        }
+        let zero = self.bump_zero;
+        self.free
+            .extend((self.bump_next..first).rev().map(|i| Tagged::new(i, zero)));
+        self.bump_next = first + RUN_FRAMES;
+        Some(Tagged::new(first, zero))
     }
 }
 
@@ -102,11 +166,13 @@ pub(super) struct ZoneState<P: Platform> {
 
 impl<P: Platform> ZoneState<P> {
     /// A zone owning frame indexes `first .. end`, all in the bump region (known zero if
-    /// `bump_zero`).
-    pub(super) fn new(first: u64, end: u64, bump_zero: bool) -> Self {
+    /// `bump_zero`); frame index 0 is physical frame number `pfn0`.
+    pub(super) fn new(first: u64, end: u64, bump_zero: bool, pfn0: u64) -> Self {
         Self {
             pool: CachePadded::new(Mutex::<P, _>::new(Pool {
                 free: Vec::new(),
+                runs: Vec::new(),
+                pfn0,
                 bump_next: first,
                 bump_end: end,
                 bump_zero,
@@ -155,6 +221,33 @@ impl<P: Platform> ZoneState<P> {
         self.available.store(p.available(), Ordering::Relaxed);
     }
 
+    /// A free 2 MiB run (see [`Pool::take_run`]).
+    pub(super) fn take_run(&self) -> Option<Tagged> {
+        if !self.exists() {
+            return None;
+        }
+        let mut p = self.pool.lock();
+        let r = p.take_run();
+        self.available.store(p.available(), Ordering::Relaxed);
+        r
+    }
+
+    /// Return a whole released run (its first frame; all 512 frames of this zone).
+    pub(super) fn give_run(&self, run: Tagged) {
+        let mut p = self.pool.lock();
+        debug_assert!(
+            (self.first..self.end).contains(&run.index()) && run.index() + RUN_FRAMES <= self.end
+        );
+        p.runs.push(run);
+        self.available.store(p.available(), Ordering::Relaxed);
+    }
+
+    /// Free 2 MiB runs in the pool's run list right now (takes the lock; the bump region may
+    /// hold more).
+    pub(super) fn pooled_runs(&self) -> usize {
+        self.pool.lock().runs.len()
+    }
+
     /// Frames in the pool right now (takes the lock).
     pub(super) fn pooled(&self) -> u64 {
         self.pool.lock().available()
@@ -166,6 +259,8 @@ impl<P: Platform> ZoneState<P> {
 pub(super) struct Pcp {
     /// Cached free frames per zone ([`LOW`], [`HIGH`]), LIFO.
     pub(super) lists: [Vec<Tagged>; 2],
+    /// Cached free 2 MiB runs per zone (their first frame), at most [`RUN_PCP_HIGH`] each.
+    pub(super) runs: [Vec<Tagged>; 2],
     /// Frames handed out through this CPU slot.
     pub(super) allocs: u64,
     /// Frames released through this CPU slot.
@@ -182,6 +277,10 @@ impl Pcp {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
             lists: [Vec::with_capacity(capacity), Vec::with_capacity(capacity)],
+            runs: [
+                Vec::with_capacity(RUN_PCP_HIGH),
+                Vec::with_capacity(RUN_PCP_HIGH),
+            ],
             allocs: 0,
             frees: 0,
             net: 0,
@@ -189,10 +288,12 @@ impl Pcp {
         }
     }
 
-    /// Frames cached in both lists.
+    /// Frames cached in both lists and in the cached runs.
     #[inline]
     pub(super) fn cached(&self) -> usize {
-        self.lists[LOW].len() + self.lists[HIGH].len()
+        self.lists[LOW].len()
+            + self.lists[HIGH].len()
+            + (self.runs[LOW].len() + self.runs[HIGH].len()) * RUN_FRAMES as usize
     }
 
     /// If list `z` holds more than `high` frames, give the coldest ones (the bottom of the
@@ -213,11 +314,16 @@ impl Pcp {
         }
     }
 
-    /// Give every cached frame back to its zone.
+    /// Give every cached frame and run back to its zone.
     pub(super) fn drain_all<P: Platform>(&mut self, zones: &[ZoneState<P>; 2]) {
         for (list, zone) in self.lists.iter_mut().zip(zones) {
             zone.give(list);
             list.clear();
+        }
+        for (runs, zone) in self.runs.iter_mut().zip(zones) {
+            for r in runs.drain(..) {
+                zone.give_run(r);
+            }
         }
     }
 }
@@ -237,7 +343,7 @@ mod tests {
     #[cfg(not(feature = "loom"))]
     #[test]
     fn pool_serves_free_list_before_bump() {
-        let z = ZoneState::<crate::platform::StdPlatform>::new(10, 20, true);
+        let z = ZoneState::<crate::platform::StdPlatform>::new(10, 20, true, 0);
         let mut out = Vec::new();
         assert_eq!(z.take(3, &mut out), 3);
         // Popping yields ascending fresh frames, all known zero.
@@ -255,13 +361,13 @@ mod tests {
         assert_eq!(z.take(100, &mut again), 6);
         assert_eq!((z.hint(), z.pooled()), (0, 0));
         assert_eq!(z.take(1, &mut again), 0);
-        assert!(!ZoneState::<crate::platform::StdPlatform>::new(5, 5, true).exists());
+        assert!(!ZoneState::<crate::platform::StdPlatform>::new(5, 5, true, 0).exists());
     }
 
     #[cfg(not(feature = "loom"))]
     #[test]
     fn trim_gives_back_the_coldest() {
-        let z = ZoneState::<crate::platform::StdPlatform>::new(0, 100, true);
+        let z = ZoneState::<crate::platform::StdPlatform>::new(0, 100, true, 0);
         let mut p = Pcp::new(8);
         z.take(10, &mut p.lists[LOW]);
         p.trim(LOW, &z, 6, 3);
@@ -272,10 +378,39 @@ mod tests {
         assert_eq!(p.lists[LOW].len(), 6);
         let zones = [
             z,
-            ZoneState::<crate::platform::StdPlatform>::new(100, 100, true),
+            ZoneState::<crate::platform::StdPlatform>::new(100, 100, true, 0),
         ];
         p.drain_all(&zones);
         assert_eq!(p.cached(), 0);
         assert_eq!(zones[LOW].pooled(), 100);
+    }
+
+    #[cfg(not(feature = "loom"))]
+    #[test]
+    fn runs_are_aligned_and_break_into_singles_last() {
+        // Frame index 0 is pfn 500: the first aligned run starts at index 12 (pfn 512).
+        let z = ZoneState::<crate::platform::StdPlatform>::new(0, 1000, true, 500);
+        let r = z.take_run().expect("a run from the bump region");
+        assert_eq!((r.index(), r.is_zero()), (12, true));
+        // The 12 skipped frames went to the free list; the next run would end past 1000.
+        assert_eq!(z.pooled(), 1000 - 512);
+        assert!(z.take_run().is_none());
+        z.give_run(Tagged::new(12, false));
+        assert_eq!((z.pooled_runs(), z.pooled(), z.hint()), (1, 1000, 1000));
+        // Single frames come from the free list and the bump region before the run.
+        let mut out = Vec::new();
+        assert_eq!(z.take(488, &mut out), 488);
+        assert_eq!(z.pooled_runs(), 1);
+        assert!(out.iter().all(|t| !(12..524).contains(&t.index())));
+        // Now only the run is left: a single-frame request breaks it.
+        out.clear();
+        assert_eq!(z.take(3, &mut out), 3);
+        assert_eq!(z.pooled_runs(), 0);
+        assert!(
+            out.iter()
+                .all(|t| (12..524).contains(&t.index()) && !t.is_zero())
+        );
+        assert_eq!(z.pooled(), 512 - 3);
+        assert_eq!(z.take_run(), None);
     }
 }

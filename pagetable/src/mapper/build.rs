@@ -17,8 +17,9 @@
 //! Ordering: as in the [`mapper`](super) docs (installs by `AcqRel` compare-exchange, leaves
 //! stored with `Release` by their owner).
 
+use crate::addr::VirtAddr;
 use crate::entry::{PageTable, PageTableEntry, PageTableFlags, Pte};
-use crate::page::{PAGE_SIZE, PhysFrame};
+use crate::page::{PAGE_SIZE, PhysFrame, Size2MiB};
 use crate::platform::Platform;
 use crate::sync::Ordering;
 use crate::tlb::from_lin;
@@ -53,6 +54,11 @@ pub(crate) enum Source<'a> {
     Frames { base: u64, frames: &'a [PhysFrame] },
     /// Linear `base + x` maps physical `pa + x`.
     Contiguous { base: u64, pa: u64 },
+    /// 2 MiB chunk `k` of the range (starting at linear `base`) maps `runs[k]`.
+    Runs {
+        base: u64,
+        runs: &'a [PhysFrame<Size2MiB>],
+    },
     /// Populate: no leaves.
     Nothing,
 }
@@ -66,6 +72,13 @@ impl Source<'_> {
                 .start_address()
                 .as_u64(),
             Source::Contiguous { base, pa } => pa + (l - base),
+            Source::Runs { base, runs } => {
+                let off = l - base;
+                runs[(off / entry_span(2)) as usize]
+                    .start_address()
+                    .as_u64()
+                    + off % entry_span(2)
+            }
             Source::Nothing => 0,
         }
     }
@@ -99,9 +112,54 @@ impl Source<'_> {
                     entry.store(pte, Ordering::Release);
                 }
             }
+            Source::Runs { .. } => {
+                // A leaf table under a run's chunk (one was already there): 4 KiB leaves.
+                for (k, entry) in entries.iter().enumerate() {
+                    if !entry.load(Ordering::Relaxed).is_unused() {
+                        return Err(k);
+                    }
+                    let pte = Pte::from_bits(self.pa(l + k as u64 * PAGE_SIZE) | flags);
+                    entry.store(pte, Ordering::Release);
+                }
+            }
             Source::Nothing => {}
         }
         Ok(())
+    }
+}
+
+impl<P: Platform> AddressSpace<P> {
+    /// Map the 2 MiB `runs` at `va, va + 2 MiB, ..` with `flags` (`PRESENT` is added), each
+    /// with one 2 MiB leaf: what a huge vmalloc area is (Linux's `vmap_pages_range` with
+    /// `PMD_SHIFT`). A chunk whose leaf table already exists (even an empty one) is mapped
+    /// with 512 4 KiB leaves instead, as [`AddressSpace::map_contiguous`] does; a caller that
+    /// owns the whole range and knows no CPU can still use a stale table of it may free such
+    /// tables first with [`AddressSpace::clean_up`]. All or nothing, as
+    /// [`AddressSpace::map`]; errors: `va` not 2 MiB aligned ([`MapError::Misaligned`]),
+    /// [`MapError::InvalidRange`], [`MapError::AlreadyMapped`], [`MapError::OutOfFrames`].
+    /// The frames stay the caller's; [`AddressSpace::unmap`] hands each 2 MiB leaf back as one
+    /// `(address, 2 MiB)` call.
+    pub fn map_huge(
+        &self,
+        va: VirtAddr,
+        runs: &[PhysFrame<Size2MiB>],
+        flags: PageTableFlags,
+    ) -> Result<(), MapError> {
+        let span = entry_span(2);
+        if !va.is_aligned(span) {
+            return Err(MapError::Misaligned {
+                addr: va.as_u64(),
+                align: span,
+            });
+        }
+        let len = (runs.len() as u64)
+            .checked_mul(span)
+            .ok_or(MapError::InvalidRange {
+                start: va.as_u64(),
+                len: u64::MAX,
+            })?;
+        let (s, e) = super::walk::checked_range(va, len)?;
+        self.map_source(s, e, Source::Runs { base: s, runs }, flags, true)
     }
 }
 

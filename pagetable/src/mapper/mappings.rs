@@ -136,6 +136,28 @@ impl<P: Platform> AddressSpace<P> {
         })
     }
 
+    /// The physical address of the 4 KiB leaf entry (the PTE slot, 8 bytes) that maps `va`,
+    /// if the leaf table covering `va` exists: what Linux 3.7's `alloc_vm_area` hands back
+    /// through its `ptes` argument after building the tables of an area
+    /// ([`AddressSpace::populate`]). `None` when a table on the way is missing or a huge leaf
+    /// maps `va`. The slot is an atomic 64-bit word of the arena: writing it is writing the
+    /// page table, under the same ownership rule as [`AddressSpace::map`].
+    pub fn pte_slot(&self, va: VirtAddr) -> Option<PhysAddr> {
+        let l = lin(va);
+        let mut t = self.root_table();
+        for level in [4, 3, 2] {
+            let p = t[super::walk::index(l, level)].load(crate::sync::Ordering::Acquire);
+            if !p.is_present() || p.is_huge() {
+                return None;
+            }
+            if level == 2 {
+                return Some(p.addr() + super::walk::index(l, 1) as u64 * 8);
+            }
+            t = self.child(p).ok()?;
+        }
+        None
+    }
+
     /// The leaves intersecting `[va, va + len)`, in address order (a huge leaf is reported
     /// once, with its own start, even if the range starts inside it). The range is rounded
     /// out to pages and clipped at the end of `va`'s half of the address space.

@@ -201,7 +201,7 @@ impl<P: Platform> Drop for KernelHalf<P> {
 /// freed again ([`MapError::AlreadyMapped`]). Tables it installed that reach outside the
 /// range stay linked and owned by the tree (another mapper of a neighbouring range may
 /// already use them). 2 MiB leaves are used where [`map_contiguous`](Self::map_contiguous) is
-/// asked for them and both addresses are aligned.
+/// asked for them and both addresses are aligned, and by [`map_huge`](Self::map_huge).
 ///
 /// # The kernel half
 ///
@@ -493,7 +493,7 @@ impl<P: Platform> AddressSpace<P> {
         )
     }
 
-    fn map_source(
+    pub(crate) fn map_source(
         &self,
         s: u64,
         e: u64,

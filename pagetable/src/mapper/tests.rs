@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::frame::FrameStats;
+use crate::page::Size2MiB;
 use crate::sync::thread;
 
 const KB4: u64 = PAGE_SIZE;
@@ -255,6 +256,93 @@ fn huge_mappings_where_aligned() {
         Ok(()),
         "nothing left in the way after the unmap"
     );
+}
+
+/// 2 MiB runs mapped with `map_huge`: one leaf each, unmapped as one callback each; a
+/// leaf table in the way gets 4 KiB leaves of the same run; failures leave nothing behind.
+#[test]
+fn map_huge_maps_each_run_with_one_leaf() {
+    let (a, s) = space(64);
+    let runs: Vec<PhysFrame<Size2MiB>> = (0..3)
+        .map(|k| PhysFrame::containing_address(PhysAddr::new(0x40_0000_0000 + k * 4 * MB2)))
+        .collect();
+    let v = va(0xffff_c900_0020_0000);
+    s.map_huge(v, &runs, RW).unwrap();
+    // root, PDPT, PD: no leaf table at all.
+    assert_eq!(used(&a), 3);
+    assert_eq!(s.rss() as u64, 3 * MB2 / KB4);
+    let t = s.translate(v + (2 * MB2 + 0x1234)).unwrap();
+    assert_eq!((t.size, t.pa), (MB2, runs[2].start_address() + 0x1234));
+    assert_eq!(s.mappings(v, 3 * MB2).count(), 3);
+    // Overlap: refused, nothing changes.
+    assert!(matches!(
+        s.map_huge(v + 2 * MB2, &runs[..1], RW),
+        Err(MapError::AlreadyMapped { .. })
+    ));
+    assert!(matches!(
+        s.map_huge(v + KB4, &runs[..1], RW),
+        Err(MapError::Misaligned { .. })
+    ));
+    assert_eq!(s.map_huge(v, &[], RW), Ok(()));
+    let mut back = Vec::new();
+    let flush = s
+        .unmap(v, 3 * MB2, |pa, size| back.push((pa, size)))
+        .unwrap();
+    let want: Vec<_> = runs.iter().map(|r| (r.start_address(), MB2)).collect();
+    assert_eq!((back, flush.pages()), (want, 3 * 512));
+    // A leaf table left by a 4 KiB mapping: that chunk gets 512 4 KiB leaves of its run.
+    s.map(v + MB2, &data_frames(1, 0x9000_0000), RW).unwrap();
+    let _ = s.unmap(v + MB2, KB4, |_, _| {}).unwrap();
+    s.map_huge(v, &runs[..2], RW).unwrap();
+    assert_eq!(s.translate(v).unwrap().size, MB2);
+    let t = s.translate(v + MB2 + 5 * KB4 + 7).unwrap();
+    assert_eq!((t.size, t.pa), (KB4, runs[1].start_address() + 5 * KB4 + 7));
+    let _ = s.unmap(v, 2 * MB2, |_, _| {}).unwrap();
+    // Freeing the empty leaf table first (the caller owns the range) restores the huge leaf.
+    assert_eq!(s.clean_up(v, 2 * MB2).unwrap(), 1);
+    s.map_huge(v, &runs[..2], RW).unwrap();
+    assert_eq!(s.translate(v + MB2).unwrap().size, MB2);
+    let _ = s.unmap(v, 2 * MB2, |_, _| {}).unwrap();
+    // A map that needs a new PDPT and PD fails at each table allocation without a trace.
+    let far = va(0xffff_9000_0000_0000);
+    for n in 1.. {
+        let before = used(&a);
+        a.fail_nth(Some(n));
+        match s.map_huge(far, &runs, RW) {
+            Err(MapError::OutOfFrames) => {
+                assert_eq!(used(&a), before, "n = {n}");
+                assert_eq!(s.mappings(far, 3 * MB2).count(), 0);
+            }
+            Ok(()) => {
+                assert_eq!(n, 3, "two tables, two failure points");
+                break;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    a.fail_nth(None);
+    assert_eq!(s.translate(far).unwrap().size, MB2);
+}
+
+#[test]
+fn pte_slots_are_the_leaf_entries() {
+    let (a, s) = space(64);
+    let v = va(0xffff_c900_0000_3000);
+    assert_eq!(s.pte_slot(v), None);
+    s.populate(v, 3 * KB4).unwrap();
+    let slots: Vec<PhysAddr> = (0..3).map(|k| s.pte_slot(v + k * KB4).unwrap()).collect();
+    assert_eq!(slots[1] - slots[0], 8);
+    assert_eq!(slots[0].as_u64() % KB4, 3 * 8);
+    // Writing a slot maps the page.
+    let f = data_frames(1, 0x9000_0000)[0];
+    let pte = f.start_address().as_u64() | RW.bits();
+    a.arena().write(slots[2], &pte.to_ne_bytes()).unwrap();
+    assert_eq!(s.translate(v + 2 * KB4).unwrap().pa, f.start_address());
+    // Under a huge leaf there is no 4 KiB slot.
+    let h = va(0xffff_c900_4000_0000);
+    s.map_contiguous(h, PhysAddr::new(0x40_0000_0000), MB2, RW, true)
+        .unwrap();
+    assert_eq!(s.pte_slot(h + KB4), None);
 }
 
 #[test]

@@ -16,7 +16,7 @@
 mod model;
 
 #[cfg(feature = "std")]
-pub use model::{AccessError, SETS, TlbModel, WAYS};
+pub use model::{AccessError, HUGE_SETS, SETS, TlbEntries, TlbModel, WAYS};
 
 use crate::addr::VirtAddr;
 use crate::page::PAGE_SIZE;
@@ -109,6 +109,17 @@ pub trait TlbFlush: Send + Sync {
     fn flush_all(&self);
     /// The counters so far.
     fn stats(&self) -> TlbStats;
+    /// The software translation cache behind this flush, if it has one that accesses can go
+    /// through: the [`TlbModel`] returns itself, and a hook that wraps a model (counting or
+    /// delaying its flushes) may return it, so that callers reading and writing memory "as
+    /// a CPU" (vmalloc's `vread` / `vwrite`) use the same translations the flushes
+    /// invalidate. `None` (the default) for a flush with no such cache (a real kernel's
+    /// shootdown, [`CountingFlush`]): such callers walk the page tables instead, which is
+    /// what a CPU's MMU does on a TLB miss.
+    #[cfg(feature = "std")]
+    fn as_model(&self) -> Option<&crate::TlbModel> {
+        None
+    }
 }
 
 /// The virtual range whose translations must be flushed after an unmap or a permission change.

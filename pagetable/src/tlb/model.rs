@@ -1,8 +1,9 @@
 //! A software TLB: per-CPU translation caches that go stale exactly like hardware ones.
 //!
 //! How it works, permissions and invariants: see [`TlbModel`]'s documentation (what users
-//! rely on). For maintainers: a cache is `SETS` arrays of `WAYS` [`Slot`]s with a
-//! round-robin victim per set; [`translate`] is the whole access path (lookup, walk, fill).
+//! rely on). For maintainers: a CPU's cache is two [`Ways`] arrays (`SETS` sets of 4 KiB
+//! translations, `HUGE_SETS` of 2 MiB ones) of `WAYS` [`Slot`]s with a round-robin victim per
+//! set; [`translate`] is the whole access path (lookup, walk, fill).
 //!
 //! Locking/ordering: a CPU's cache is behind its own `CachePadded<sync::Mutex>`, held across
 //! lookup, walk, fill AND the data copy of one page piece, so a shootdown (which takes every
@@ -40,6 +41,17 @@ pub const SETS: usize = 64;
 /// that four pages whose numbers agree in their low 6 bits (pages 256 KiB apart) are cached
 /// together.
 pub const WAYS: usize = 4;
+
+/// Sets of the 2 MiB translation cache per CPU (with [`WAYS`]: 32 entries).
+///
+/// Why 8: x86 cores cache 2 MiB translations apart from 4 KiB ones, in a smaller array
+/// (Intel's L1 data TLBs have 32 entries for 2 MiB pages, 4-way); each entry covers 512
+/// pages, so 32 of them reach 64 MiB where the 4 KiB array reaches 1 MiB. That reach is what
+/// a huge vmalloc area buys, and what [`TlbStats::misses`] shows.
+pub const HUGE_SETS: usize = 8;
+
+/// 4 KiB pages under one 2 MiB translation.
+const PAGES_PER_HUGE: u64 = 512;
 
 /// Key of translations marked `GLOBAL` (shared by every address space, like kernel mappings
 /// on x86 with PCIDs).
@@ -90,7 +102,7 @@ struct Slot {
     key: u64,
     /// Linear virtual page number, or [`INVALID_VPN`].
     vpn: u64,
-    /// The 4 KiB physical page and the leaf's flags.
+    /// The physical page (4 KiB, or the 2 MiB base in the 2 MiB array) and the leaf's flags.
     pte: Pte,
 }
 
@@ -100,36 +112,34 @@ const EMPTY_SLOT: Slot = Slot {
     pte: Pte::UNUSED,
 };
 
-/// One CPU's cache.
-struct CpuTlb {
-    sets: Box<[[Slot; WAYS]; SETS]>,
-    /// Next way to evict, per set (round robin).
-    victim: [u8; SETS],
-    hits: u64,
-    misses: u64,
+/// A set-associative array of translations: `N` sets of [`WAYS`] slots, round-robin
+/// eviction per set. The 4 KiB array is keyed by 4 KiB page number, the 2 MiB one by 2 MiB
+/// page number.
+struct Ways<const N: usize> {
+    sets: Box<[[Slot; WAYS]; N]>,
+    /// Next way to evict, per set.
+    victim: [u8; N],
 }
 
-impl CpuTlb {
+impl<const N: usize> Ways<N> {
     fn new() -> Self {
         Self {
-            sets: Box::new([[EMPTY_SLOT; WAYS]; SETS]),
-            victim: [0; SETS],
-            hits: 0,
-            misses: 0,
+            sets: Box::new([[EMPTY_SLOT; WAYS]; N]),
+            victim: [0; N],
         }
     }
 
     #[inline]
     fn set_of(vpn: u64) -> usize {
-        // SETS is a power of two: the low bits of the page number pick the set.
-        (vpn as usize) & (SETS - 1)
+        // N is a power of two: the low bits of the page number pick the set.
+        (vpn as usize) & (N - 1)
     }
 
-    /// The way caching (`key` or global, `vpn`).
-    fn lookup(&self, key: u64, vpn: u64) -> Option<usize> {
+    /// The slot caching (`key` or global, `vpn`).
+    fn lookup(&self, key: u64, vpn: u64) -> Option<&Slot> {
         self.sets[Self::set_of(vpn)]
             .iter()
-            .position(|s| s.vpn == vpn && (s.key == key || s.key == GLOBAL_KEY))
+            .find(|s| s.vpn == vpn && (s.key == key || s.key == GLOBAL_KEY))
     }
 
     fn insert(&mut self, key: u64, vpn: u64, pte: Pte) {
@@ -147,6 +157,15 @@ impl CpuTlb {
         set[way] = Slot { key, vpn, pte };
     }
 
+    /// Drop every translation of `vpn` visible to `key` (one with `key` or a global one).
+    fn invalidate_for(&mut self, key: u64, vpn: u64) {
+        for s in self.sets[Self::set_of(vpn)].iter_mut() {
+            if s.vpn == vpn && (s.key == key || s.key == GLOBAL_KEY) {
+                *s = EMPTY_SLOT;
+            }
+        }
+    }
+
     /// Drop every translation of `vpn`, whatever its key.
     fn invalidate_vpn(&mut self, vpn: u64) {
         for s in self.sets[Self::set_of(vpn)].iter_mut() {
@@ -162,12 +181,86 @@ impl CpuTlb {
         }
     }
 
-    fn holds_any(&self, first_vpn: u64, end_vpn: u64) -> bool {
+    /// Whether a slot caches a page number in `[first, end)`.
+    fn holds_any(&self, first: u64, end: u64) -> bool {
         self.sets
             .iter()
             .flatten()
-            .any(|s| s.vpn != INVALID_VPN && s.vpn >= first_vpn && s.vpn < end_vpn)
+            .any(|s| s.vpn != INVALID_VPN && s.vpn >= first && s.vpn < end)
     }
+
+    /// Valid slots.
+    fn len(&self) -> usize {
+        self.sets
+            .iter()
+            .flatten()
+            .filter(|s| s.vpn != INVALID_VPN)
+            .count()
+    }
+}
+
+/// One CPU's cache: a 4 KiB array and a 2 MiB array, as x86 cores have.
+struct CpuTlb {
+    small: Ways<SETS>,
+    huge: Ways<HUGE_SETS>,
+    hits: u64,
+    misses: u64,
+}
+
+impl CpuTlb {
+    fn new() -> Self {
+        Self {
+            small: Ways::new(),
+            huge: Ways::new(),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// The cached translation of 4 KiB page `vpn` for `key`: the 4 KiB physical page and the
+    /// leaf's flags (a 2 MiB entry answers for each of its 512 pages).
+    fn lookup(&self, key: u64, vpn: u64) -> Option<Pte> {
+        if let Some(s) = self.huge.lookup(key, vpn / PAGES_PER_HUGE) {
+            let page = s.pte.addr() + (vpn % PAGES_PER_HUGE) * PAGE_SIZE;
+            return Some(Pte::new(page, s.pte.flags()));
+        }
+        self.small.lookup(key, vpn).map(|s| s.pte)
+    }
+
+    /// Drop the translation of `vpn` that `key` would use (the write-fault path).
+    fn invalidate_for(&mut self, key: u64, vpn: u64) {
+        self.huge.invalidate_for(key, vpn / PAGES_PER_HUGE);
+        self.small.invalidate_for(key, vpn);
+    }
+
+    /// Drop every translation of `vpn` (a 2 MiB one covering it included), whatever its key:
+    /// `invlpg`.
+    fn invalidate_vpn(&mut self, vpn: u64) {
+        self.small.invalidate_vpn(vpn);
+        self.huge.invalidate_vpn(vpn / PAGES_PER_HUGE);
+    }
+
+    fn clear(&mut self) {
+        self.small.clear();
+        self.huge.clear();
+    }
+
+    fn holds_any(&self, first_vpn: u64, end_vpn: u64) -> bool {
+        self.small.holds_any(first_vpn, end_vpn)
+            || self
+                .huge
+                .holds_any(first_vpn / PAGES_PER_HUGE, end_vpn.div_ceil(PAGES_PER_HUGE))
+    }
+}
+
+/// Translations a [`TlbModel`] holds right now, summed over its CPUs
+/// ([`TlbModel::entries`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct TlbEntries {
+    /// 4 KiB translations (at most [`SETS`] * [`WAYS`] per CPU).
+    pub small: usize,
+    /// 2 MiB translations (at most [`HUGE_SETS`] * [`WAYS`] per CPU).
+    pub huge: usize,
 }
 
 /// The software TLB: per-CPU translation caches plus shootdowns, going stale exactly like
@@ -175,11 +268,13 @@ impl CpuTlb {
 ///
 /// # How it works
 ///
-/// Each CPU slot owns a [`WAYS`]-way set-associative cache of [`SETS`] sets, allocated once
-/// at construction (no allocation per access). An entry is keyed by (address-space id, or one
-/// key shared by every space for [`GLOBAL`](crate::PageTableFlags::GLOBAL) translations;
-/// virtual page number) and holds the 4 KiB physical page and the leaf's flags (a 2 MiB leaf
-/// is cached one 4 KiB piece at a time). [`TlbModel::read`] / [`TlbModel::write`] copy bytes
+/// Each CPU slot owns two [`WAYS`]-way set-associative caches, allocated once at
+/// construction (no allocation per access): [`SETS`] sets of 4 KiB translations and
+/// [`HUGE_SETS`] sets of 2 MiB ones (a 2 MiB leaf is cached as ONE entry, as x86 does; a
+/// 1 GiB leaf is cached one 4 KiB piece at a time). An entry is keyed by (address-space id,
+/// or one key shared by every space for [`GLOBAL`](crate::PageTableFlags::GLOBAL)
+/// translations; virtual page number) and holds the physical page and the leaf's flags. A
+/// flush of a page drops a 2 MiB entry covering it too (`invlpg`). [`TlbModel::read`] / [`TlbModel::write`] copy bytes
 /// at a virtual address on behalf of a CPU, page piece by page piece: a hit uses the cached
 /// translation whatever the page tables now say; a miss walks the page tables of the
 /// [`AddressSpace`], sets `ACCESSED` (and `DIRTY` for a permitted write) in the leaf by
@@ -294,9 +389,20 @@ impl TlbModel {
     ) -> Option<PhysAddr> {
         let t = self.cpus.get(cpu)?.lock();
         let l = lin(va);
-        let way = t.lookup(space.id(), l / PAGE_SIZE)?;
-        let pte = t.sets[CpuTlb::set_of(l / PAGE_SIZE)][way].pte;
+        let pte = t.lookup(space.id(), l / PAGE_SIZE)?;
         Some(pte.addr() + (l & (PAGE_SIZE - 1)))
+    }
+
+    /// The translations every CPU holds right now (how many pages a workload keeps covered:
+    /// a huge area needs one 2 MiB entry where a 4 KiB mapping needs 512).
+    pub fn entries(&self) -> TlbEntries {
+        self.cpus.iter().fold(TlbEntries::default(), |acc, c| {
+            let t = c.lock();
+            TlbEntries {
+                small: acc.small + t.small.len(),
+                huge: acc.huge + t.huge.len(),
+            }
+        })
     }
 
     /// Whether any CPU caches a translation (for any address space) of a page in
@@ -331,6 +437,10 @@ impl TlbFlush for TlbModel {
     fn flush_all(&self) {
         self.counters.all();
         self.cpus.iter().for_each(|c| c.lock().clear());
+    }
+
+    fn as_model(&self) -> Option<&TlbModel> {
+        Some(self)
     }
 
     fn stats(&self) -> TlbStats {
@@ -374,34 +484,39 @@ fn translate<P: Platform>(
     let key = space.id();
     let vpn = l / PAGE_SIZE;
     let offset = l & (PAGE_SIZE - 1);
-    if let Some(way) = t.lookup(key, vpn) {
-        let set = CpuTlb::set_of(vpn);
-        let pte = t.sets[set][way].pte;
+    if let Some(pte) = t.lookup(key, vpn) {
         if !write || pte.flags().contains(PageTableFlags::WRITABLE) {
             t.hits += 1;
             return Ok(pte.addr() + offset);
         }
         // A write through a cached read-only translation: the fault path re-walks.
-        t.sets[set][way] = EMPTY_SLOT;
+        t.invalidate_for(key, vpn);
     }
     t.misses += 1;
     let va = from_lin(l);
-    let pte = walk(space, l, write).ok_or(AccessError::NotMapped { va })?;
-    let key = if pte.flags().contains(PageTableFlags::GLOBAL) {
+    let (leaf, size) = walk(space, l, write).ok_or(AccessError::NotMapped { va })?;
+    let key = if leaf.flags().contains(PageTableFlags::GLOBAL) {
         GLOBAL_KEY
     } else {
         key
     };
-    t.insert(key, vpn, pte);
-    if write && !pte.flags().contains(PageTableFlags::WRITABLE) {
+    // The 4 KiB page of `l` (inside the leaf).
+    let page = leaf.addr() + ((l & (size - 1)) & !(PAGE_SIZE - 1));
+    if size == PAGES_PER_HUGE * PAGE_SIZE {
+        t.huge.insert(key, vpn / PAGES_PER_HUGE, leaf);
+    } else {
+        t.small.insert(key, vpn, Pte::new(page, leaf.flags()));
+    }
+    if write && !leaf.flags().contains(PageTableFlags::WRITABLE) {
         return Err(AccessError::WriteProtected { va });
     }
-    Ok(pte.addr() + offset)
+    Ok(page + offset)
 }
 
-/// The hardware page walk: the 4 KiB physical page of linear `l` with the leaf's flags, after
-/// setting `ACCESSED` (and `DIRTY` for a permitted write) in the leaf.
-fn walk<P: Platform>(space: &AddressSpace<P>, l: u64, write: bool) -> Option<Pte> {
+/// The hardware page walk: the leaf mapping linear `l` (its first physical byte with the
+/// leaf's flags) and the leaf's size, after setting `ACCESSED` (and `DIRTY` for a permitted
+/// write) in the leaf.
+fn walk<P: Platform>(space: &AddressSpace<P>, l: u64, write: bool) -> Option<(Pte, u64)> {
     loop {
         let leaf = space.leaf(l)?;
         let flags = leaf.pte.flags();
@@ -420,11 +535,8 @@ fn walk<P: Platform>(space: &AddressSpace<P>, l: u64, write: bool) -> Option<Pte
                 continue;
             }
         }
-        let page = (leaf.pte.addr().as_u64() & !(leaf.size - 1)) + (l & (leaf.size - 1));
-        return Some(Pte::new(
-            PhysAddr::new_truncate(page & !(PAGE_SIZE - 1)),
-            want,
-        ));
+        let base = leaf.pte.addr().as_u64() & !(leaf.size - 1);
+        return Some((Pte::new(PhysAddr::new_truncate(base), want), leaf.size));
     }
 }
 

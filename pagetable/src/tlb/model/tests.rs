@@ -199,3 +199,55 @@ fn global_translations_are_shared_between_spaces() {
     );
     assert_eq!(after.misses - st.misses, 1);
 }
+
+/// A 2 MiB leaf is ONE entry of the 2 MiB array: one miss serves its 512 pages; it goes stale
+/// like a 4 KiB one and a flush of any page under it drops it.
+#[test]
+fn a_huge_leaf_is_one_entry() {
+    const MB2: u64 = 2 << 20;
+    let arena = crate::arena::PhysArena::heap(8 << 20, PhysAddr::new(0)).unwrap();
+    let a = Arc::new(FrameAllocator::new(Arc::new(arena)));
+    let s = AddressSpace::new(Arc::clone(&a)).unwrap();
+    let run = a.alloc_huge_zeroed(Zone::Normal).unwrap();
+    let base = va(0xffff_c900_0020_0000);
+    s.map_huge(base, &[run], RW | PageTableFlags::GLOBAL)
+        .unwrap();
+    let tlb = TlbModel::new(2);
+    for page in 0..512 {
+        tlb.write(0, &s, base + page * KB4 + 8, &[page as u8])
+            .unwrap();
+    }
+    let st = tlb.stats();
+    assert_eq!((st.misses, st.hits), (1, 511));
+    assert_eq!(tlb.entries(), TlbEntries { small: 0, huge: 1 });
+    let mut b = [0u8];
+    a.arena()
+        .read(run.start_address() + 300 * KB4 + 8, &mut b)
+        .unwrap();
+    assert_eq!(b[0], 300u64 as u8);
+    assert_eq!(
+        tlb.cached(0, &s, base + 300 * KB4 + 9),
+        Some(run.start_address() + 300 * KB4 + 9)
+    );
+    // Unmapped without a flush: still used (stale), as for a 4 KiB entry.
+    let _ = s.unmap(base, MB2, |_, _| {}).unwrap();
+    assert!(tlb.holds_any(base + MB2 - KB4, base + MB2));
+    tlb.read(0, &s, base + 7 * KB4 + 8, &mut b).unwrap();
+    assert_eq!(b[0], 7);
+    // Flushing one page under it drops the whole entry.
+    tlb.flush_range(base + 100 * KB4, base + 101 * KB4);
+    assert!(!tlb.holds_any(base, base + MB2));
+    assert_eq!(tlb.entries(), TlbEntries::default());
+    assert!(matches!(
+        tlb.read(0, &s, base, &mut b),
+        Err(AccessError::NotMapped { .. })
+    ));
+    // A read-only huge leaf: a write faults and the entry is dropped, then re-walked.
+    s.map_huge(base, &[run], PageTableFlags::PRESENT).unwrap();
+    tlb.read(1, &s, base, &mut b).unwrap();
+    assert_eq!(tlb.entries().huge, 1);
+    assert!(matches!(
+        tlb.write(1, &s, base, &[1]),
+        Err(AccessError::WriteProtected { .. })
+    ));
+}
