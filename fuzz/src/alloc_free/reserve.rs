@@ -56,8 +56,9 @@ impl World {
         };
         let st = self.frames.stats();
         self.arm();
+        let mut ptes = Vec::new();
         let got = if populate {
-            self.vm.alloc_vm_area(bytes)
+            self.vm.alloc_vm_area(bytes, Some(&mut ptes))
         } else {
             self.vm.get_vm_area(bytes, flags)
         };
@@ -74,6 +75,13 @@ impl World {
             }
             (Ok((align, lo, hi)), Ok(area)) => {
                 self.check_new_range(area.start, total, align, lo, hi);
+                if populate {
+                    assert_eq!(
+                        ptes.len() as u64,
+                        pages,
+                        "step {step}: alloc_vm_area's PTE slots"
+                    );
+                }
                 area
             }
         };
