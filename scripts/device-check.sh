@@ -3,10 +3,18 @@
 # holding stripped release test binaries named after their test file (vmalloc_lib,
 # pagetable_lib, reclaim, stress, ...) and two builds of `benches/examples/pair` (pair_old,
 # pair_new). It runs every test binary at the real CPU count, some at simulated 64 and 1
-# CPUs, the concurrency tests 20 times, and 1-page vmalloc+vfree scaling at 1..16 threads,
-# old against new. Prepare the folder with:
-#   cargo test --release --no-run -p vmalloc -p pagetable; cargo build --release -p benches --example pair
-#   then `strip -o <dir>/<name> target/release/deps/<name>-<hash>` for each, and this script.
+# CPUs, the concurrency tests 20 times, 1-page vmalloc+vfree scaling at 1..16 threads, old
+# against new, and (when present) issue 12's scaling figures: the KVA fixed and random
+# patterns on ours and every peer at 1..16 threads (`kvapair`, new build; `kvapair_old`, the
+# build before the node redesign, if given), bytes per live area (`area_bytes`), and the
+# runner's `--compare` (`test_vmalloc`, two charts). Prepare the folder with:
+#   cargo test --release --no-run -p vmalloc -p pagetable
+#   cargo build --release -p benches --example pair --example kvapair --example area_bytes
+#   cargo build --release -p test-vmalloc
+#   then `strip -o <dir>/<name> target/release/deps/<name>-<hash>` for each test binary,
+#   `strip -o <dir>/<name> target/release/examples/<name>` for the examples (pair_old,
+#   pair_new, kvapair, kvapair_old from the old tree), target/release/test_vmalloc, and
+#   this script. THREADS (default "1 2 4 8 16") sets the counts of the scaling runs.
 set -u
 cd "$(dirname "$0")"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -32,4 +40,25 @@ for th in 1 2 4 8 16; do
     printf "%s %2d: " $b $th; ./$b --pairs 400000 --threads $th 2>&1 | grep -oE "= [0-9.]+ Mpairs/s" || echo error
   done
 done
+THREADS="${THREADS:-1 2 4 8 16}"
+PEERS=kva,kva-single-lock,range-alloc,offset-allocator,free-list,vmem,btreemap-first-fit
+for k in kvapair kvapair_old; do
+  [ -x ./$k ] || continue
+  for pat in fixed random; do
+    echo "== $k $pat pattern, M pairs/s over all threads"
+    for th in $THREADS; do
+      ./$k --alloc $PEERS --pattern $pat --threads $th --pairs 400000 2>/dev/null || { echo "$k $pat $th: error"; fails=$((fails+1)); }
+    done
+  done
+done
+if [ -x ./area_bytes ]; then
+  echo "== bytes per live area (1,000,000 live 2-page areas)"
+  ./area_bytes --areas 1000000 || fails=$((fails+1))
+fi
+if [ -x ./test_vmalloc ]; then
+  echo "== test_vmalloc --compare (charts in \$OUT)"
+  ./test_vmalloc --compare --compare_threads ${THREADS// /,} --chart "$OUT/compare.svg" || fails=$((fails+1))
+  echo "== test_vmalloc run_test_mask=7 nr_threads=64 (Linux's vmap-nodes figure)"
+  /usr/bin/time -f "%e s wall" ./test_vmalloc run_test_mask=7 nr_threads=64 || fails=$((fails+1))
+fi
 echo "FAILS $fails"

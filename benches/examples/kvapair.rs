@@ -24,10 +24,8 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use benches::peers::{
-    BTreeFirstFit, BuddyPeer, DEFAULT_SPAN, FreeListPeer, KvaPeer, Locked, OffsetAllocPeer, PAGE,
-    RangeAllocPeer, SharedVaAllocator, VaAllocator, VmemPeer, XorShift,
-};
+use benches::by_name::{shared, single};
+use benches::peers::{PAGE, SharedVaAllocator, XorShift};
 
 /// Live areas per thread in the `random` pattern.
 const RING: usize = 256;
@@ -79,53 +77,6 @@ fn parse() -> Result<Args, String> {
         return Err("--threads must be at least 1".into());
     }
     Ok(a)
-}
-
-/// Ours with the default configuration but synchronous purges.
-fn sync_kva(span: u64) -> Result<KvaPeer, vmalloc::VmallocError> {
-    let cfg = vmalloc::KvaConfig {
-        purge_mode: vmalloc::PurgeMode::Synchronous,
-        ..vmalloc::KvaConfig::default()
-    };
-    KvaPeer::with_config("kva-sync", span, cfg)
-}
-
-/// A single-threaded adapter by name.
-fn single(name: &str) -> Result<Box<dyn VaAllocator>, String> {
-    let span = DEFAULT_SPAN;
-    let e = |e: &dyn std::fmt::Display| format!("{name}: {e}");
-    Ok(match name {
-        "kva" => Box::new(KvaPeer::sharded(span).map_err(|x| e(&x))?),
-        "kva-sync" => Box::new(sync_kva(span).map_err(|x| e(&x))?),
-        "kva-single-lock" => Box::new(KvaPeer::single_lock(span).map_err(|x| e(&x))?),
-        "range-alloc" => Box::new(RangeAllocPeer::new(span)),
-        "offset-allocator" => Box::new(OffsetAllocPeer::new(span, 1 << 17).map_err(|x| e(&x))?),
-        "free-list" => Box::new(FreeListPeer::new(span).map_err(|x| e(&x))?),
-        "vmem" => Box::new(VmemPeer::new(span).map_err(|x| e(&x))?),
-        "buddy_system_allocator" => Box::new(BuddyPeer::new(span).map_err(|x| e(&x))?),
-        "btreemap-first-fit" => Box::new(BTreeFirstFit::new(span)),
-        _ => return Err(format!("unknown allocator {name}")),
-    })
-}
-
-/// A shareable adapter by name (peers behind a mutex).
-fn shared(name: &str) -> Result<Box<dyn SharedVaAllocator>, String> {
-    let span = DEFAULT_SPAN;
-    let e = |e: &dyn std::fmt::Display| format!("{name}: {e}");
-    Ok(match name {
-        "kva" => Box::new(KvaPeer::sharded(span).map_err(|x| e(&x))?),
-        "kva-sync" => Box::new(sync_kva(span).map_err(|x| e(&x))?),
-        "kva-single-lock" => Box::new(KvaPeer::single_lock(span).map_err(|x| e(&x))?),
-        "range-alloc" => Box::new(Locked::new(RangeAllocPeer::new(span))),
-        "offset-allocator" => Box::new(Locked::new(
-            OffsetAllocPeer::new(span, 1 << 17).map_err(|x| e(&x))?,
-        )),
-        "free-list" => Box::new(Locked::new(FreeListPeer::new(span).map_err(|x| e(&x))?)),
-        "vmem" => Box::new(VmemPeer::new(span).map_err(|x| e(&x))?),
-        "buddy_system_allocator" => Box::new(Locked::new(BuddyPeer::new(span).map_err(|x| e(&x))?)),
-        "btreemap-first-fit" => Box::new(Locked::new(BTreeFirstFit::new(span))),
-        _ => return Err(format!("unknown allocator {name}")),
-    })
 }
 
 /// One thread's state for either pattern, over any `alloc`/`free` pair of closures.

@@ -12,6 +12,7 @@
 //! share. Whole allocators are driven through `vmalloc_impls::VmallocImpl` (the `contention`
 //! and `purge` benchmarks); the `test_vmalloc` runner is the `test-vmalloc` crate.
 
+pub mod by_name;
 pub mod peers;
 
 /// Thread counts for the multi-thread benchmarks (`contention`, `kva`): the comma-separated

@@ -1,7 +1,8 @@
 //! `--compare`: `fix_size_alloc_test` on each allocator over 1, 2, 4 and 8 workers, reported
 //! as microseconds per vmalloc+vfree pair (the figure of the vmap-nodes series: each worker's
 //! test time divided by its loop count, averaged over the workers), as a table and an SVG
-//! chart.
+//! chart; then the KVA layer alone on ours and the peers (see [`crate::compare_kva`]), as a
+//! second table and chart.
 //!
 //! Every point gets a fresh instance (its own arena), so no allocator inherits another's
 //! state, and each is purged and checked idle afterwards. Points run one after another; the
@@ -16,6 +17,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::compare_kva::{self, KvaPoint};
 use crate::params::{CompareConfig, Params};
 use crate::{RunError, arena_for, clock_seed, driver, progress_bar};
 use vmalloc_impls::{AllocatorKind, ImplConfig};
@@ -58,6 +60,10 @@ pub struct CompareReport {
     pub points: Vec<ComparePoint>,
     /// Where the chart went.
     pub chart: Option<String>,
+    /// The KVA-only points (ours and the peers; see [`crate::compare_kva`]).
+    pub kva_points: Vec<KvaPoint>,
+    /// Where the KVA chart went.
+    pub kva_chart: Option<String>,
     /// Every point passed and checked idle.
     pub ok: bool,
 }
@@ -122,6 +128,10 @@ impl CompareReport {
         if let Some(c) = &self.chart {
             let _ = writeln!(s, "chart: {c}");
         }
+        s.push_str(&compare_kva::table(&self.kva_points, self.test_loop_count));
+        if let Some(c) = &self.kva_chart {
+            let _ = writeln!(s, "chart: {c}");
+        }
         let _ = writeln!(s, "result: {}", if self.ok { "PASS" } else { "FAIL" });
         s
     }
@@ -157,15 +167,33 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport, RunError> {
         }
         None => None,
     };
-    let ok = points.iter().all(|p| p.failed == 0 && p.check_ok);
+    let kva_points = compare_kva::run(&cfg.threads, cfg.test_loop_count);
+    let nr_cpus = pagetable::cpu::nr_cpu_ids();
+    let kva_chart = match &cfg.chart {
+        Some(first) => {
+            let path = compare_kva::chart_path(first);
+            compare_kva::draw_chart(&path, &kva_points, nr_cpus).map_err(|why| {
+                RunError::Chart {
+                    path: path.display().to_string(),
+                    why,
+                }
+            })?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
+    let ok = points.iter().all(|p| p.failed == 0 && p.check_ok)
+        && kva_points.iter().all(|p| p.mpairs.is_some());
     Ok(CompareReport {
         test_loop_count: cfg.test_loop_count,
         test_repeat_count: cfg.test_repeat_count,
         nr_pages: cfg.nr_pages,
-        nr_cpus: pagetable::cpu::nr_cpu_ids(),
+        nr_cpus,
         seed,
         points,
         chart,
+        kva_points,
+        kva_chart,
         ok,
     })
 }

@@ -16,7 +16,8 @@
 //! - [`cases`]: the module's tests over a `VmallocImpl`;
 //! - [`driver`]: workers started together, timed like the module;
 //! - [`report`]: summary lines, table, JSON;
-//! - [`compare`]: `--compare`, the three allocators over 1, 2, 4, 8 workers, with a chart.
+//! - [`compare`]: `--compare`, the three allocators over 1, 2, 4, 8 workers, with a chart;
+//!   [`compare_kva`]: its second chart, the KVA layer alone on ours and the peers.
 //!
 //! [`main_with_args`] is the whole program (the binary only calls it); [`run`] and
 //! [`compare::compare`] are the library entry points the tests drive.
@@ -27,6 +28,7 @@
 
 pub mod cases;
 pub mod compare;
+pub mod compare_kva;
 pub mod driver;
 pub mod params;
 pub mod report;

@@ -220,8 +220,22 @@ fn compare_draws_a_chart() {
         table.contains("single-lock") && table.contains("2 thr"),
         "{table}"
     );
+    // The KVA-only part: every peer at every worker count, and its own chart.
+    assert_eq!(
+        r.kva_points.len(),
+        2 * benches::by_name::COMPARE_NAMES.len()
+    );
+    assert!(
+        r.kva_points
+            .iter()
+            .all(|p| p.mpairs.is_some_and(|m| m > 0.0))
+    );
+    let kva_svg = std::fs::read_to_string(dir.join("compare-kva.svg")).unwrap();
+    assert!(kva_svg.contains("range-alloc") && kva_svg.contains("kva-single-lock"));
+    assert!(table.contains("offset-allocator"), "{table}");
     let v = serde_json::to_value(&r).unwrap();
     assert_eq!(v["points"].as_array().unwrap().len(), 6);
+    assert_eq!(v["kva_points"].as_array().unwrap().len(), 14);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
