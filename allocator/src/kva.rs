@@ -3,19 +3,17 @@
 //!
 //! How it works and the invariants: see [`Kva`]'s documentation (what users rely on). For
 //! maintainers: `Inner` groups the parts, each owned by its submodule (`allocate`, `free`,
-//! `purge`, `pcpu`, `shard`, `area`, `deferred`, `workers`, `inspect`); each submodule's
-//! documentation has its own mechanism, invariants and locking.
+//! `purge`, `node`, `bptree`, `shard`, `area`, `deferred`, `workers`, `inspect`, `resize`);
+//! each submodule's documentation has its own mechanism, invariants and locking.
 //!
 //! # Locking and ordering
 //!
-//! Lock order: purge lock -> per-CPU slot -> shard free lock(s) (ascending) -> descriptor
-//! pool; shard busy locks are leaves (never held with another allocator lock). The fast paths
-//! take the caller's CPU slot and the home shard's busy lock: with one shard per CPU nothing
-//! they write is shared with another CPU, and a 1-page area's descriptor never leaves its
-//! CPU (the purger reads the slot's batch of ranges, not the descriptors). Counters are
-//! `Relaxed` atomics per shard or per CPU slot, summed when read; a slot's batch is handed to
-//! the purger under the slot lock, the lazy list's `Release` push / `Acquire` `del_all` hands
-//! descriptors to it.
+//! Lock order: purge lock -> node lock (one at a time) -> shard free lock(s) (ascending).
+//! The fast paths take one lock, the node of the shard holding the area (for an allocation,
+//! the calling CPU's home shard): with one shard per CPU nothing they write is shared with
+//! another CPU. Counters are `Relaxed` atomics per shard or node, summed when read; a node's
+//! lazy batch is handed to the purger under the node lock, the overflow list's `Release`
+//! push / `Acquire` `del_all` hands its heap nodes to it.
 
 #[allow(unused_imports)]
 use crate::prelude::*;
@@ -183,38 +181,41 @@ pub trait PurgeWork: Send + Sync {
 ///
 /// The range (`[start, end)` of the [`KvaConfig`]) is cut into contiguous shards, one per CPU
 /// slot by default, each with its own free tree (free areas in an augmented AVL tree keyed by
-/// start, every node knowing the largest free size below it, Linux 5.2's design), busy
-/// lookup and lock-free lazy list, each behind its own lock (Linux 6.9's vmap nodes, but
-/// contiguous). Each CPU slot has a cache of small free areas ([`MAX_CLASS_PAGES`] size
-/// classes), a list of free area descriptors and a lazy batch.
+/// start, every node knowing the largest free size below it, Linux 5.2's design) behind one
+/// lock, and a node (Linux 6.9's vmap node, but over a contiguous shard) behind another: the
+/// busy index of the live areas starting in the shard (a B+ tree of 16-byte records: bounds
+/// and packed info, no per-area descriptor), pools of free areas of each size of 1 to
+/// [`MAX_CLASS_PAGES`] pages, and a lazy batch; plus a lock-free overflow list.
 ///
-/// * **alloc** ([`Kva::alloc`]): a small request (at most [`MAX_CLASS_PAGES`] pages, page
-///   alignment, a window covering the calling CPU's home shard) pops a chunk and a
-///   descriptor from the calling CPU's slot under one uncontended lock, refilling an empty
-///   class with one batch carved from the home shard's tree. Otherwise the home shard's free
+/// * **alloc** ([`Kva::alloc`]): a pooled request (at most [`MAX_CLASS_PAGES`] pages, page
+///   alignment, a window covering the calling CPU's home shard) pops an area of exactly its
+///   size from the home node's pool and records it in the node's busy index, under that one
+///   uncontended lock, refilling an empty small size with one batch carved from the home
+///   shard's tree. Otherwise the home shard's free
 ///   tree is searched (the lowest fit for page alignment; for larger alignments the lowest
 ///   fit among the first few candidates, else Linux's `size + align - PAGE_SIZE` search,
 ///   O(log n)), then the other shards the `[vstart, vend)` window intersects (skipping,
 ///   without locking, those whose largest free area is too small), then runs of free space
 ///   crossing shard boundaries. The area is inserted into the busy lookup of the shard
 ///   containing its start. No space: the deferred frees are run, everything lazy is purged
-///   and every per-CPU cache drained back into the trees, and the search repeated, all under
+///   and every node's pools drained back into the trees, and the search repeated, all under
 ///   the purge lock; then the notifiers ([`Kva::register_notifier`]) are called and the
 ///   allocation retried while they free something (a bounded number of times); then
 ///   [`KvaError::NoSpace`].
 /// * **remove** ([`Kva::remove`], [`Kva::remove_if`]) takes the area out of its busy lookup
 ///   and returns a [`RemovedArea`] token, which must come back through
 ///   [`Kva::free_lazy`] (the area was mapped) or [`Kva::free_unused`] (it never was).
-/// * **free_lazy** records the area's range in the calling CPU's lazy batch and gives its
-///   descriptor straight back to that CPU (one slot-lock section), or, with per-CPU caching
-///   off or the batch full, pushes it on its shard's lock-free lazy list; either way its
+/// * **free_lazy** records the area's range in its node's lazy batch (one node-lock
+///   section), or, the batch full, pushes it in a small heap node on its shard's lock-free
+///   overflow list; either way its
 ///   pages are counted. Past [`lazy_max_pages`](Kva::lazy_max_pages) pages in all, a purge is
 ///   kicked, as the [`PurgeMode`] says.
 /// * **purge** ([`Kva::purge`]): one purger at a time (a kick that finds a kicked purge
-///   running only asks it for one more round). Every CPU's lazy batch and every shard's lazy
-///   list are taken (the lists with one `del_all`), the union range `[min start, max end)` of
-///   everything taken gets ONE flush through the [`TlbFlush`] hook, and only after it
-///   returned are the areas merged back into the trees (or, small ones, the per-CPU caches),
+///   running only asks it for one more round). Every node's lazy batch and every shard's
+///   overflow list are taken (the lists with one `del_all`), the union range
+///   `[min start, max end)` of everything taken gets ONE flush through the [`TlbFlush`] hook,
+///   and only after it returned are the areas pushed into their node's pools (pooled sizes,
+///   bounded) or merged back into the trees,
 ///   shard by shard, the purge workers helping. See [`PurgeReport`].
 /// * **find** ([`Kva::find`]) looks in the busy lookup of the shard containing the address,
 ///   then (only while some live area crosses a shard boundary) in the lower shards'.
@@ -222,9 +223,9 @@ pub trait PurgeWork: Send + Sync {
 /// # Invariants
 ///
 /// * A range leaves the lazy lists and batches only through a purge, and a purge merges it
-///   back into a tree or a per-CPU cache only after its one TLB flush has returned: no range
+///   back into a tree or a pool only after its one TLB flush has returned: no range
 ///   is handed out again before a flush covering its last unmapping.
-/// * Every byte of the range is in exactly one of: a free tree, a per-CPU cache, a busy
+/// * Every byte of the range is in exactly one of: a free tree, a node's pool, a busy
 ///   lookup, or "pending" (removed: in a token, on a lazy list or batch, or in a purge in
 ///   progress); checked by [`Kva::check_invariants`] when no operation is in flight.
 ///
@@ -416,7 +417,7 @@ impl<P: Platform> Kva<P> {
     /// [`Kva::remove`] only if `check` accepts the live area starting at `addr`: one lookup
     /// and one busy-lock critical section for "find, check the kind, remove" (vfree's path).
     /// If `check` returns an error, it is returned and nothing changes. Misses give the
-    /// errors of [`Kva::remove`]. `check` runs under the shard's busy lock: it must not call
+    /// errors of [`Kva::remove`]. `check` runs under the shard's node lock: it must not call
     /// back into this allocator.
     pub fn remove_if<E: From<KvaError>>(
         &self,
@@ -491,7 +492,7 @@ impl<P: Platform> Kva<P> {
     }
 
     /// Purge every lazily freed area now: drains the deferred frees, waits for a purge in
-    /// progress, then takes all lazy lists and per-CPU lazy batches, flushes their union once
+    /// progress, then takes all nodes' lazy batches and overflow lists, flushes their union once
     /// and merges them back. Linux's `purge_vmap_area_lazy`.
     ///
     /// ```
@@ -637,7 +638,7 @@ impl<P: Platform> Kva<P> {
 
     /// Verify every structure and the byte accounting (free + cached + busy + pending ==
     /// total, no overlap). Exact only when no allocation or free is in flight. Takes the purge
-    /// lock, then each shard's and CPU slot's locks in turn.
+    /// lock, then each shard's node and free-tree locks in turn.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.inner.check_invariants()
     }

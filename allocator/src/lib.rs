@@ -32,11 +32,13 @@
 //! CPU slot by default), each with its own free tree (an augmented AVL tree of free areas
 //! keyed by start, every node knowing the largest free size below it: a fit with alignment
 //! and `[vstart, vend)` in O(log n), Linux 5.2's design, exact lowest fit for page-aligned
-//! requests), busy lookup and lock-free lazy list, each behind its own lock (Linux 6.9's vmap
-//! nodes). Per-CPU caches hold small free areas and area descriptors, so a small allocation
-//! or free touches only the calling CPU's slot and one shard's busy lock, and allocates
-//! nothing. Freeing is lazy: [`Kva::free_lazy`] records the area in the calling CPU's lazy
-//! batch (or pushes it on its shard's lock-free list) and counts its pages; past
+//! requests) behind its own lock, and a node (Linux 6.9's vmap node) behind one other lock:
+//! the busy index of the live areas starting in the shard (a B+ tree of 16-byte records, no
+//! per-area object), pools of ready free areas of each size up to 256 pages, and a lazy
+//! batch. A small allocation or free takes only the calling CPU's home node lock (one shard
+//! per CPU: an uncontended line) and allocates nothing. Freeing is lazy: [`Kva::free_lazy`]
+//! records the area in its node's lazy batch (or, the batch full, pushes it on its shard's
+//! lock-free list) and counts its pages; past
 //! [`lazy_max_pages`](linux_lazy_max_pages) (`fls(nr_cpus) * 32 MiB` of pages) a purge
 //! ([`Kva::purge`]) takes every batch and every list, flushes the union range ONCE, and only
 //! then merges the areas back, its merge work split across the per-CPU purge workers. An
@@ -84,7 +86,7 @@
 //!   reused inside a block, and a block's range goes back through the lazy list. (Checked in
 //!   the stress tests with [`TlbModel::holds_any`] right after every allocation.)
 //! * Live areas never overlap; each is in exactly one shard's busy lookup; every byte of the
-//!   range is in exactly one of: a free tree, a per-CPU cache, a busy area, or "pending"
+//!   range is in exactly one of: a free tree, a node's pool, a busy area, or "pending"
 //!   (removed, lazy or being purged) ([`Kva::check_invariants`]).
 //! * Frames of a `vmalloc` area are referenced only by its PTEs (plus one reference per user
 //!   mapping made by `remap_vmalloc_range`); `vmap`, `vm_map_ram` and `ioremap` never own
@@ -103,7 +105,7 @@
 //!
 //! * **Calls that may wait long.** Allocating and freeing (the `vmalloc` family, `vfree`,
 //!   `vmap`/`vunmap`, `ioremap`/`iounmap`, `vm_map_ram`/`vm_unmap_ram`, [`Kva::alloc`],
-//!   [`Kva::remove`], ...) take the calling CPU's slot, a shard's locks and the frame
+//!   [`Kva::remove`], ...) take a shard's node and free-tree locks and the frame
 //!   allocator's, each for a short bounded section, but may also wait for a whole purge (a
 //!   TLB flush plus the merge of everything lazy): an allocation that finds no space
 //!   reclaims under the purge lock and runs the notifiers; a free that crosses the lazy
@@ -116,13 +118,13 @@
 //!   and never purges or flushes: it pushes the address on the calling CPU's lock-free list
 //!   (one 16-byte heap allocation) and, when that list was empty, posts a wake-up (the
 //!   [`PurgeWork::schedule_deferred`] hook, or a few instructions under the purge workers'
-//!   scheduler mutex). [`Kva::free_lazy`] takes only the calling CPU's slot lock (or none: a
-//!   lock-free push on the shard's list when the CPU's batch is full or caching is off), and
+//!   scheduler mutex). [`Kva::free_lazy`] takes only the area's node lock (and, when the
+//!   node's batch is full, makes a lock-free push on the shard's list), and
 //!   in [`PurgeMode::Background`] with workers or a hook its threshold kick is a wake-up too.
 //! * **Callbacks** (the deferred-free handler, the allocation-failure notifiers,
 //!   [`Kva::for_each_busy`]'s closure) run with no allocator lock held and may call back into
 //!   the allocator; the closures of [`Kva::set_info`] and [`Kva::remove_if`] run under a
-//!   shard's busy lock and must not. [`PurgeWork`]'s methods are called with no lock held and
+//!   shard's node lock and must not. [`PurgeWork`]'s methods are called with no lock held and
 //!   must only queue the work.
 //! * **Lock order against the caller's locks**: apart from the `set_info` / `remove_if`
 //!   closures, the allocator calls back into the caller only with none of its locks held, so

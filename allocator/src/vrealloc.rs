@@ -57,9 +57,9 @@ impl<P: Platform> Vmalloc<P> {
     ///   range is flushed first, as any reuse of unmapped VA must be) or when the range right
     ///   after it is free in the KVA allocator's trees (taken without a flush: free space was
     ///   flushed before it became free). The address is unchanged. Free space held by a
-    ///   per-CPU cache or waiting for a purge is not taken: the neighbours of a small area
+    ///   node's pool or waiting for a purge is not taken: the neighbours of a small area
     ///   (up to [`MAX_CLASS_PAGES`](crate::MAX_CLASS_PAGES) pages with its guard page) are
-    ///   usually in its CPU's cache, so a small area usually moves.
+    ///   usually in its node's pools, so a small area usually moves.
     /// * Otherwise **allocate, copy and free lazily**: a new area with the same flags,
     ///   protection and caller, the bytes copied, the old area freed as by
     ///   [`Vmalloc::vfree`] (no flush now; its VA waits for the next purge).

@@ -37,7 +37,7 @@ use crate::sync::{AtomicUsize, Ordering};
 ///
 /// Linux (`alloc_vmap_area`) purges and retries again every time its notifiers report
 /// something freed, with no bound. Here each round is a full reclaim (deferred frees run,
-/// everything lazy purged, every per-CPU cache drained, the search repeated) after the
+/// everything lazy purged, every node's pools drained, the search repeated) after the
 /// notifiers ran, and the number of rounds is bounded, so that a notifier that keeps
 /// reporting progress it did not make cannot livelock the allocation. Why 8: one round is
 /// enough for the vmalloc layer's own notifier (it retires fragmented vmap blocks to the lazy

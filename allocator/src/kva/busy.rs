@@ -1,5 +1,10 @@
 //! Busy-area lookup: address -> area descriptor, keyed by start (Linux's `vmap_area_root`).
 //!
+//! The [`Kva`](crate::Kva) no longer uses it: since issue 12 each node keeps its live areas
+//! in a B+ tree of packed records (`kva::bptree`), half the memory per area and fewer
+//! instructions per insert + remove. It stays as a public building block (an AVL-tree busy
+//! lookup with descriptor handles, what the Linux 5.x design uses).
+//!
 //! # How it works
 //!
 //! A plain (non-augmented) AVL tree from [`crate::kva::tree`] of `(start, end, value)` entries,
@@ -16,7 +21,7 @@
 //!
 //! # Locking
 //!
-//! None inside: `&mut`-only, kept behind its owner's lock (a `vmalloc` shard's busy lock). No
+//! None inside: `&mut`-only, kept behind its owner's lock. No
 //! atomics, so ordering is the lock's.
 
 #[allow(unused_imports)]

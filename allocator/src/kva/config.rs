@@ -1,5 +1,5 @@
 //! [`KvaConfig`]: how a [`Kva`](crate::kva::Kva) is built (range, shards, lazy threshold,
-//! purge scheduling, per-CPU caches).
+//! purge scheduling, node pools).
 //!
 //! What the fields mean is in [`KvaConfig`]'s documentation. A configuration is checked once
 //! by `KvaConfig::resolve`; nothing here holds state.
@@ -34,7 +34,7 @@ pub enum PurgeMode {
 /// `Platform::nr_cpu_ids()` (the machine's count, or `KVMALLOC_NR_CPUS` with the std
 /// platform), one shard and one purge worker per CPU slot, and Linux's lazy threshold
 /// ([`linux_lazy_max_pages`]). [`KvaConfig::single_lock`] gives the Linux 5.x design (one free
-/// tree under one lock, no per-CPU caches), kept for comparison.
+/// tree under one lock, no pools), kept for comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvaConfig {
     /// First address of the KVA range (page aligned).
@@ -50,13 +50,14 @@ pub struct KvaConfig {
     pub lazy_max_pages: Option<usize>,
     /// How purges are scheduled.
     pub purge_mode: PurgeMode,
-    /// Keep per-CPU caches of small free areas (Linux 6.9's node pools).
+    /// Keep pools of free areas of the common sizes in each shard's node (Linux 6.9's node
+    /// pools; per CPU with the default one shard per CPU slot).
     pub pcpu_cache: bool,
     /// Number of purge worker threads (Background / Inline modes); `0` = one per CPU slot.
     /// At most one per CPU slot (a larger value is clamped: more workers than CPUs only
     /// contend).
     pub purge_workers: usize,
-    /// Number of CPU slots the instance is built for (per-CPU caches, lazy batches, deferred
+    /// Number of CPU slots the instance is built for (shards, deferred
     /// lists, and the defaults above); `0` = `Platform::nr_cpu_ids()`. A thread whose
     /// CPU id (`Platform::this_cpu()`) is `c` uses slot `c % nr_cpus`, so an instance
     /// can simulate more CPUs than the machine has (threads pinned with
@@ -66,7 +67,7 @@ pub struct KvaConfig {
 
 /// The largest [`KvaConfig::nr_cpus`] accepted, [`KvaError::InvalidConfig`] above it: 8192,
 /// x86_64 Linux's largest `CONFIG_NR_CPUS`, so every real machine fits, while a mistyped
-/// count cannot make construction allocate per-CPU caches, lazy batches and deferred lists
+/// count cannot make construction allocate shards, nodes and deferred lists
 /// for millions of slots (see `pagetable::platform::MAX_NR_CPUS`).
 pub const MAX_NR_CPUS: usize = pagetable::platform::MAX_NR_CPUS;
 
@@ -77,7 +78,7 @@ pub const VMALLOC_END: u64 = 0xffff_e900_0000_0000;
 
 impl Default for KvaConfig {
     /// The x86_64 vmalloc range, one shard per CPU, Linux's lazy threshold, background purge
-    /// workers, per-CPU caches on.
+    /// workers, node pools on.
     fn default() -> Self {
         Self {
             start: VMALLOC_START,
@@ -148,8 +149,8 @@ pub(crate) struct Resolved {
 }
 
 impl KvaConfig {
-    /// The Linux 5.x design over `[start, end)`: one shard (one free-tree lock, one busy lock),
-    /// no per-CPU caches, Linux's lazy threshold, background purge.
+    /// The Linux 5.x design over `[start, end)`: one shard (one free-tree lock, one node
+    /// lock), no pools, Linux's lazy threshold, background purge.
     pub fn single_lock(start: u64, end: u64) -> Self {
         Self {
             start,

@@ -109,8 +109,8 @@ impl Default for LlistNode {
 /// Any number of producers push ([`LlistHead::add`], lock-free, allocating nothing: the
 /// node is embedded in the producer's structure); a consumer takes everything with ONE
 /// atomic swap ([`LlistHead::del_all`]), which needs no lock either, and walks the detached
-/// [`Chain`] at leisure. The allocator's shard lazy lists (where `free_lazy` falls back when
-/// a CPU's lazy batch is full) and `vfree_atomic`'s per-CPU deferred lists are such lists.
+/// [`Chain`] at leisure. The allocator's shard overflow lists (where `free_lazy` falls back
+/// when a node's lazy batch is full) and `vfree_atomic`'s per-CPU deferred lists are such lists.
 ///
 /// # Example
 ///

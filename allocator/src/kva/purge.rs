@@ -67,9 +67,9 @@ pub(crate) const KICK_AGAIN: usize = 2;
 /// (`cond_resched_lock`) while what waits plus what is still being merged stays below
 /// `2 * lazy_max_pages` (the seed's `resched_threshold`), and keeps the lock otherwise, to
 /// finish first. Linux reads its one global lazy counter after every area; here the backlog
-/// is a sum over every shard's and CPU slot's counter, so it is re-read (and the bytes
+/// is a sum over every shard's and node's counter, so it is re-read (and the bytes
 /// merged so far are published to the shard's pending-bytes accounting) only every
-/// `RESCHED_EVERY` runs. Why 32: the sum then costs about (shards + CPU slots) / 32 loads per
+/// `RESCHED_EVERY` runs. Why 32: the sum then costs about 2 * shards / 32 loads per
 /// run, a few on a 64-CPU instance, small beside a tree merge, while the decision and the
 /// accounting lag by at most 32 runs.
 pub const RESCHED_EVERY: usize = 32;
