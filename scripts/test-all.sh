@@ -10,7 +10,7 @@
 #      follows it; threads outnumber CPUs at 1, CPUs outnumber threads at 64)
 #   4. the loom models (cargo test --features loom, at the workspace root)
 #   5. Miri over the modules with unsafe code (arena, page-table entries, frame allocator,
-#      llist, trees, area descriptors and their pool, kva, purge, deferred frees, inspection)
+#      llist, trees, the B+ tree busy index, nodes, shards, kva, purge, deferred frees)
 #   6. each cargo-fuzz target for a bounded time (FUZZ_SECONDS, default 60) from its seed corpus
 #   7. the multi-thread stress, fault-injection and API tests under ThreadSanitizer and
 #      AddressSanitizer + LeakSanitizer (scripts/sanitize.sh; nightly, -Zbuild-std)
@@ -56,7 +56,7 @@ echo "== 5/8 Miri over the modules with unsafe code"
 cargo +nightly miri setup >/dev/null 2>&1 || true
 cargo +nightly miri test -p pagetable --lib -- arena:: entry:: frame:: addr:: page:: 2>&1 | tee -a "$log"
 cargo +nightly miri test -p vmalloc --lib -- llist:: tree:: free_tree:: busy:: \
-    area:: kva:: purge:: deferred:: pcpu:: shard:: 2>&1 | tee -a "$log"
+    area:: kva:: purge:: deferred:: bptree:: node:: shard:: 2>&1 | tee -a "$log"
 
 echo "== 6/8 fuzz targets, ${FUZZ_SECONDS} s each"
 bash scripts/fuzz-ci.sh

@@ -115,7 +115,7 @@ impl<P: Platform> Inner<P> {
                 return len as usize;
             }
         }
-        // Only the areas that overlap the range (the busy trees' overlapping iterators):
+        // Only the areas that overlap the range (the busy indexes' overlapping iterators):
         // the cost follows the range, not the number of live areas.
         let mut areas = self.kva.busy_overlapping(a, end);
         areas.retain(|ar| a < usable_end(ar));

@@ -398,7 +398,7 @@ impl<P: Platform> Kva<P> {
         self.inner.find(addr.as_u64())
     }
 
-    /// Change the info of the live area starting at `start`. `f` runs under the shard's busy
+    /// Change the info of the live area starting at `start`. `f` runs under the shard's node
     /// lock: it must not call back into this allocator.
     pub fn set_info(&self, start: VirtAddr, f: impl FnOnce(&mut AreaInfo)) -> Result<(), KvaError> {
         self.inner.set_info(start.as_u64(), f)
@@ -415,7 +415,7 @@ impl<P: Platform> Kva<P> {
     }
 
     /// [`Kva::remove`] only if `check` accepts the live area starting at `addr`: one lookup
-    /// and one busy-lock critical section for "find, check the kind, remove" (vfree's path).
+    /// and one node-lock critical section for "find, check the kind, remove" (vfree's path).
     /// If `check` returns an error, it is returned and nothing changes. Misses give the
     /// errors of [`Kva::remove`]. `check` runs under the shard's node lock: it must not call
     /// back into this allocator.

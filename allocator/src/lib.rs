@@ -53,7 +53,7 @@
 //!   allocator's per-CPU cache (on the stack up to 16 pages: no heap
 //!   allocation) in the requested zone, zeroed if asked; one page-table map call. All or
 //!   nothing: a failure frees the frames and gives the never-mapped VA straight back.
-//! * [`vfree`](Vmalloc::vfree): in one busy-lock section, check it is the start of a live
+//! * [`vfree`](Vmalloc::vfree): in one node-lock section, check it is the start of a live
 //!   `vmalloc` area (else a typed error, nothing changed) and remove it ([`Kva::remove_if`]);
 //!   clear the PTEs handing each frame back; [`Kva::free_lazy`]. No flush.
 //!   [`vfree_atomic`](Vmalloc::vfree_atomic) defers all that to a worker through

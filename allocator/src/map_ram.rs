@@ -166,7 +166,7 @@ impl<P: Platform> Vmalloc<P> {
         if count <= VMAP_MAX_ALLOC || v.blocks.holds(a) {
             return v.blocks.free(&v.kva, &v.space, a, count);
         }
-        // Find, check and remove in ONE busy-lock critical section: an area that another
+        // Find, check and remove in ONE node-lock critical section: an area that another
         // thread frees or allocates at this address meanwhile is either checked here or not
         // touched at all.
         let removed = v.kva.remove_if(VirtAddr::new_truncate(a), |area| {

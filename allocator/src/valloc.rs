@@ -242,7 +242,7 @@ impl<P: Platform> Vmalloc<P> {
 
     /// `vfree(addr)`: release an area from the vmalloc family. A null address is a no-op.
     ///
-    /// In one busy-lock critical section ([`Kva::remove_if`](crate::Kva::remove_if)) the area
+    /// In one node-lock critical section ([`Kva::remove_if`](crate::Kva::remove_if)) the area
     /// is looked up, checked to be the start of a live `vmalloc` area and taken out of the
     /// busy lookup; then its PTEs are cleared, handing every frame back to the frame
     /// allocator (one walk, no allocation); then [`Kva::free_lazy`](crate::Kva::free_lazy):
@@ -427,7 +427,7 @@ impl<P: Platform> Inner<P> {
         expected: VmFlags,
         ok: fn(VmFlags) -> bool,
     ) -> Result<(), VmallocError> {
-        // One busy-lock critical section: look up, check the kind, remove.
+        // One node-lock critical section: look up, check the kind, remove.
         let removed = self.kva.remove_if(VirtAddr::new_truncate(addr), |a| {
             if ok(a.info.flags) {
                 Ok(())
