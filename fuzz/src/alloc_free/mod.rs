@@ -21,7 +21,7 @@
 //! forbidden runs, frames the allocator hands out zeroed are checked with one copy and a
 //! `memcmp`, and the user space is only built by an input that needs it. What is left is the
 //! instrumented allocator code itself and libFuzzer's per-feature bookkeeping (a profile and
-//! the figures are in docs/TESTING.md, "Fuzzing"). An instance is built per input: reusing
+//! the figures are in docs/FUZZING.md). An instance is built per input: reusing
 //! one (reset and checked clean between inputs) was measured SLOWER, because the frames a
 //! previous input dirtied must then be zeroed by `PhysArena::zero_frame`'s instrumented
 //! word loop, while a new arena's never-touched frames skip zeroing.

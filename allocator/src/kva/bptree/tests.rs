@@ -182,7 +182,12 @@ fn overlap_and_empty_are_refused() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 256 }, ..ProptestConfig::default() })]
+    // Under Miri, no regression file (its isolation refuses `getcwd`).
+    #![proptest_config(ProptestConfig {
+        cases: if cfg!(miri) { 4 } else { 256 },
+        failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence },
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn operations_match_the_model(ops in proptest::collection::vec((0u8..3, 0u64..300, 1u64..4), 1..400)) {
         let mut t = BpTree::new(0u32);
