@@ -368,7 +368,11 @@ impl Model {
 
     /// The answer of `vm_unmap_ram(a, count)` (`count != 0`, `a` page aligned).
     pub fn expect_unmap_ram(&self, a: u64, count: usize) -> Expect {
-        if count > 64 {
+        // Linux 6.x: an address inside a vmap block names a piece whatever the count (a
+        // wrong count is reported with the piece's mapped count); otherwise a count above
+        // 64 names a large mapping's area.
+        let bstart = a & !(BLOCK_BYTES - 1);
+        if count > 64 && !self.blocks.contains_key(&bstart) {
             return match self.containing(a) {
                 Some(ar) if ar.start != a => Err(VmallocError::NotStartOfArea {
                     addr: a,
@@ -394,15 +398,13 @@ impl Model {
                 None => Err(VmallocError::NotAllocated { addr: a }),
             };
         }
-        let pages = count.next_power_of_two() as u32;
-        let bstart = a & !(BLOCK_BYTES - 1);
         if let Some(b) = self.blocks.get(&bstart) {
             let off = ((a - bstart) / PAGE) as u32;
             return match b.pieces.get(&off) {
-                Some(p) if p.live && p.pages != pages => Err(VmallocError::WrongCount {
+                Some(p) if p.live && p.frames.len() != count => Err(VmallocError::WrongCount {
                     addr: a,
                     count,
-                    expected: p.pages as usize,
+                    expected: p.frames.len(),
                 }),
                 Some(p) if p.live => Ok(()),
                 Some(_) => Err(VmallocError::DoubleFree { addr: a }),
@@ -568,5 +570,14 @@ impl Model {
         self.areas
             .range(..end)
             .any(|(_, ar)| ar.start < end && a < ar.usable_end())
+    }
+
+    /// Whether `[a, a + len)` meets the usable part of a live area that `vwrite` writes:
+    /// any but `ioremap` ones (Linux 6.x: "IOREMAP area is treated as memory hole").
+    pub fn touches_writable_area(&self, a: u64, len: u64) -> bool {
+        let end = a.saturating_add(len);
+        self.areas.range(..end).any(|(_, ar)| {
+            ar.start < end && a < ar.usable_end() && !ar.flags.contains(VmFlags::IOREMAP)
+        })
     }
 }

@@ -15,13 +15,11 @@ use vmalloc::{Gfp, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_RO, VmFlags, Vmall
 use super::model::{Area, Content, FrameM, KVA_END, KVA_START, Kind, PAGE};
 use super::{Bits, Handle, Op, Size, World};
 
-/// Flags the vmalloc family refuses.
-const NOT_FOR_VMALLOC: VmFlags = VmFlags::IOREMAP
-    .union(VmFlags::MAP)
-    .union(VmFlags::MAP_RAM)
-    .union(VmFlags::EARLY)
-    .union(VmFlags::UNINITIALIZED)
-    .union(VmFlags::UNLIST);
+/// Flags the vmalloc family accepts (Linux 6.x: every other one, the library's own
+/// included, is refused with `InvalidFlags` naming those outside this set).
+const VMALLOC_FLAGS: VmFlags = VmFlags::NO_GUARD
+    .union(VmFlags::USERMAP)
+    .union(VmFlags::ALLOW_HUGE_VMAP);
 /// Flags only the vmalloc layer sets.
 pub(super) const RESERVED_KINDS: VmFlags = VmFlags::ALLOC
     .union(VmFlags::MAP_RAM)
@@ -51,7 +49,13 @@ pub struct Req {
 
 /// What the KVA allocator does with `(size, align, [vstart, vend))` before searching:
 /// the argument error, or the effective alignment and window.
-pub fn kva_check(size: u64, align: u64, vs: u64, ve: u64) -> Result<(u64, u64, u64), VmallocError> {
+pub fn kva_check(
+    req: u64,
+    size: u64,
+    align: u64,
+    vs: u64,
+    ve: u64,
+) -> Result<(u64, u64, u64), VmallocError> {
     if !align.is_power_of_two() {
         return Err(VmallocError::InvalidAlign { align });
     }
@@ -69,14 +73,22 @@ pub fn kva_check(size: u64, align: u64, vs: u64, ve: u64) -> Result<(u64, u64, u
         return Err(bad);
     }
     if size > hi - lo {
-        return Err(VmallocError::NoSpace {
-            size,
+        return Err(VmallocError::TooLarge {
+            size: req,
             align,
             start: lo,
             end: hi,
         });
     }
     Ok((align, lo, hi))
+}
+
+/// Whether an area of `size` bytes aligned to `align` fits `[lo, hi)` at all (what decides
+/// between the library's `NoSpace` and `TooLarge`).
+pub fn aligned_fits(size: u64, align: u64, lo: u64, hi: u64) -> bool {
+    lo.checked_next_multiple_of(align.max(1))
+        .and_then(|a| a.checked_add(size))
+        .is_some_and(|e| e <= hi)
 }
 
 /// `ioremap_align`: the size rounded up to a power of two, clamped to [1, 128] pages.
@@ -276,6 +288,7 @@ impl World {
     pub fn check_alloc_failure(
         &self,
         e: &VmallocError,
+        req: u64,
         area_size: u64,
         align: u64,
         lo: u64,
@@ -286,6 +299,24 @@ impl World {
     ) {
         let step = self.step;
         match e {
+            // Linux 6.x: the caller's size, and TooLarge when no aligned place of the window
+            // could ever hold the area (`vmalloc::valloc::alloc_error`).
+            VmallocError::TooLarge {
+                size,
+                align: a,
+                start,
+                end,
+            } => {
+                assert_eq!(
+                    (*size, *a, *start, *end),
+                    (req, align, lo, hi),
+                    "step {step}: TooLarge fields"
+                );
+                assert!(
+                    !aligned_fits(area_size, align, lo, hi),
+                    "step {step}: TooLarge although {area_size:#x} fits [{lo:#x}, {hi:#x}) aligned {align:#x}"
+                );
+            }
             VmallocError::NoSpace {
                 size,
                 align: a,
@@ -294,7 +325,7 @@ impl World {
             } => {
                 assert_eq!(
                     (*size, *a, *start, *end),
-                    (area_size, align, lo, hi),
+                    (req, align, lo, hi),
                     "step {step}: NoSpace fields"
                 );
                 assert!(
@@ -346,14 +377,14 @@ impl World {
             PAGE
         };
         let area_size = pages * PAGE + guard;
-        let pre = if r.flags.intersects(NOT_FOR_VMALLOC) {
+        let pre = if !(r.flags - VMALLOC_FLAGS).is_empty() {
             Err(VmallocError::InvalidFlags {
-                flags: r.flags & NOT_FOR_VMALLOC,
+                flags: r.flags - VMALLOC_FLAGS,
             })
         } else if r.size == 0 {
             Err(VmallocError::InvalidSize { size: 0 })
         } else {
-            kva_check(area_size, r.align, r.start, r.end)
+            kva_check(r.size, area_size, r.align, r.start, r.end)
         };
         let st = self.frames.stats();
         self.arm();
@@ -371,7 +402,9 @@ impl World {
             Ok(va) => va.as_u64(),
             Err(e) => {
                 let need = pages + pages / 512 + 4;
-                self.check_alloc_failure(&e, area_size, align, lo, hi, st.free, st.used, need);
+                self.check_alloc_failure(
+                    &e, r.size, area_size, align, lo, hi, st.free, st.used, need,
+                );
                 return;
             }
         };
@@ -391,6 +424,14 @@ impl World {
         }
         if !r.prot.contains(PageTableFlags::NO_EXECUTE) {
             flags |= VmFlags::EXEC;
+        }
+        // Linux 6.x's records: zeroed at allocation (`vrealloc` keeps the tail zero), and a
+        // page array larger than a page (itself vmalloc'ed) shows as `vpages`.
+        if r.gfp.contains(Gfp::ZERO) {
+            flags |= VmFlags::ZEROED;
+        }
+        if pages * 8 > PAGE {
+            flags |= VmFlags::VPAGES;
         }
         let writable = r.prot.contains(PageTableFlags::WRITABLE);
         self.add_area(Area {
@@ -524,7 +565,7 @@ impl World {
         } else if count == 0 {
             Err(VmallocError::InvalidSize { size: 0 })
         } else {
-            kva_check(area_size, PAGE, KVA_START, KVA_END)
+            kva_check(area_size - PAGE, area_size, PAGE, KVA_START, KVA_END)
         };
         let st = self.frames.stats();
         self.arm();
@@ -538,7 +579,17 @@ impl World {
                 return;
             }
             (Ok((align, lo, hi)), Err(e)) => {
-                self.check_alloc_failure(&e, area_size, align, lo, hi, st.free, st.used, 4);
+                self.check_alloc_failure(
+                    &e,
+                    area_size - PAGE,
+                    area_size,
+                    align,
+                    lo,
+                    hi,
+                    st.free,
+                    st.used,
+                    4,
+                );
                 self.free_harness(&pas);
                 return;
             }
@@ -552,7 +603,8 @@ impl World {
             start: va,
             end: va + area_size,
             flags: flags | VmFlags::MAP,
-            nr_pages: count,
+            // Linux 6.x: a vmap area owns no pages (`nr_pages` 0; vmallocinfo prints none).
+            nr_pages: 0,
             phys: None,
             kind: Kind::Vmap {
                 frames: pas,

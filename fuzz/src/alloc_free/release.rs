@@ -405,7 +405,7 @@ impl World {
         let data = pattern(seed, len);
         self.accessed.push((a, a.saturating_add(len as u64)));
         let n = self.vm.vwrite(VirtAddr::new_truncate(a), &data);
-        let want = if len > 0 && self.m.touches_area(a, len as u64) {
+        let want = if len > 0 && self.m.touches_writable_area(a, len as u64) {
             len
         } else {
             0
@@ -418,7 +418,11 @@ impl World {
         let end = a + len as u64;
         while p < end {
             let pe = ((p / PAGE + 1) * PAGE).min(end);
-            if let Some((pa, true)) = self.m.page_src(p) {
+            let hole = self
+                .m
+                .containing(p)
+                .is_some_and(|ar| ar.flags.contains(VmFlags::IOREMAP));
+            if let (false, Some((pa, true))) = (hole, self.m.page_src(p)) {
                 let bytes = &data[(p - a) as usize..(pe - a) as usize];
                 let f = self.m.mem.get_mut(&pa).expect("mapped frame known");
                 f.content.write((p % PAGE) as usize, bytes);
@@ -430,12 +434,28 @@ impl World {
     fn info(&self) {
         let step = self.step;
         let text = self.vm.vmallocinfo();
-        let lines: Vec<&str> = text.lines().collect();
+        let all: Vec<&str> = text.lines().collect();
+        // Linux 6.x: the live areas in address order, then the lazily freed areas not purged
+        // yet, in no particular order, as `... unpurged vm_area`.
+        let (lines, unpurged) = all.split_at(self.m.areas.len().min(all.len()));
         assert_eq!(
-            lines.len(),
-            self.m.areas.len(),
+            (lines.len(), unpurged.len()),
+            (self.m.areas.len(), self.m.lazy.len()),
             "step {step}: vmallocinfo lines"
         );
+        let mut seen: Vec<(u64, u64)> = unpurged
+            .iter()
+            .map(|l| {
+                assert!(l.ends_with(" unpurged vm_area"), "step {step}: {l}");
+                let range = l.split_whitespace().next().unwrap_or_default();
+                let (s, e) = range.split_once('-').unwrap_or_default();
+                let hex = |x: &str| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok();
+                (hex(s).unwrap_or(0), hex(e).unwrap_or(0))
+            })
+            .collect();
+        seen.sort_unstable();
+        let want: Vec<(u64, u64)> = self.m.lazy.iter().map(|(&s, &e)| (s, e)).collect();
+        assert_eq!(seen, want, "step {step}: unpurged vm_area lines");
         for (line, ar) in lines.iter().zip(self.m.areas.values()) {
             let head = format!("0x{:016x}-0x{:016x}", ar.start, ar.end);
             assert!(line.starts_with(&head), "step {step}: {line} vs {head}");

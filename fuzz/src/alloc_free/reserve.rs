@@ -6,8 +6,14 @@ use pagetable::PhysAddr;
 use vmalloc::{PAGE_KERNEL_IO, VmFlags, VmallocError};
 
 use super::model::{ARENA_BYTES, Area, KVA_END, KVA_START, Kind, PAGE};
-use super::ops::{RESERVED_KINDS, ioremap_align, kva_check};
+use super::ops::{ioremap_align, kva_check};
 use super::{Bits, Handle, Size, World};
+
+/// The flags `get_vm_area` accepts (`vmalloc::vmap`'s `GET_VM_AREA_FLAGS`).
+const GET_VM_AREA_FLAGS: VmFlags = VmFlags::IOREMAP
+    .union(VmFlags::MAP)
+    .union(VmFlags::USERMAP)
+    .union(VmFlags::NO_GUARD);
 
 /// Device memory for `ioremap` (far above the arena).
 const DEVICE: u64 = 0x1_0000_0000;
@@ -45,14 +51,16 @@ impl World {
         } else {
             PAGE
         };
-        let pre = if flags.intersects(RESERVED_KINDS) {
+        // `get_vm_area` takes only the caller's kinds (Linux 6.x: the library's own flags,
+        // VPAGES and ALLOC included, are refused with the flags outside the allowed set).
+        let pre = if !(flags - GET_VM_AREA_FLAGS).is_empty() {
             Err(VmallocError::InvalidFlags {
-                flags: flags & RESERVED_KINDS,
+                flags: flags - GET_VM_AREA_FLAGS,
             })
         } else if bytes == 0 {
             Err(VmallocError::InvalidSize { size: 0 })
         } else {
-            kva_check(total, align, KVA_START, KVA_END)
+            kva_check(bytes, total, align, KVA_START, KVA_END)
         };
         let st = self.frames.stats();
         self.arm();
@@ -70,7 +78,7 @@ impl World {
                 return;
             }
             (Ok((align, lo, hi)), Err(e)) => {
-                self.check_alloc_failure(&e, total, align, lo, hi, st.free, st.used, 4);
+                self.check_alloc_failure(&e, bytes, total, align, lo, hi, st.free, st.used, 4);
                 return;
             }
             (Ok((align, lo, hi)), Ok(area)) => {
@@ -135,7 +143,7 @@ impl World {
         } else if base < ARENA_BYTES {
             Err(VmallocError::IoremapOfRam { phys: p, size })
         } else {
-            kva_check(len + PAGE, align, KVA_START, KVA_END)
+            kva_check(len, len + PAGE, align, KVA_START, KVA_END)
         };
         let st = self.frames.stats();
         self.arm();
@@ -150,7 +158,7 @@ impl World {
                 return;
             }
             (Ok((align, lo, hi)), Err(e)) => {
-                self.check_alloc_failure(&e, len + PAGE, align, lo, hi, st.free, st.used, 4);
+                self.check_alloc_failure(&e, len, len + PAGE, align, lo, hi, st.free, st.used, 4);
                 return;
             }
             (Ok((align, lo, hi)), Ok(va)) => {

@@ -86,8 +86,10 @@ impl World {
             }
             (Err(e), None) => {
                 self.sync();
+                // Linux 6.x: the caller's size (its pages), not the block's.
                 self.check_alloc_failure(
                     e,
+                    count as u64 * PAGE,
                     BLOCK_BYTES,
                     BLOCK_BYTES,
                     KVA_START,
@@ -203,11 +205,12 @@ impl World {
         let got = self.vm.vm_map_ram(frames, node, prot);
         self.disarm();
         self.sync();
-        let (align, lo, hi) = kva_check(size, PAGE, KVA_START, KVA_END).expect("fits the range");
+        let (align, lo, hi) =
+            kva_check(size, size, PAGE, KVA_START, KVA_END).expect("fits the range");
         let va = match got {
             Ok(va) => va.as_u64(),
             Err(e) => {
-                self.check_alloc_failure(&e, size, align, lo, hi, st.free, st.used, 4);
+                self.check_alloc_failure(&e, size, size, align, lo, hi, st.free, st.used, 4);
                 self.free_harness(&pas);
                 return;
             }
