@@ -422,8 +422,8 @@ impl World {
                 .m
                 .containing(p)
                 .is_some_and(|ar| ar.flags.contains(VmFlags::IOREMAP));
-            // Linux 6.x writes a read-only page too, through its frame (as 3.7 through
-            // `vmalloc_to_page` and a kernel mapping of the page).
+            // A read-only page is written too, through its frame (Linux 3.7's vwrite writes
+            // through vmalloc_to_page and a kernel mapping of the page).
             if let (false, Some((pa, _))) = (hole, self.m.page_src(p)) {
                 let bytes = &data[(p - a) as usize..(pe - a) as usize];
                 let f = self.m.mem.get_mut(&pa).expect("mapped frame known");
