@@ -303,6 +303,48 @@ impl From<KvaError> for VmallocError {
     }
 }
 
+/// A KVA allocation error as the caller of a vmalloc-layer call sees it: `NoSpace` carries
+/// the caller's `size` (not the area's, guard page included), and becomes `TooLarge` when
+/// the window could never hold an area of `area_size` bytes at that alignment.
+pub(crate) fn alloc_error(e: KvaError, size: u64, area_size: u64) -> VmallocError {
+    match e {
+        KvaError::NoSpace {
+            align, start, end, ..
+        } => {
+            let fits = start
+                .checked_next_multiple_of(align.max(1))
+                .and_then(|a| a.checked_add(area_size))
+                .is_some_and(|e| e <= end);
+            if fits {
+                VmallocError::NoSpace {
+                    size,
+                    align,
+                    start,
+                    end,
+                }
+            } else {
+                VmallocError::TooLarge {
+                    size,
+                    align,
+                    start,
+                    end,
+                }
+            }
+        }
+        e => e.into(),
+    }
+}
+
+/// `Err(InvalidFlags)` with the flags of `flags` outside `allowed`.
+pub(crate) fn check_flags(flags: VmFlags, allowed: VmFlags) -> Result<(), VmallocError> {
+    let bad = flags - allowed;
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(VmallocError::InvalidFlags { flags: bad })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

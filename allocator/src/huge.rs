@@ -36,10 +36,7 @@ use crate::error::VmallocError;
 use crate::instance::{Inner, Vmalloc};
 use crate::kva::area::AreaInfo;
 use crate::kva::flags::VmFlags;
-use crate::valloc::{Gfp, PAGE_KERNEL, Request, area_flags};
-
-/// Bytes mapped by one 2 MiB leaf (x86_64's `PMD_SIZE`).
-pub const PMD_SIZE: u64 = 2 << 20;
+use crate::valloc::{Gfp, PAGE_KERNEL, PMD_SIZE, Request, area_flags};
 
 impl<P: Platform> Vmalloc<P> {
     /// `vmalloc_huge(size, gfp)` (Linux 5.13+): [`Vmalloc::vmalloc`] that may map with 2 MiB

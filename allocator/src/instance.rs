@@ -180,7 +180,7 @@ pub(crate) struct Inner<P: Platform> {
     /// [`Vmalloc::check_idle`] expects once everything is freed.
     pub(crate) frames_at_build: u64,
     /// The per-CPU caches of thread stacks (`alloc_thread_stack_node`).
-    pub(crate) stacks: crate::stack::StackCaches<P>,
+    pub(crate) stacks: crate::stack::cache::StackCaches<P>,
 }
 
 /// How many failed `vfree_atomic` frees [`Vmalloc::take_vfree_atomic_errors`] can report
@@ -326,7 +326,7 @@ impl<P: Platform> Vmalloc<P> {
         };
         let kva = Kva::with_platform(kva_cfg, StdArc::clone(&tlb), work)?;
         let blocks = VmapBlocks::new(kva.nr_cpus());
-        let stacks = crate::stack::StackCaches::new(kva.nr_cpus());
+        let stacks = crate::stack::cache::StackCaches::new(kva.nr_cpus());
         // The range is valid now (the Kva checked it): both ends are canonical in one half.
         space.preallocate(VirtAddr::new_truncate(start), VirtAddr::new_truncate(end))?;
         let inner = StdArc::new(Inner {
@@ -490,7 +490,7 @@ impl<P: Platform> Inner<P> {
         caller: &'static Location<'static>,
     ) -> Result<VmArea, VmallocError> {
         // The early area's own kind and properties only (`EARLY | NO_GUARD` are added).
-        crate::vmap::check_flags(
+        crate::error::check_flags(
             e.flags,
             VmFlags::CALLER.difference(VmFlags::ALLOW_HUGE_VMAP),
         )?;
@@ -513,13 +513,13 @@ impl<P: Platform> Inner<P> {
                 })?;
                 self.kva
                     .alloc_at(VirtAddr::new_truncate(a), end - a, info)
-                    .map_err(|err| crate::valloc::alloc_error(err, e.size, size))?;
+                    .map_err(|err| crate::error::alloc_error(err, e.size, size))?;
                 a
             }
             None => self
                 .kva
                 .alloc(size, e.align, self.start, self.end, None, info)
-                .map_err(|err| crate::valloc::alloc_error(err, e.size, size))?
+                .map_err(|err| crate::error::alloc_error(err, e.size, size))?
                 .as_u64(),
         };
         Ok(VmArea {

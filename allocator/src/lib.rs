@@ -195,7 +195,6 @@ mod vrealloc;
 
 // One path per item: the modules are private and everything public is re-exported here.
 pub use error::VmallocError;
-pub use huge::PMD_SIZE;
 pub use idle::IdleError;
 pub use info::{VmallocStats, vmallocinfo_line};
 pub use instance::{
@@ -212,6 +211,7 @@ pub use kva::purge::{PurgeReport, RESCHED_EVERY};
 pub use kva::{Kva, KvaError, KvaStats, MAX_CLASS_PAGES, NotifierId, PurgeWork};
 pub use remap::PAGE_USER;
 pub use stack::{NR_CACHED_STACKS, THREAD_SIZE, ThreadStack};
+pub use valloc::PMD_SIZE;
 pub use valloc::{
     Gfp, NUMA_NO_NODE, PAGE_KERNEL, PAGE_KERNEL_EXEC, PAGE_KERNEL_IO, PAGE_KERNEL_RO,
 };

@@ -34,27 +34,22 @@ use crate::prelude::*;
 use core::fmt;
 use core::panic::Location;
 
-use crossbeam_utils::CachePadded;
 use pagetable::platform::Platform;
 use pagetable::{PAGE_SIZE, PhysFrame, VirtAddr, Zone};
 
 use crate::error::VmallocError;
+use crate::error::alloc_error;
 use crate::instance::{Inner, Vmalloc};
 use crate::kva::area::AreaInfo;
 use crate::kva::flags::VmFlags;
-use crate::sync::{AtomicU64, Ordering};
-use crate::valloc::{Gfp, PAGE_KERNEL, Request, alloc_error};
+use crate::valloc::{Gfp, PAGE_KERNEL, Request};
+
+pub(crate) mod cache;
+pub use cache::NR_CACHED_STACKS;
 
 /// Size of a kernel thread stack: x86_64's `THREAD_SIZE` (16 KiB, four pages, since Linux
 /// 3.15).
 pub const THREAD_SIZE: u64 = 16 << 10;
-
-/// Stacks kept mapped per CPU for reuse: Linux's `NR_CACHED_STACKS` (`kernel/fork.c`).
-///
-/// Why 2: a CPU that ends a thread and starts another (the common churn) needs one; a
-/// second absorbs a burst of one more, and each cached stack pins 16 KiB of memory and 24
-/// KiB of VA per CPU that nobody else can use.
-pub const NR_CACHED_STACKS: usize = 2;
 
 /// Pages of a stack.
 const STACK_PAGES: u64 = THREAD_SIZE / PAGE_SIZE;
@@ -101,69 +96,6 @@ impl ThreadStack {
     /// The unmapped page right below [`ThreadStack::base`] (an overflow lands there).
     pub fn guard_below(&self) -> VirtAddr {
         VirtAddr::new_truncate(self.start)
-    }
-}
-
-/// The per-CPU stack caches of an instance.
-pub(crate) struct StackCaches<P: Platform> {
-    slots: Box<[CachePadded<[AtomicU64; NR_CACHED_STACKS]>]>,
-    _platform: core::marker::PhantomData<fn() -> P>,
-}
-
-impl<P: Platform> fmt::Debug for StackCaches<P> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StackCaches")
-            .field("cpus", &self.slots.len())
-            .field("cached", &self.count())
-            .finish()
-    }
-}
-
-impl<P: Platform> StackCaches<P> {
-    /// Empty caches for `nr_cpus` CPU slots.
-    pub(crate) fn new(nr_cpus: usize) -> Self {
-        Self {
-            slots: (0..nr_cpus.max(1))
-                .map(|_| CachePadded::new(core::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
-            _platform: core::marker::PhantomData,
-        }
-    }
-
-    /// The calling CPU's words.
-    fn mine(&self) -> &[AtomicU64; NR_CACHED_STACKS] {
-        &self.slots[P::this_cpu() % self.slots.len()]
-    }
-
-    /// Take a cached stack of this CPU (its area start), if any.
-    fn take(&self) -> Option<u64> {
-        self.mine().iter().find_map(|w| {
-            // Skip empty words without an RMW.
-            if w.load(Ordering::Relaxed) == 0 {
-                return None;
-            }
-            match w.swap(0, Ordering::AcqRel) {
-                0 => None,
-                s => Some(s),
-            }
-        })
-    }
-
-    /// Cache the stack at `start` on this CPU; `false` if both words are taken.
-    fn put(&self, start: u64) -> bool {
-        self.mine().iter().any(|w| {
-            w.compare_exchange(0, start, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        })
-    }
-
-    /// Stacks cached on every CPU (a snapshot).
-    pub(crate) fn count(&self) -> usize {
-        self.slots
-            .iter()
-            .flat_map(|s| s.iter())
-            .filter(|w| w.load(Ordering::Relaxed) != 0)
-            .count()
     }
 }
 
@@ -251,16 +183,11 @@ impl<P: Platform> Vmalloc<P> {
     pub fn free_vm_stack_cache(&self) -> usize {
         let v = self.v();
         let mut n = 0;
-        for slot in v.stacks.slots.iter() {
-            for w in slot.iter() {
-                let s = w.swap(0, Ordering::AcqRel);
-                if s != 0 {
-                    let freed = v.free_stack(s);
-                    debug_assert!(freed.is_ok(), "{freed:?}");
-                    n += 1;
-                }
-            }
-        }
+        v.stacks.drain(|s| {
+            let freed = v.free_stack(s);
+            debug_assert!(freed.is_ok(), "{freed:?}");
+            n += 1;
+        });
         n
     }
 
@@ -287,67 +214,5 @@ impl<P: Platform> Inner<P> {
     /// Release a stack area (the uncached path).
     fn free_stack(&self, start: u64) -> Result<(), VmallocError> {
         self.free_kind(start, VmFlags::STACK, |f| f.contains(VmFlags::STACK))
-    }
-}
-
-#[cfg(all(test, feature = "loom"))]
-mod loom_tests {
-    //! The per-CPU stack cache's race: threads of one CPU slot taking and caching stacks at
-    //! once (two threads may share a slot: a preempted thread, or more threads than CPUs).
-    //! Every interleaving hands each stack to exactly one taker and loses none.
-
-    use super::*;
-    use loom::thread;
-    use pagetable::platform::StdPlatform;
-    use std::sync::Arc;
-
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut b = loom::model::Builder::new();
-        if b.preemption_bound.is_none() {
-            b.preemption_bound = Some(3);
-        }
-        b.check(f);
-    }
-
-    #[test]
-    fn take_and_put_on_one_slot_lose_nothing() {
-        model(|| {
-            let c = Arc::new(StackCaches::<StdPlatform>::new(1));
-            assert!(c.put(0x1000));
-            let taker = {
-                let c = Arc::clone(&c);
-                thread::spawn(move || c.take())
-            };
-            let putter = {
-                let c = Arc::clone(&c);
-                thread::spawn(move || c.put(0x2000))
-            };
-            let mine = c.take();
-            let theirs = taker.join().unwrap();
-            // One word was free when the putter came, or became free: it always fits.
-            assert!(putter.join().unwrap());
-            let mut seen: Vec<u64> = [mine, theirs].into_iter().flatten().collect();
-            while let Some(s) = c.take() {
-                seen.push(s);
-            }
-            seen.sort_unstable();
-            assert_eq!(seen, vec![0x1000, 0x2000], "each stack exactly once");
-        });
-    }
-
-    #[test]
-    fn two_puts_into_the_last_free_word() {
-        model(|| {
-            let c = Arc::new(StackCaches::<StdPlatform>::new(1));
-            assert!(c.put(0x1000));
-            let other = {
-                let c = Arc::clone(&c);
-                thread::spawn(move || c.put(0x2000))
-            };
-            let mine = c.put(0x3000);
-            let theirs = other.join().unwrap();
-            assert!(mine ^ theirs, "exactly one fits");
-            assert_eq!(c.count(), NR_CACHED_STACKS);
-        });
     }
 }

@@ -30,10 +30,9 @@ use pagetable::platform::Platform;
 use pagetable::{FrameError, Zone};
 use pagetable::{PAGE_SIZE, PageTableFlags, PhysAddr, PhysFrame, VirtAddr};
 
-use crate::error::VmallocError;
+use crate::error::{VmallocError, alloc_error};
 use crate::instance::{Inner, Vmalloc};
 use crate::kva::area::{AreaInfo, RemovedArea, VmArea};
-use crate::kva::error::KvaError;
 use crate::kva::flags::VmFlags;
 
 bitflags::bitflags! {
@@ -90,40 +89,11 @@ const VMALLOC_FLAGS: VmFlags = VmFlags::NO_GUARD
 /// an `Option<usize>` (a plain `usize` converts to `Some`).
 pub const NUMA_NO_NODE: Option<usize> = None;
 
+/// Bytes mapped by one 2 MiB leaf (x86_64's `PMD_SIZE`).
+pub const PMD_SIZE: u64 = 2 << 20;
+
 /// A frame value used to fill unused stack slots (never mapped).
 const NO_FRAME: PhysFrame = PhysFrame::containing_address(PhysAddr::zero());
-
-/// A KVA allocation error as the caller of a vmalloc-layer call sees it: `NoSpace` carries
-/// the caller's `size` (not the area's, guard page included), and becomes `TooLarge` when
-/// the window could never hold an area of `area_size` bytes at that alignment.
-pub(crate) fn alloc_error(e: KvaError, size: u64, area_size: u64) -> VmallocError {
-    match e {
-        KvaError::NoSpace {
-            align, start, end, ..
-        } => {
-            let fits = start
-                .checked_next_multiple_of(align.max(1))
-                .and_then(|a| a.checked_add(area_size))
-                .is_some_and(|e| e <= end);
-            if fits {
-                VmallocError::NoSpace {
-                    size,
-                    align,
-                    start,
-                    end,
-                }
-            } else {
-                VmallocError::TooLarge {
-                    size,
-                    align,
-                    start,
-                    end,
-                }
-            }
-        }
-        e => e.into(),
-    }
-}
 
 /// `size` in whole pages (`InvalidSize` for 0 or overflow).
 #[inline]
@@ -324,7 +294,7 @@ impl<P: Platform> Inner<P> {
             });
         }
         // Linux 5.13+: 2 MiB leaves first when the caller allows them, else 4 KiB pages.
-        if r.flags.contains(VmFlags::ALLOW_HUGE_VMAP) && r.size >= crate::huge::PMD_SIZE {
+        if r.flags.contains(VmFlags::ALLOW_HUGE_VMAP) && r.size >= PMD_SIZE {
             if let Some(va) = self.try_huge(r, zone) {
                 return Ok(va);
             }
@@ -464,7 +434,7 @@ impl<P: Platform> Inner<P> {
         let frames = &self.frames;
         if flags.contains(VmFlags::HUGE) {
             self.space.unmap(va, len, |pa, size| {
-                if size == crate::huge::PMD_SIZE {
+                if size == PMD_SIZE {
                     let _ = frames.free_huge(PhysFrame::containing_address(pa));
                 } else {
                     for off in (0..size).step_by(PAGE_SIZE as usize) {

@@ -21,7 +21,7 @@ use pagetable::platform::Platform;
 
 use pagetable::{PAGE_SHIFT, PAGE_SIZE, PageTableFlags, PhysAddr, PhysFrame, VirtAddr};
 
-use crate::error::VmallocError;
+use crate::error::{VmallocError, check_flags};
 use crate::instance::{Inner, Vmalloc};
 use crate::kva::area::{AreaInfo, VmArea};
 use crate::kva::flags::VmFlags;
@@ -45,16 +45,6 @@ const GET_VM_AREA_FLAGS: VmFlags = VmFlags::IOREMAP
     .union(VmFlags::MAP)
     .union(VmFlags::USERMAP)
     .union(VmFlags::NO_GUARD);
-
-/// `Err(InvalidFlags)` with the flags of `flags` outside `allowed`.
-pub(crate) fn check_flags(flags: VmFlags, allowed: VmFlags) -> Result<(), VmallocError> {
-    let bad = flags - allowed;
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(VmallocError::InvalidFlags { flags: bad })
-    }
-}
 
 /// The alignment of an `IOREMAP` area of `size` bytes: `size` rounded up to a power of two,
 /// clamped to `[PAGE_SIZE, 1 << IOREMAP_MAX_ORDER]`.
@@ -294,7 +284,7 @@ impl<P: Platform> Inner<P> {
         let start = self
             .kva
             .alloc(total, align, self.start, self.end, node, info)
-            .map_err(|e| crate::valloc::alloc_error(e, size, total))?
+            .map_err(|e| crate::error::alloc_error(e, size, total))?
             .as_u64();
         Ok(VmArea {
             start,

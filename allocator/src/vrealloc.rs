@@ -31,10 +31,10 @@ use pagetable::platform::Platform;
 use pagetable::{PAGE_SIZE, PageTableFlags, PhysFrame, Size2MiB, VirtAddr, Zone};
 
 use crate::error::VmallocError;
-use crate::huge::PMD_SIZE;
 use crate::instance::{Inner, Vmalloc};
 use crate::kva::area::VmArea;
 use crate::kva::flags::VmFlags;
+use crate::valloc::PMD_SIZE;
 use crate::valloc::{Gfp, PAGE_KERNEL, Request, size_to_pages, usable_end};
 
 /// Fresh frames for the pages a grow adds: 4 KiB frames or 2 MiB runs.
