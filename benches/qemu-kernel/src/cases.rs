@@ -6,7 +6,8 @@
 //! Ids are the module's (`1 << index`); 256 and 512 (`kvfree_rcu_*`) need RCU and are absent.
 //! Each case returns `Ok` (the module's 0) or the first failure; a case that fails part-way
 //! still frees what it allocated. `align_shift_alloc_test` passes when an alignment above
-//! 1 GiB is refused with a clean "no space"/"invalid" error after every smaller one worked.
+//! 1 GiB is refused with a clean "no space"/"too large"/"invalid" error after every smaller
+//! one worked.
 //! `pcpu_alloc_test` is the hosted runner's analogue (35,000 small objects carved from
 //! per-CPU vmap blocks with `vm_map_ram`, all live at once). Each loop iteration ends with a
 //! scheduling point ([`sched::preempt_point`]).
@@ -309,6 +310,7 @@ fn align_shift_alloc_test(c: &mut Ctx<'_>) -> CaseResult {
             Ok(p) => vfree(c.vm, p.as_u64())?,
             Err(
                 VmallocError::NoSpace { .. }
+                | VmallocError::TooLarge { .. }
                 | VmallocError::InvalidAlign { .. }
                 | VmallocError::InvalidSize { .. }
                 | VmallocError::InvalidRange { .. },
