@@ -10,7 +10,6 @@ use pagetable::platform::Platform;
 
 use crate::error::VmallocError;
 use crate::instance::Vmalloc;
-use crate::kva::flags::VmFlags;
 use crate::valloc::{Gfp, PAGE_KERNEL};
 
 impl<P: Platform> Vmalloc<P> {
@@ -20,14 +19,7 @@ impl<P: Platform> Vmalloc<P> {
     #[track_caller]
     pub fn vmalloc_array(&self, n: u64, size: u64) -> Result<VirtAddr, VmallocError> {
         let bytes = array_size(n, size)?;
-        let r = self.req(
-            bytes,
-            Gfp::KERNEL,
-            PAGE_KERNEL,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
+        self.alloc_short(bytes, Gfp::KERNEL, PAGE_KERNEL, None, Location::caller())
     }
 
     /// `vcalloc(n, size)` (Linux 5.19+): [`Vmalloc::vmalloc_array`] with the memory zeroed
@@ -35,14 +27,7 @@ impl<P: Platform> Vmalloc<P> {
     #[track_caller]
     pub fn vcalloc(&self, n: u64, size: u64) -> Result<VirtAddr, VmallocError> {
         let bytes = array_size(n, size)?;
-        let r = self.req(
-            bytes,
-            Gfp::ZERO,
-            PAGE_KERNEL,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
+        self.alloc_short(bytes, Gfp::ZERO, PAGE_KERNEL, None, Location::caller())
     }
 }
 

@@ -42,32 +42,34 @@ impl<P: Platform> Vmalloc<P> {
         }
     }
 
+    /// The vmalloc family's common body: a page-aligned request over the instance's range
+    /// with no area flags, on `node`'s shard when given.
+    #[inline]
+    pub(crate) fn alloc_short(
+        &self,
+        size: u64,
+        gfp: Gfp,
+        prot: PageTableFlags,
+        node: Option<usize>,
+        caller: &'static Location<'static>,
+    ) -> Result<VirtAddr, VmallocError> {
+        let mut r = self.req(size, gfp, prot, VmFlags::empty(), caller);
+        r.node = node;
+        self.v().vmalloc_area(&r)
+    }
+
     /// `vmalloc(size)`: `size` bytes (rounded up to pages) of virtually contiguous memory,
     /// contents unspecified, mapped [`PAGE_KERNEL`], followed by a guard page.
     #[track_caller]
     #[inline]
     pub fn vmalloc(&self, size: u64) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(
-            size,
-            Gfp::KERNEL,
-            PAGE_KERNEL,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
+        self.alloc_short(size, Gfp::KERNEL, PAGE_KERNEL, None, Location::caller())
     }
 
     /// `vzalloc(size)`: [`Vmalloc::vmalloc`] with the memory zeroed.
     #[track_caller]
     pub fn vzalloc(&self, size: u64) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(
-            size,
-            Gfp::ZERO,
-            PAGE_KERNEL,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
+        self.alloc_short(size, Gfp::ZERO, PAGE_KERNEL, None, Location::caller())
     }
 
     /// `vmalloc_user(size)`: zeroed memory marked `VM_USERMAP`, so that
@@ -87,14 +89,7 @@ impl<P: Platform> Vmalloc<P> {
     /// `vmalloc_32(size)`: memory whose frames all lie below 4 GiB physical.
     #[track_caller]
     pub fn vmalloc_32(&self, size: u64) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(
-            size,
-            Gfp::DMA32,
-            PAGE_KERNEL,
-            VmFlags::empty(),
-            Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
+        self.alloc_short(size, Gfp::DMA32, PAGE_KERNEL, None, Location::caller())
     }
 
     /// `vmalloc_32_user(size)`: zeroed, 32-bit addressable, `VM_USERMAP` memory.
@@ -113,14 +108,13 @@ impl<P: Platform> Vmalloc<P> {
     /// `vmalloc_exec(size)`: memory mapped executable ([`PAGE_KERNEL_EXEC`]).
     #[track_caller]
     pub fn vmalloc_exec(&self, size: u64) -> Result<VirtAddr, VmallocError> {
-        let r = self.req(
+        self.alloc_short(
             size,
             Gfp::KERNEL,
             PAGE_KERNEL_EXEC,
-            VmFlags::empty(),
+            None,
             Location::caller(),
-        );
-        self.v().vmalloc_area(&r)
+        )
     }
 
     /// `vmalloc_node(size, node)`: [`Vmalloc::vmalloc`] preferring node `node`
@@ -138,15 +132,13 @@ impl<P: Platform> Vmalloc<P> {
         size: u64,
         node: impl Into<Option<usize>>,
     ) -> Result<VirtAddr, VmallocError> {
-        let mut r = self.req(
+        self.alloc_short(
             size,
             Gfp::KERNEL,
             PAGE_KERNEL,
-            VmFlags::empty(),
+            node.into(),
             Location::caller(),
-        );
-        r.node = node.into();
-        self.v().vmalloc_area(&r)
+        )
     }
 
     /// `vzalloc_node(size, node)`: [`Vmalloc::vmalloc_node`] with the memory zeroed (the
@@ -157,15 +149,13 @@ impl<P: Platform> Vmalloc<P> {
         size: u64,
         node: impl Into<Option<usize>>,
     ) -> Result<VirtAddr, VmallocError> {
-        let mut r = self.req(
+        self.alloc_short(
             size,
             Gfp::ZERO,
             PAGE_KERNEL,
-            VmFlags::empty(),
+            node.into(),
             Location::caller(),
-        );
-        r.node = node.into();
-        self.v().vmalloc_area(&r)
+        )
     }
 
     /// Linux's `__vmalloc(size, gfp_mask, prot)`: the page-allocator flags and protection are
