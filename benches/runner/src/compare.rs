@@ -14,9 +14,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use plotters::prelude::*;
+use plotters::style::RGBColor;
 use serde::Serialize;
 
+use crate::chart::{self, Line};
 use crate::compare_kva::{self, KvaPoint};
 use crate::params::{CompareConfig, Params};
 use crate::{RunError, arena_for, clock_seed, driver, progress_bar};
@@ -262,58 +263,24 @@ fn colour(kind: AllocatorKind) -> RGBColor {
 
 /// Draw µs per pair against workers, one line per allocator.
 fn draw_chart(path: &Path, points: &[ComparePoint], cfg: &CompareConfig) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
     let max_t = cfg.threads.iter().copied().max().unwrap_or(1);
-    let max_y = points
+    let lines: Vec<Line> = cfg
+        .allocators
         .iter()
-        .filter(|p| p.failed == 0)
-        .map(|p| p.usec_per_pair)
-        .fold(0.0f64, f64::max);
-    let max_y = if max_y > 0.0 { max_y * 1.15 } else { 1.0 };
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
+        .map(|&kind| Line {
+            label: kind.as_str().to_string(),
+            colour: colour(kind),
+            points: points
+                .iter()
+                .filter(|p| p.allocator == kind && p.failed == 0)
+                .map(|p| (p.threads, p.usec_per_pair))
+                .collect(),
+        })
+        .collect();
     let caption = format!(
         "fix_size_alloc_test: usec per vmalloc+vfree pair ({} loops/worker, {} CPUs)",
         cfg.test_loop_count,
         pagetable::cpu::nr_cpu_ids()
     );
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption, ("sans-serif", 20))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0u32..max_t + 1, 0f64..max_y)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("workers (threads)")
-        .y_desc("usec per pair")
-        .x_labels((max_t + 2) as usize)
-        .draw()
-        .map_err(|e| err(&e))?;
-    for &kind in &cfg.allocators {
-        let series: Vec<(u32, f64)> = points
-            .iter()
-            .filter(|p| p.allocator == kind && p.failed == 0)
-            .map(|p| (p.threads, p.usec_per_pair))
-            .collect();
-        let c = colour(kind);
-        chart
-            .draw_series(LineSeries::new(series.clone(), c.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(kind.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(series.into_iter().map(|p| Circle::new(p, 4, c.filled())))
-            .map_err(|e| err(&e))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    chart::draw(path, &caption, "usec per pair", max_t, &lines)
 }

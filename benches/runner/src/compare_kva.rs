@@ -9,10 +9,12 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use plotters::prelude::*;
+use plotters::style::RGBColor;
 use serde::Serialize;
 
 use benches::by_name::{COMPARE_NAMES, fixed_mpairs};
+
+use crate::chart::{self, Line};
 
 /// One (allocator, workers) point of the KVA comparison.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -104,55 +106,21 @@ fn colour(i: usize) -> RGBColor {
 
 /// Draw M pairs/s against workers, one line per allocator.
 pub fn draw_chart(path: &Path, points: &[KvaPoint], nr_cpus: usize) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
     let max_t = points.iter().map(|p| p.threads).max().unwrap_or(1);
-    let max_y = points
+    let lines: Vec<Line> = COMPARE_NAMES
         .iter()
-        .filter_map(|p| p.mpairs)
-        .fold(0.0f64, f64::max);
-    let max_y = if max_y > 0.0 { max_y * 1.15 } else { 1.0 };
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("KVA only, 2-page alloc + free: M pairs/s over all workers ({nr_cpus} CPUs)"),
-            ("sans-serif", 20),
-        )
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0u32..max_t + 1, 0f64..max_y)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("workers (threads)")
-        .y_desc("M pairs/s")
-        .x_labels((max_t + 2) as usize)
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (i, name) in COMPARE_NAMES.iter().enumerate() {
-        let series: Vec<(u32, f64)> = points
-            .iter()
-            .filter(|p| p.allocator == *name)
-            .filter_map(|p| p.mpairs.map(|m| (p.threads, m)))
-            .collect();
-        let c = colour(i);
-        chart
-            .draw_series(LineSeries::new(series.clone(), c.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(series.into_iter().map(|p| Circle::new(p, 4, c.filled())))
-            .map_err(|e| err(&e))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+        .enumerate()
+        .map(|(i, name)| Line {
+            label: (*name).to_string(),
+            colour: colour(i),
+            points: points
+                .iter()
+                .filter(|p| p.allocator == *name)
+                .filter_map(|p| p.mpairs.map(|m| (p.threads, m)))
+                .collect(),
+        })
+        .collect();
+    let caption =
+        format!("KVA only, 2-page alloc + free: M pairs/s over all workers ({nr_cpus} CPUs)");
+    chart::draw(path, &caption, "M pairs/s", max_t, &lines)
 }

@@ -27,6 +27,7 @@
 //! test passed.
 
 pub mod cases;
+pub mod chart;
 pub mod compare;
 pub mod compare_kva;
 pub mod driver;
