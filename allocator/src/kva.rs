@@ -103,19 +103,19 @@ struct Background {
 }
 
 impl Background {
-    /// Hand a kicked purge to a worker or the hook; `false` if nobody takes it (the caller
-    /// purges itself).
-    fn schedule_purge(&self) -> bool {
+    /// Hand a kicked purge to a worker or the hook: `None` if nobody takes it (the caller
+    /// purges itself), else whether a request was posted (the hook is always called; a
+    /// worker is woken only when no request is pending already).
+    fn schedule_purge(&self) -> Option<bool> {
         if let Some(w) = &self.work {
             w.schedule_purge();
-            return true;
+            return Some(true);
         }
         #[cfg(feature = "std")]
         if let Some(s) = &self.sched {
-            s.request_purge();
-            return true;
+            return Some(s.request_purge());
         }
-        false
+        None
     }
 
     /// Ask for the deferred frees to be run soon (nothing if nobody runs them: the next

@@ -1,7 +1,7 @@
 //! The allocation-failure path at every CPU count: an allocation fails only when no free
 //! space exists anywhere (trees, any CPU's cache, lazy lists and batches after a purge,
-//! deferred frees), and the lazy backlog stays bounded by `lazy_max_pages` whatever the CPU
-//! and shard counts.
+//! deferred frees), the lazy backlog stays bounded by `lazy_max_pages` whatever the CPU
+//! and shard counts, and kicks during a lagging purge wake no worker (the kick storm).
 //!
 //! Every instance here is built for an explicit CPU count (`KvaConfig::nr_cpus`) and the
 //! test threads pin the CPU ids they act as, so the scenarios are the same on a 2-core
@@ -41,6 +41,15 @@ impl Gate {
     fn open(&self) {
         *self.closed.lock().unwrap() = false;
         self.cv.notify_all();
+    }
+}
+
+/// Opens the gate when dropped (on a test's exit, failed or not).
+struct OpenOnDrop<'a>(&'a Gate);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.open();
     }
 }
 
@@ -326,4 +335,80 @@ fn lazy_backlog_is_bounded_whatever_the_cpu_and_shard_counts() {
         k.purge();
         k.check_invariants().unwrap();
     }
+}
+
+/// The kick storm: threads freeing past the threshold while a kick purge lags (held inside
+/// its flush) post no purge request beyond the one that started it: each kick joins the
+/// running purge (one more round) instead of waking a worker that would only find it
+/// running. Once the flush is released, the rounds the joins asked for purge everything.
+#[test]
+fn kicks_during_a_running_purge_join_it_and_wake_no_worker() {
+    const CPUS: usize = 4;
+    const PER_CPU: usize = 2000;
+    let lazy = 64usize;
+    let gate = Arc::new(Gate::default());
+    let cfg = KvaConfig {
+        shards: CPUS,
+        lazy_max_pages: Some(lazy),
+        purge_mode: PurgeMode::Background,
+        purge_workers: CPUS,
+        pcpu_cache: true,
+        nr_cpus: CPUS,
+        ..KvaConfig::with_range(BASE, BASE + (1 << 16) * P)
+    };
+    let k = Kva::new(cfg, gate.clone()).unwrap();
+    // Dropped before `k` (whose drop joins the workers): a failed assertion while the gate
+    // is closed then reports instead of hanging on a worker held in the flush.
+    let _open_on_exit = OpenOnDrop(&gate);
+    let mut per_cpu: Vec<Vec<u64>> = (0..CPUS)
+        .map(|c| on_cpu(c, || (0..PER_CPU).map(|_| alloc(&k, P).unwrap()).collect()))
+        .collect();
+    gate.close();
+    // Free on CPU 0 until a kicked purge is inside its (held) flush: the kick purge runs.
+    let first: Vec<u64> = per_cpu[0].drain(..4 * lazy).collect();
+    on_cpu(0, || first.iter().for_each(|&a| free_lazy(&k, a)));
+    let mut waited = 0;
+    while gate.entered.load(Ordering::SeqCst) == 0 {
+        assert!(waited < 10_000, "no kicked purge reached the flush");
+        std::thread::sleep(Duration::from_millis(1));
+        waited += 1;
+    }
+    let before = k.stats();
+    assert!(before.purge_requests >= 1, "{before:?}");
+    std::thread::scope(|s| {
+        for (c, areas) in per_cpu.iter().enumerate() {
+            let k = &k;
+            s.spawn(move || {
+                cpu::set_this_cpu(c);
+                areas.iter().for_each(|&a| free_lazy(k, a));
+            });
+        }
+    });
+    let during = k.stats();
+    assert_eq!(
+        during.purge_requests, before.purge_requests,
+        "a kick during a running purge posted a request (woke a worker): {during:?}"
+    );
+    assert!(
+        during.kicks >= before.kicks + 16,
+        "frees of {} pages past a {lazy}-page threshold kicked only {} times",
+        CPUS * PER_CPU,
+        during.kicks - before.kicks
+    );
+    assert_eq!(gate.entered.load(Ordering::SeqCst), 1, "one purge, held");
+    gate.open();
+    // The joined kicks are one more round of the running purge: it takes everything.
+    let mut waited = 0;
+    while k.stats().lazy_pages != 0 || k.stats().pending != 0 {
+        assert!(waited < 10_000, "the joined rounds left {:?}", k.stats());
+        std::thread::sleep(Duration::from_millis(1));
+        waited += 1;
+    }
+    let after = k.stats();
+    assert_eq!(after.used, 0, "{after:?}");
+    assert!(
+        after.purges >= 2,
+        "the held purge and at least one joined round: {after:?}"
+    );
+    k.check_invariants().unwrap();
 }

@@ -221,8 +221,8 @@ fn main() {
     );
     let ks = vm.kva().stats();
     println!(
-        "purges {} ({} areas, {} to caches), kicks {}, lazy pages now {}",
-        ks.purges, ks.purged_areas, ks.purged_to_caches, ks.kicks, ks.lazy_pages
+        "purges {} ({} areas, {} to caches), kicks {}, purge requests {}, lazy pages now {}",
+        ks.purges, ks.purged_areas, ks.purged_to_caches, ks.kicks, ks.purge_requests, ks.lazy_pages
     );
     println!(
         "threads {} tlb {} arena {}: {} pairs in {:.3} s = {:.3} Mpairs/s",

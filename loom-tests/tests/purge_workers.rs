@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use loom::thread;
 use loom_tests::{
-    BOUND_3_THREADS, StaleTlb, Tiny, alloc, assert_invariants, check, free_lazy, pages,
-    tiny_kva_with,
+    BOUND_2_THREADS, BOUND_3_THREADS, StaleTlb, Tiny, alloc, assert_invariants, check, free_lazy,
+    pages, tiny_kva_with,
 };
 use vmalloc::{Kva, PurgeMode};
 
@@ -104,6 +104,40 @@ fn background_split_purge_vs_whole_range_alloc() {
             let r = alloc_fresh(&kva, &tlb, 4);
             assert_eq!(r, a.min(b));
             settle(&kva, &tlb, r, 4);
+        },
+    );
+}
+
+/// A kick while a kicked purge runs joins it (sets AGAIN, wakes nobody) instead of posting a
+/// request: the join must never lose the area it kicked for. A is freed lazily (its kick wakes
+/// the one worker), then B, whose kick races the worker: it may join the worker's running
+/// purge, post a new request, or find the request still pending. The main thread then waits
+/// (yielding, with no purge of its own) until no freed page is stale: a lost kick would leave
+/// B unflushed forever (loom reports the endless wait). Afterwards the accounting is exact.
+#[test]
+fn background_kick_joins_running_purge() {
+    check(
+        "background_kick_joins_running_purge",
+        BOUND_2_THREADS,
+        || {
+            let shape = Tiny {
+                pages: 8,
+                shards: 1,
+                lazy_max_pages: 1,
+                pcpu_cache: false,
+            };
+            let (kva, tlb) = tiny_kva_with(shape, PurgeMode::Background, 1);
+            let a = alloc(&kva, 3).unwrap();
+            let b = alloc(&kva, 3).unwrap();
+            free_lazy(&kva, &tlb, a);
+            free_lazy(&kva, &tlb, b);
+            while tlb.stale() != 0 {
+                thread::yield_now();
+            }
+            kva.purge();
+            assert_invariants(&kva);
+            let s = kva.stats();
+            assert_eq!((s.used, s.free, s.lazy_pages), (0, s.total, 0), "{s:?}");
         },
     );
 }

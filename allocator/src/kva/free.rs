@@ -171,10 +171,19 @@ impl<P: Platform> Inner<P> {
     }
 
     /// Past the threshold: hand the purge to a worker (Background) or run it here unless
-    /// somebody already purges (Inline, Synchronous).
+    /// somebody already purges (Inline, Synchronous). In Background mode a kick purge that
+    /// is already running takes the kick as one more round (`join_running_purge`), so no
+    /// thread is woken just to find it running.
     pub(crate) fn kick_purge(&self) {
-        if self.cfg.purge_mode == PurgeMode::Background && self.background.schedule_purge() {
-            return;
+        if self.cfg.purge_mode == PurgeMode::Background {
+            if self.join_running_purge() {
+                return;
+            }
+            match self.background.schedule_purge() {
+                Some(true) => return self.count_purge_request(),
+                Some(false) => return,
+                None => {}
+            }
         }
         let _ = self.try_purge();
     }

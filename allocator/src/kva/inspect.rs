@@ -57,8 +57,14 @@ pub struct KvaStats {
     pub flushes: u64,
     /// Pages covered by those flushes (union ranges).
     pub pages_flushed: u64,
-    /// Times the threshold was crossed and a purge kicked (or tried).
+    /// Times the threshold was crossed and a purge tried (it ran, or found a kick purge
+    /// running and left it one more round).
     pub kicks: u64,
+    /// Purge requests posted in Background mode: calls of the host's `PurgeWork` hook, or
+    /// wake-ups of a purge worker (a kick while a request is still pending posts nothing).
+    /// A kick that finds a kick purge running joins it instead of posting, so this stays
+    /// near the number of purges however many threads free at once.
+    pub purge_requests: u64,
     /// Pages callers reported unmapped when freeing lazily, counted as their areas are
     /// purged (cumulative).
     pub unmapped_pages: u64,
@@ -137,6 +143,7 @@ impl<P: Platform> Inner<P> {
         s.flushes = p.flushes;
         s.pages_flushed = p.pages_flushed;
         s.kicks = p.kicks;
+        s.purge_requests = p.requests;
         s.unmapped_pages = p.unmapped_pages;
         s.merge_errors = p.merge_errors;
         s.foreign_tokens = p.foreign_tokens;

@@ -6,7 +6,9 @@
 //! 1. One purger at a time holds the purge mutex. A kick past the threshold never waits for
 //!    another kick: if a kick purge is running it only marks "again" in the atomic
 //!    `kick_state` and returns (somebody already purging: skip), and the running purger does
-//!    one more round before it stops (see `Inner::try_purge`). An explicit
+//!    one more round before it stops (see `Inner::try_purge`). In Background mode a kick
+//!    takes that step first (`Inner::join_running_purge`) and wakes a worker only when no
+//!    kick purge runs, so kicks during a lagging purge wake nobody. An explicit
 //!    [`Kva::purge`](crate::kva::Kva::purge) or an allocation that found no space waits for
 //!    the mutex.
 //! 2. Every node's lazy batch is swapped for an empty spare array under the node's lock
@@ -99,8 +101,11 @@ struct PurgeCounters {
     flushes: AtomicU64,
     pages_flushed: AtomicU64,
     to_caches: AtomicU64,
-    /// Kicks past the threshold (any mode).
+    /// Kicks past the threshold (any mode): purges tried, and kicks that joined a running
+    /// kick purge.
     kicks: AtomicU64,
+    /// Purge requests posted to the host's `PurgeWork` hook or a worker (a wake-up each).
+    requests: AtomicU64,
     /// Unmapped pages reported by `free_lazy` for the purged areas.
     unmapped_pages: AtomicU64,
     /// Merges refused by a tree (would be a bug: an area freed twice).
@@ -119,6 +124,7 @@ pub(crate) struct PurgeTotals {
     pub(crate) pages_flushed: u64,
     pub(crate) to_caches: u64,
     pub(crate) kicks: u64,
+    pub(crate) requests: u64,
     pub(crate) unmapped_pages: u64,
     pub(crate) merge_errors: usize,
     pub(crate) foreign_tokens: usize,
@@ -185,6 +191,7 @@ impl<P: Platform> PurgeState<P> {
             pages_flushed: c.pages_flushed.load(Ordering::Relaxed),
             to_caches: c.to_caches.load(Ordering::Relaxed),
             kicks: c.kicks.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
             unmapped_pages: c.unmapped_pages.load(Ordering::Relaxed),
             merge_errors: c.merge_errors.load(Ordering::Relaxed),
             foreign_tokens: c.foreign_tokens.load(Ordering::Relaxed),
@@ -213,6 +220,38 @@ pub(crate) fn helpers_for(
 }
 
 impl<P: Platform> Inner<P> {
+    /// A kick past the threshold while a kick purge runs: set `KICK_AGAIN` so that the
+    /// running purger does one more round, and return `true`; `false` (nothing changed) when
+    /// no kick purge runs. This is `try_purge`'s "others skip" step on its own, taken before
+    /// handing a kick to a worker or the host's hook: a kick during a long purge then costs
+    /// one read-modify-write instead of a wake-up that would only find the purge running
+    /// (the kick storm of many threads freeing while one purge lags). Same ordering argument
+    /// as `try_purge`: the `AcqRel` RMW that sets `KICK_AGAIN` comes after the kicker's push
+    /// and before the purger's RMW that reads it, so the next round's `del_all` sees the push.
+    pub(crate) fn join_running_purge(&self) -> bool {
+        let mut cur = self.purge.kick_state.load(Ordering::Relaxed);
+        while cur & KICK_RUNNING != 0 {
+            match self.purge.kick_state.compare_exchange_weak(
+                cur,
+                cur | KICK_AGAIN,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.purge.counters.kicks.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+        false
+    }
+
+    /// Count a purge request posted to the host's hook or a worker.
+    pub(crate) fn count_purge_request(&self) {
+        self.purge.counters.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Purge unless a kick-triggered purge is already running (a kick past the threshold).
     ///
     /// Kicks go through one atomic word, `kick_state` (bits [`KICK_RUNNING`] and

@@ -99,12 +99,14 @@ impl<W> Sched<W> {
     /// sequence): our `Release` synchronizes with it, so our push happens before that
     /// worker's purge, which therefore takes our area. If the swap reads `false`, we post a
     /// new request under the state lock ourselves.
-    pub(crate) fn request_purge(&self) {
+    /// Returns whether this call posted the request (and woke a worker).
+    pub(crate) fn request_purge(&self) -> bool {
         if self.requested.swap(true, Ordering::AcqRel) {
-            return;
+            return false;
         }
         self.state.lock().purge = true;
         self.wake.notify_one();
+        true
     }
 
     /// Ask a worker to drain the deferred frees.
