@@ -490,6 +490,26 @@ impl NodeState {
         Ok(seen)
     }
 
+    /// Remove the live area starting at `start`, whatever its info: its bounds, `None` if
+    /// there is none (the fused remove + lazy free of `Inner::remove_free_lazy`).
+    #[inline]
+    pub(crate) fn remove_bounds(&mut self, start: u64) -> Option<(u64, u64)> {
+        let r = self
+            .busy
+            .remove_checked(start, |_, _, _| Ok::<(), core::convert::Infallible>(()));
+        let (s, e, rec) = match r {
+            Ok(Some(x)) => x,
+            Ok(None) => return None,
+            Err(never) => match never {},
+        };
+        if rec.flags == EXT {
+            self.ext.remove(&s);
+        }
+        self.busy_bytes -= e - s;
+        self.removed += e - s;
+        Some((s, e))
+    }
+
     /// The live area starting exactly at `start`.
     #[cfg(all(test, not(feature = "loom")))]
     pub(crate) fn get(&self, start: u64) -> Option<VmArea> {
