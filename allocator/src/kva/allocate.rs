@@ -273,7 +273,7 @@ impl<P: Platform> Inner<P> {
     /// Record `[addr, addr + size)`, free VA taken from shard `i`'s tree or pool, as live
     /// in `st`, that shard's node (locked). On failure (an exhausted busy index) the VA goes
     /// back to the tree.
-    #[inline]
+    #[inline(always)]
     fn record(
         &self,
         st: &mut NodeState,
