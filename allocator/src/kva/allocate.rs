@@ -125,6 +125,7 @@ impl<P: Platform> Inner<P> {
         Ok((align, lo, hi))
     }
 
+    #[inline]
     pub(crate) fn alloc(
         &self,
         size: u64,
@@ -145,13 +146,26 @@ impl<P: Platform> Inner<P> {
         if let Some(r) = self.try_alloc(home, size, align, lo, hi, &info) {
             return r;
         }
-        // No space: everything deferred, lazy or pooled goes back to the trees and the search
-        // is repeated, all under the purge lock (see `reclaim_then`); then the notifiers,
-        // retrying while they free something.
+        self.alloc_no_space(home, size, align, lo, hi, &info)
+    }
+
+    /// [`Inner::alloc`] found no space: everything deferred, lazy or pooled goes back to the
+    /// trees and the search is repeated, all under the purge lock (see `reclaim_then`); then
+    /// the notifiers, retrying while they free something. (Out of line: rare.)
+    #[cold]
+    #[inline(never)]
+    fn alloc_no_space(
+        &self,
+        home: usize,
+        size: u64,
+        align: u64,
+        lo: u64,
+        hi: u64,
+        info: &AreaInfo,
+    ) -> Result<u64, KvaError> {
         let mut rounds = 0;
         loop {
-            if let Some(r) = self.reclaim_then(|| self.try_alloc(home, size, align, lo, hi, &info))
-            {
+            if let Some(r) = self.reclaim_then(|| self.try_alloc(home, size, align, lo, hi, info)) {
                 return r;
             }
             if rounds < MAX_NOTIFIER_ROUNDS && self.notifiers.call(size) > 0 {
@@ -169,8 +183,9 @@ impl<P: Platform> Inner<P> {
 
     /// Find free VA for a request and record it live with `info`: from the pool of shard
     /// `home`'s node when the request is pooled, else from the trees. `None` if no space
-    /// was found; `Some(Err)` only if recording failed (an exhausted busy index).
-    #[inline]
+    /// was found; `Some(Err)` only if recording failed (an exhausted busy index). The pool
+    /// path inlines into the caller; the tree search stays out of line.
+    #[inline(always)]
     fn try_alloc(
         &self,
         home: usize,
@@ -195,13 +210,28 @@ impl<P: Platform> Inner<P> {
                 }
             }
         }
+        self.alloc_from_trees(home, size, align, lo, hi, info)
+    }
+
+    /// [`Inner::try_alloc`] from the trees (not pooled, or the home node out of the window).
+    #[inline(never)]
+    fn alloc_from_trees(
+        &self,
+        home: usize,
+        size: u64,
+        align: u64,
+        lo: u64,
+        hi: u64,
+        info: &AreaInfo,
+    ) -> Option<Result<u64, KvaError>> {
         let addr = self.search_trees(home, size, align, lo, hi)?;
         Some(self.publish(addr, size, info))
     }
 
     /// Refill class `class` of the pools in `st` (shard `shard`'s node, locked) from the
     /// shard's tree: one batch carved in one go for small sizes, else just the one area;
-    /// returns an area for the caller.
+    /// returns an area for the caller. (Out of line: one pop in a batch comes here.)
+    #[inline(never)]
     fn refill(&self, st: &mut NodeState, shard: usize, class: usize) -> Option<u64> {
         let bytes = node::class_bytes(class);
         // While an allocation-failure reclaim runs, carve only what this allocation takes

@@ -432,24 +432,26 @@ impl NodeState {
         end: u64,
         info: &AreaInfo,
     ) -> Result<(), InsertError> {
-        let rec = match Rec::pack(info) {
-            Some(r) => r,
-            None => {
-                self.busy.insert(
-                    start,
-                    end,
-                    Rec {
-                        caller: info.caller,
-                        flags: EXT,
-                        nr_pages: 0,
-                    },
-                )?;
-                self.ext.insert(start, *info);
-                self.busy_bytes += end - start;
-                return Ok(());
-            }
+        let Some(rec) = Rec::pack(info) else {
+            return self.insert_ext(start, end, info);
         };
         self.busy.insert(start, end, rec)?;
+        self.busy_bytes += end - start;
+        Ok(())
+    }
+
+    /// [`NodeState::insert`] of an info that does not pack: a marker in the index, the info
+    /// in the side map (out of line: ioremap areas and the like).
+    #[cold]
+    #[inline(never)]
+    fn insert_ext(&mut self, start: u64, end: u64, info: &AreaInfo) -> Result<(), InsertError> {
+        let marker = Rec {
+            caller: info.caller,
+            flags: EXT,
+            nr_pages: 0,
+        };
+        self.busy.insert(start, end, marker)?;
+        self.ext.insert(start, *info);
         self.busy_bytes += end - start;
         Ok(())
     }
