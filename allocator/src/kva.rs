@@ -420,6 +420,7 @@ impl<P: Platform> Kva<P> {
     /// If `check` returns an error, it is returned and nothing changes. Misses give the
     /// errors of [`Kva::remove`]. `check` runs under the shard's node lock: it must not call
     /// back into this allocator.
+    #[inline]
     pub fn remove_if<E: From<KvaError>>(
         &self,
         addr: VirtAddr,
@@ -473,6 +474,7 @@ impl<P: Platform> Kva<P> {
     /// # }
     /// # Ok::<(), vmalloc::KvaError>(())
     /// ```
+    #[inline]
     pub fn free_lazy(&self, area: RemovedArea, unmapped_pages: usize) {
         self.inner.free_lazy(area, unmapped_pages);
     }

@@ -204,7 +204,7 @@ impl<P: Platform> Inner<P> {
                     None => self.refill(&mut st, home, class),
                 };
                 if let Some(a) = got {
-                    let r = self.record(&mut st, home, a, size, info);
+                    let r = self.record(&mut st, sh.end(), a, size, info);
                     drop(st);
                     return Some(r);
                 }
@@ -300,36 +300,39 @@ impl<P: Platform> Inner<P> {
         None
     }
 
-    /// Record `[addr, addr + size)`, free VA taken from shard `i`'s tree or pool, as live
-    /// in `st`, that shard's node (locked). On failure (an exhausted busy index) the VA goes
-    /// back to the tree.
+    /// Record `[addr, addr + size)`, free VA taken from the tree or pool of the shard ending
+    /// at `shard_end`, as live in `st`, that shard's node (locked). On failure (an exhausted
+    /// busy index) the VA goes back to the tree.
     #[inline(always)]
     fn record(
         &self,
         st: &mut NodeState,
-        i: usize,
+        shard_end: u64,
         addr: u64,
         size: u64,
         info: &AreaInfo,
     ) -> Result<u64, KvaError> {
         let end = addr + size;
-        match st.insert(addr, end, info) {
-            Ok(()) => {
-                if end > self.shards.get(i).end() {
-                    self.shards.account_crossing(addr, end, true);
-                }
-                Ok(addr)
-            }
-            Err(_) => {
-                // Only an exhausted index can get here (the range was free): undo.
-                self.shards.free_range(addr, end);
-                Err(KvaError::NoSpace {
-                    size,
-                    align: PAGE_SIZE,
-                    start: addr,
-                    end,
-                })
-            }
+        if st.insert(addr, end, info).is_err() {
+            return Err(self.record_failed(addr, end, size));
+        }
+        if end > shard_end {
+            self.shards.account_crossing(addr, end, true);
+        }
+        Ok(addr)
+    }
+
+    /// [`Inner::record`] refused: only an exhausted index can get here (the range was
+    /// free): the VA goes back to the tree.
+    #[cold]
+    #[inline(never)]
+    fn record_failed(&self, addr: u64, end: u64, size: u64) -> KvaError {
+        self.shards.free_range(addr, end);
+        KvaError::NoSpace {
+            size,
+            align: PAGE_SIZE,
+            start: addr,
+            end,
         }
     }
 
@@ -341,8 +344,9 @@ impl<P: Platform> Inner<P> {
             // Unreachable: the space came from our trees.
             return Err(KvaError::InvalidRange { start: addr, end });
         };
-        let mut st = self.shards.get(i).lock_node();
-        self.record(&mut st, i, addr, size, info)
+        let sh = self.shards.get(i);
+        let mut st = sh.lock_node();
+        self.record(&mut st, sh.end(), addr, size, info)
     }
 
     /// The allocation-failure path (Linux's `reclaim_and_purge_vmap_areas`, then the retry):

@@ -103,6 +103,7 @@ impl<P: Platform> Inner<P> {
         ok
     }
 
+    #[inline]
     pub(crate) fn free_lazy(&self, area: RemovedArea, unmapped_pages: usize) {
         if !self.owns(&area) {
             return;
@@ -140,6 +141,7 @@ impl<P: Platform> Inner<P> {
     /// batch before the lock is released (a full batch: the overflow list, after it). The
     /// area is pending from the moment it leaves the busy index, as on the two-step path;
     /// `unmapped_pages` is clamped to the area's pages. Misses give `remove`'s errors.
+    #[inline]
     pub(crate) fn remove_free_lazy(
         &self,
         addr: u64,

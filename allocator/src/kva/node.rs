@@ -432,7 +432,7 @@ impl NodeState {
 
     /// Record the live area `[start, end)` with `info`. Refused (nothing changed) if the
     /// index is out of ids, or overlaps an entry (a bug: the space came from our trees).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert(
         &mut self,
         start: u64,
