@@ -70,6 +70,7 @@ impl<P: Platform> Inner<P> {
         self.remove_if(addr, |_| Ok::<(), KvaError>(()))
     }
 
+    #[inline]
     pub(crate) fn remove_if<E: From<KvaError>>(
         &self,
         addr: u64,
