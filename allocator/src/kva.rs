@@ -19,7 +19,7 @@
 use crate::prelude::*;
 use pagetable::platform::{DefaultPlatform, Platform};
 
-use pagetable::{PAGE_SIZE, TlbFlush, VirtAddr};
+use pagetable::{TlbFlush, VirtAddr};
 
 use crate::kva::allocate::Reclaim;
 use crate::kva::area::{AreaInfo, RemovedArea, VmArea};
@@ -368,6 +368,7 @@ impl<P: Platform> Kva<P> {
     /// # }
     /// # Ok::<(), vmalloc::KvaError>(())
     /// ```
+    #[inline]
     pub fn alloc(
         &self,
         size: u64,
@@ -419,6 +420,7 @@ impl<P: Platform> Kva<P> {
     /// If `check` returns an error, it is returned and nothing changes. Misses give the
     /// errors of [`Kva::remove`]. `check` runs under the shard's node lock: it must not call
     /// back into this allocator.
+    #[inline]
     pub fn remove_if<E: From<KvaError>>(
         &self,
         addr: VirtAddr,
@@ -472,8 +474,38 @@ impl<P: Platform> Kva<P> {
     /// # }
     /// # Ok::<(), vmalloc::KvaError>(())
     /// ```
+    #[inline]
     pub fn free_lazy(&self, area: RemovedArea, unmapped_pages: usize) {
         self.inner.free_lazy(area, unmapped_pages);
+    }
+
+    /// [`Kva::remove`] then [`Kva::free_lazy`] of the area starting at `addr`, in ONE
+    /// critical section of its node's lock instead of two: for a caller with nothing to do
+    /// between the two (the area's pages were unmapped already, or never mapped), such as
+    /// a retired vmap block or a deferred free. `unmapped_pages` is clamped to the area's
+    /// pages. Errors: those of [`Kva::remove`] (nothing changed).
+    ///
+    /// ```
+    /// # #[cfg(not(feature = "loom"))] {
+    /// use std::sync::Arc;
+    /// use pagetable::{CountingFlush, PAGE_SIZE};
+    /// use vmalloc::{AreaInfo, Kva, KvaConfig, KvaError, PurgeMode, VmFlags};
+    ///
+    /// let cfg = KvaConfig {
+    ///     purge_mode: PurgeMode::Synchronous,
+    ///     ..KvaConfig::with_range(0xffff_c900_0000_0000, 0xffff_c900_4000_0000)
+    /// };
+    /// let kva = Kva::new(cfg, Arc::new(CountingFlush::new()))?;
+    /// let a = kva.alloc(2 * PAGE_SIZE, PAGE_SIZE, 0, u64::MAX, None, AreaInfo::new(VmFlags::MAP))?;
+    /// kva.remove_free_lazy(a, 1)?;
+    /// assert_eq!(kva.stats().lazy_pages, 2);
+    /// assert!(matches!(kva.remove_free_lazy(a, 1), Err(KvaError::DoubleFree { .. })));
+    /// # }
+    /// # Ok::<(), vmalloc::KvaError>(())
+    /// ```
+    #[inline]
+    pub fn remove_free_lazy(&self, addr: VirtAddr, unmapped_pages: usize) -> Result<(), KvaError> {
+        self.inner.remove_free_lazy(addr.as_u64(), unmapped_pages)
     }
 
     /// Free a removed area straight back to the free space, with no TLB flush (for an area
@@ -732,10 +764,8 @@ impl<P: Platform> Inner<P> {
     /// area, no unmapping); returns how many ran.
     pub(crate) fn drain_deferred(&self) -> usize {
         self.deferred.drain(|addr| {
-            if let Ok(area) = self.remove(addr) {
-                let pages = (area.size() / PAGE_SIZE) as usize;
-                self.free_lazy(area, pages);
-            }
+            // The whole area counts as unmapped (clamped to its pages).
+            let _ = self.remove_free_lazy(addr, usize::MAX);
         })
     }
 

@@ -118,8 +118,9 @@
 //!   and never purges or flushes: it pushes the address on the calling CPU's lock-free list
 //!   (one 16-byte heap allocation) and, when that list was empty, posts a wake-up (the
 //!   [`PurgeWork::schedule_deferred`] hook, or a few instructions under the purge workers'
-//!   scheduler mutex). [`Kva::free_lazy`] takes only the area's node lock (and, when the
-//!   node's batch is full, makes a lock-free push on the shard's list), and
+//!   scheduler mutex). [`Kva::free_lazy`] and [`Kva::remove_free_lazy`] take only the
+//!   area's node lock (and, when the node's batch is full, make a lock-free push on the
+//!   shard's list), and
 //!   in [`PurgeMode::Background`] with workers or a hook its threshold kick is a wake-up too.
 //! * **Callbacks** (the deferred-free handler, the allocation-failure notifiers,
 //!   [`Kva::for_each_busy`]'s closure) run with no allocator lock held and may call back into

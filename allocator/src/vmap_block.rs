@@ -421,10 +421,8 @@ impl<P: Platform> VmapBlocks<P> {
     /// Hand a dead block's range to the `Kva`'s lazy list (no lock of ours held).
     fn retire(&self, kva: &Kva<P>, vb: &VmapBlock<P>) {
         self.unlist(vb.start);
-        match kva.remove(VirtAddr::new_truncate(vb.start)) {
-            Ok(r) => kva.free_lazy(r, VMAP_BBMAP_BITS),
-            Err(_) => debug_assert!(false, "vmap block {:#x} missing from the Kva", vb.start),
-        }
+        let r = kva.remove_free_lazy(VirtAddr::new_truncate(vb.start), VMAP_BBMAP_BITS);
+        debug_assert!(r.is_ok(), "vmap block {:#x} missing from the Kva", vb.start);
     }
 
     /// Retire every fragmented block of every CPU; returns the pages handed to the lazy list.

@@ -75,22 +75,28 @@ pub fn nr_cpu_ids() -> usize {
 /// round-robin from `0..nr_cpu_ids()` at the thread's first call (under loom: 0).
 #[inline]
 pub fn this_cpu() -> usize {
-    THIS_CPU.with(|c| {
-        let v = c.get();
-        if v != usize::MAX {
-            return v;
-        }
-        // Under loom every model thread starts on CPU 0 unless it pins itself: ids drawn from
-        // a global counter would differ between executions and make the model
-        // nondeterministic.
-        let slot = if cfg!(feature = "loom") {
-            0
-        } else {
-            NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % nr_cpu_ids()
-        };
-        c.set(slot);
-        slot
-    })
+    // The fast path (one thread-local load) inlines; the first call's draw stays out of line.
+    let v = THIS_CPU.with(Cell::get);
+    if v != usize::MAX {
+        return v;
+    }
+    draw_this_cpu()
+}
+
+/// [`this_cpu`]'s first call on a thread: draw its id and keep it.
+#[cold]
+#[inline(never)]
+fn draw_this_cpu() -> usize {
+    // Under loom every model thread starts on CPU 0 unless it pins itself: ids drawn from
+    // a global counter would differ between executions and make the model
+    // nondeterministic.
+    let slot = if cfg!(feature = "loom") {
+        0
+    } else {
+        NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % nr_cpu_ids()
+    };
+    THIS_CPU.with(|c| c.set(slot));
+    slot
 }
 
 /// Pin the calling thread to CPU id `cpu`, exactly as given (no wrapping: a structure built

@@ -125,6 +125,7 @@ impl<P: Platform> Inner<P> {
         Ok((align, lo, hi))
     }
 
+    #[inline]
     pub(crate) fn alloc(
         &self,
         size: u64,
@@ -145,13 +146,26 @@ impl<P: Platform> Inner<P> {
         if let Some(r) = self.try_alloc(home, size, align, lo, hi, &info) {
             return r;
         }
-        // No space: everything deferred, lazy or pooled goes back to the trees and the search
-        // is repeated, all under the purge lock (see `reclaim_then`); then the notifiers,
-        // retrying while they free something.
+        self.alloc_no_space(home, size, align, lo, hi, &info)
+    }
+
+    /// [`Inner::alloc`] found no space: everything deferred, lazy or pooled goes back to the
+    /// trees and the search is repeated, all under the purge lock (see `reclaim_then`); then
+    /// the notifiers, retrying while they free something. (Out of line: rare.)
+    #[cold]
+    #[inline(never)]
+    fn alloc_no_space(
+        &self,
+        home: usize,
+        size: u64,
+        align: u64,
+        lo: u64,
+        hi: u64,
+        info: &AreaInfo,
+    ) -> Result<u64, KvaError> {
         let mut rounds = 0;
         loop {
-            if let Some(r) = self.reclaim_then(|| self.try_alloc(home, size, align, lo, hi, &info))
-            {
+            if let Some(r) = self.reclaim_then(|| self.try_alloc(home, size, align, lo, hi, info)) {
                 return r;
             }
             if rounds < MAX_NOTIFIER_ROUNDS && self.notifiers.call(size) > 0 {
@@ -169,8 +183,9 @@ impl<P: Platform> Inner<P> {
 
     /// Find free VA for a request and record it live with `info`: from the pool of shard
     /// `home`'s node when the request is pooled, else from the trees. `None` if no space
-    /// was found; `Some(Err)` only if recording failed (an exhausted busy index).
-    #[inline]
+    /// was found; `Some(Err)` only if recording failed (an exhausted busy index). The pool
+    /// path inlines into the caller; the tree search stays out of line.
+    #[inline(always)]
     fn try_alloc(
         &self,
         home: usize,
@@ -189,19 +204,34 @@ impl<P: Platform> Inner<P> {
                     None => self.refill(&mut st, home, class),
                 };
                 if let Some(a) = got {
-                    let r = self.record(&mut st, home, a, size, info);
+                    let r = self.record(&mut st, sh.end(), a, size, info);
                     drop(st);
                     return Some(r);
                 }
             }
         }
+        self.alloc_from_trees(home, size, align, lo, hi, info)
+    }
+
+    /// [`Inner::try_alloc`] from the trees (not pooled, or the home node out of the window).
+    #[inline(never)]
+    fn alloc_from_trees(
+        &self,
+        home: usize,
+        size: u64,
+        align: u64,
+        lo: u64,
+        hi: u64,
+        info: &AreaInfo,
+    ) -> Option<Result<u64, KvaError>> {
         let addr = self.search_trees(home, size, align, lo, hi)?;
         Some(self.publish(addr, size, info))
     }
 
     /// Refill class `class` of the pools in `st` (shard `shard`'s node, locked) from the
     /// shard's tree: one batch carved in one go for small sizes, else just the one area;
-    /// returns an area for the caller.
+    /// returns an area for the caller. (Out of line: one pop in a batch comes here.)
+    #[inline(never)]
     fn refill(&self, st: &mut NodeState, shard: usize, class: usize) -> Option<u64> {
         let bytes = node::class_bytes(class);
         // While an allocation-failure reclaim runs, carve only what this allocation takes
@@ -270,36 +300,39 @@ impl<P: Platform> Inner<P> {
         None
     }
 
-    /// Record `[addr, addr + size)`, free VA taken from shard `i`'s tree or pool, as live
-    /// in `st`, that shard's node (locked). On failure (an exhausted busy index) the VA goes
-    /// back to the tree.
-    #[inline]
+    /// Record `[addr, addr + size)`, free VA taken from the tree or pool of the shard ending
+    /// at `shard_end`, as live in `st`, that shard's node (locked). On failure (an exhausted
+    /// busy index) the VA goes back to the tree.
+    #[inline(always)]
     fn record(
         &self,
         st: &mut NodeState,
-        i: usize,
+        shard_end: u64,
         addr: u64,
         size: u64,
         info: &AreaInfo,
     ) -> Result<u64, KvaError> {
         let end = addr + size;
-        match st.insert(addr, end, info) {
-            Ok(()) => {
-                if end > self.shards.get(i).end() {
-                    self.shards.account_crossing(addr, end, true);
-                }
-                Ok(addr)
-            }
-            Err(_) => {
-                // Only an exhausted index can get here (the range was free): undo.
-                self.shards.free_range(addr, end);
-                Err(KvaError::NoSpace {
-                    size,
-                    align: PAGE_SIZE,
-                    start: addr,
-                    end,
-                })
-            }
+        if st.insert(addr, end, info).is_err() {
+            return Err(self.record_failed(addr, end, size));
+        }
+        if end > shard_end {
+            self.shards.account_crossing(addr, end, true);
+        }
+        Ok(addr)
+    }
+
+    /// [`Inner::record`] refused: only an exhausted index can get here (the range was
+    /// free): the VA goes back to the tree.
+    #[cold]
+    #[inline(never)]
+    fn record_failed(&self, addr: u64, end: u64, size: u64) -> KvaError {
+        self.shards.free_range(addr, end);
+        KvaError::NoSpace {
+            size,
+            align: PAGE_SIZE,
+            start: addr,
+            end,
         }
     }
 
@@ -311,8 +344,9 @@ impl<P: Platform> Inner<P> {
             // Unreachable: the space came from our trees.
             return Err(KvaError::InvalidRange { start: addr, end });
         };
-        let mut st = self.shards.get(i).lock_node();
-        self.record(&mut st, i, addr, size, info)
+        let sh = self.shards.get(i);
+        let mut st = sh.lock_node();
+        self.record(&mut st, sh.end(), addr, size, info)
     }
 
     /// The allocation-failure path (Linux's `reclaim_and_purge_vmap_areas`, then the retry):

@@ -8,7 +8,9 @@
 //! freed area in that node's lazy batch (one more node-lock section) or, with the batch full
 //! (the purge lagging far behind), pushes it on the shard's lock-free overflow list; a
 //! counter crossing a power-of-two step makes it look at the global backlog and kick a purge
-//! past `lazy_max_pages`.
+//! past `lazy_max_pages`. `remove_free_lazy` does both in one node-lock section, for callers
+//! with nothing to unmap between the two (the area's pages already unmapped or never mapped
+//! by them: deferred frees, retired vmap blocks).
 //!
 //! # Locking and ordering
 //!
@@ -68,6 +70,7 @@ impl<P: Platform> Inner<P> {
         self.remove_if(addr, |_| Ok::<(), KvaError>(()))
     }
 
+    #[inline]
     pub(crate) fn remove_if<E: From<KvaError>>(
         &self,
         addr: u64,
@@ -101,6 +104,7 @@ impl<P: Platform> Inner<P> {
         ok
     }
 
+    #[inline]
     pub(crate) fn free_lazy(&self, area: RemovedArea, unmapped_pages: usize) {
         if !self.owns(&area) {
             return;
@@ -131,6 +135,48 @@ impl<P: Platform> Inner<P> {
             Err(spare) => sh.push_overflow(spare, start, end, pages, unmapped_pages),
         };
         self.lazy_added(old, pages);
+    }
+
+    /// `free_lazy(remove(addr)?, unmapped_pages)` in ONE node-lock critical section: find
+    /// and remove the live area starting at `addr`, and queue it in the same node's lazy
+    /// batch before the lock is released (a full batch: the overflow list, after it). The
+    /// area is pending from the moment it leaves the busy index, as on the two-step path;
+    /// `unmapped_pages` is clamped to the area's pages. Misses give `remove`'s errors.
+    #[inline]
+    pub(crate) fn remove_free_lazy(
+        &self,
+        addr: u64,
+        unmapped_pages: usize,
+    ) -> Result<(), KvaError> {
+        let Some(i) = self.shards.index_of(addr) else {
+            return Err(KvaError::NotAllocated { addr });
+        };
+        let sh = self.shards.get(i);
+        let node = sh.node();
+        let mut st = node.lock();
+        let Some((start, end)) = st.remove_bounds(addr) else {
+            drop(st);
+            return Err(self.miss_error(addr, true));
+        };
+        if end > sh.end() {
+            // Before the area can be purged and handed out again (as `remove_if` does it
+            // before `free_lazy`): the crossing count never falls below the live crossings.
+            self.shards.account_crossing(start, end, false);
+        }
+        let pages = crate::kva::shard::pages(start, end);
+        let unmapped_pages = unmapped_pages.min(pages);
+        let recorded = match node.record_lazy(&mut st, start, end, pages, unmapped_pages) {
+            Some(old) => Ok(old),
+            None => Err(st.take_spare()),
+        };
+        drop(st);
+        let old = match recorded {
+            Ok(old) => old,
+            // Batch full: as in `free_lazy`.
+            Err(spare) => sh.push_overflow(spare, start, end, pages, unmapped_pages),
+        };
+        self.lazy_added(old, pages);
+        Ok(())
     }
 
     /// `pages` were added to a lazy counter that held `old`: when that crosses a

@@ -151,61 +151,68 @@ impl Rec {
 /// The free areas of each pooled size, in one flat array (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct Pools {
-    /// Stack of class `c` in `slots[off[c] .. off[c] + len[c]]`.
+    /// Stack of class `c` in `slots[classes[c].off ..][.. classes[c].len]`.
     slots: Box<[u64]>,
-    off: Box<[u32]>,
-    len: Box<[u16]>,
+    classes: Box<[Class]>,
     /// Bytes held.
     bytes: u64,
 }
 
+/// Where a class's stack lives in [`Pools::slots`], and its fill (8 bytes: a pop or push
+/// reads one header).
+#[derive(Debug, Clone, Copy)]
+struct Class {
+    off: u32,
+    len: u16,
+    cap: u16,
+}
+
 impl Pools {
-    /// Pools with `caps[c]` slots for class `c`.
+    /// Pools with `caps[c]` slots for class `c` (at most `u16::MAX` each).
     fn new(caps: &[usize]) -> Self {
-        let mut off = Vec::with_capacity(caps.len() + 1);
+        let mut classes = Vec::with_capacity(caps.len());
         let mut total = 0u32;
         for &c in caps {
-            off.push(total);
-            total += c as u32;
+            let cap = u16::try_from(c).unwrap_or(u16::MAX);
+            classes.push(Class {
+                off: total,
+                len: 0,
+                cap,
+            });
+            total += u32::from(cap);
         }
-        off.push(total);
         Self {
             slots: vec![0; total as usize].into_boxed_slice(),
-            off: off.into_boxed_slice(),
-            len: vec![0; caps.len()].into_boxed_slice(),
+            classes: classes.into_boxed_slice(),
             bytes: 0,
         }
-    }
-
-    /// Room for class `c`.
-    #[inline]
-    fn cap(&self, c: usize) -> usize {
-        (self.off[c + 1] - self.off[c]) as usize
     }
 
     /// Take an area of class `c`.
     #[inline]
     pub(crate) fn pop(&mut self, c: usize) -> Option<u64> {
-        let n = *self.len.get(c)?;
-        if n == 0 {
+        let k = self.classes.get_mut(c)?;
+        if k.len == 0 {
             return None;
         }
-        self.len[c] = n - 1;
+        k.len -= 1;
+        let at = k.off as usize + k.len as usize;
         self.bytes -= class_bytes(c);
-        Some(self.slots[self.off[c] as usize + n as usize - 1])
+        Some(self.slots[at])
     }
 
     /// Keep an area of class `c`; `false` (nothing done) if the class is full.
     #[inline]
     pub(crate) fn push(&mut self, c: usize, start: u64) -> bool {
-        let Some(&n) = self.len.get(c) else {
+        let Some(k) = self.classes.get_mut(c) else {
             return false;
         };
-        if n as usize >= self.cap(c) {
+        if k.len >= k.cap {
             return false;
         }
-        self.slots[self.off[c] as usize + n as usize] = start;
-        self.len[c] = n + 1;
+        let at = k.off as usize + k.len as usize;
+        k.len += 1;
+        self.slots[at] = start;
         self.bytes += class_bytes(c);
         true
     }
@@ -218,21 +225,21 @@ impl Pools {
 
     /// Empty every class, calling `f(start, end)` per area.
     pub(crate) fn drain(&mut self, mut f: impl FnMut(u64, u64)) {
-        for c in 0..self.len.len() {
-            let o = self.off[c] as usize;
-            for &s in &self.slots[o..o + self.len[c] as usize] {
+        for (c, k) in self.classes.iter_mut().enumerate() {
+            let o = k.off as usize;
+            for &s in &self.slots[o..o + k.len as usize] {
                 f(s, s + class_bytes(c));
             }
-            self.len[c] = 0;
+            k.len = 0;
         }
         self.bytes = 0;
     }
 
     /// Every pooled area `(start, end)`.
     pub(crate) fn areas(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        (0..self.len.len()).flat_map(move |c| {
-            let o = self.off[c] as usize;
-            self.slots[o..o + self.len[c] as usize]
+        self.classes.iter().enumerate().flat_map(move |(c, k)| {
+            let o = k.off as usize;
+            self.slots[o..o + k.len as usize]
                 .iter()
                 .map(move |&s| (s, s + class_bytes(c)))
         })
@@ -425,31 +432,33 @@ impl NodeState {
 
     /// Record the live area `[start, end)` with `info`. Refused (nothing changed) if the
     /// index is out of ids, or overlaps an entry (a bug: the space came from our trees).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert(
         &mut self,
         start: u64,
         end: u64,
         info: &AreaInfo,
     ) -> Result<(), InsertError> {
-        let rec = match Rec::pack(info) {
-            Some(r) => r,
-            None => {
-                self.busy.insert(
-                    start,
-                    end,
-                    Rec {
-                        caller: info.caller,
-                        flags: EXT,
-                        nr_pages: 0,
-                    },
-                )?;
-                self.ext.insert(start, *info);
-                self.busy_bytes += end - start;
-                return Ok(());
-            }
+        let Some(rec) = Rec::pack(info) else {
+            return self.insert_ext(start, end, info);
         };
         self.busy.insert(start, end, rec)?;
+        self.busy_bytes += end - start;
+        Ok(())
+    }
+
+    /// [`NodeState::insert`] of an info that does not pack: a marker in the index, the info
+    /// in the side map (out of line: ioremap areas and the like).
+    #[cold]
+    #[inline(never)]
+    fn insert_ext(&mut self, start: u64, end: u64, info: &AreaInfo) -> Result<(), InsertError> {
+        let marker = Rec {
+            caller: info.caller,
+            flags: EXT,
+            nr_pages: 0,
+        };
+        self.busy.insert(start, end, marker)?;
+        self.ext.insert(start, *info);
         self.busy_bytes += end - start;
         Ok(())
     }
@@ -488,6 +497,26 @@ impl NodeState {
         self.busy_bytes -= e - s;
         self.removed += e - s;
         Ok(seen)
+    }
+
+    /// Remove the live area starting at `start`, whatever its info: its bounds, `None` if
+    /// there is none (the fused remove + lazy free of `Inner::remove_free_lazy`).
+    #[inline]
+    pub(crate) fn remove_bounds(&mut self, start: u64) -> Option<(u64, u64)> {
+        let r = self
+            .busy
+            .remove_checked(start, |_, _, _| Ok::<(), core::convert::Infallible>(()));
+        let (s, e, rec) = match r {
+            Ok(Some(x)) => x,
+            Ok(None) => return None,
+            Err(never) => match never {},
+        };
+        if rec.flags == EXT {
+            self.ext.remove(&s);
+        }
+        self.busy_bytes -= e - s;
+        self.removed += e - s;
+        Some((s, e))
     }
 
     /// The live area starting exactly at `start`.

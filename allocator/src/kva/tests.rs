@@ -524,3 +524,59 @@ fn for_each_lazy_lists_batches_and_lists() {
         assert_eq!(n, 0);
     }
 }
+
+#[test]
+fn remove_free_lazy_is_remove_then_free_lazy_in_one_section() {
+    let va = pagetable::VirtAddr::new_truncate;
+    // A boundary-crossing area: the crossing counts fall, the area waits in shard 0's batch.
+    let k = new(sync_cfg(64, 4, 1 << 20));
+    let (s, e) = k.range();
+    let a = k.alloc(40 * P, P, s, e, None, info()).unwrap().as_u64();
+    k.remove_free_lazy(va(a), usize::MAX).unwrap();
+    assert!(k.inner.shards.all().iter().all(|sh| !sh.crossed_into()));
+    let st = k.stats();
+    assert_eq!((st.lazy_pages, st.pending, st.nr_busy), (40, 40 * P, 0));
+    assert!(matches!(
+        k.remove_free_lazy(va(a), 1),
+        Err(KvaError::DoubleFree { .. })
+    ));
+    assert!(matches!(
+        k.remove_free_lazy(va(e), 1),
+        Err(KvaError::NotAllocated { .. })
+    ));
+    k.check_invariants().unwrap();
+    k.purge();
+    assert_eq!(k.stats().purged_pages, 40);
+    k.check_invariants().unwrap();
+    // A full batch: the fused free falls back to the overflow list, then purges past the
+    // threshold, exactly as `free_lazy` does.
+    let k = new(sync_cfg(1024, 1, 3));
+    let (s, e) = k.range();
+    let areas: Vec<u64> = (0..5)
+        .map(|_| k.alloc(P, P, s, e, Some(0), info()).unwrap().as_u64())
+        .collect();
+    let inside = k.alloc(2 * P, P, s, e, Some(0), info()).unwrap().as_u64();
+    assert!(matches!(
+        k.remove_free_lazy(va(inside + P), 1),
+        Err(KvaError::NotStartOfArea { .. })
+    ));
+    let node = k.inner.shards.get(0).node();
+    for &a in &areas[..3] {
+        let r = k.remove(va(a)).unwrap();
+        let mut st = node.lock();
+        assert!(
+            node.record_lazy(&mut st, r.area.start, r.area.end, 1, 1)
+                .is_some()
+        );
+    }
+    k.remove_free_lazy(va(areas[3]), 1).unwrap();
+    let st = k.stats();
+    assert_eq!((st.purges, st.purged_areas, st.lazy_pages), (1, 4, 0));
+    k.remove_free_lazy(va(areas[4]), 7).unwrap();
+    assert_eq!(k.stats().lazy_pages, 1);
+    k.check_invariants().unwrap();
+    k.purge();
+    let st = k.stats();
+    assert_eq!((st.unmapped_pages, st.pending), (5, 0));
+    k.check_invariants().unwrap();
+}

@@ -12,8 +12,10 @@ use pagetable::{CountingFlush, TlbFlush, TlbStats};
 use super::{PAGE, PeerError, SharedVaAllocator, VA_BASE, VaAllocator};
 
 /// Ours: [`vmalloc::Kva`] with a [`CountingFlush`] (no page tables). `alloc` is
-/// `Kva::alloc` over the whole range; `free` is what `vfree` does to the VA: `remove` then
-/// `free_lazy` (the range is reused after a lazy purge, whose cost is included).
+/// `Kva::alloc` over the whole range; `free` frees the VA lazily as `vfree` does, through
+/// `remove_free_lazy` (`remove` + `free_lazy` in one node-lock section: nothing is mapped
+/// here, so nothing is unmapped between the two; the range is reused after a lazy purge,
+/// whose cost is included).
 pub struct KvaPeer {
     kva: vmalloc::Kva,
     flush: Arc<CountingFlush>,
@@ -79,12 +81,9 @@ impl SharedVaAllocator for KvaPeer {
             .map(pagetable::VirtAddr::as_u64)
     }
     fn free(&self, addr: u64, _size: u64, _align: u64) -> Result<(), PeerError> {
-        let area = self
-            .kva
-            .remove(pagetable::VirtAddr::new_truncate(addr))
-            .map_err(|_| PeerError::UnknownAllocation { addr })?;
-        self.kva.free_lazy(area, 0);
-        Ok(())
+        self.kva
+            .remove_free_lazy(pagetable::VirtAddr::new_truncate(addr), 0)
+            .map_err(|_| PeerError::UnknownAllocation { addr })
     }
     fn settle(&self) {
         self.kva.purge();
