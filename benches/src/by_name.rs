@@ -3,7 +3,9 @@
 //! `--compare`'s second chart.
 //!
 //! Names: `kva` (ours, default configuration), `kva-sync` (ours, purges run by the freeing
-//! thread), `kva-single-lock`, `range-alloc`, `offset-allocator`, `free-list`, `vmem`,
+//! thread), `kva-spin-sync` (`kva-sync` with a spinlock for its locks, as a kernel would
+//! build it; one-thread runs only, with the `spin-peer` feature), `kva-single-lock`,
+//! `range-alloc`, `offset-allocator`, `free-list`, `vmem`,
 //! `buddy_system_allocator`, `btreemap-first-fit`.
 
 use std::sync::Barrier;
@@ -43,6 +45,8 @@ pub fn single(name: &str) -> Result<Box<dyn VaAllocator>, String> {
     Ok(match name {
         "kva" => Box::new(KvaPeer::sharded(span).map_err(|x| e(&x))?),
         "kva-sync" => Box::new(sync_kva(span).map_err(|x| e(&x))?),
+        #[cfg(feature = "spin-peer")]
+        "kva-spin-sync" => Box::new(crate::peers::SpinKvaPeer::new(span).map_err(|x| e(&x))?),
         "kva-single-lock" => Box::new(KvaPeer::single_lock(span).map_err(|x| e(&x))?),
         "range-alloc" => Box::new(RangeAllocPeer::new(span)),
         "offset-allocator" => Box::new(OffsetAllocPeer::new(span, 1 << 17).map_err(|x| e(&x))?),

@@ -36,7 +36,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 mod ours;
-pub use ours::{KvaPeer, LegacyKvaPeer};
+#[cfg(feature = "spin-peer")]
+pub use ours::SpinKvaPeer;
+pub use ours::{KvaPeer, LegacyKvaPeer, SpinPlatform};
 
 /// Base of the range every adapter allocates from: x86_64's `VMALLOC_START`.
 pub const VA_BASE: u64 = 0xffff_c900_0000_0000;

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use pagetable::platform::{Platform, RawSpinlock};
 use pagetable::{CountingFlush, TlbFlush, TlbStats};
 
 use super::{PAGE, PeerError, SharedVaAllocator, VA_BASE, VaAllocator};
@@ -108,6 +109,92 @@ impl VaAllocator for KvaPeer {
             t.flushes,
             t.full_flushes
         ))
+    }
+    fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
+        SharedVaAllocator::alloc(self, size, align)
+    }
+    fn free(&mut self, addr: u64, size: u64, align: u64) -> Result<(), PeerError> {
+        SharedVaAllocator::free(self, addr, size, align)
+    }
+    fn settle(&mut self) {
+        SharedVaAllocator::settle(self);
+    }
+}
+
+/// The hosted platform with a kernel's kind of lock: `pagetable`'s test-and-test-and-set
+/// [`RawSpinlock`] (unlock is one `Release` store, where parking_lot's unlock is a
+/// compare-exchange) and std's CPU ids. For one-thread measurements of what the lock costs:
+/// a spinlock on an oversubscribed machine (more threads than cores) is the wrong tool, as
+/// in a kernel that could be preempted while holding it.
+pub struct SpinPlatform;
+
+impl Platform for SpinPlatform {
+    type RawMutex = RawSpinlock;
+
+    #[inline]
+    fn this_cpu() -> usize {
+        pagetable::cpu::this_cpu()
+    }
+
+    #[inline]
+    fn nr_cpu_ids() -> usize {
+        pagetable::cpu::nr_cpu_ids()
+    }
+}
+
+/// Ours over [`SpinPlatform`] with synchronous purges (`kva-spin-sync`): [`KvaPeer`]'s
+/// `kva-sync` with the lock a kernel would plug in. Same operations as [`KvaPeer`]. Only
+/// with the `spin-peer` feature (see `benches/Cargo.toml` for why).
+#[cfg(feature = "spin-peer")]
+pub struct SpinKvaPeer {
+    kva: vmalloc::Kva<SpinPlatform>,
+    start: u64,
+    end: u64,
+}
+
+#[cfg(feature = "spin-peer")]
+impl SpinKvaPeer {
+    /// Over `VA_BASE..VA_BASE + span`, the default configuration with synchronous purges.
+    pub fn new(span: u64) -> Result<Self, vmalloc::VmallocError> {
+        let (start, end) = (VA_BASE, VA_BASE + span);
+        let cfg = vmalloc::KvaConfig {
+            start,
+            end,
+            purge_mode: vmalloc::PurgeMode::Synchronous,
+            ..vmalloc::KvaConfig::default()
+        };
+        let flush: Arc<dyn TlbFlush> = Arc::new(CountingFlush::new());
+        let kva = vmalloc::Kva::with_platform(cfg, flush, None)?;
+        Ok(Self { kva, start, end })
+    }
+}
+
+#[cfg(feature = "spin-peer")]
+impl SharedVaAllocator for SpinKvaPeer {
+    fn name(&self) -> &'static str {
+        "kva-spin-sync"
+    }
+    fn alloc(&self, size: u64, align: u64) -> Option<u64> {
+        let info = vmalloc::AreaInfo::new(vmalloc::VmFlags::ALLOC);
+        self.kva
+            .alloc(size, align, self.start, self.end, None, info)
+            .ok()
+            .map(pagetable::VirtAddr::as_u64)
+    }
+    fn free(&self, addr: u64, _size: u64, _align: u64) -> Result<(), PeerError> {
+        self.kva
+            .remove_free_lazy(pagetable::VirtAddr::new_truncate(addr), 0)
+            .map_err(|_| PeerError::UnknownAllocation { addr })
+    }
+    fn settle(&self) {
+        self.kva.purge();
+    }
+}
+
+#[cfg(feature = "spin-peer")]
+impl VaAllocator for SpinKvaPeer {
+    fn name(&self) -> &'static str {
+        "kva-spin-sync"
     }
     fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
         SharedVaAllocator::alloc(self, size, align)
