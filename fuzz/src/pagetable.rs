@@ -29,6 +29,7 @@
 //! device memory for `map_contiguous` lies outside the arena (no references, never COW).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
@@ -72,15 +73,19 @@ use model::*;
 pub use op::Op;
 use op::count;
 
+/// A map keyed by frame address, hashed with one multiply (`alloc_free`'s
+/// [`FrameHasher`](crate::alloc_free::model::FrameHasher)) instead of SipHash.
+type FrameMap<V> = HashMap<u64, V, BuildHasherDefault<crate::alloc_free::model::FrameHasher>>;
+
 struct World {
     frames: Arc<FrameAllocator>,
     spaces: [AddressSpace; 2],
     models: [Model; 2],
     /// Tag (first 8 bytes) of every managed frame mapped somewhere.
-    tags: HashMap<u64, u64>,
+    tags: FrameMap<u64>,
     /// Model entries mapping each managed frame (kept with every model change: see
     /// [`World::put`] / [`World::take`]; recounted by the full check).
-    users: HashMap<u64, u32>,
+    users: FrameMap<u32>,
     next_tag: u64,
     ballast: Vec<PhysFrame>,
     /// Pages `(space, lo, hi)` the current step may have changed (see [`World::check`]).
@@ -104,8 +109,8 @@ impl World {
             frames,
             spaces,
             models: [Model::new(), Model::new()],
-            tags: HashMap::new(),
-            users: HashMap::new(),
+            tags: FrameMap::default(),
+            users: FrameMap::default(),
             next_tag: 1,
             ballast: Vec::new(),
             dirty: Vec::new(),
@@ -293,25 +298,35 @@ impl World {
                     (Ok(()), None) => {
                         // Leaf sizes are the implementation's choice (a leftover leaf table
                         // keeps a chunk at 4 KiB): learn them and check they are legal.
-                        let seen = observe_range(&self.spaces[s], page, page + n);
-                        for i in 0..n {
-                            let e = seen[&(page + i)];
-                            if e.leaf.1 > 1 {
+                        // The leaves must tile `[page, page + n)` exactly, in order (read
+                        // leaf by leaf: no page map is built).
+                        let leaves: Vec<(u64, u64)> = self.spaces[s]
+                            .mappings(va(page), n * KB4)
+                            .map(|m| ((m.va.as_u64() - BASE) / KB4, m.size / KB4))
+                            .collect();
+                        let mut next = page;
+                        for leaf in leaves {
+                            assert_eq!(leaf.0, next, "map_contiguous left page {next} unmapped");
+                            if leaf.1 > 1 {
                                 assert!(huge, "huge leaf without asking");
-                                assert_eq!(e.leaf.1, HUGE);
-                                assert!(e.leaf.0 >= page && e.leaf.0 + e.leaf.1 <= page + n);
-                                assert_eq!(e.leaf.0 % HUGE, 0);
+                                assert_eq!(leaf.1, HUGE);
+                                assert!(leaf.0 >= page && leaf.0 + leaf.1 <= page + n);
+                                assert_eq!(leaf.0 % HUGE, 0);
                             }
-                            self.put(
-                                s,
-                                page + i,
-                                Entry {
-                                    pa: pa0 + i * KB4,
-                                    flags: (flags | PageTableFlags::PRESENT) - IGNORED,
-                                    leaf: e.leaf,
-                                },
-                            );
+                            for p in leaf.0..leaf.0 + leaf.1 {
+                                self.put(
+                                    s,
+                                    p,
+                                    Entry {
+                                        pa: pa0 + (p - page) * KB4,
+                                        flags: (flags | PageTableFlags::PRESENT) - IGNORED,
+                                        leaf,
+                                    },
+                                );
+                            }
+                            next = leaf.0 + leaf.1;
                         }
+                        assert_eq!(next, page + n, "map_contiguous left page {next} unmapped");
                     }
                     (Err(e), busy) => {
                         let conflict = match busy {
@@ -732,7 +747,7 @@ impl World {
                 self.report(s);
             }
         }
-        let mut users: HashMap<u64, u32> = HashMap::new();
+        let mut users: FrameMap<u32> = FrameMap::default();
         for m in &self.models {
             for e in m.values().filter(|e| managed(e.pa)) {
                 *users.entry(e.pa).or_default() += 1;

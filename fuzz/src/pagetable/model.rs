@@ -43,7 +43,7 @@ pub(super) fn protected(old: PageTableFlags, new: PageTableFlags) -> PageTableFl
 /// a leaf of either (see [`widen`]).
 ///
 /// Every field of every page is compared, as `==` would; the differences are XOR-ed and
-/// OR-ed together and tested once per leaf. (Written with `==`, each page cost some seven
+/// OR-ed together and tested once, at the end. (Written with `==`, each page cost some seven
 /// calls into the fuzzer's comparison hooks: with the full check's walk of both windows,
 /// this function was the target's hottest spot.)
 pub(super) fn matches(s: &AddressSpace, m: &Model, lo: u64, hi: u64) -> bool {
@@ -51,26 +51,28 @@ pub(super) fn matches(s: &AddressSpace, m: &Model, lo: u64, hi: u64) -> bool {
         return true;
     }
     let mut want = m.range(lo..hi);
-    for map in s.mappings(va(lo), (hi - lo) * KB4) {
-        let first = (map.va.as_u64() - BASE) / KB4;
-        let pages = map.size / KB4;
-        let (pa, flags) = (map.pa.as_u64(), (map.flags - IGNORED).bits());
-        let mut diff = 0u64;
-        for i in 0..pages {
-            let Some((&p, w)) = want.next() else {
-                return false;
-            };
-            diff |= (p ^ (first + i))
-                | (w.pa ^ (pa + i * KB4))
-                | (w.flags.bits() ^ flags)
-                | (w.leaf.0 ^ first)
-                | (w.leaf.1 ^ pages);
-        }
-        if diff != 0 {
-            return false;
-        }
-    }
-    want.next().is_none()
+    // `fold`: the walk hands every leaf over from one loop (see `Mappings::fold`); a page
+    // the model lacks sets `missing`, and the walk goes on to its end (only on a failure).
+    let (diff, missing) =
+        s.mappings(va(lo), (hi - lo) * KB4)
+            .fold((0u64, false), |(mut diff, mut missing), map| {
+                let first = (map.va.as_u64() - BASE) / KB4;
+                let pages = map.size / KB4;
+                let (pa, flags) = (map.pa.as_u64(), (map.flags - IGNORED).bits());
+                for i in 0..pages {
+                    let Some((&p, w)) = want.next() else {
+                        missing = true;
+                        break;
+                    };
+                    diff |= (p ^ (first + i))
+                        | (w.pa ^ (pa + i * KB4))
+                        | (w.flags.bits() ^ flags)
+                        | (w.leaf.0 ^ first)
+                        | (w.leaf.1 ^ pages);
+                }
+                (diff, missing)
+            });
+    diff == 0 && !missing && want.next().is_none()
 }
 
 /// Pages `[lo, hi)` widened to whole leaves, the space's and the model's (a 2 MiB leaf may
