@@ -28,7 +28,7 @@
 //! and split), the arena 512 frames (so tables, COW copies and maps run out of frames), and
 //! device memory for `map_contiguous` lies outside the arena (no references, never COW).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
@@ -679,7 +679,7 @@ impl World {
                 self.models[s].len(),
                 "rss of space {s}"
             );
-            if let Some((&p, e)) = self.models[s].iter().next_back() {
+            if let Some((&p, e)) = self.models[s].last_key_value() {
                 let t = self.spaces[s].translate(va(p) + 123).expect("translate");
                 assert_eq!(t.pa.as_u64(), e.pa + 123);
                 assert_eq!(t.size, e.leaf.1 * KB4);
