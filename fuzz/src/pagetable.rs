@@ -21,8 +21,9 @@
 //! How it is fast: the per-step check above replaced one that walked both whole windows and
 //! every mapped frame after every step (52 executions/s with ASan from the seeds; 3x fewer
 //! CPU seconds per input now); the frames' user counts are kept with the models instead of
-//! rescanning both models per unmapped frame and per COW fault; a `map_contiguous` learns
-//! its leaf sizes from its own range only.
+//! rescanning both models per unmapped frame and per COW fault; a `map_contiguous` reads
+//! its own leaves only; a model is a slot per page and a bitmap (no `BTreeMap`); a space is
+//! compared through `Mappings::fold` (no call per page). docs/FUZZING.md has the figures.
 //!
 //! The window is 2,048 pages straddling a 512 GiB boundary (tables at every level are shared
 //! and split), the arena 512 frames (so tables, COW copies and maps run out of frames), and
@@ -747,7 +748,7 @@ impl World {
                 self.report(s);
             }
         }
-        let mut users: FrameMap<u32> = FrameMap::default();
+        let mut users = FrameMap::with_capacity_and_hasher(self.users.len(), Default::default());
         for m in &self.models {
             for e in m.values().filter(|e| managed(e.pa)) {
                 *users.entry(e.pa).or_default() += 1;
