@@ -68,7 +68,10 @@ impl<P: Platform> Iterator for Mappings<'_, P> {
             let mut l = self.next;
             for e in self.rest.by_ref() {
                 let at = l;
-                l += PAGE_SIZE;
+                // Cannot wrap: `l` ends at most at a leaf table's end, below `LINEAR_END`
+                // (2^48). A checked add would cost a compare per entry in a build with
+                // overflow checks (in the fuzz build, a call into a comparison hook).
+                l = l.wrapping_add(PAGE_SIZE);
                 let p = e.load(Ordering::Acquire);
                 if p.is_present() {
                     self.next = l;
@@ -134,7 +137,7 @@ impl<P: Platform> Iterator for Mappings<'_, P> {
             let mut l = self.next;
             for e in self.rest.by_ref() {
                 let at = l;
-                l += PAGE_SIZE;
+                l = l.wrapping_add(PAGE_SIZE); // see `next`
                 let p = e.load(Ordering::Acquire);
                 if p.is_present() {
                     acc = f(
