@@ -30,7 +30,6 @@
 //! device memory for `map_contiguous` lies outside the arena (no references, never COW).
 
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
@@ -74,10 +73,6 @@ use model::*;
 pub use op::Op;
 use op::count;
 
-/// A map keyed by frame address, hashed with one multiply (`alloc_free`'s
-/// [`FrameHasher`](crate::alloc_free::model::FrameHasher)) instead of SipHash.
-type FrameMap<V> = HashMap<u64, V, BuildHasherDefault<crate::alloc_free::model::FrameHasher>>;
-
 struct World {
     frames: Arc<FrameAllocator>,
     spaces: [AddressSpace; 2],
@@ -99,8 +94,7 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        // Transparent huge pages asked for (best effort): the 2 MiB arena is then one page
-        // fault per input instead of one per touched frame (half the replay's page faults).
+        // Huge pages (best effort): one page fault per input, not one per touched frame.
         let arena = PhysArena::new(pagetable::ArenaConfig {
             size: ARENA_FRAMES * KB4,
             base: PhysAddr::new_truncate(ARENA_BASE),

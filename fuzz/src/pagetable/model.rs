@@ -3,6 +3,12 @@
 
 #[allow(unused_imports)]
 use super::*;
+use std::hash::BuildHasherDefault;
+
+/// A map keyed by frame address, hashed with one multiply (`alloc_free`'s
+/// [`FrameHasher`](crate::alloc_free::model::FrameHasher)) instead of SipHash.
+pub(super) type FrameMap<V> =
+    HashMap<u64, V, BuildHasherDefault<crate::alloc_free::model::FrameHasher>>;
 /// One mapped page in the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Entry {
