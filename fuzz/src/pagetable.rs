@@ -21,14 +21,15 @@
 //! How it is fast: the per-step check above replaced one that walked both whole windows and
 //! every mapped frame after every step (52 executions/s with ASan from the seeds; 3x fewer
 //! CPU seconds per input now); the frames' user counts are kept with the models instead of
-//! rescanning both models per unmapped frame and per COW fault; a `map_contiguous` learns
-//! its leaf sizes from its own range only.
+//! rescanning both models per unmapped frame and per COW fault; a `map_contiguous` reads
+//! its own leaves only; a model is a slot per page and a bitmap (no `BTreeMap`); a space is
+//! compared through `Mappings::fold` (no call per page). docs/FUZZING.md has the figures.
 //!
 //! The window is 2,048 pages straddling a 512 GiB boundary (tables at every level are shared
 //! and split), the arena 512 frames (so tables, COW copies and maps run out of frames), and
 //! device memory for `map_contiguous` lies outside the arena (no references, never COW).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
@@ -77,10 +78,10 @@ struct World {
     spaces: [AddressSpace; 2],
     models: [Model; 2],
     /// Tag (first 8 bytes) of every managed frame mapped somewhere.
-    tags: HashMap<u64, u64>,
+    tags: FrameMap<u64>,
     /// Model entries mapping each managed frame (kept with every model change: see
     /// [`World::put`] / [`World::take`]; recounted by the full check).
-    users: HashMap<u64, u32>,
+    users: FrameMap<u32>,
     next_tag: u64,
     ballast: Vec<PhysFrame>,
     /// Pages `(space, lo, hi)` the current step may have changed (see [`World::check`]).
@@ -93,8 +94,13 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let arena =
-            PhysArena::mmap(ARENA_FRAMES * KB4, PhysAddr::new_truncate(ARENA_BASE)).expect("arena");
+        // Huge pages (best effort): one page fault per input, not one per touched frame.
+        let arena = PhysArena::new(pagetable::ArenaConfig {
+            size: ARENA_FRAMES * KB4,
+            base: PhysAddr::new_truncate(ARENA_BASE),
+            backing: pagetable::Backing::Mmap { huge_pages: true },
+        })
+        .expect("arena");
         let frames = Arc::new(FrameAllocator::new(Arc::new(arena)));
         let spaces = [
             AddressSpace::new(Arc::clone(&frames)).expect("space"),
@@ -104,8 +110,8 @@ impl World {
             frames,
             spaces,
             models: [Model::new(), Model::new()],
-            tags: HashMap::new(),
-            users: HashMap::new(),
+            tags: FrameMap::default(),
+            users: FrameMap::default(),
             next_tag: 1,
             ballast: Vec::new(),
             dirty: Vec::new(),
@@ -293,25 +299,35 @@ impl World {
                     (Ok(()), None) => {
                         // Leaf sizes are the implementation's choice (a leftover leaf table
                         // keeps a chunk at 4 KiB): learn them and check they are legal.
-                        let seen = observe_range(&self.spaces[s], page, page + n);
-                        for i in 0..n {
-                            let e = seen[&(page + i)];
-                            if e.leaf.1 > 1 {
+                        // The leaves must tile `[page, page + n)` exactly, in order (read
+                        // leaf by leaf: no page map is built).
+                        let leaves: Vec<(u64, u64)> = self.spaces[s]
+                            .mappings(va(page), n * KB4)
+                            .map(|m| ((m.va.as_u64() - BASE) / KB4, m.size / KB4))
+                            .collect();
+                        let mut next = page;
+                        for leaf in leaves {
+                            assert_eq!(leaf.0, next, "map_contiguous left page {next} unmapped");
+                            if leaf.1 > 1 {
                                 assert!(huge, "huge leaf without asking");
-                                assert_eq!(e.leaf.1, HUGE);
-                                assert!(e.leaf.0 >= page && e.leaf.0 + e.leaf.1 <= page + n);
-                                assert_eq!(e.leaf.0 % HUGE, 0);
+                                assert_eq!(leaf.1, HUGE);
+                                assert!(leaf.0 >= page && leaf.0 + leaf.1 <= page + n);
+                                assert_eq!(leaf.0 % HUGE, 0);
                             }
-                            self.put(
-                                s,
-                                page + i,
-                                Entry {
-                                    pa: pa0 + i * KB4,
-                                    flags: (flags | PageTableFlags::PRESENT) - IGNORED,
-                                    leaf: e.leaf,
-                                },
-                            );
+                            for p in leaf.0..leaf.0 + leaf.1 {
+                                self.put(
+                                    s,
+                                    p,
+                                    Entry {
+                                        pa: pa0 + (p - page) * KB4,
+                                        flags: (flags | PageTableFlags::PRESENT) - IGNORED,
+                                        leaf,
+                                    },
+                                );
+                            }
+                            next = leaf.0 + leaf.1;
                         }
+                        assert_eq!(next, page + n, "map_contiguous left page {next} unmapped");
                     }
                     (Err(e), busy) => {
                         let conflict = match busy {
@@ -664,7 +680,7 @@ impl World {
                 self.models[s].len(),
                 "rss of space {s}"
             );
-            if let Some((&p, e)) = self.models[s].iter().next_back() {
+            if let Some((&p, e)) = self.models[s].last_key_value() {
                 let t = self.spaces[s].translate(va(p) + 123).expect("translate");
                 assert_eq!(t.pa.as_u64(), e.pa + 123);
                 assert_eq!(t.size, e.leaf.1 * KB4);
@@ -732,7 +748,7 @@ impl World {
                 self.report(s);
             }
         }
-        let mut users: HashMap<u64, u32> = HashMap::new();
+        let mut users = FrameMap::with_capacity_and_hasher(self.users.len(), Default::default());
         for m in &self.models {
             for e in m.values().filter(|e| managed(e.pa)) {
                 *users.entry(e.pa).or_default() += 1;

@@ -631,3 +631,83 @@ fn rss_is_exact_when_pages_move_between_cpu_slots() {
     .unwrap();
     assert_eq!(s.rss(), 6);
 }
+
+/// `mappings` over ranges that start and end anywhere (inside a page, at and across leaf
+/// table boundaries, inside a huge leaf) reports exactly the leaves a page-by-page
+/// `translate` finds, in order.
+#[test]
+fn mappings_agree_with_translate_for_any_range() {
+    let (_a, s) = space(64);
+    let base = 0xffff_c900_0000_0000u64;
+    // Sparse 4 KiB pages in three leaf tables (around both table boundaries), one huge leaf.
+    for p in [0u64, 1, 2, 7, 510, 511, 512, 513, 700, 1023, 1024, 1030] {
+        s.map(
+            va(base + p * KB4),
+            &data_frames(1, 0x40_0000_0000 + p * KB4),
+            RW,
+        )
+        .unwrap();
+    }
+    s.map_contiguous(
+        va(base + 4 * MB2),
+        PhysAddr::new(0x41_0000_0000),
+        MB2,
+        RW,
+        true,
+    )
+    .unwrap();
+    let brute = |lo: u64, hi: u64| {
+        let mut v = Vec::new();
+        let mut l = lo & !(KB4 - 1);
+        while l < hi {
+            match s.translate(va(l)) {
+                Some(t) => {
+                    let start = l & !(t.size - 1);
+                    v.push((start, t.pa.as_u64() & !(t.size - 1), t.size));
+                    l = start + t.size;
+                }
+                None => l += KB4,
+            }
+        }
+        v
+    };
+    let offs = [
+        0,
+        1,
+        100,
+        KB4 - 1,
+        KB4,
+        2 * KB4 + 5,
+        509 * KB4,
+        511 * KB4 + 7,
+        MB2 - 1,
+        MB2,
+    ];
+    let starts = [
+        0,
+        KB4,
+        3 * KB4,
+        510 * KB4 + 9,
+        MB2,
+        MB2 + KB4,
+        4 * MB2 + 3 * KB4,
+    ];
+    for &st in &starts {
+        for &len in offs.iter().chain(&[3 * MB2, 5 * MB2]) {
+            let got: Vec<_> = s
+                .mappings(va(base + st), len)
+                .map(|m| (m.va.as_u64(), m.pa.as_u64(), m.size))
+                .collect();
+            assert_eq!(
+                got,
+                brute(base + st, base + st + len),
+                "start {st:#x} len {len:#x}"
+            );
+            let folded = s.mappings(va(base + st), len).fold(Vec::new(), |mut v, m| {
+                v.push((m.va.as_u64(), m.pa.as_u64(), m.size));
+                v
+            });
+            assert_eq!(folded, got, "fold: start {st:#x} len {len:#x}");
+        }
+    }
+}
