@@ -70,56 +70,67 @@ impl KvaPeer {
     }
 }
 
-impl SharedVaAllocator for KvaPeer {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn alloc(&self, size: u64, align: u64) -> Option<u64> {
-        let info = vmalloc::AreaInfo::new(vmalloc::VmFlags::ALLOC);
-        self.kva
-            .alloc(size, align, self.start, self.end, None, info)
-            .ok()
-            .map(pagetable::VirtAddr::as_u64)
-    }
-    fn free(&self, addr: u64, _size: u64, _align: u64) -> Result<(), PeerError> {
-        self.kva
-            .remove_free_lazy(pagetable::VirtAddr::new_truncate(addr), 0)
-            .map_err(|_| PeerError::UnknownAllocation { addr })
-    }
-    fn settle(&self) {
-        self.kva.purge();
-    }
+/// `SharedVaAllocator` and `VaAllocator` for a peer over `vmalloc::Kva` with the fields
+/// `kva`, `flush`, `name`, `start` and `end` ([`KvaPeer`], and `SpinKvaPeer` with the
+/// `spin-peer` feature). A macro rather than a generic impl: each type's methods are
+/// compiled as they would be written out, so adding a platform changes no inlining of
+/// `KvaPeer`'s (see `benches/Cargo.toml`, feature `spin-peer`).
+macro_rules! kva_peer_impls {
+    ($t:ty) => {
+        impl SharedVaAllocator for $t {
+            fn name(&self) -> &'static str {
+                self.name
+            }
+            fn alloc(&self, size: u64, align: u64) -> Option<u64> {
+                let info = vmalloc::AreaInfo::new(vmalloc::VmFlags::ALLOC);
+                self.kva
+                    .alloc(size, align, self.start, self.end, None, info)
+                    .ok()
+                    .map(pagetable::VirtAddr::as_u64)
+            }
+            fn free(&self, addr: u64, _size: u64, _align: u64) -> Result<(), PeerError> {
+                self.kva
+                    .remove_free_lazy(pagetable::VirtAddr::new_truncate(addr), 0)
+                    .map_err(|_| PeerError::UnknownAllocation { addr })
+            }
+            fn settle(&self) {
+                self.kva.purge();
+            }
+        }
+
+        impl VaAllocator for $t {
+            fn name(&self) -> &'static str {
+                self.name
+            }
+            fn counters(&self) -> Option<String> {
+                let s = self.kva.stats();
+                let t = self.flush.stats();
+                Some(format!(
+                    "busy areas {}, free areas {}, purges {}, purged areas {}, to caches {}, \
+                     TLB flushes {} ({} full)",
+                    s.nr_busy,
+                    s.nr_free_areas,
+                    s.purges,
+                    s.purged_areas,
+                    s.purged_to_caches,
+                    t.flushes,
+                    t.full_flushes
+                ))
+            }
+            fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
+                SharedVaAllocator::alloc(self, size, align)
+            }
+            fn free(&mut self, addr: u64, size: u64, align: u64) -> Result<(), PeerError> {
+                SharedVaAllocator::free(self, addr, size, align)
+            }
+            fn settle(&mut self) {
+                SharedVaAllocator::settle(self);
+            }
+        }
+    };
 }
 
-impl VaAllocator for KvaPeer {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn counters(&self) -> Option<String> {
-        let s = self.kva.stats();
-        let t = self.flush.stats();
-        Some(format!(
-            "busy areas {}, free areas {}, purges {}, purged areas {}, to caches {}, TLB \
-             flushes {} ({} full)",
-            s.nr_busy,
-            s.nr_free_areas,
-            s.purges,
-            s.purged_areas,
-            s.purged_to_caches,
-            t.flushes,
-            t.full_flushes
-        ))
-    }
-    fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
-        SharedVaAllocator::alloc(self, size, align)
-    }
-    fn free(&mut self, addr: u64, size: u64, align: u64) -> Result<(), PeerError> {
-        SharedVaAllocator::free(self, addr, size, align)
-    }
-    fn settle(&mut self) {
-        SharedVaAllocator::settle(self);
-    }
-}
+kva_peer_impls!(KvaPeer);
 
 /// The hosted platform with a kernel's kind of lock: `pagetable`'s test-and-test-and-set
 /// [`RawSpinlock`] (unlock is one `Release` store, where parking_lot's unlock is a
@@ -148,6 +159,8 @@ impl Platform for SpinPlatform {
 #[cfg(feature = "spin-peer")]
 pub struct SpinKvaPeer {
     kva: vmalloc::Kva<SpinPlatform>,
+    flush: Arc<CountingFlush>,
+    name: &'static str,
     start: u64,
     end: u64,
 }
@@ -163,49 +176,21 @@ impl SpinKvaPeer {
             purge_mode: vmalloc::PurgeMode::Synchronous,
             ..vmalloc::KvaConfig::default()
         };
-        let flush: Arc<dyn TlbFlush> = Arc::new(CountingFlush::new());
-        let kva = vmalloc::Kva::with_platform(cfg, flush, None)?;
-        Ok(Self { kva, start, end })
+        let flush = Arc::new(CountingFlush::new());
+        let as_dyn: Arc<dyn TlbFlush> = flush.clone();
+        let kva = vmalloc::Kva::with_platform(cfg, as_dyn, None)?;
+        Ok(Self {
+            kva,
+            flush,
+            name: "kva-spin-sync",
+            start,
+            end,
+        })
     }
 }
 
 #[cfg(feature = "spin-peer")]
-impl SharedVaAllocator for SpinKvaPeer {
-    fn name(&self) -> &'static str {
-        "kva-spin-sync"
-    }
-    fn alloc(&self, size: u64, align: u64) -> Option<u64> {
-        let info = vmalloc::AreaInfo::new(vmalloc::VmFlags::ALLOC);
-        self.kva
-            .alloc(size, align, self.start, self.end, None, info)
-            .ok()
-            .map(pagetable::VirtAddr::as_u64)
-    }
-    fn free(&self, addr: u64, _size: u64, _align: u64) -> Result<(), PeerError> {
-        self.kva
-            .remove_free_lazy(pagetable::VirtAddr::new_truncate(addr), 0)
-            .map_err(|_| PeerError::UnknownAllocation { addr })
-    }
-    fn settle(&self) {
-        self.kva.purge();
-    }
-}
-
-#[cfg(feature = "spin-peer")]
-impl VaAllocator for SpinKvaPeer {
-    fn name(&self) -> &'static str {
-        "kva-spin-sync"
-    }
-    fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
-        SharedVaAllocator::alloc(self, size, align)
-    }
-    fn free(&mut self, addr: u64, size: u64, align: u64) -> Result<(), PeerError> {
-        SharedVaAllocator::free(self, addr, size, align)
-    }
-    fn settle(&mut self) {
-        SharedVaAllocator::settle(self);
-    }
-}
+kva_peer_impls!(SpinKvaPeer);
 
 // ---------------------------------------------------------------------------------------------
 // the legacy baseline (seed 003)
