@@ -28,6 +28,9 @@ use super::Inner;
 use crate::kva::area::{RemovedArea, VmArea};
 use crate::kva::config::PurgeMode;
 use crate::kva::error::KvaError;
+use crate::kva::node::NodeState;
+use crate::kva::shard::Shard;
+use crate::sync::MutexGuard;
 
 impl<P: Platform> Inner<P> {
     /// Why `addr` is not the start of a live area.
@@ -112,29 +115,9 @@ impl<P: Platform> Inner<P> {
         let Some(i) = self.shards.index_of(area.area.start) else {
             return;
         };
-        let pages = crate::kva::shard::pages(area.area.start, area.area.end);
-        // A caller cannot have unmapped more pages than the area has (a larger count is a
-        // caller bug; clamped, so the statistics cannot overflow).
-        let unmapped_pages = unmapped_pages.min(pages);
-        // The node's lazy batch: the range waits there (pending, not free) for a purge,
-        // which takes it under this same lock.
-        let (start, end) = (area.area.start, area.area.end);
         let sh = self.shards.get(i);
-        let node = sh.node();
-        let recorded = {
-            let mut st = node.lock();
-            match node.record_lazy(&mut st, start, end, pages, unmapped_pages) {
-                Some(old) => Ok(old),
-                None => Err(st.take_spare()),
-            }
-        };
-        let old = match recorded {
-            Ok(old) => old,
-            // Batch full: the lock-free overflow list, in a spare node if the node had one
-            // (counter first, then the `Release` push: see `Shard::push_overflow`).
-            Err(spare) => sh.push_overflow(spare, start, end, pages, unmapped_pages),
-        };
-        self.lazy_added(old, pages);
+        let st = sh.node().lock();
+        self.queue_lazy(sh, st, area.area.start, area.area.end, unmapped_pages);
     }
 
     /// `free_lazy(remove(addr)?, unmapped_pages)` in ONE node-lock critical section: find
@@ -152,8 +135,7 @@ impl<P: Platform> Inner<P> {
             return Err(KvaError::NotAllocated { addr });
         };
         let sh = self.shards.get(i);
-        let node = sh.node();
-        let mut st = node.lock();
+        let mut st = sh.node().lock();
         let Some((start, end)) = st.remove_bounds(addr) else {
             drop(st);
             return Err(self.miss_error(addr, true));
@@ -163,20 +145,41 @@ impl<P: Platform> Inner<P> {
             // before `free_lazy`): the crossing count never falls below the live crossings.
             self.shards.account_crossing(start, end, false);
         }
+        self.queue_lazy(sh, st, start, end, unmapped_pages);
+        Ok(())
+    }
+
+    /// The tail of both lazy frees: queue `[start, end)` (an area of shard `sh`, no longer
+    /// live) in the node's lazy batch under `st`, the node's lock, which it releases; with
+    /// the batch full, on the lock-free overflow list after the unlock, in a spare node if
+    /// the node had one (counter first, then the `Release` push: see
+    /// `Shard::push_overflow`). The range waits there (pending, not free) for a purge, which
+    /// takes it under the same lock. A caller cannot have unmapped more pages than the area
+    /// has (a larger count is a caller bug; clamped, so the statistics cannot overflow).
+    #[inline(always)]
+    fn queue_lazy(
+        &self,
+        sh: &Shard<P>,
+        mut st: MutexGuard<'_, P, NodeState>,
+        start: u64,
+        end: u64,
+        unmapped_pages: usize,
+    ) {
         let pages = crate::kva::shard::pages(start, end);
         let unmapped_pages = unmapped_pages.min(pages);
-        let recorded = match node.record_lazy(&mut st, start, end, pages, unmapped_pages) {
+        let recorded = match sh
+            .node()
+            .record_lazy(&mut st, start, end, pages, unmapped_pages)
+        {
             Some(old) => Ok(old),
             None => Err(st.take_spare()),
         };
         drop(st);
         let old = match recorded {
             Ok(old) => old,
-            // Batch full: as in `free_lazy`.
             Err(spare) => sh.push_overflow(spare, start, end, pages, unmapped_pages),
         };
         self.lazy_added(old, pages);
-        Ok(())
     }
 
     /// `pages` were added to a lazy counter that held `old`: when that crosses a

@@ -491,11 +491,7 @@ impl NodeState {
         let Some((s, e, rec)) = r else {
             return Ok(None);
         };
-        if rec.flags == EXT {
-            self.ext.remove(&s);
-        }
-        self.busy_bytes -= e - s;
-        self.removed += e - s;
+        self.removed_from_index(s, e, rec);
         Ok(seen)
     }
 
@@ -511,12 +507,19 @@ impl NodeState {
             Ok(None) => return None,
             Err(never) => match never {},
         };
+        self.removed_from_index(s, e, rec);
+        Some((s, e))
+    }
+
+    /// The bookkeeping of an entry `[s, e)` with record `rec` just removed from the index:
+    /// its side-map info, the live bytes, the removed bytes.
+    #[inline(always)]
+    fn removed_from_index(&mut self, s: u64, e: u64, rec: Rec) {
         if rec.flags == EXT {
             self.ext.remove(&s);
         }
         self.busy_bytes -= e - s;
         self.removed += e - s;
-        Some((s, e))
     }
 
     /// The live area starting exactly at `start`.

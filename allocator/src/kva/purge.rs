@@ -222,9 +222,10 @@ pub(crate) fn helpers_for(
 impl<P: Platform> Inner<P> {
     /// A kick past the threshold while a kick purge runs: set `KICK_AGAIN` so that the
     /// running purger does one more round, and return `true`; `false` (nothing changed) when
-    /// no kick purge runs. This is `try_purge`'s "others skip" step on its own, taken before
-    /// handing a kick to a worker or the host's hook: a kick during a long purge then costs
-    /// one read-modify-write instead of a wake-up that would only find the purge running
+    /// no kick purge runs. This is `try_purge`'s "others skip" step, which a kick in
+    /// Background mode takes on its own before handing the kick to a worker or the host's
+    /// hook: a kick during a long purge then costs one read-modify-write instead of a
+    /// wake-up that would only find the purge running
     /// (the kick storm of many threads freeing while one purge lags). Same ordering argument
     /// as `try_purge`: the `AcqRel` RMW that sets `KICK_AGAIN` comes after the kicker's push
     /// and before the purger's RMW that reads it, so the next round's `del_all` sees the push.
@@ -264,23 +265,21 @@ impl<P: Platform> Inner<P> {
     /// of every kicker that set `KICK_AGAIN`. The purge itself runs under the purge mutex, so
     /// a kick purge waits only for an explicit purge (or an invariant check) in progress.
     pub(crate) fn try_purge(&self) -> Option<PurgeReport> {
-        self.purge.counters.kicks.fetch_add(1, Ordering::Relaxed);
-        let mut cur = self.purge.kick_state.load(Ordering::Relaxed);
+        // Idle is exactly 0 (AGAIN is only ever set beside RUNNING, and a purger's end
+        // clears both or keeps RUNNING): either join the running purge, or move 0 -> RUNNING
+        // and purge; a failed move means a purge started meanwhile, so join it.
         loop {
-            let next = if cur & KICK_RUNNING != 0 {
-                cur | KICK_AGAIN
-            } else {
-                KICK_RUNNING
-            };
-            match self.purge.kick_state.compare_exchange_weak(
-                cur,
-                next,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) if cur & KICK_RUNNING != 0 => return None,
-                Ok(_) => break,
-                Err(actual) => cur = actual,
+            if self.join_running_purge() {
+                return None;
+            }
+            if self
+                .purge
+                .kick_state
+                .compare_exchange(0, KICK_RUNNING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.purge.counters.kicks.fetch_add(1, Ordering::Relaxed);
+                break;
             }
         }
         let mut total = PurgeReport::default();
