@@ -57,6 +57,19 @@ pub struct Mappings<'a, P: Platform = DefaultPlatform> {
     rest: core::slice::Iter<'a, PageTableEntry>,
 }
 
+/// The 4 KiB leaf at linear address `at` held by entry `e` of a leaf table, if present
+/// (the per-page step shared by `next` and `fold`).
+#[inline(always)]
+fn page_mapping(at: u64, e: &PageTableEntry) -> Option<Mapping> {
+    let p = e.load(Ordering::Acquire);
+    p.is_present().then(|| Mapping {
+        va: from_lin(at),
+        pa: p.addr(),
+        size: PAGE_SIZE,
+        flags: p.flags(),
+    })
+}
+
 impl<P: Platform> Iterator for Mappings<'_, P> {
     type Item = Mapping;
 
@@ -72,15 +85,9 @@ impl<P: Platform> Iterator for Mappings<'_, P> {
                 // (2^48). A checked add would cost a compare per entry in a build with
                 // overflow checks (in the fuzz build, a call into a comparison hook).
                 l = l.wrapping_add(PAGE_SIZE);
-                let p = e.load(Ordering::Acquire);
-                if p.is_present() {
+                if let Some(m) = page_mapping(at, e) {
                     self.next = l;
-                    return Some(Mapping {
-                        va: from_lin(at),
-                        pa: p.addr(),
-                        size: PAGE_SIZE,
-                        flags: p.flags(),
-                    });
+                    return Some(m);
                 }
             }
             self.next = l;
@@ -138,17 +145,8 @@ impl<P: Platform> Iterator for Mappings<'_, P> {
             for e in self.rest.by_ref() {
                 let at = l;
                 l = l.wrapping_add(PAGE_SIZE); // see `next`
-                let p = e.load(Ordering::Acquire);
-                if p.is_present() {
-                    acc = f(
-                        acc,
-                        Mapping {
-                            va: from_lin(at),
-                            pa: p.addr(),
-                            size: PAGE_SIZE,
-                            flags: p.flags(),
-                        },
-                    );
+                if let Some(m) = page_mapping(at, e) {
+                    acc = f(acc, m);
                 }
             }
             self.next = l;
