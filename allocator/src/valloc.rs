@@ -391,25 +391,67 @@ impl<P: Platform> Inner<P> {
     }
 
     /// Release the area starting at `addr` if `ok(flags)`, else `WrongKind` with `expected`.
+    ///
+    /// A small area (at most [`STACK_FRAMES`] pages to unmap, no 2 MiB leaf) is looked up,
+    /// checked, removed, unmapped and queued lazily in ONE node-lock critical section
+    /// ([`Kva::remove_if_unmap`](crate::Kva)); its frames are collected on the stack as
+    /// their entries are cleared and freed after the unlock (no frame operation under a KVA
+    /// lock). A larger one is removed in that section and unmapped and freed lazily after
+    /// it ([`Inner::release`]), so a long unmap never holds the node lock.
     pub(crate) fn free_kind(
         &self,
         addr: u64,
         expected: VmFlags,
         ok: fn(VmFlags) -> bool,
     ) -> Result<(), VmallocError> {
-        // One node-lock critical section: look up, check the kind, remove.
-        let removed = self.kva.remove_if(VirtAddr::new_truncate(addr), |a| {
-            if ok(a.info.flags) {
-                Ok(())
-            } else {
-                Err(VmallocError::WrongKind {
-                    addr,
-                    expected,
-                    found: a.info.flags,
-                })
-            }
-        })?;
-        self.release(removed)
+        let mut buf = [NO_FRAME; STACK_FRAMES];
+        let mut n = 0;
+        let removed = self.kva.remove_if_unmap(
+            VirtAddr::new_truncate(addr),
+            |a| {
+                if ok(a.info.flags) {
+                    Ok(())
+                } else {
+                    Err(VmallocError::WrongKind {
+                        addr,
+                        expected,
+                        found: a.info.flags,
+                    })
+                }
+            },
+            |a| {
+                let len = usable_end(a) - a.start;
+                if len > STACK_FRAMES as u64 * PAGE_SIZE || a.info.flags.contains(VmFlags::HUGE) {
+                    return None;
+                }
+                let va = VirtAddr::new_truncate(a.start);
+                let owned = a.info.flags.contains(VmFlags::ALLOC);
+                // At most 16 pages: no huge leaf can be cleared (one reaching outside the
+                // range is refused before anything changes), so at most 16 frames come back.
+                let r = self.space.unmap(va, len, |pa, size| {
+                    if !owned {
+                        return;
+                    }
+                    for off in (0..size).step_by(PAGE_SIZE as usize) {
+                        if let Some(slot) = buf.get_mut(n) {
+                            *slot = PhysFrame::containing_address(pa + off);
+                            n += 1;
+                        }
+                    }
+                });
+                Some(r.map(|f| f.pages() as usize).map_err(VmallocError::from))
+            },
+        );
+        // Frames whose entries were cleared, after the node lock is released, one by one
+        // through the CPU's frame cache (refused only for a frame outside the arena: never
+        // ours).
+        for &f in &buf[..n] {
+            let _ = self.frames.free(f);
+        }
+        match removed? {
+            None => Ok(()),
+            Some(removed) => self.release(removed),
+        }
     }
 
     /// `vfree` (also run for deferred frees). Thread stacks are refused: they go back through

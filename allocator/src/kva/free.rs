@@ -22,6 +22,7 @@
 
 #[allow(unused_imports)]
 use crate::prelude::*;
+use pagetable::VirtAddr;
 use pagetable::platform::Platform;
 
 use super::Inner;
@@ -31,6 +32,30 @@ use crate::kva::error::KvaError;
 use crate::kva::node::NodeState;
 use crate::kva::shard::Shard;
 use crate::sync::MutexGuard;
+
+impl<P: Platform> super::Kva<P> {
+    /// [`Kva::remove_if`](super::Kva::remove_if) and the unmap of the area in ONE critical
+    /// section of its node's lock, then the lazy free before the unlock: `vfree`'s path for
+    /// small areas (one lock section instead of two). `unmap` runs under the node lock with
+    /// the removed area: it either clears the area's page-table entries there and returns
+    /// `Some(Ok(unmapped pages))` (the area is then queued lazily, before the unlock, so
+    /// the purge, which takes the lazy batch under this lock, never sees it with live
+    /// entries), or returns `None` to get the area back as a [`RemovedArea`] (unmap it with
+    /// no lock held, then [`Kva::free_lazy`](super::Kva::free_lazy)), or `Some(Err(e))`
+    /// (the area stays removed and is never recycled; `e` is returned). `unmap` must not
+    /// take an allocator lock, allocate or free frames, or call back into the allocator:
+    /// page-table updates take no lock; frames the unmap hands back are freed by the caller
+    /// after this returns. Errors of `check` and misses: as `remove_if` (nothing changed).
+    #[inline]
+    pub(crate) fn remove_if_unmap<E: From<KvaError>>(
+        &self,
+        addr: VirtAddr,
+        check: impl FnOnce(&VmArea) -> Result<(), E>,
+        unmap: impl FnOnce(&VmArea) -> Option<Result<usize, E>>,
+    ) -> Result<Option<RemovedArea>, E> {
+        self.inner.remove_if_unmap(addr.as_u64(), check, unmap)
+    }
+}
 
 impl<P: Platform> Inner<P> {
     /// Why `addr` is not the start of a live area.
@@ -79,21 +104,68 @@ impl<P: Platform> Inner<P> {
         addr: u64,
         check: impl FnOnce(&VmArea) -> Result<(), E>,
     ) -> Result<RemovedArea, E> {
-        let Some(i) = self.shards.index_of(addr) else {
-            return Err(KvaError::NotAllocated { addr }.into());
-        };
-        let shard = self.shards.get(i);
-        let removed = shard.lock_node().remove_checked(addr, check)?;
-        let Some(area) = removed else {
-            return Err(self.miss_error(addr, true).into());
-        };
-        if area.end > shard.end() {
-            self.shards.account_crossing(area.start, area.end, false);
-        }
+        let (_, st, area) = self.remove_locked(addr, check)?;
+        drop(st);
         Ok(RemovedArea {
             area,
             owner: self.id,
         })
+    }
+
+    /// Find, check and remove the live area starting at `addr` under its node's lock, and
+    /// return that lock still held with the area: the first half of `remove_if` and of
+    /// `remove_if_unmap`. The crossing count is lowered before the lock is released, so it
+    /// never falls below the live crossings. Misses give `remove`'s errors (lock released).
+    #[inline(always)]
+    fn remove_locked<E: From<KvaError>>(
+        &self,
+        addr: u64,
+        check: impl FnOnce(&VmArea) -> Result<(), E>,
+    ) -> Result<(&Shard<P>, MutexGuard<'_, P, NodeState>, VmArea), E> {
+        let Some(i) = self.shards.index_of(addr) else {
+            return Err(KvaError::NotAllocated { addr }.into());
+        };
+        let sh = self.shards.get(i);
+        let mut st = sh.lock_node();
+        let Some(area) = st.remove_checked(addr, check)? else {
+            drop(st);
+            return Err(self.miss_error(addr, true).into());
+        };
+        if area.end > sh.end() {
+            self.shards.account_crossing(area.start, area.end, false);
+        }
+        Ok((sh, st, area))
+    }
+
+    /// `remove_if`, then `unmap(&area)` in the SAME node-lock section (see
+    /// [`Kva::remove_if_unmap`](super::Kva::remove_if_unmap)): `Some(Ok(pages))`, the
+    /// caller cleared the area's entries there, and the area is queued lazily before the
+    /// lock is released (`queue_lazy`, as `free_lazy` would); `None`, the area comes back
+    /// as a token, to be unmapped with no lock held and freed with `free_lazy`;
+    /// `Some(Err(e))`, the unmap failed: the area stays removed and is never recycled (its
+    /// entries may live), as when `free_lazy` is not called, and `e` is returned.
+    #[inline]
+    pub(crate) fn remove_if_unmap<E: From<KvaError>>(
+        &self,
+        addr: u64,
+        check: impl FnOnce(&VmArea) -> Result<(), E>,
+        unmap: impl FnOnce(&VmArea) -> Option<Result<usize, E>>,
+    ) -> Result<Option<RemovedArea>, E> {
+        let (sh, st, area) = self.remove_locked(addr, check)?;
+        match unmap(&area) {
+            Some(Ok(pages)) => {
+                self.queue_lazy(sh, st, area.start, area.end, pages);
+                Ok(None)
+            }
+            None => {
+                drop(st);
+                Ok(Some(RemovedArea {
+                    area,
+                    owner: self.id,
+                }))
+            }
+            Some(Err(e)) => Err(e),
+        }
     }
 
     /// Whether `area` was issued by this allocator. A foreign token is a caller bug: it is
