@@ -2,8 +2,8 @@
 //!
 //! How it works (zones, pools, per-CPU caches, reference counts, counters, fault injection)
 //! and its invariants: see [`FrameAllocator`]'s documentation (what users rely on). For
-//! maintainers: the pools and per-CPU lists are in `pcp.rs`; `account` and `fold` keep the
-//! high-water mark.
+//! maintainers: the pools and per-CPU lists are in `pcp.rs`, bulk allocation in `bulk.rs`,
+//! 2 MiB runs in `huge.rs`; `account` and `fold` keep the high-water mark.
 //!
 //! Locking/ordering: lock order is CPU-cache mutex, then pool mutex; never two CPU-cache
 //! mutexes at once, never a cache mutex under a pool mutex. Frames move between threads only
@@ -12,6 +12,7 @@
 //! release. Counts are taken with `Relaxed` (the caller already holds a reference); counters
 //! and the fault-injection state are `Relaxed`.
 
+mod bulk;
 mod huge;
 mod pcp;
 
@@ -441,15 +442,10 @@ impl<P: Platform> FrameAllocator<P> {
     fn alloc_one(&self, zone: Zone, use_hints: bool) -> Option<Tagged> {
         let mut g = self.pcp().lock();
         for &z in self.order(zone) {
-            let t = g.lists[z].pop().or_else(|| {
-                let zs = &self.zones[z];
-                if zs.exists() && (!use_hints || zs.hint() > 0) {
-                    zs.take(self.batch, &mut g.lists[z]);
-                    g.lists[z].pop()
-                } else {
-                    None
-                }
-            });
+            let t = match g.lists[z].pop() {
+                Some(t) => Some(t),
+                None => self.refill(&mut g, z, use_hints),
+            };
             if t.is_some() {
                 g.allocs += 1;
                 self.account(&mut g, 1);
@@ -459,25 +455,45 @@ impl<P: Platform> FrameAllocator<P> {
         None
     }
 
+    /// Refill this CPU's empty list `z` (`g`, locked) with a batch from zone `z`'s pool and
+    /// take one frame of it. (Out of line: once per batch.)
+    #[inline(never)]
+    fn refill(&self, g: &mut Pcp, z: usize, use_hints: bool) -> Option<Tagged> {
+        let zs = &self.zones[z];
+        if zs.exists() && (!use_hints || zs.hint() > 0) {
+            zs.take(self.batch, &mut g.lists[z]);
+            g.lists[z].pop()
+        } else {
+            None
+        }
+    }
+
+    #[inline]
     fn alloc_tagged(&self, zone: Zone) -> Result<Tagged, FrameError> {
         if self.injected(1) {
             return Err(self.fail(zone, true));
         }
         let t = match self.alloc_one(zone, true) {
             Some(t) => t,
-            None => {
-                if !self.order(zone).iter().any(|&z| self.zones[z].exists()) {
-                    return Err(self.fail(zone, false));
-                }
-                // Frames may sit in other CPUs' caches: give them all back and retry once,
-                // looking into every pool whatever its hint says.
-                self.drain_cpu_caches();
-                self.alloc_one(zone, false)
-                    .ok_or_else(|| self.fail(zone, false))?
-            }
+            None => self.alloc_retry(zone)?,
         };
         self.claim(t.index());
         Ok(t)
+    }
+
+    /// [`FrameAllocator::alloc_tagged`] found this CPU's cache and the pools (by their
+    /// hints) empty. (Out of line: rare.)
+    #[cold]
+    #[inline(never)]
+    fn alloc_retry(&self, zone: Zone) -> Result<Tagged, FrameError> {
+        if !self.order(zone).iter().any(|&z| self.zones[z].exists()) {
+            return Err(self.fail(zone, false));
+        }
+        // Frames may sit in other CPUs' caches: give them all back and retry once, looking
+        // into every pool whatever its hint says.
+        self.drain_cpu_caches();
+        self.alloc_one(zone, false)
+            .ok_or_else(|| self.fail(zone, false))
     }
 
     /// Allocate one frame (contents unspecified) with reference count 1.
@@ -500,112 +516,6 @@ impl<P: Platform> FrameAllocator<P> {
         Ok(f)
     }
 
-    /// Move up to `n - got.len()` more frames of `zone` into `got`: this CPU's lists first,
-    /// then the pools. Returns whether `got` now holds `n`.
-    fn gather(&self, zone: Zone, n: usize, got: &mut Vec<Tagged>, use_hints: bool) -> bool {
-        let mut g = self.pcp().lock();
-        for &z in self.order(zone) {
-            let list = &mut g.lists[z];
-            let k = (n - got.len()).min(list.len());
-            got.extend(list.drain(list.len() - k..));
-            let zs = &self.zones[z];
-            if got.len() < n && (!use_hints || zs.hint() > 0) {
-                zs.take(n - got.len(), got);
-            }
-            if got.len() == n {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Return never-claimed frames straight to their pools.
-    fn give_back(&self, got: &[Tagged]) {
-        for z in [LOW, HIGH] {
-            let part: Vec<Tagged> = got
-                .iter()
-                .copied()
-                .filter(|t| self.zone_index(t.index()) == z)
-                .collect();
-            self.zones[z].give(&part);
-        }
-    }
-
-    fn alloc_bulk_inner(
-        &self,
-        n: usize,
-        zone: Zone,
-        out: &mut Vec<PhysFrame<Size4KiB>>,
-        zeroed: bool,
-    ) -> Result<(), FrameError> {
-        if n == 0 {
-            return Ok(());
-        }
-        if self.injected(n as u64) {
-            return Err(self.fail(zone, true));
-        }
-        // More than the arena holds can never succeed: refuse before reserving O(n)
-        // bookkeeping, and reserve fallibly (host memory may be short even when frames are
-        // not).
-        if n as u64 > self.nframes {
-            return Err(self.fail(zone, false));
-        }
-        let mut got = Vec::new();
-        if got.try_reserve_exact(n).is_err() || out.try_reserve(n).is_err() {
-            return Err(self.fail(zone, false));
-        }
-        if !self.gather(zone, n, &mut got, true) {
-            self.drain_cpu_caches();
-            if !self.gather(zone, n, &mut got, false) {
-                self.give_back(&got);
-                return Err(self.fail(zone, false));
-            }
-        }
-        if zeroed {
-            for t in got.iter().filter(|t| !t.is_zero()) {
-                if let Err(e) = self.arena.zero_frame(self.frame_of(t.index())) {
-                    self.give_back(&got);
-                    return Err(self.fail_with(e));
-                }
-            }
-        }
-        {
-            let mut g = self.pcp().lock();
-            g.allocs += n as u64;
-            self.account(&mut g, n as i64);
-        }
-        for t in got {
-            self.claim(t.index());
-            out.push(self.frame_of(t.index()));
-        }
-        Ok(())
-    }
-
-    fn fail_with(&self, e: ArenaError) -> FrameError {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        FrameError::Arena(e)
-    }
-
-    /// Allocate `n` frames (contents unspecified) and append them to `out`, or none at all.
-    pub fn alloc_bulk(
-        &self,
-        n: usize,
-        zone: Zone,
-        out: &mut Vec<PhysFrame<Size4KiB>>,
-    ) -> Result<(), FrameError> {
-        self.alloc_bulk_inner(n, zone, out, false)
-    }
-
-    /// Allocate `n` zero-filled frames and append them to `out`, or none at all.
-    pub fn alloc_bulk_zeroed(
-        &self,
-        n: usize,
-        zone: Zone,
-        out: &mut Vec<PhysFrame<Size4KiB>>,
-    ) -> Result<(), FrameError> {
-        self.alloc_bulk_inner(n, zone, out, true)
-    }
-
     /// Drop one reference to frame `index`; true if it was the last.
     #[inline]
     fn drop_ref(&self, index: u64, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
@@ -625,6 +535,7 @@ impl<P: Platform> FrameAllocator<P> {
     }
 
     /// Put released frames into this CPU's cache (trimming it) and count them.
+    #[inline]
     fn release(&self, frames: &[Tagged]) {
         if frames.is_empty() {
             return;

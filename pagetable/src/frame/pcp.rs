@@ -306,12 +306,18 @@ impl Pcp {
         high: usize,
         batch: usize,
     ) {
-        let list = &mut self.lists[z];
-        if list.len() > high {
-            let n = (list.len() - high).max(batch).min(list.len());
-            zone.give(&list[..n]);
-            list.drain(..n);
+        if self.lists[z].len() > high {
+            self.spill(z, zone, high, batch);
         }
+    }
+
+    /// [`Pcp::trim`]'s give-back (out of line: once per `batch` frames freed in a row).
+    #[inline(never)]
+    fn spill<P: Platform>(&mut self, z: usize, zone: &ZoneState<P>, high: usize, batch: usize) {
+        let list = &mut self.lists[z];
+        let n = (list.len() - high).max(batch).min(list.len());
+        zone.give(&list[..n]);
+        list.drain(..n);
     }
 
     /// Give every cached frame and run back to its zone.

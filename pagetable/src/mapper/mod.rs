@@ -332,7 +332,7 @@ impl<P: Platform> AddressSpace<P> {
     }
 
     /// The calling CPU's rss counter.
-    #[inline]
+    #[inline(always)]
     fn rss_slot(&self) -> &AtomicUsize {
         // A drawn CPU id is below `nr_cpu_ids() == rss.len()`; a pinned one may not be: it
         // folds onto slot `id % len`, off the fast path.
@@ -439,6 +439,7 @@ impl<P: Platform> AddressSpace<P> {
     /// # }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn map(
         &self,
         va: VirtAddr,
@@ -493,6 +494,7 @@ impl<P: Platform> AddressSpace<P> {
         )
     }
 
+    #[inline]
     pub(crate) fn map_source(
         &self,
         s: u64,
@@ -506,8 +508,8 @@ impl<P: Platform> AddressSpace<P> {
         }
         let flags =
             (flags - (PageTableFlags::HUGE_PAGE | PageTableFlags::COW)) | PageTableFlags::PRESENT;
-        // Fast path: the range lies in one existing leaf table (and is not a whole 2 MiB
-        // chunk that may become a huge leaf).
+        // Fast path (inlined into the caller): the range lies in one existing leaf table
+        // (and is not a whole 2 MiB chunk that may become a huge leaf).
         if walk::in_one_leaf_table(s, e) && !(huge && e - s == walk::entry_span(2)) {
             if let Some(r) = build::map_fast(self, s, e, &src, flags.bits()) {
                 let pages = r?;
@@ -515,6 +517,20 @@ impl<P: Platform> AddressSpace<P> {
                 return Ok(());
             }
         }
+        self.map_walk(s, e, src, flags, huge)
+    }
+
+    /// [`AddressSpace::map_source`]'s general path: count and allocate the missing tables,
+    /// then build (rolled back on a conflict).
+    #[inline(never)]
+    fn map_walk(
+        &self,
+        s: u64,
+        e: u64,
+        src: Source<'_>,
+        flags: PageTableFlags,
+        huge: bool,
+    ) -> Result<(), MapError> {
         let plan = Plan::Map { huge };
         let need = build::count_tables(self, plan, s, e)?;
         let mut stash = TableStash::new(&self.frames);
@@ -601,6 +617,7 @@ impl<P: Platform> AddressSpace<P> {
     /// # }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn unmap<F: FnMut(PhysAddr, u64)>(
         &self,
         va: VirtAddr,
@@ -612,16 +629,28 @@ impl<P: Platform> AddressSpace<P> {
             return Ok(FlushRange::empty());
         }
         let mut flush = FlushRange::empty();
-        // Fast path: inside one leaf table, one walk does the huge-edge check and finds the
-        // table to clear.
+        // Fast path (inlined into the caller with its callback): inside one leaf table, one
+        // walk does the huge-edge check and finds the table to clear.
         if walk::in_one_leaf_table(s, e) {
             if let Some(pages) = walk::clear_fast(self, s, e, &mut f, &mut flush) {
                 self.sub_rss(pages);
                 return Ok(flush);
             }
         }
+        self.unmap_walk(s, e, &mut f, flush)
+    }
+
+    /// [`AddressSpace::unmap`]'s general path: the huge-edge check, then the range walk.
+    #[inline(never)]
+    fn unmap_walk<F: FnMut(PhysAddr, u64)>(
+        &self,
+        s: u64,
+        e: u64,
+        f: &mut F,
+        mut flush: FlushRange,
+    ) -> Result<FlushRange, MapError> {
         walk::check_huge_edges(self, s, e)?;
-        let pages = walk::clear(self, s, e, &mut f, &mut flush);
+        let pages = walk::clear(self, s, e, f, &mut flush);
         self.sub_rss(pages);
         Ok(flush)
     }
