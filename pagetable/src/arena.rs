@@ -468,9 +468,9 @@ impl PhysArena {
         }
     }
 
-    /// The whole arena as words.
+    /// The whole arena as words (word `i` holds physical bytes `base + 8 * i ..`).
     #[inline]
-    fn all_words(&self) -> &[AtomicU64] {
+    pub(crate) fn all_words(&self) -> &[AtomicU64] {
         self.mem.words()
     }
 

@@ -515,9 +515,7 @@ pub(crate) fn above<P: Platform>(space: &AddressSpace<P>, l: u64) -> Above<'_> {
     // and each level is one bounds-checked slice of it.
     let arena = space.arena();
     let base = arena.base().as_u64();
-    let Ok(words) = arena.words(arena.base(), (arena.size() / 8) as usize) else {
-        return Above::Other;
-    };
+    let words = arena.all_words();
     // `pa - base` wraps to a huge offset below the arena, which `get` rejects; `off + 512`
     // cannot overflow (`off < 2^61`).
     let table = |pa: u64| -> Option<&PageTable> {
