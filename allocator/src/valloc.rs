@@ -14,13 +14,16 @@
 //! * The frames of an `ALLOC` area are referenced only by its PTEs: `vfree` frees exactly the
 //!   frames it unmaps.
 //! * A VA range goes back to the `Kva` through `free_unused` only if no PTE of it was ever
-//!   written (failed setups); otherwise through `free_lazy`.
+//!   written (failed setups); otherwise lazily, after its PTEs are cleared (`free_lazy`, or
+//!   the lazy queueing of `Kva::remove_if_unmap` for a small area).
 //!
 //! # Locking
 //!
 //! No lock of this module: the `Kva` locks its shards and CPU slots, the frame allocator its
 //! caches, and page-table updates are lock-free under the ownership rule (only the owner of
-//! an area maps or unmaps inside it).
+//! an area maps or unmaps inside it). `vfree` of a small area clears its PTEs inside the
+//! `Kva`'s node-lock section (`Kva::remove_if_unmap`) and frees the frames after it: no
+//! frame operation under a `Kva` lock.
 
 #[allow(unused_imports)]
 use crate::prelude::*;
@@ -212,12 +215,14 @@ impl<P: Platform> Vmalloc<P> {
 
     /// `vfree(addr)`: release an area from the vmalloc family. A null address is a no-op.
     ///
-    /// In one node-lock critical section ([`Kva::remove_if`](crate::Kva::remove_if)) the area
-    /// is looked up, checked to be the start of a live `vmalloc` area and taken out of the
-    /// busy lookup; then its PTEs are cleared, handing every frame back to the frame
-    /// allocator (one walk, no allocation); then [`Kva::free_lazy`](crate::Kva::free_lazy):
-    /// NO TLB flush here. The VA is reused only after a purge flushed the union of thousands
-    /// of such areas at once.
+    /// In one node-lock critical section the area is looked up, checked to be the start of a
+    /// live `vmalloc` area and taken out of the busy lookup; for an area of up to 16 pages
+    /// (no 2 MiB leaf) its PTEs are cleared and its range queued lazily in that same section,
+    /// and its frames handed back to the frame allocator after it. A larger area is unmapped
+    /// after the section (one walk, frames handed back as their PTEs are cleared, no
+    /// allocation) and then freed with [`Kva::free_lazy`](crate::Kva::free_lazy). NO TLB
+    /// flush here: the VA is reused only after a purge flushed the union of thousands of
+    /// such areas at once.
     ///
     /// Errors (nothing is changed): [`VmallocError::NotStartOfArea`] (inside an area),
     /// [`VmallocError::DoubleFree`] (freed already, not purged yet),

@@ -4,13 +4,15 @@
 //! # How it works
 //!
 //! `remove_if` finds, checks and removes the area in one node-lock section of the shard
-//! holding its start and hands back a [`RemovedArea`] token. `free_lazy` records a lazily
-//! freed area in that node's lazy batch (one more node-lock section) or, with the batch full
-//! (the purge lagging far behind), pushes it on the shard's lock-free overflow list; a
-//! counter crossing a power-of-two step makes it look at the global backlog and kick a purge
-//! past `lazy_max_pages`. `remove_free_lazy` does both in one node-lock section, for callers
-//! with nothing to unmap between the two (the area's pages already unmapped or never mapped
-//! by them: deferred frees, retired vmap blocks).
+//! holding its start and hands back a [`RemovedArea`] token. `remove_if_unmap` (a small
+//! area's `vfree`) also lets its caller clear the area's page-table entries in that section
+//! and queues the area lazily before the unlock: one section instead of two. `free_lazy`
+//! records a lazily freed area in that node's lazy batch (one more node-lock section) or,
+//! with the batch full (the purge lagging far behind), pushes it on the shard's lock-free
+//! overflow list; a counter crossing a power-of-two step makes it look at the global
+//! backlog and kick a purge past `lazy_max_pages`. `remove_free_lazy` does both in one
+//! node-lock section, for callers with nothing to unmap between the two (the area's pages
+//! already unmapped or never mapped by them: deferred frees, retired vmap blocks).
 //!
 //! # Locking and ordering
 //!
@@ -32,6 +34,10 @@ use crate::kva::error::KvaError;
 use crate::kva::node::NodeState;
 use crate::kva::shard::Shard;
 use crate::sync::MutexGuard;
+
+/// What `Inner::remove_locked` hands back: the area's shard, its node lock still held, and
+/// the removed area.
+type Removed<'a, P> = (&'a Shard<P>, MutexGuard<'a, P, NodeState>, VmArea);
 
 impl<P: Platform> super::Kva<P> {
     /// [`Kva::remove_if`](super::Kva::remove_if) and the unmap of the area in ONE critical
@@ -121,7 +127,7 @@ impl<P: Platform> Inner<P> {
         &self,
         addr: u64,
         check: impl FnOnce(&VmArea) -> Result<(), E>,
-    ) -> Result<(&Shard<P>, MutexGuard<'_, P, NodeState>, VmArea), E> {
+    ) -> Result<Removed<'_, P>, E> {
         let Some(i) = self.shards.index_of(addr) else {
             return Err(KvaError::NotAllocated { addr }.into());
         };
