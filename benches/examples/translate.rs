@@ -9,8 +9,10 @@
 //! heap arena at 1 MiB physical; see `benches/benches/pagetable.rs`) with one side only, then
 //! translates every page `--passes` times (default 10) through `translate_all_ours` or
 //! `translate_all_x86_64` (never inlined, so callgrind can attribute them:
-//! `--toggle-collect='*translate_all_*'` counts only the loops). Prints the checksum and the
-//! wall-clock ns per page (indicative only; criterion's figure is the one to quote).
+//! `--toggle-collect='*translate_all_*'` counts only the loops). `--impl both` builds both
+//! mappings in the one arena, ours first as in the benchmark, and alternates the two sides pass
+//! by pass, so both see the same machine load. Prints the checksum and, per side, the minimum
+//! and median wall-clock ns per page over the passes (and the ratio of the medians).
 //!
 //! Instructions per page = the collected Ir / (262,144 × passes).
 
@@ -71,86 +73,123 @@ fn translate_all_x86_64(mapper: &x86p::OffsetPageTable<'_>, pages: &[x86p::Page]
     sum
 }
 
+/// Which side(s) to run.
+#[derive(Clone, Copy, PartialEq)]
+enum Which {
+    Ours,
+    X86,
+    Both,
+}
+
+/// The `x86_64` side's mapping of the same range, in the same arena.
+fn x86_mapper(frames: &FrameAllocator) -> (x86p::OffsetPageTable<'_>, Vec<x86p::Page>) {
+    let arena = frames.arena();
+    let root = frames.alloc_zeroed(Zone::Normal).expect("root");
+    let offset = arena
+        .ptr(arena.base(), arena.size())
+        .expect("arena pointer") as u64
+        - ARENA_BASE;
+    let root_ptr = arena
+        .ptr(root.start_address(), 4096)
+        .expect("root pointer")
+        .cast::<x86p::PageTable>();
+    // SAFETY: `root_ptr` points at a zeroed, 4 KiB-aligned frame of the arena that nothing else
+    // uses while the mapper lives (just allocated here, and our side uses other frames), so a
+    // unique `&mut PageTable` to it is sound while the arena lives (the allocator, borrowed for
+    // the mapper's lifetime, keeps it). `x86_64::PageTable` is 512 `u64`s, the arena's layout.
+    let root_table = unsafe { &mut *root_ptr };
+    // SAFETY: every physical address `x86_64` dereferences is a table frame of the arena
+    // (`ArenaFrames` hands out arena frames only; data frames are never dereferenced), and
+    // `offset + pa` is exactly where the arena keeps `pa` in this process.
+    let mut mapper =
+        unsafe { x86p::OffsetPageTable::new(root_table, x86_64::VirtAddr::new(offset)) };
+    let mut alloc = ArenaFrames(frames);
+    let flags = x86p::PageTableFlags::PRESENT
+        | x86p::PageTableFlags::WRITABLE
+        | x86p::PageTableFlags::NO_EXECUTE;
+    let pages: Vec<x86p::Page> = (0..PAGES as u64)
+        .map(|i| x86p::Page::containing_address(x86_64::VirtAddr::new(VA + i * 4096)))
+        .collect();
+    for (i, p) in pages.iter().enumerate() {
+        let f =
+            x86p::PhysFrame::containing_address(x86_64::PhysAddr::new(DATA_BASE + i as u64 * 4096));
+        // SAFETY: the data frames are never accessed (only tables are built), so aliasing
+        // them cannot break memory safety; the flush is ignored on purpose.
+        unsafe { mapper.map_to(*p, f, flags, &mut alloc) }
+            .expect("map_to")
+            .ignore();
+    }
+    (mapper, pages)
+}
+
+/// Run `pass` once and return its wall-clock ns per page.
+fn timed(sum: &mut u64, pass: impl FnOnce() -> u64) -> f64 {
+    let start = Instant::now();
+    *sum = sum.wrapping_add(pass());
+    start.elapsed().as_nanos() as f64 / PAGES as f64
+}
+
+/// Minimum and median of `v` (sorted in place).
+fn min_median(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2])
+}
+
 fn main() {
-    let mut ours = true;
+    let mut which = Which::Ours;
     let mut passes = 10u32;
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
         match k.as_str() {
             "--impl" => {
-                ours = match v.as_str() {
-                    "ours" => true,
-                    "x86_64" => false,
-                    _ => panic!("--impl: {v}: want ours or x86_64"),
+                which = match v.as_str() {
+                    "ours" => Which::Ours,
+                    "x86_64" => Which::X86,
+                    "both" => Which::Both,
+                    _ => panic!("--impl: {v}: want ours, x86_64 or both"),
                 }
             }
             "--passes" => passes = v.parse().expect("--passes: a number"),
             _ => panic!("unknown argument {k}"),
         }
     }
+    let passes = passes.max(1);
     let arena =
         Arc::new(PhysArena::heap(ARENA_SIZE, PhysAddr::new(ARENA_BASE)).expect("heap arena"));
     let frames = Arc::new(FrameAllocator::new(arena));
-    let mut sum = 0u64;
-    let start;
-    if ours {
+    // Ours first, as in the benchmark (its tables take the lower frames).
+    let space = (which != Which::X86).then(|| {
         let data: Vec<PhysFrame> = (0..PAGES as u64)
             .map(|i| PhysFrame::containing_address(PhysAddr::new(DATA_BASE + i * 4096)))
             .collect();
         let space = AddressSpace::new(Arc::clone(&frames)).expect("address space");
         let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
         space.map(VirtAddr::new(VA), &data, flags).expect("map");
-        start = Instant::now();
-        for _ in 0..passes {
-            sum = sum.wrapping_add(translate_all_ours(black_box(&space)));
+        space
+    });
+    let x86 = (which != Which::Ours).then(|| x86_mapper(&frames));
+    let (mut sum, mut t_ours, mut t_x86) = (0u64, Vec::new(), Vec::new());
+    for _ in 0..passes {
+        if let Some(s) = &space {
+            t_ours.push(timed(&mut sum, || translate_all_ours(black_box(s))));
         }
-    } else {
-        let arena = frames.arena();
-        let root = frames.alloc_zeroed(Zone::Normal).expect("root");
-        let offset = arena
-            .ptr(arena.base(), arena.size())
-            .expect("arena pointer") as u64
-            - ARENA_BASE;
-        let root_ptr = arena
-            .ptr(root.start_address(), 4096)
-            .expect("root pointer")
-            .cast::<x86p::PageTable>();
-        // SAFETY: `root_ptr` points at a zeroed, 4 KiB-aligned frame of the arena that nothing
-        // else uses while `mapper` lives (just allocated here), so a unique `&mut PageTable`
-        // to it is sound while the arena lives (until the end of `main`). `x86_64::PageTable`
-        // is 512 `u64`s, the arena's word layout.
-        let root_table = unsafe { &mut *root_ptr };
-        // SAFETY: every physical address `x86_64` dereferences is a table frame of the arena
-        // (`ArenaFrames` hands out arena frames only; data frames are never dereferenced), and
-        // `offset + pa` is exactly where the arena keeps `pa` in this process.
-        let mut mapper =
-            unsafe { x86p::OffsetPageTable::new(root_table, x86_64::VirtAddr::new(offset)) };
-        let mut alloc = ArenaFrames(&frames);
-        let flags = x86p::PageTableFlags::PRESENT
-            | x86p::PageTableFlags::WRITABLE
-            | x86p::PageTableFlags::NO_EXECUTE;
-        let pages: Vec<x86p::Page> = (0..PAGES as u64)
-            .map(|i| x86p::Page::containing_address(x86_64::VirtAddr::new(VA + i * 4096)))
-            .collect();
-        for (i, p) in pages.iter().enumerate() {
-            let f = x86p::PhysFrame::containing_address(x86_64::PhysAddr::new(
-                DATA_BASE + i as u64 * 4096,
-            ));
-            // SAFETY: the data frames are never accessed (only tables are built), so aliasing
-            // them cannot break memory safety; the flush is ignored on purpose.
-            unsafe { mapper.map_to(*p, f, flags, &mut alloc) }
-                .expect("map_to")
-                .ignore();
-        }
-        start = Instant::now();
-        for _ in 0..passes {
-            sum = sum.wrapping_add(translate_all_x86_64(black_box(&mapper), &pages));
+        if let Some((m, pages)) = &x86 {
+            t_x86.push(timed(&mut sum, || {
+                translate_all_x86_64(black_box(m), pages)
+            }));
         }
     }
-    let ns = start.elapsed().as_nanos() as f64 / (PAGES as f64 * f64::from(passes.max(1)));
-    println!(
-        "impl {} passes {passes} checksum {sum:#x} ns/page {ns:.2}",
-        if ours { "ours" } else { "x86_64" }
-    );
+    println!("passes {passes} checksum {sum:#x}");
+    let mut medians = Vec::new();
+    for (name, t) in [("ours", &mut t_ours), ("x86_64", &mut t_x86)] {
+        if !t.is_empty() {
+            let (min, med) = min_median(t);
+            medians.push(med);
+            println!("{name:7} ns/page: min {min:.2} median {med:.2}");
+        }
+    }
+    if let [ours, x86] = medians[..] {
+        println!("ours / x86_64 (medians): {:.3}", ours / x86);
+    }
 }
