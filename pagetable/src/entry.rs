@@ -269,19 +269,23 @@ impl PageTable {
         })
     }
 
-    /// View 512 atomic words as a table.
+    /// View atomic words as consecutive tables: table `i` is words `512 * i .. 512 * (i + 1)`
+    /// (a remainder shorter than a table is left out).
     ///
-    /// Returns `None` unless `words.len() == 512`.
-    pub(crate) fn from_words(words: &[AtomicU64]) -> Option<&PageTable> {
-        if words.len() != ENTRIES_PER_TABLE {
-            return None;
-        }
+    /// What a page-table walk indexes: with the arena's words, table `i` is the frame `i`
+    /// pages above the arena's base, so one bounds check of `i` covers the whole table.
+    #[inline]
+    pub(crate) fn tables_from_words(words: &[AtomicU64]) -> &[PageTable] {
+        let n = words.len() / ENTRIES_PER_TABLE;
         // SAFETY: `PageTable` is `repr(transparent)` over `[PageTableEntry; 512]`, and
         // `PageTableEntry` is `repr(transparent)` over `AtomicU64`, so `PageTable` has the
-        // layout (size, alignment, validity) of `[AtomicU64; 512]`. A slice of exactly 512
-        // `AtomicU64` is laid out as such an array. The returned reference borrows `words`
-        // (same lifetime), and atomics permit shared mutation, so no aliasing rule is broken.
-        Some(unsafe { &*words.as_ptr().cast::<PageTable>() })
+        // layout (size, alignment, validity) of `[AtomicU64; 512]`, and `n` consecutive tables
+        // are laid out exactly as `512 * n` consecutive `AtomicU64`s, which `words` holds from
+        // its start (`512 * n <= words.len()`). The pointer is non-null and aligned for
+        // `AtomicU64`, which is `PageTable`'s alignment. The slice borrows `words` (same
+        // lifetime) and every element is an atomic, so shared mutation through either view
+        // breaks no aliasing rule.
+        unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<PageTable>(), n) }
     }
 
     /// The entries.
@@ -451,12 +455,14 @@ mod tests {
         assert!(t.is_empty(Ordering::Relaxed));
         assert_eq!(core::mem::size_of::<PageTable>(), 4096);
 
-        let words: Vec<AtomicU64> = (0..512).map(AtomicU64::new).collect();
-        let view = PageTable::from_words(&words).unwrap();
-        assert_eq!(view[511].load(Ordering::Relaxed).bits(), 511);
-        view[3].store(Pte::UNUSED, Ordering::Relaxed);
-        assert_eq!(words[3].load(Ordering::Relaxed), 0);
-        assert!(PageTable::from_words(&words[..511]).is_none());
+        let words: Vec<AtomicU64> = (0..1100).map(AtomicU64::new).collect();
+        let view = PageTable::tables_from_words(&words);
+        assert_eq!(view.len(), 2, "the 76-word remainder is no table");
+        assert_eq!(view[0][511].load(Ordering::Relaxed).bits(), 511);
+        assert_eq!(view[1][0].load(Ordering::Relaxed).bits(), 512);
+        view[1][3].store(Pte::UNUSED, Ordering::Relaxed);
+        assert_eq!(words[515].load(Ordering::Relaxed), 0);
+        assert!(PageTable::tables_from_words(&words[..511]).is_empty());
     }
 
     #[test]

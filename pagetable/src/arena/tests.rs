@@ -98,6 +98,16 @@ fn out_of_bounds_is_an_error() {
     );
     assert!(a.try_table(frame(0x10_4000)).is_err());
     assert!(a.try_table(frame(0xf_f000)).is_err());
+    assert!(a.try_table(frame(0)).is_err());
+    assert!(a.try_table(frame(0x10_0000 + (1 << 32))).is_err());
+    assert!(a.try_table(frame(PhysAddr::MASK & !0xfff)).is_err());
+    // The first and last frames are tables of the arena, each at its own address.
+    for f in [0x10_0000, 0x10_3000] {
+        a.write(PhysAddr::new(f + 8), &f.to_ne_bytes()).unwrap();
+        let t = a.try_table(frame(f)).unwrap();
+        assert_eq!(t[1].load(Ordering::Relaxed).bits(), f);
+        t[1].store(Pte::UNUSED, Ordering::Relaxed);
+    }
     assert!(a.zero_frame(frame(0x10_4000)).is_err());
     assert!(a.copy_frame(frame(0x10_0000), frame(0x10_4000)).is_err());
     assert_eq!(a.phys_of(core::ptr::null()), None);

@@ -345,6 +345,59 @@ fn pte_slots_are_the_leaf_entries() {
     assert_eq!(s.pte_slot(h + KB4), None);
 }
 
+/// A table entry pointing outside the arena (a page table written to as data) reads as "not
+/// mapped" on every walk and is a typed error for the range operations; nothing is read
+/// outside the arena. Each of the three table levels on the way to a page is corrupted in
+/// turn, with frames just below and just past the arena, far below and far above it.
+#[test]
+fn entries_pointing_outside_the_arena_are_never_followed() {
+    let (a, s) = space(64);
+    let (base, end) = (a.arena().base().as_u64(), a.arena().end().as_u64());
+    let v = va(0xffff_c900_0020_5000);
+    let f = data_frames(1, 0x9000_0000)[0];
+    s.map(v, &[f], RW).unwrap();
+    let l = crate::tlb::lin(v);
+    let bad = [
+        0,
+        base - KB4,
+        end,
+        end + GB1,
+        base + (1 << 32),
+        crate::entry::ADDR_MASK,
+    ];
+    let mut t = s.root_table();
+    for level in [4, 3, 2] {
+        let entry = &t[walk::index(l, level)];
+        let good = entry.load(Ordering::Relaxed);
+        for &pa in &bad {
+            entry.store(
+                crate::entry::Pte::new(PhysAddr::new(pa), RW),
+                Ordering::Relaxed,
+            );
+            let what = format!("level {level} entry -> {pa:#x}");
+            assert!(s.translate(v).is_none(), "{what}");
+            // A PD entry's target is not read by `pte_slot`: it names the slot's address,
+            // which is outside the arena (writing it through the arena is refused).
+            let slot = (level == 2).then(|| PhysAddr::new(pa + walk::index(l, 1) as u64 * 8));
+            assert_eq!(s.pte_slot(v), slot, "{what}");
+            assert_eq!(s.mappings(v, KB4).count(), 0, "{what}");
+            assert_eq!(s.mappings(v, KB4).fold(0, |n, _| n + 1), 0, "{what}");
+            // Unmap skips what it cannot read, as a hole; map refuses to build under it.
+            let mut called = false;
+            let flush = s.unmap(v, KB4, |_, _| called = true).unwrap();
+            assert!(!called && flush.pages() == 0, "{what}");
+            assert!(
+                matches!(s.map(v + KB4, &[f], RW), Err(MapError::Arena(_))),
+                "{what}"
+            );
+        }
+        entry.store(good, Ordering::Relaxed);
+        assert_eq!(s.translate(v).unwrap().pa, f.start_address());
+        t = s.child(good).unwrap();
+    }
+    assert_eq!(s.rss(), 1);
+}
+
 #[test]
 fn populate_then_map_allocates_nothing_more() {
     let (a, s) = space(64);

@@ -182,21 +182,21 @@ impl<P: Platform> AddressSpace<P> {
 
     /// The present leaf mapping linear address `l`, if any.
     ///
-    /// The hot path of `translate` and of the TLB model's page walk: the arena's word slice
-    /// is fetched once and each level is a bounds-checked slice of it (an entry pointing
-    /// outside the arena reads as "not mapped").
+    /// The hot path of `translate` and of the TLB model's page walk: the arena's table slice
+    /// and base are fetched once, and each level is one bounds-checked index into that slice
+    /// (the arithmetic of `PhysArena::table_at`), so an entry pointing outside the arena reads
+    /// as "not mapped".
     #[inline]
     pub(crate) fn leaf(&self, l: u64) -> Option<Leaf<'_>> {
         let arena = self.arena();
-        let base = arena.base().as_u64();
-        let words = arena
-            .words(arena.base(), (arena.size() / 8) as usize)
-            .ok()?;
-        // `pa - base` wraps to a huge offset for an address below the arena, which `get`
-        // rejects; `off + 512` cannot overflow (`off < 2^61`).
+        // The base is page aligned (an arena invariant); masking it tells the compiler so, and
+        // it then addresses a table by `pa - base` directly instead of shifting it down and back
+        // up. Safety never rests on this: `get` bounds every index by the arena's tables.
+        let base = arena.base().as_u64() & !(PAGE_SIZE - 1);
+        let tables = arena.tables();
+        // As `PhysArena::table_at`, with the base and slice held in registers for the walk.
         let table = |pa: u64| -> Option<&PageTable> {
-            let off = (pa.wrapping_sub(base) / 8) as usize;
-            PageTable::from_words(words.get(off..off + ENTRIES_PER_TABLE)?)
+            tables.get(usize::try_from(pa.wrapping_sub(base) / PAGE_SIZE).ok()?)
         };
         let mut t = table(self.root.start_address().as_u64())?;
         for level in [4, 3, 2] {
@@ -510,17 +510,15 @@ pub(crate) enum Above<'a> {
 /// table whose entry we see is seen zeroed or newer, as for every walk).
 #[inline]
 pub(crate) fn above<P: Platform>(space: &AddressSpace<P>, l: u64) -> Above<'_> {
-    // As in `leaf`: the arena's word slice is fetched once into registers (an `Acquire`
-    // load would otherwise make the compiler re-read the arena's bounds at every level),
-    // and each level is one bounds-checked slice of it.
+    // As in `leaf`: the arena's table slice and base are fetched once into registers (an
+    // `Acquire` load would otherwise make the compiler re-read them at every level), and each
+    // level is one bounds-checked index into the slice.
     let arena = space.arena();
-    let base = arena.base().as_u64();
-    let words = arena.all_words();
-    // `pa - base` wraps to a huge offset below the arena, which `get` rejects; `off + 512`
-    // cannot overflow (`off < 2^61`).
+    // Page aligned (an arena invariant), masked only to tell the compiler so (see `leaf`).
+    let base = arena.base().as_u64() & !(PAGE_SIZE - 1);
+    let tables = arena.tables();
     let table = |pa: u64| -> Option<&PageTable> {
-        let off = (pa.wrapping_sub(base) / 8) as usize;
-        PageTable::from_words(words.get(off..off + ENTRIES_PER_TABLE)?)
+        tables.get(usize::try_from(pa.wrapping_sub(base) / PAGE_SIZE).ok()?)
     };
     let Some(mut t) = table(space.root().start_address().as_u64()) else {
         return Above::Other;
