@@ -13,6 +13,7 @@
 //! and `purge` benchmarks); the `test_vmalloc` runner is the `test-vmalloc` crate.
 
 pub mod by_name;
+pub mod pagetable_sides;
 pub mod peers;
 
 /// Thread counts for the multi-thread benchmarks (`contention`, `kva`): the comma-separated
