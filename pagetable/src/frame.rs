@@ -23,7 +23,6 @@ use crossbeam_utils::CachePadded;
 use self::pcp::{HIGH, LOW, Pcp, Tagged, ZoneState};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 
 use crate::addr::PhysAddr;
 use crate::arena::{ArenaError, PhysArena};
@@ -236,7 +235,7 @@ fn zeroed_counts(n: usize) -> Box<[AtomicU32]> {
     // `u32`'s on every target with 32-bit atomics, so the buffer's layout for `cap` elements is
     // the same for both types and all-zero `u32`s are valid `AtomicU32`s holding 0. The
     // original `Vec` is never dropped (ManuallyDrop), so the buffer has exactly one owner.
-    let atomics = unsafe { Vec::from_raw_parts(ptr.cast::<AtomicU32>(), len, cap) };
+    let atomics = unsafe { alloc::vec::Vec::from_raw_parts(ptr.cast::<AtomicU32>(), len, cap) };
     atomics.into_boxed_slice()
 }
 
