@@ -6,11 +6,18 @@
 //! ```text
 //! cargo run --release -p benches --example pair -- [--pairs N] [--threads T]
 //!     [--tlb counting|model] [--arena mmap|heap] [--warmup N] [--purge background|sync]
+//!     [--platform hosted|spin]
 //! ```
 //!
 //! `--purge sync` builds the instance with `PurgeMode::Synchronous` (the freeing thread that
 //! crosses the threshold purges): what `valgrind --tool=callgrind` should count, since under
 //! valgrind's serialised threads a purge worker runs late and the lazy batches overflow.
+//!
+//! `--platform spin` (only in a build with `--features spin-peer`) builds the same instance over
+//! `benches::peers::SpinPlatform`: `pagetable`'s `RawSpinlock`, the lock a kernel plugs in
+//! (acquire one read-modify-write, release one `Release` store), instead of the hosted
+//! platform's parking_lot mutex (whose release is a compare-exchange too). Same frames, TLB,
+//! purge mode and CPU ids: what the pair costs with a kernel's kind of lock.
 //!
 //! Each thread pins itself to CPU slot `i` (`pagetable::cpu::set_this_cpu`), runs `--warmup`
 //! pairs (default 10% of N), waits for the others at a barrier, then runs N timed pairs.
@@ -20,6 +27,7 @@
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
+use pagetable::platform::Platform;
 use vmalloc::{TlbChoice, Vmalloc, VmallocConfig};
 
 /// Command line.
@@ -30,6 +38,7 @@ struct Args {
     heap: bool,
     warmup: Option<u64>,
     sync: bool,
+    spin: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -40,6 +49,7 @@ fn parse() -> Result<Args, String> {
         heap: false,
         warmup: None,
         sync: false,
+        spin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -62,6 +72,14 @@ fn parse() -> Result<Args, String> {
                     "sync" => true,
                     "background" => false,
                     v => return Err(format!("--purge: {v}: want background or sync")),
+                }
+            }
+            "--platform" => {
+                a.spin = match val()?.as_str() {
+                    "spin" if cfg!(feature = "spin-peer") => true,
+                    "spin" => return Err("--platform spin: build with --features spin-peer".into()),
+                    "hosted" => false,
+                    v => return Err(format!("--platform: {v}: want hosted or spin")),
                 }
             }
             "--arena" => {
@@ -145,13 +163,33 @@ fn main() {
     } else {
         TlbChoice::Counting
     };
-    let vm = match Vmalloc::new(cfg) {
-        Ok(v) => Arc::new(v),
-        Err(e) => {
-            eprintln!("pair: Vmalloc::new: {e}");
-            std::process::exit(1);
-        }
+    #[cfg(feature = "spin-peer")]
+    let built = if args.spin {
+        spin_instance(cfg).map(|v| run(&args, Arc::new(v)))
+    } else {
+        Vmalloc::new(cfg).map(|v| run(&args, Arc::new(v)))
     };
+    // Without the feature `parse` refuses `--platform spin`.
+    #[cfg(not(feature = "spin-peer"))]
+    let built = Vmalloc::new(cfg).map(|v| run(&args, Arc::new(v)));
+    if let Err(e) = built {
+        eprintln!("pair: building the instance: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `cfg`'s instance over [`benches::peers::SpinPlatform`] (`--platform spin`).
+#[cfg(feature = "spin-peer")]
+fn spin_instance(
+    cfg: VmallocConfig,
+) -> Result<Vmalloc<benches::peers::SpinPlatform>, vmalloc::VmallocError> {
+    let arena = Arc::new(pagetable::PhysArena::new(cfg.arena)?);
+    let frames = Arc::new(pagetable::FrameAllocator::with_platform(arena, cfg.frames));
+    Vmalloc::with_platform(cfg.kva, &cfg.early, frames, cfg.tlb, None)
+}
+
+/// Run the pairs on `args.threads` threads and print the figures.
+fn run<P: Platform>(args: &Args, vm: Arc<Vmalloc<P>>) {
     let warmup = args.warmup.unwrap_or(args.pairs / 10);
     let barrier = Arc::new(Barrier::new(args.threads + 1));
     let end = Arc::new(Barrier::new(args.threads + 1));
