@@ -470,7 +470,7 @@ impl PhysArena {
 
     /// The whole arena as words (word `i` holds physical bytes `base + 8 * i ..`).
     #[inline]
-    pub(crate) fn all_words(&self) -> &[AtomicU64] {
+    fn all_words(&self) -> &[AtomicU64] {
         self.mem.words()
     }
 
@@ -498,24 +498,24 @@ impl PhysArena {
             })
     }
 
-    /// The arena as consecutive page tables: element `i` is the frame at `base + i * 4096`.
+    /// The arena as its page tables, indexed by physical address (see [`Tables`]): what a
+    /// walk fetches once and holds in registers for all its levels.
     #[inline]
-    pub(crate) fn tables(&self) -> &[PageTable] {
-        PageTable::tables_from_words(self.all_words())
+    pub(crate) fn tables(&self) -> Tables<'_> {
+        Tables {
+            // Page aligned (an arena invariant); masking tells the compiler so, and it then
+            // addresses a table by `pa - base` directly instead of shifting it down and back
+            // up. Safety never rests on this: `get` bounds every index by the table slice.
+            base: self.base & !(PAGE_SIZE - 1),
+            tables: PageTable::tables_from_words(self.all_words()),
+        }
     }
 
     /// The table at physical address `pa` (4 KiB aligned), if it lies in the arena.
-    ///
-    /// The hot path of every page-table walk: one subtraction, one shift and one comparison.
-    /// Below the base, `pa - base` wraps to at least `2^64 - 2^52`, an index far past the end
-    /// (the arena holds at most `2^40` frames); on a 32-bit target an index that does not fit a
-    /// `usize` is refused before it could be truncated. The base and size are multiples of a
-    /// page, so a 4 KiB-aligned `pa` inside the arena is the start of one of its tables.
     #[inline]
     pub(crate) fn table_at(&self, pa: u64) -> Option<&PageTable> {
         debug_assert!(pa % PAGE_SIZE == 0, "table_at: {pa:#x} not 4 KiB aligned");
-        let i = usize::try_from(pa.wrapping_sub(self.base) / PAGE_SIZE).ok()?;
-        self.tables().get(i)
+        self.tables().get(pa)
     }
 
     /// The `n` words starting at `addr` (8-byte aligned).
@@ -741,6 +741,29 @@ fn fill_bytes(words: &[AtomicU64], off: usize, len: usize, byte: u8) {
     if rest != 0 {
         let (mask, _) = partial(0, &[0u8; WORD][..rest]);
         store_masked(&words[w + full], mask, pattern & mask);
+    }
+}
+
+/// The arena's page tables by physical address: table `i` is the frame at `base + i * 4096`
+/// ([`PhysArena::tables`]). A walk takes one and looks up every level through it.
+#[derive(Clone, Copy)]
+pub(crate) struct Tables<'a> {
+    base: u64,
+    tables: &'a [PageTable],
+}
+
+impl<'a> Tables<'a> {
+    /// The table at physical address `pa` (4 KiB aligned), if it lies in the arena.
+    ///
+    /// The hot path of every page-table walk: one subtraction, one shift and one comparison.
+    /// Below the base, `pa - base` wraps to at least `2^64 - 2^52`, an index far past the end
+    /// (the arena holds at most `2^40` frames); on a 32-bit target an index that does not fit
+    /// a `usize` is refused before it could be truncated. The base and size are multiples of
+    /// a page, so a 4 KiB-aligned `pa` inside the arena is the start of one of its tables.
+    #[inline(always)]
+    pub(crate) fn get(self, pa: u64) -> Option<&'a PageTable> {
+        self.tables
+            .get(usize::try_from(pa.wrapping_sub(self.base) / PAGE_SIZE).ok()?)
     }
 }
 

@@ -188,16 +188,9 @@ impl<P: Platform> AddressSpace<P> {
     /// as "not mapped".
     #[inline]
     pub(crate) fn leaf(&self, l: u64) -> Option<Leaf<'_>> {
-        let arena = self.arena();
-        // The base is page aligned (an arena invariant); masking it tells the compiler so, and
-        // it then addresses a table by `pa - base` directly instead of shifting it down and back
-        // up. Safety never rests on this: `get` bounds every index by the arena's tables.
-        let base = arena.base().as_u64() & !(PAGE_SIZE - 1);
-        let tables = arena.tables();
         // As `PhysArena::table_at`, with the base and slice held in registers for the walk.
-        let table = |pa: u64| -> Option<&PageTable> {
-            tables.get(usize::try_from(pa.wrapping_sub(base) / PAGE_SIZE).ok()?)
-        };
+        let tables = self.arena().tables();
+        let table = |pa: u64| tables.get(pa);
         let mut t = table(self.root.start_address().as_u64())?;
         for level in [4, 3, 2] {
             let entry = &t[index(l, level)];
@@ -513,13 +506,8 @@ pub(crate) fn above<P: Platform>(space: &AddressSpace<P>, l: u64) -> Above<'_> {
     // As in `leaf`: the arena's table slice and base are fetched once into registers (an
     // `Acquire` load would otherwise make the compiler re-read them at every level), and each
     // level is one bounds-checked index into the slice.
-    let arena = space.arena();
-    // Page aligned (an arena invariant), masked only to tell the compiler so (see `leaf`).
-    let base = arena.base().as_u64() & !(PAGE_SIZE - 1);
-    let tables = arena.tables();
-    let table = |pa: u64| -> Option<&PageTable> {
-        tables.get(usize::try_from(pa.wrapping_sub(base) / PAGE_SIZE).ok()?)
-    };
+    let tables = space.arena().tables();
+    let table = |pa: u64| tables.get(pa);
     let Some(mut t) = table(space.root().start_address().as_u64()) else {
         return Above::Other;
     };
