@@ -44,6 +44,11 @@ use crate::sync::{AtomicI64, AtomicU32, AtomicU64, Mutex, Ordering};
 /// the same way (mm/vmstat.c), past a `stat_threshold` of at most 125.
 pub const FOLD: i64 = 64;
 
+/// Frames released per CPU-cache lock section by [`FrameAllocator::free_bulk`] (its stack
+/// buffer: 64 entries are 512 bytes; a bigger chunk would save only one lock section per 64
+/// frames).
+const RELEASE_CHUNK: usize = 64;
+
 pub use huge::HUGE_FRAMES;
 
 /// Physical address where the low (DMA32) zone ends.
@@ -160,9 +165,12 @@ pub struct FrameStats {
 ///   mutex with a frame list per zone (Linux's `pcp` lists). Allocating or freeing one frame
 ///   locks only that (normally uncontended) mutex and pushes/pops a `Vec`; an empty list is
 ///   refilled with [`FrameConfig::pcp_batch`] frames from the pool, a list longer than
-///   [`FrameConfig::pcp_high`] gives its coldest frames back (at least `pcp_batch`). If an
-///   allocation finds nothing, every CPU cache is drained into the pools and the allocation
-///   retried once before it fails.
+///   [`FrameConfig::pcp_high`] gives its coldest frames back (at least `pcp_batch`). A bulk
+///   free ([`FrameAllocator::free_bulk`], what `vfree` and `unmap_and_free` use) drops the
+///   references first and then pushes up to 64 released frames of one zone under one lock
+///   with one copy and one trim, leaving the list and the pool exactly as 64 single frees
+///   would. If an allocation finds nothing, every CPU cache is drained into the pools and
+///   the allocation retried once before it fails.
 /// * **Reference counts.** Every frame has a 32-bit count: 1 when allocated,
 ///   [`FrameAllocator::get`] adds a reference (COW, remap), [`FrameAllocator::free`] drops one
 ///   and releases the frame at zero. Freeing a frame outside the arena or one whose count is
@@ -270,7 +278,14 @@ impl<P: Platform> FrameAllocator<P> {
         let high = cfg.pcp_high.max(cfg.pcp_batch);
         let nr = P::nr_cpu_ids().max(1);
         let pcps =
-            (0..nr).map(|_| CachePadded::new(Mutex::<P, _>::new(Pcp::new(high + batch + 1))));
+            // `high + batch + 1`: a list passes `high` by one frame before a trim, and a
+            // refill takes `batch`; `+ RELEASE_CHUNK`: `release` pushes a whole chunk before
+            // its one trim. No push under the lock reallocates.
+            (0..nr).map(|_| {
+                CachePadded::new(Mutex::<P, _>::new(Pcp::new(
+                    high + batch + 1 + RELEASE_CHUNK,
+                )))
+            });
         Self {
             base,
             nframes,
@@ -519,7 +534,11 @@ impl<P: Platform> FrameAllocator<P> {
     #[inline]
     fn drop_ref(&self, index: u64, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
         let rc = &self.refcounts[index as usize];
-        let mut cur = rc.load(Ordering::Relaxed);
+        // The common case, the only reference: one compare-exchange, no load before it.
+        let mut cur = match rc.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return Ok(true),
+            Err(actual) => actual,
+        };
         loop {
             if cur == 0 {
                 return Err(FrameError::DoubleFree {
@@ -533,17 +552,28 @@ impl<P: Platform> FrameAllocator<P> {
         }
     }
 
-    /// Put released frames into this CPU's cache (trimming it) and count them.
+    /// Put released frames (at most [`RELEASE_CHUNK`]) into this CPU's cache (trimming it)
+    /// and count them.
     #[inline]
     fn release(&self, frames: &[Tagged]) {
-        if frames.is_empty() {
+        let Some(first) = frames.first() else {
             return;
-        }
+        };
+        debug_assert!(frames.len() <= RELEASE_CHUNK);
+        // Frames of one zone (always so for an arena below 4 GiB, and for nearly every
+        // `vfree` above) go in with one copy and one trim; a mix goes frame by frame. Both
+        // leave the same list (see `Pcp::push_trim`).
+        let z = self.zone_index(first.index());
+        let one_zone = frames.iter().all(|t| self.zone_index(t.index()) == z);
         let mut g = self.pcp().lock();
-        for &t in frames {
-            let z = self.zone_index(t.index());
-            g.lists[z].push(t);
-            g.trim(z, &self.zones[z], self.high, self.batch);
+        if one_zone {
+            g.push_trim(z, frames, &self.zones[z], self.high, self.batch);
+        } else {
+            for &t in frames {
+                let z = self.zone_index(t.index());
+                g.lists[z].push(t);
+                g.trim(z, &self.zones[z], self.high, self.batch);
+            }
         }
         g.frees += frames.len() as u64;
         self.account(&mut g, -(frames.len() as i64));
@@ -571,9 +601,7 @@ impl<P: Platform> FrameAllocator<P> {
     /// Drop one reference to each frame. Every valid frame is processed even if some are
     /// refused; returns how many were released, or the first refusal.
     pub fn free_bulk(&self, frames: &[PhysFrame<Size4KiB>]) -> Result<usize, FrameError> {
-        // Frames released per CPU-cache lock section: 64 entries are 512 bytes of stack, and a
-        // bigger chunk would save only one lock section per 64 frames.
-        const CHUNK: usize = 64;
+        const CHUNK: usize = RELEASE_CHUNK;
         let mut buf = [Tagged::new(0, false); CHUNK];
         let (mut len, mut released, mut first_err) = (0, 0, None);
         for &f in frames {

@@ -320,6 +320,39 @@ impl Pcp {
         list.drain(..n);
     }
 
+    /// Push `frames` (all of zone `z`) onto list `z` and trim it once, leaving exactly what
+    /// pushing them one by one with [`Pcp::trim`] after each push would leave: each time the
+    /// list passed `high`, that trim gave back the coldest `batch` frames (`high >= batch`,
+    /// so the excess was 1), so the whole push gives back the coldest
+    /// `ceil(excess / batch) * batch`, in the same order, in one pool-lock section.
+    /// The list's capacity covers `high + frames.len()` for the chunks `release` pushes (see
+    /// where the allocator builds its `Pcp`s), so nothing reallocates.
+    #[inline]
+    pub(super) fn push_trim<P: Platform>(
+        &mut self,
+        z: usize,
+        frames: &[Tagged],
+        zone: &ZoneState<P>,
+        high: usize,
+        batch: usize,
+    ) {
+        let list = &mut self.lists[z];
+        list.extend_from_slice(frames);
+        if list.len() > high {
+            let n = (list.len() - high).div_ceil(batch) * batch;
+            self.give_coldest(z, zone, n);
+        }
+    }
+
+    /// Give the coldest `n` frames of list `z` (at most all of them) back to `zone`.
+    #[inline(never)]
+    fn give_coldest<P: Platform>(&mut self, z: usize, zone: &ZoneState<P>, n: usize) {
+        let list = &mut self.lists[z];
+        let n = n.min(list.len());
+        zone.give(&list[..n]);
+        list.drain(..n);
+    }
+
     /// Give every cached frame and run back to its zone.
     pub(super) fn drain_all<P: Platform>(&mut self, zones: &[ZoneState<P>; 2]) {
         for (list, zone) in self.lists.iter_mut().zip(zones) {
@@ -389,6 +422,40 @@ mod tests {
         p.drain_all(&zones);
         assert_eq!(p.cached(), 0);
         assert_eq!(zones[LOW].pooled(), 100);
+    }
+
+    #[cfg(not(feature = "loom"))]
+    #[test]
+    fn push_trim_leaves_what_trimming_after_each_push_leaves() {
+        type Zone = ZoneState<crate::platform::StdPlatform>;
+        // Everything the zone hands out from now on, in order: its whole state.
+        let drain = |z: &Zone| {
+            let mut out = Vec::new();
+            z.take(usize::MAX, &mut out);
+            out
+        };
+        for (high, batch) in [(6, 3), (128, 32), (1, 1), (0, 1), (5, 5), (7, 2), (32, 31)] {
+            for len0 in 0..=high {
+                for k in [0, 1, 2, batch, batch + 1, 2 * batch + 1, 63, 64] {
+                    let frames: Vec<Tagged> = (0..k)
+                        .map(|j| Tagged::new(500 + j as u64, j % 3 == 0))
+                        .collect();
+                    let (one, bulk) = (Zone::new(0, 1000, true, 0), Zone::new(0, 1000, true, 0));
+                    let (mut a, mut b) = (Pcp::new(high + 65), Pcp::new(high + 65));
+                    one.take(len0, &mut a.lists[LOW]);
+                    bulk.take(len0, &mut b.lists[LOW]);
+                    for &t in &frames {
+                        a.lists[LOW].push(t);
+                        a.trim(LOW, &one, high, batch);
+                    }
+                    b.push_trim(LOW, &frames, &bulk, high, batch);
+                    let case = format!("high {high} batch {batch} len0 {len0} k {k}");
+                    assert_eq!(a.lists[LOW], b.lists[LOW], "{case}: the cached list");
+                    assert!(b.lists[LOW].len() <= high.max(1), "{case}: trimmed");
+                    assert_eq!(drain(&one), drain(&bulk), "{case}: the zone's pool");
+                }
+            }
+        }
     }
 
     #[cfg(not(feature = "loom"))]
