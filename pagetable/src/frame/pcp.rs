@@ -434,13 +434,21 @@ mod tests {
             z.take(usize::MAX, &mut out);
             out
         };
-        for (high, batch) in [(6, 3), (128, 32), (1, 1), (0, 1), (5, 5), (7, 2), (32, 31)] {
+        // Under Miri (which runs this module) a subset: the full set takes minutes there.
+        let pairs: &[(usize, usize)] = if cfg!(miri) {
+            &[(6, 3), (0, 1), (7, 2)]
+        } else {
+            &[(6, 3), (128, 32), (1, 1), (0, 1), (5, 5), (7, 2), (32, 31)]
+        };
+        for &(high, batch) in pairs {
             for len0 in 0..=high {
                 for k in [0, 1, 2, batch, batch + 1, 2 * batch + 1, 63, 64] {
+                    // Pushed frames 192.. never collide with the `len0` taken from the bump
+                    // region (0..=128), and stay inside the zone.
                     let frames: Vec<Tagged> = (0..k)
-                        .map(|j| Tagged::new(500 + j as u64, j % 3 == 0))
+                        .map(|j| Tagged::new(192 + j as u64, j % 3 == 0))
                         .collect();
-                    let (one, bulk) = (Zone::new(0, 1000, true, 0), Zone::new(0, 1000, true, 0));
+                    let (one, bulk) = (Zone::new(0, 256, true, 0), Zone::new(0, 256, true, 0));
                     let (mut a, mut b) = (Pcp::new(high + 65), Pcp::new(high + 65));
                     one.take(len0, &mut a.lists[LOW]);
                     bulk.take(len0, &mut b.lists[LOW]);
