@@ -87,7 +87,8 @@ echo "== $target: $workers worker(s), $flavour build of $rev, corpus $corpus ($(
 start="$(date -u +%s)"
 pids=()
 for w in $(seq 1 "$workers"); do
-    # `time -p` on the worker alone: its CPU seconds, whatever else runs on the machine.
+    # Bash's `time` of the worker alone (a `cpu USER SYS` line at the end of its log): its
+    # CPU seconds, whatever else runs on the machine.
     (
         cd "$dir"
         exec 2>"worker-$w.log"
@@ -118,7 +119,8 @@ for w in $(seq 1 "$workers"); do
         failed=1
     fi
 done
-last="$(grep -hE '^#[0-9]+' "$dir"/worker-*.log | tail -n 1 | grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9]+[KM]?b' || true)"
+# The last worker's last status line (not a stale log of an earlier run with more workers).
+last="$(grep -hE '^#[0-9]+' "$dir/worker-$workers.log" | tail -n 1 | grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9]+[KM]?b' || true)"
 rate=0
 if [ "$cpu" -gt 0 ]; then
     rate=$((execs / cpu))

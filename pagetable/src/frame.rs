@@ -278,12 +278,12 @@ impl<P: Platform> FrameAllocator<P> {
         let high = cfg.pcp_high.max(cfg.pcp_batch);
         let nr = P::nr_cpu_ids().max(1);
         let pcps =
-            // `high + batch + 1`: a list passes `high` by one frame before a trim, and a
-            // refill takes `batch`; `+ RELEASE_CHUNK`: `release` pushes a whole chunk before
-            // its one trim. No push under the lock reallocates.
+            // A list holds at most `high` frames between operations, or `batch` right after
+            // a refill; `release` pushes at most a chunk before its trim. No push under the
+            // lock reallocates.
             (0..nr).map(|_| {
                 CachePadded::new(Mutex::<P, _>::new(Pcp::new(
-                    high + batch + 1 + RELEASE_CHUNK,
+                    high.max(batch) + RELEASE_CHUNK,
                 )))
             });
         Self {
@@ -556,24 +556,19 @@ impl<P: Platform> FrameAllocator<P> {
     /// and count them.
     #[inline]
     fn release(&self, frames: &[Tagged]) {
-        let Some(first) = frames.first() else {
+        if frames.is_empty() {
             return;
-        };
+        }
         debug_assert!(frames.len() <= RELEASE_CHUNK);
-        // Frames of one zone (always so for an arena below 4 GiB, and for nearly every
-        // `vfree` above) go in with one copy and one trim; a mix goes frame by frame. Both
-        // leave the same list (see `Pcp::push_trim`).
-        let z = self.zone_index(first.index());
-        let one_zone = frames.iter().all(|t| self.zone_index(t.index()) == z);
         let mut g = self.pcp().lock();
-        if one_zone {
-            g.push_trim(z, frames, &self.zones[z], self.high, self.batch);
-        } else {
-            for &t in frames {
-                let z = self.zone_index(t.index());
-                g.lists[z].push(t);
-                g.trim(z, &self.zones[z], self.high, self.batch);
-            }
+        // Each run of frames of one zone (the whole chunk below 4 GiB, and for nearly every
+        // `vfree` above) goes in with one copy and one trim. The two zones' lists are
+        // independent, so this leaves what freeing the frames one by one would (see
+        // `Pcp::push_trim`).
+        let zone_of = |t: &Tagged| self.zone_index(t.index());
+        for run in frames.chunk_by(|a, b| zone_of(a) == zone_of(b)) {
+            let z = zone_of(&run[0]);
+            g.push_trim(z, run, &self.zones[z], self.high, self.batch);
         }
         g.frees += frames.len() as u64;
         self.account(&mut g, -(frames.len() as i64));
@@ -601,8 +596,7 @@ impl<P: Platform> FrameAllocator<P> {
     /// Drop one reference to each frame. Every valid frame is processed even if some are
     /// refused; returns how many were released, or the first refusal.
     pub fn free_bulk(&self, frames: &[PhysFrame<Size4KiB>]) -> Result<usize, FrameError> {
-        const CHUNK: usize = RELEASE_CHUNK;
-        let mut buf = [Tagged::new(0, false); CHUNK];
+        let mut buf = [Tagged::new(0, false); RELEASE_CHUNK];
         let (mut len, mut released, mut first_err) = (0, 0, None);
         for &f in frames {
             match self
@@ -612,7 +606,7 @@ impl<P: Platform> FrameAllocator<P> {
                 Ok((i, true)) => {
                     buf[len] = Tagged::new(i, false);
                     len += 1;
-                    if len == CHUNK {
+                    if len == RELEASE_CHUNK {
                         self.release(&buf);
                         released += len;
                         len = 0;

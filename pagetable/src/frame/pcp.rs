@@ -296,37 +296,14 @@ impl Pcp {
             + (self.runs[LOW].len() + self.runs[HIGH].len()) * RUN_FRAMES as usize
     }
 
-    /// If list `z` holds more than `high` frames, give the coldest ones (the bottom of the
-    /// stack: at least `batch`, at least the excess) back to `zone`.
-    #[inline]
-    pub(super) fn trim<P: Platform>(
-        &mut self,
-        z: usize,
-        zone: &ZoneState<P>,
-        high: usize,
-        batch: usize,
-    ) {
-        if self.lists[z].len() > high {
-            self.spill(z, zone, high, batch);
-        }
-    }
-
-    /// [`Pcp::trim`]'s give-back (out of line: once per `batch` frames freed in a row).
-    #[inline(never)]
-    fn spill<P: Platform>(&mut self, z: usize, zone: &ZoneState<P>, high: usize, batch: usize) {
-        let list = &mut self.lists[z];
-        let n = (list.len() - high).max(batch).min(list.len());
-        zone.give(&list[..n]);
-        list.drain(..n);
-    }
-
-    /// Push `frames` (all of zone `z`) onto list `z` and trim it once, leaving exactly what
-    /// pushing them one by one with [`Pcp::trim`] after each push would leave: each time the
-    /// list passed `high`, that trim gave back the coldest `batch` frames (`high >= batch`,
-    /// so the excess was 1), so the whole push gives back the coldest
-    /// `ceil(excess / batch) * batch`, in the same order, in one pool-lock section.
-    /// The list's capacity covers `high + frames.len()` for the chunks `release` pushes (see
-    /// where the allocator builds its `Pcp`s), so nothing reallocates.
+    /// Push `frames` (all of zone `z`) onto list `z`, then, if it holds more than `high`,
+    /// give its coldest frames (the bottom of the stack) back to `zone`: the coldest
+    /// `ceil(excess / batch) * batch`, in one pool-lock section. From a list of at most
+    /// `high` frames this leaves exactly what pushing the frames one at a time would, giving
+    /// back the coldest `batch` each time the list passed `high` (Linux's per-free trim of a
+    /// pcp list): same list, same frames given back, in the same order. The list's capacity
+    /// covers `high + frames.len()` for the chunks `release` pushes (see where the allocator
+    /// builds its `Pcp`s), so nothing reallocates.
     #[inline]
     pub(super) fn push_trim<P: Platform>(
         &mut self,
@@ -405,16 +382,19 @@ mod tests {
 
     #[cfg(not(feature = "loom"))]
     #[test]
-    fn trim_gives_back_the_coldest() {
+    fn push_trim_gives_back_the_coldest() {
         let z = ZoneState::<crate::platform::StdPlatform>::new(0, 100, true, 0);
-        let mut p = Pcp::new(8);
-        z.take(10, &mut p.lists[LOW]);
-        p.trim(LOW, &z, 6, 3);
-        // 10 > 6: give back max(4, 3) = 4 from the bottom (the highest indexes).
-        assert_eq!(p.lists[LOW].len(), 6);
-        assert_eq!(z.pooled(), 94);
-        p.trim(LOW, &z, 6, 3);
-        assert_eq!(p.lists[LOW].len(), 6);
+        let mut p = Pcp::new(8 + 64);
+        let mut taken = Vec::new();
+        z.take(10, &mut taken);
+        p.lists[LOW].extend_from_slice(&taken[..4]);
+        p.push_trim(LOW, &taken[4..], &z, 6, 3);
+        // 10 > 6: give back ceil(4 / 3) * 3 = 6 from the bottom (the 4 cached first and the
+        // 2 pushed first); the 4 pushed last stay.
+        assert_eq!(p.lists[LOW], taken[6..]);
+        assert_eq!(z.pooled(), 96);
+        p.push_trim(LOW, &[], &z, 6, 3);
+        assert_eq!(p.lists[LOW].len(), 4);
         let zones = [
             z,
             ZoneState::<crate::platform::StdPlatform>::new(100, 100, true, 0),
@@ -452,9 +432,16 @@ mod tests {
                     let (mut a, mut b) = (Pcp::new(high + 65), Pcp::new(high + 65));
                     one.take(len0, &mut a.lists[LOW]);
                     bulk.take(len0, &mut b.lists[LOW]);
+                    // The reference: one frame at a time, and each time the list passes
+                    // `high`, the coldest `max(excess, batch)` go back to the pool.
                     for &t in &frames {
-                        a.lists[LOW].push(t);
-                        a.trim(LOW, &one, high, batch);
+                        let list = &mut a.lists[LOW];
+                        list.push(t);
+                        if list.len() > high {
+                            let n = (list.len() - high).max(batch).min(list.len());
+                            one.give(&list[..n]);
+                            list.drain(..n);
+                        }
                     }
                     b.push_trim(LOW, &frames, &bulk, high, batch);
                     let case = format!("high {high} batch {batch} len0 {len0} k {k}");
