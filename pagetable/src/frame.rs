@@ -3,7 +3,7 @@
 //! How it works (zones, pools, per-CPU caches, reference counts, counters, fault injection)
 //! and its invariants: see [`FrameAllocator`]'s documentation (what users rely on). For
 //! maintainers: the pools and per-CPU lists are in `pcp.rs`, bulk allocation in `bulk.rs`,
-//! 2 MiB runs in `huge.rs`; `account` and `fold` keep the high-water mark.
+//! batched freeing in `batch.rs`, 2 MiB runs in `huge.rs`; `account` and `fold` keep the high-water mark.
 //!
 //! Locking/ordering: lock order is CPU-cache mutex, then pool mutex; never two CPU-cache
 //! mutexes at once, never a cache mutex under a pool mutex. Frames move between threads only
@@ -12,9 +12,12 @@
 //! release. Counts are taken with `Relaxed` (the caller already holds a reference); counters
 //! and the fault-injection state are `Relaxed`.
 
+mod batch;
 mod bulk;
 mod huge;
 mod pcp;
+
+pub(crate) use batch::FreeBatch;
 
 use core::fmt;
 
@@ -44,9 +47,9 @@ use crate::sync::{AtomicI64, AtomicU32, AtomicU64, Mutex, Ordering};
 /// the same way (mm/vmstat.c), past a `stat_threshold` of at most 125.
 pub const FOLD: i64 = 64;
 
-/// Frames released per CPU-cache lock section by [`FrameAllocator::free_bulk`] (its stack
-/// buffer: 64 entries are 512 bytes; a bigger chunk would save only one lock section per 64
-/// frames).
+/// Frames released per CPU-cache lock section by [`FrameAllocator::free_bulk`] and
+/// `unmap_and_free` (the stack buffer of their `FreeBatch`: 64 entries are 512 bytes; a
+/// bigger chunk would save only one lock section per 64 frames).
 const RELEASE_CHUNK: usize = 64;
 
 pub use huge::HUGE_FRAMES;
@@ -532,7 +535,7 @@ impl<P: Platform> FrameAllocator<P> {
 
     /// Drop one reference to frame `index`; true if it was the last.
     #[inline]
-    fn drop_ref(&self, index: u64, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
+    fn drop_ref(&self, index: u64) -> Result<bool, FrameError> {
         let rc = &self.refcounts[index as usize];
         // The common case, the only reference: one compare-exchange, no load before it.
         let mut cur = match rc.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed) {
@@ -542,7 +545,7 @@ impl<P: Platform> FrameAllocator<P> {
         loop {
             if cur == 0 {
                 return Err(FrameError::DoubleFree {
-                    frame: frame.start_address(),
+                    frame: self.frame_of(index).start_address(),
                 });
             }
             match rc.compare_exchange_weak(cur, cur - 1, Ordering::AcqRel, Ordering::Relaxed) {
@@ -565,10 +568,18 @@ impl<P: Platform> FrameAllocator<P> {
         // `vfree` above) goes in with one copy and one trim. The two zones' lists are
         // independent, so this leaves what freeing the frames one by one would (see
         // `Pcp::push_trim`).
+        // One frame (`free`: the test folds away), or an arena wholly on one side of 4 GiB
+        // (every arena but one straddling it: one zone has frames): the chunk is one run,
+        // no frame needs its zone looked up.
         let zone_of = |t: &Tagged| self.zone_index(t.index());
-        for run in frames.chunk_by(|a, b| zone_of(a) == zone_of(b)) {
-            let z = zone_of(&run[0]);
-            g.push_trim(z, run, &self.zones[z], self.high, self.batch);
+        if frames.len() == 1 || self.low_end == 0 || self.low_end == self.nframes {
+            let z = zone_of(&frames[0]);
+            g.push_trim(z, frames, &self.zones[z], self.high, self.batch);
+        } else {
+            for run in frames.chunk_by(|a, b| zone_of(a) == zone_of(b)) {
+                let z = zone_of(&run[0]);
+                g.push_trim(z, run, &self.zones[z], self.high, self.batch);
+            }
         }
         g.frees += frames.len() as u64;
         self.account(&mut g, -(frames.len() as i64));
@@ -580,7 +591,7 @@ impl<P: Platform> FrameAllocator<P> {
     #[inline]
     pub fn free(&self, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
         let i = self.index(frame)?;
-        if !self.drop_ref(i, frame)? {
+        if !self.drop_ref(i)? {
             return Ok(false);
         }
         self.release(&[Tagged::new(i, false)]);
@@ -596,34 +607,11 @@ impl<P: Platform> FrameAllocator<P> {
     /// Drop one reference to each frame. Every valid frame is processed even if some are
     /// refused; returns how many were released, or the first refusal.
     pub fn free_bulk(&self, frames: &[PhysFrame<Size4KiB>]) -> Result<usize, FrameError> {
-        let mut buf = [Tagged::new(0, false); RELEASE_CHUNK];
-        let (mut len, mut released, mut first_err) = (0, 0, None);
+        let mut batch = FreeBatch::new(self);
         for &f in frames {
-            match self
-                .index(f)
-                .and_then(|i| self.drop_ref(i, f).map(|last| (i, last)))
-            {
-                Ok((i, true)) => {
-                    buf[len] = Tagged::new(i, false);
-                    len += 1;
-                    if len == RELEASE_CHUNK {
-                        self.release(&buf);
-                        released += len;
-                        len = 0;
-                    }
-                }
-                Ok((_, false)) => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
+            batch.put(f);
         }
-        self.release(&buf[..len]);
-        released += len;
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(released),
-        }
+        batch.finish()
     }
 
     /// Take another reference to an allocated `frame` (COW sharing, remapping); returns the

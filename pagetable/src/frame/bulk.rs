@@ -86,10 +86,11 @@ impl<P: Platform> FrameAllocator<P> {
             g.allocs += n as u64;
             self.account(&mut g, n as i64);
         }
-        for t in got {
+        // `out` has room (reserved above): one extend, no capacity test per frame.
+        out.extend(got.iter().map(|t| {
             self.claim(t.index());
-            out.push(self.frame_of(t.index()));
-        }
+            self.frame_of(t.index())
+        }));
         Ok(())
     }
 

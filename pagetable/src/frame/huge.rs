@@ -144,7 +144,7 @@ impl<P: Platform> FrameAllocator<P> {
         let mut released = 0;
         for k in 0..RUN_FRAMES {
             let i = first + k;
-            if let Ok(true) = self.drop_ref(i, self.frame_of(i)) {
+            if let Ok(true) = self.drop_ref(i) {
                 mine[(k / 64) as usize] |= 1 << (k % 64);
                 released += 1;
             }

@@ -658,3 +658,81 @@ fn counters_fold_without_losing_exactness() {
     assert!(s.high_water >= n && s.high_water <= s.total);
     assert_conserved(&fa);
 }
+
+#[test]
+fn free_batch_drops_references_and_releases_on_drop() {
+    let fa = allocator(200, 0x10_0000);
+    let mut v = Vec::new();
+    fa.alloc_bulk(150, Zone::Normal, &mut v).unwrap();
+    fa.get(v[0]).unwrap();
+    // More than one chunk, then dropped before `finish` (an unwinding caller): the frames
+    // whose last reference went are released all the same, the shared one keeps its other
+    // reference.
+    {
+        let mut b = FreeBatch::new(&fa);
+        for &f in &v {
+            b.put(f);
+        }
+    }
+    assert_eq!(fa.refcount(v[0]), 1);
+    assert_eq!((fa.stats().used, fa.stats().frees), (1, 149));
+    assert_conserved(&fa);
+    // A refusal is the first error, after every other frame was processed.
+    let mut b = FreeBatch::new(&fa);
+    b.put(v[1]);
+    b.put(frame(0x1000));
+    b.put(v[0]);
+    assert_eq!(
+        b.finish(),
+        Err(FrameError::DoubleFree {
+            frame: v[1].start_address()
+        })
+    );
+    assert_eq!(fa.stats().used, 0);
+    assert_conserved(&fa);
+}
+
+#[test]
+fn free_batch_leaves_release_the_arena_frames_only() {
+    let base = 0x10_0000;
+    let fa = allocator(64, base);
+    let mut v = Vec::new();
+    fa.alloc_bulk(64, Zone::Normal, &mut v).unwrap();
+    v.sort_unstable();
+    let mut b = FreeBatch::new(&fa);
+    // A leaf of 8 frames, the first 8 of the arena.
+    b.put_leaf(base, 8 * PAGE_SIZE);
+    // Leaves outside the arena (below it, above it, straddling its end) are not the
+    // allocator's: left alone, not refused.
+    b.put_leaf(0, PAGE_SIZE);
+    b.put_leaf(base + 64 * PAGE_SIZE, PAGE_SIZE);
+    b.put_leaf(base + 60 * PAGE_SIZE, 8 * PAGE_SIZE);
+    b.put_leaf(!(PAGE_SIZE - 1), PAGE_SIZE);
+    // One 4 KiB leaf, the arena's last frame.
+    b.put_leaf(base + 63 * PAGE_SIZE, PAGE_SIZE);
+    assert_eq!(b.finish(), Ok(9));
+    assert!(v[..8].iter().all(|&f| fa.refcount(f) == 0));
+    assert!(v[8..63].iter().all(|&f| fa.refcount(f) == 1));
+    assert_eq!(fa.refcount(v[63]), 0);
+    assert_eq!(fa.stats().used, 55);
+    fa.free_bulk(&v[8..63]).unwrap();
+    assert_conserved(&fa);
+}
+
+#[test]
+fn a_chunk_of_both_zones_goes_to_each_zone() {
+    // 8 frames below 4 GiB, 8 above: one `free_bulk` chunk mixing them puts each frame in
+    // its own zone's list (the one-zone shortcut must not apply).
+    let fa = allocator(16, 4 * GIB - 8 * PAGE_SIZE);
+    let mut v = Vec::new();
+    fa.alloc_bulk(16, Zone::Normal, &mut v).unwrap();
+    v.sort_unstable();
+    let mixed = [v[0], v[15], v[1], v[14], v[8], v[7]];
+    assert_eq!(fa.free_bulk(&mixed), Ok(6));
+    fa.drain_cpu_caches();
+    assert_eq!((fa.pooled(Zone::Dma32), fa.pooled(Zone::Normal)), (3, 6));
+    let dma: Vec<_> = (0..3).map(|_| fa.alloc(Zone::Dma32).unwrap()).collect();
+    assert!(dma.iter().all(|f| f.start_address().as_u64() < 4 * GIB));
+    assert!(fa.alloc(Zone::Dma32).is_err());
+    assert_conserved(&fa);
+}

@@ -567,6 +567,29 @@ fn unmap_and_free_returns_frames() {
 }
 
 #[test]
+fn unmap_and_free_leaves_memory_outside_the_arena_alone() {
+    let (a, s) = space(256);
+    let mut frames = Vec::new();
+    a.alloc_bulk(100, Zone::Normal, &mut frames).unwrap();
+    let n = frames.len();
+    // Arena frames, then device memory (above the arena), then arena frames again, across
+    // more than one 64-frame chunk of the batch when the arena allows.
+    let dev = data_frames(3, 0x9000_0000);
+    let mut all = frames[..n / 2].to_vec();
+    all.extend(&dev);
+    all.extend(&frames[n / 2..]);
+    s.map(va(0x1000_0000), &all, RW).unwrap();
+    let before = used(&a);
+    let flush = s
+        .unmap_and_free(va(0x1000_0000), all.len() as u64 * KB4)
+        .unwrap();
+    assert_eq!(flush.pages(), all.len() as u64);
+    assert_eq!(used(&a), before - n as u64);
+    assert!(frames.iter().all(|&f| a.refcount(f) == 0));
+    assert_eq!(s.rss(), 0);
+}
+
+#[test]
 fn mappings_skip_holes() {
     let (_a, s) = space(64);
     let f = data_frames(4, 0x9000_0000);
