@@ -169,10 +169,10 @@ pub struct FrameStats {
 ///   locks only that (normally uncontended) mutex and pushes/pops a `Vec`; an empty list is
 ///   refilled with [`FrameConfig::pcp_batch`] frames from the pool, a list longer than
 ///   [`FrameConfig::pcp_high`] gives its coldest frames back (at least `pcp_batch`). A bulk
-///   free ([`FrameAllocator::free_bulk`], what `vfree` and `unmap_and_free` use) drops the
-///   references first and then pushes up to 64 released frames of one zone under one lock
-///   with one copy and one trim, leaving the list and the pool exactly as 64 single frees
-///   would. If an allocation finds nothing, every CPU cache is drained into the pools and
+///   free ([`FrameAllocator::free_bulk`], and `unmap_and_free`, which is how `vfree` frees a
+///   large area) drops each reference as the frame is handed in and collects the released
+///   frames on the stack; each 64 of them go in under one lock with one copy and one trim
+///   per zone, leaving the list and the pool exactly as 64 single frees would. If an allocation finds nothing, every CPU cache is drained into the pools and
 ///   the allocation retried once before it fails.
 /// * **Reference counts.** Every frame has a 32-bit count: 1 when allocated,
 ///   [`FrameAllocator::get`] adds a reference (COW, remap), [`FrameAllocator::free`] drops one
