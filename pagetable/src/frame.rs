@@ -3,7 +3,8 @@
 //! How it works (zones, pools, per-CPU caches, reference counts, counters, fault injection)
 //! and its invariants: see [`FrameAllocator`]'s documentation (what users rely on). For
 //! maintainers: the pools and per-CPU lists are in `pcp.rs`, bulk allocation in `bulk.rs`,
-//! batched freeing in `batch.rs`, 2 MiB runs in `huge.rs`; `account` and `fold` keep the high-water mark.
+//! batched freeing in `batch.rs`, 2 MiB runs in `huge.rs`; `account` and `fold` keep the
+//! high-water mark.
 //!
 //! Locking/ordering: lock order is CPU-cache mutex, then pool mutex; never two CPU-cache
 //! mutexes at once, never a cache mutex under a pool mutex. Frames move between threads only
@@ -172,8 +173,9 @@ pub struct FrameStats {
 ///   free ([`FrameAllocator::free_bulk`], and `unmap_and_free`, which is how `vfree` frees a
 ///   large area) drops each reference as the frame is handed in and collects the released
 ///   frames on the stack; each 64 of them go in under one lock with one copy and one trim
-///   per zone, leaving the list and the pool exactly as 64 single frees would. If an allocation finds nothing, every CPU cache is drained into the pools and
-///   the allocation retried once before it fails.
+///   per zone, leaving the list and the pool exactly as 64 single frees would. If an
+///   allocation finds nothing, every CPU cache is drained into the pools and the allocation
+///   retried once before it fails.
 /// * **Reference counts.** Every frame has a 32-bit count: 1 when allocated,
 ///   [`FrameAllocator::get`] adds a reference (COW, remap), [`FrameAllocator::free`] drops one
 ///   and releases the frame at zero. Freeing a frame outside the arena or one whose count is
@@ -564,13 +566,11 @@ impl<P: Platform> FrameAllocator<P> {
         }
         debug_assert!(frames.len() <= RELEASE_CHUNK);
         let mut g = self.pcp().lock();
-        // Each run of frames of one zone (the whole chunk below 4 GiB, and for nearly every
-        // `vfree` above) goes in with one copy and one trim. The two zones' lists are
-        // independent, so this leaves what freeing the frames one by one would (see
-        // `Pcp::push_trim`).
-        // One frame (`free`: the test folds away), or an arena wholly on one side of 4 GiB
-        // (every arena but one straddling it: one zone has frames): the chunk is one run,
-        // no frame needs its zone looked up.
+        // Each run of frames of one zone goes in with one copy and one trim. The two zones'
+        // lists are independent, so this leaves what freeing the frames one by one would (see
+        // `Pcp::push_trim`). One frame (`free`: the length test folds away), or an arena
+        // wholly on one side of 4 GiB (every arena but one straddling it): the chunk is one
+        // run, no frame needs its zone looked up.
         let zone_of = |t: &Tagged| self.zone_index(t.index());
         if frames.len() == 1 || self.low_end == 0 || self.low_end == self.nframes {
             let z = zone_of(&frames[0]);
