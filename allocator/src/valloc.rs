@@ -471,12 +471,17 @@ impl<P: Platform> Inner<P> {
     /// Unmap `[va, va + len)` of an `ALLOC` area with `flags` and about `nr_pages` pages,
     /// freeing the frames it owns: each 2 MiB leaf's run whole ([`VmFlags::HUGE`]), few
     /// frames one by one as their PTE is cleared (no batch buffer), many in batches.
+    /// `removed`: the area is out of the busy index (this thread removed it, so no other
+    /// call can reach its frames: they are freed with `unmap_and_free_exclusive`, no locked
+    /// instruction per page); otherwise (a `vrealloc` shrink of a live area) every drop is a
+    /// compare-exchange, so racing misuse is refused rather than freeing a frame twice.
     pub(crate) fn unmap_owned(
         &self,
         va: VirtAddr,
         len: u64,
         flags: VmFlags,
         nr_pages: usize,
+        removed: bool,
     ) -> Result<pagetable::FlushRange, pagetable::MapError> {
         let frames = &self.frames;
         if flags.contains(VmFlags::HUGE) {
@@ -497,6 +502,8 @@ impl<P: Platform> Inner<P> {
                     let _ = frames.free(PhysFrame::containing_address(pa + off));
                 }
             })
+        } else if removed {
+            self.space.unmap_and_free_exclusive(va, len)
         } else {
             self.space.unmap_and_free(va, len)
         }
@@ -509,7 +516,7 @@ impl<P: Platform> Inner<P> {
         let va = VirtAddr::new_truncate(area.start);
         let len = usable_end(&area) - area.start;
         let unmapped = if area.info.flags.contains(VmFlags::ALLOC) {
-            self.unmap_owned(va, len, area.info.flags, area.info.nr_pages)
+            self.unmap_owned(va, len, area.info.flags, area.info.nr_pages, true)
         } else {
             self.space.unmap(va, len, |_, _| {})
         };

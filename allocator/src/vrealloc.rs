@@ -23,7 +23,10 @@
 //! # Locking
 //!
 //! None of its own. Only the area's owner may resize it: a `vrealloc` racing a `vfree`, a
-//! `vread` or another `vrealloc` of the same area is the caller's bug, as in Linux.
+//! `vread` or another `vrealloc` of the same area is the caller's bug, as in Linux (a shrink
+//! racing the `vfree` of its area may free a frame of the tail twice: `vfree` drops an
+//! area's last frame references without a locked instruction, see
+//! `AddressSpace::unmap_and_free_exclusive`).
 
 #[allow(unused_imports)]
 use crate::prelude::*;
@@ -197,6 +200,7 @@ impl<P: Platform> Inner<P> {
                 mapped - new_bytes,
                 area.info.flags,
                 area.info.nr_pages,
+                false,
             )?;
             self.set_pages(va, new_bytes);
         }

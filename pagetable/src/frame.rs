@@ -179,7 +179,11 @@ pub struct FrameStats {
 /// * **Reference counts.** Every frame has a 32-bit count: 1 when allocated,
 ///   [`FrameAllocator::get`] adds a reference (COW, remap), [`FrameAllocator::free`] drops one
 ///   and releases the frame at zero. Freeing a frame outside the arena or one whose count is
-///   already zero is refused with a [`FrameError`] and changes nothing.
+///   already zero is refused with a [`FrameError`] and changes nothing. The drop is a
+///   compare-exchange, so of two racing frees of a frame's last reference one is refused.
+///   `AddressSpace::unmap_and_free_exclusive`, for a caller that never races a free of the
+///   same frame (vfree of an area's frames), drops a last reference with a load and a store
+///   instead: no locked instruction per page, no refusal of a racing double free.
 /// * **Counters.** Allocation and release counts are per CPU, under the cache lock, and
 ///   summed by [`FrameAllocator::stats`] (`used = allocs - frees`), so allocating or freeing
 ///   one frame writes no shared cache line. Frames in CPU caches count as free. Once no
@@ -557,6 +561,26 @@ impl<P: Platform> FrameAllocator<P> {
         }
     }
 
+    /// [`FrameAllocator::drop_ref`] for a caller that frees its frames exclusively: no other
+    /// thread drops a reference to the same frame at the same time unless it holds one of its
+    /// own (true of every correct caller; only a racing double free breaks it). Then a count
+    /// of 1 is the caller's own reference, which nobody else can take or drop meanwhile, so
+    /// the last drop is a load and a store instead of a compare-exchange (the locked
+    /// instruction was a quarter of `long_busy_list`'s time, see docs/KVA_SPEED.md). The load
+    /// is `Acquire` (it pairs with the `Release` drop of a former sharer), the store
+    /// `Release`; a count above 1 takes the read-modify-write path. What the caller gives up
+    /// is the refusal of a racing double free: two such drops of a count of 1 would both
+    /// release the frame. A sequential double free is still refused (the count is 0).
+    #[inline]
+    fn drop_ref_exclusive(&self, index: u64) -> Result<bool, FrameError> {
+        let rc = &self.refcounts[index as usize];
+        if rc.load(Ordering::Acquire) == 1 {
+            rc.store(0, Ordering::Release);
+            return Ok(true);
+        }
+        self.drop_ref(index)
+    }
+
     /// Put released frames (at most [`RELEASE_CHUNK`]) into this CPU's cache (trimming it)
     /// and count them.
     #[inline]
@@ -607,7 +631,7 @@ impl<P: Platform> FrameAllocator<P> {
     /// Drop one reference to each frame. Every valid frame is processed even if some are
     /// refused; returns how many were released, or the first refusal.
     pub fn free_bulk(&self, frames: &[PhysFrame<Size4KiB>]) -> Result<usize, FrameError> {
-        let mut batch = FreeBatch::new(self);
+        let mut batch = FreeBatch::new(self, false);
         for &f in frames {
             batch.put(f);
         }

@@ -19,6 +19,10 @@ use crate::platform::Platform;
 /// A batch of frames being freed (see the module documentation).
 pub(crate) struct FreeBatch<'a, P: Platform> {
     frames: &'a FrameAllocator<P>,
+    /// Drop the last reference with a load and a store (see
+    /// `FrameAllocator::drop_ref_exclusive`: the caller never races another free of the
+    /// same frame).
+    exclusive: bool,
     /// Frames whose last reference went, not yet released.
     buf: [Tagged; RELEASE_CHUNK],
     len: usize,
@@ -28,11 +32,13 @@ pub(crate) struct FreeBatch<'a, P: Platform> {
 }
 
 impl<'a, P: Platform> FreeBatch<'a, P> {
-    /// An empty batch over `frames`.
+    /// An empty batch over `frames`; `exclusive`: the caller frees these frames exclusively
+    /// (no racing free of the same frame; see `FrameAllocator::drop_ref_exclusive`).
     #[inline]
-    pub(crate) fn new(frames: &'a FrameAllocator<P>) -> Self {
+    pub(crate) fn new(frames: &'a FrameAllocator<P>, exclusive: bool) -> Self {
         Self {
             frames,
+            exclusive,
             buf: [Tagged::new(0, false); RELEASE_CHUNK],
             len: 0,
             released: 0,
@@ -43,7 +49,12 @@ impl<'a, P: Platform> FreeBatch<'a, P> {
     /// Drop one reference to the frame with index `i` (in the arena, checked by the caller).
     #[inline(always)]
     fn put_index(&mut self, i: u64) {
-        match self.frames.drop_ref(i) {
+        let dropped = if self.exclusive {
+            self.frames.drop_ref_exclusive(i)
+        } else {
+            self.frames.drop_ref(i)
+        };
+        match dropped {
             Ok(true) => {
                 self.buf[self.len] = Tagged::new(i, false);
                 self.len += 1;

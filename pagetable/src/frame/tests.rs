@@ -669,7 +669,7 @@ fn free_batch_drops_references_and_releases_on_drop() {
     // whose last reference went are released all the same, the shared one keeps its other
     // reference.
     {
-        let mut b = FreeBatch::new(&fa);
+        let mut b = FreeBatch::new(&fa, false);
         for &f in &v {
             b.put(f);
         }
@@ -678,7 +678,7 @@ fn free_batch_drops_references_and_releases_on_drop() {
     assert_eq!((fa.stats().used, fa.stats().frees), (1, 149));
     assert_conserved(&fa);
     // A refusal is the first error, after every other frame was processed.
-    let mut b = FreeBatch::new(&fa);
+    let mut b = FreeBatch::new(&fa, false);
     b.put(v[1]);
     b.put(frame(0x1000));
     b.put(v[0]);
@@ -699,7 +699,7 @@ fn free_batch_leaves_release_the_arena_frames_only() {
     let mut v = Vec::new();
     fa.alloc_bulk(64, Zone::Normal, &mut v).unwrap();
     v.sort_unstable();
-    let mut b = FreeBatch::new(&fa);
+    let mut b = FreeBatch::new(&fa, false);
     // A leaf of 8 frames, the first 8 of the arena.
     b.put_leaf(base, 8 * PAGE_SIZE);
     // Leaves outside the arena (below it, above it, straddling its end) are not the
@@ -735,4 +735,47 @@ fn a_chunk_of_both_zones_goes_to_each_zone() {
     assert!(dma.iter().all(|f| f.start_address().as_u64() < 4 * GIB));
     assert!(fa.alloc(Zone::Dma32).is_err());
     assert_conserved(&fa);
+}
+
+#[test]
+fn exclusive_drops_race_other_holders_and_release_each_frame_once() {
+    // Each frame has two references: one dropped through an exclusive batch (what vfree
+    // does), the other with `free` by another thread at the same time (a remap's user
+    // mapping going away). Whatever the interleaving, each frame is released exactly once.
+    let n: u64 = if cfg!(miri) { 8 } else { 2_000 };
+    for round in 0..if cfg!(miri) { 2 } else { 20 } {
+        let fa = Arc::new(allocator(n, 0x10_0000));
+        let mut v = Vec::new();
+        fa.alloc_bulk(n as usize, Zone::Normal, &mut v).unwrap();
+        for &f in &v {
+            fa.get(f).unwrap();
+        }
+        let other = {
+            let (fa, v) = (Arc::clone(&fa), v.clone());
+            thread::spawn(move || {
+                crate::cpu::set_this_cpu(1);
+                let order: Vec<_> = if round % 2 == 0 {
+                    v.into_iter().rev().collect()
+                } else {
+                    v
+                };
+                order
+                    .into_iter()
+                    .filter(|&f| fa.free(f) == Ok(true))
+                    .count()
+            })
+        };
+        crate::cpu::set_this_cpu(0);
+        let mut b = FreeBatch::new(&fa, true);
+        for &f in &v {
+            b.put(f);
+        }
+        let mine = b.finish().unwrap();
+        let theirs = other.join().unwrap();
+        assert_eq!(mine + theirs, n as usize, "round {round}");
+        assert!(v.iter().all(|&f| fa.refcount(f) == 0));
+        let s = fa.stats();
+        assert_eq!((s.used, s.frees), (0, n));
+        assert_conserved(&fa);
+    }
 }

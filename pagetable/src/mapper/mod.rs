@@ -660,9 +660,32 @@ impl<P: Platform> AddressSpace<P> {
     /// If the allocator refuses a frame (not allocated: a caller bug), the unmap still
     /// completes and the first refusal is returned as [`MapError::Frame`].
     pub fn unmap_and_free(&self, va: VirtAddr, len: u64) -> Result<FlushRange, MapError> {
+        self.unmap_and_drop(va, len, false)
+    }
+
+    /// [`AddressSpace::unmap_and_free`] for a caller that frees the range's frames
+    /// exclusively: no other thread frees any of them at the same time unless it holds a
+    /// reference of its own (what `vfree` guarantees for an area's frames: the area's
+    /// removal from the busy index is exclusive). Each frame whose only reference is the
+    /// mapping's is then released without a read-modify-write (a load and a store, see
+    /// [`FrameAllocator`]'s *Reference counts*); shared frames (COW, remapped) drop theirs
+    /// as usual. A racing double free of such a frame is not refused here, as
+    /// [`FrameAllocator::free`] would refuse it; a sequential one still is.
+    pub fn unmap_and_free_exclusive(&self, va: VirtAddr, len: u64) -> Result<FlushRange, MapError> {
+        self.unmap_and_drop(va, len, true)
+    }
+
+    /// The two `unmap_and_free`s.
+    #[inline]
+    fn unmap_and_drop(
+        &self,
+        va: VirtAddr,
+        len: u64,
+        exclusive: bool,
+    ) -> Result<FlushRange, MapError> {
         // Each cleared leaf's frames go straight into the batch (Linux's mmu_gather), which
         // releases them to this CPU's cache 64 at a time.
-        let mut batch = FreeBatch::new(&self.frames);
+        let mut batch = FreeBatch::new(&self.frames, exclusive);
         let flush = self.unmap(va, len, |pa, size| batch.put_leaf(pa.as_u64(), size))?;
         match batch.finish() {
             Ok(_) => Ok(flush),

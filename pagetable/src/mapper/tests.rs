@@ -590,6 +590,35 @@ fn unmap_and_free_leaves_memory_outside_the_arena_alone() {
 }
 
 #[test]
+fn unmap_and_free_exclusive_releases_sole_references_and_drops_shared_ones() {
+    let (a, s) = space(256);
+    let mut frames = Vec::new();
+    a.alloc_bulk(100, Zone::Normal, &mut frames).unwrap();
+    // Two frames shared (a second reference, as a remap or COW takes): they lose one.
+    a.get(frames[3]).unwrap();
+    a.get(frames[70]).unwrap();
+    s.map(va(0x1000_0000), &frames, RW).unwrap();
+    let before = used(&a);
+    let flush = s
+        .unmap_and_free_exclusive(va(0x1000_0000), 100 * KB4)
+        .unwrap();
+    assert_eq!(flush.pages(), 100);
+    assert_eq!(used(&a), before - 98);
+    assert_eq!((a.refcount(frames[3]), a.refcount(frames[70])), (1, 1));
+    assert_eq!(frames.iter().filter(|&&f| a.refcount(f) == 0).count(), 98);
+    // A frame with no reference left (a sequential double free) is still refused, and the
+    // unmap still happens.
+    s.map(va(0x1000_0000), &frames[..1], RW).unwrap();
+    assert!(matches!(
+        s.unmap_and_free_exclusive(va(0x1000_0000), KB4),
+        Err(MapError::Frame(FrameError::DoubleFree { .. }))
+    ));
+    assert!(s.translate(va(0x1000_0000)).is_none());
+    a.free_bulk(&[frames[3], frames[70]]).unwrap();
+    assert_eq!(used(&a), before - 100);
+}
+
+#[test]
 fn mappings_skip_holes() {
     let (_a, s) = space(64);
     let f = data_frames(4, 0x9000_0000);
