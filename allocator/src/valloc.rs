@@ -447,11 +447,18 @@ impl<P: Platform> Inner<P> {
                 Some(r.map(|f| f.pages() as usize).map_err(VmallocError::from))
             },
         );
-        // Frames whose entries were cleared, after the node lock is released, one by one
-        // through the CPU's frame cache (refused only for a frame outside the arena: never
-        // ours).
-        for &f in &buf[..n] {
-            let _ = self.frames.free(f);
+        // Frames whose entries were cleared, after the node lock is released (refused only
+        // for a frame outside the arena: never ours). The area is out of the busy index, so
+        // nothing else frees them: sole references go without a locked instruction. One
+        // frame by itself; more in one CPU-cache lock section.
+        match n {
+            0 => {}
+            1 => {
+                let _ = self.frames.free_exclusive(buf[0]);
+            }
+            _ => {
+                let _ = self.frames.free_bulk_exclusive(&buf[..n]);
+            }
         }
         match removed? {
             None => Ok(()),
@@ -499,7 +506,12 @@ impl<P: Platform> Inner<P> {
                 for off in (0..size).step_by(PAGE_SIZE as usize) {
                     // Refused only for a frame outside the arena (never ours): skipped, as
                     // `unmap_and_free` does.
-                    let _ = frames.free(PhysFrame::containing_address(pa + off));
+                    let f = PhysFrame::containing_address(pa + off);
+                    let _ = if removed {
+                        frames.free_exclusive(f)
+                    } else {
+                        frames.free(f)
+                    };
                 }
             })
         } else if removed {

@@ -583,7 +583,7 @@ impl<P: Platform> FrameAllocator<P> {
 
     /// Put released frames (at most [`RELEASE_CHUNK`]) into this CPU's cache (trimming it)
     /// and count them.
-    #[inline]
+    #[inline(always)]
     fn release(&self, frames: &[Tagged]) {
         if frames.is_empty() {
             return;
@@ -631,7 +631,41 @@ impl<P: Platform> FrameAllocator<P> {
     /// Drop one reference to each frame. Every valid frame is processed even if some are
     /// refused; returns how many were released, or the first refusal.
     pub fn free_bulk(&self, frames: &[PhysFrame<Size4KiB>]) -> Result<usize, FrameError> {
-        let mut batch = FreeBatch::new(self, false);
+        self.free_batch(frames, false)
+    }
+
+    /// [`FrameAllocator::free`] for a caller that frees `frame` exclusively: no other thread
+    /// frees it at the same time unless it holds a reference of its own (true of every
+    /// correct caller; `vfree` of an area it took out of the busy index). The last reference
+    /// then goes with a load and a store instead of a compare-exchange (no locked
+    /// instruction); a shared frame drops its reference as `free` does. Given up: the
+    /// refusal of a racing double free (two such frees of a sole reference would both release
+    /// the frame). A sequential double free, or a frame outside the arena, is still refused.
+    #[inline]
+    pub fn free_exclusive(&self, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
+        let i = self.index(frame)?;
+        if !self.drop_ref_exclusive(i)? {
+            return Ok(false);
+        }
+        self.release(&[Tagged::new(i, false)]);
+        Ok(true)
+    }
+
+    /// [`FrameAllocator::free_bulk`] under [`FrameAllocator::free_exclusive`]'s contract: one
+    /// CPU-cache lock section per 64 released frames, no locked instruction per sole
+    /// reference.
+    pub fn free_bulk_exclusive(&self, frames: &[PhysFrame<Size4KiB>]) -> Result<usize, FrameError> {
+        self.free_batch(frames, true)
+    }
+
+    /// The two `free_bulk`s.
+    #[inline]
+    fn free_batch(
+        &self,
+        frames: &[PhysFrame<Size4KiB>],
+        exclusive: bool,
+    ) -> Result<usize, FrameError> {
+        let mut batch = FreeBatch::new(self, exclusive);
         for &f in frames {
             batch.put(f);
         }

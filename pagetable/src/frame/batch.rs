@@ -125,3 +125,154 @@ impl<P: Platform> Drop for FreeBatch<'_, P> {
         self.flush();
     }
 }
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::super::tests::{allocator, assert_conserved, frame};
+    use super::FreeBatch;
+    use crate::addr::PhysAddr;
+    use crate::frame::{FrameError, Zone};
+    use crate::page::PAGE_SIZE;
+    use alloc::sync::Arc;
+    use alloc::vec::Vec;
+    use std::thread;
+
+    #[test]
+    fn free_batch_drops_references_and_releases_on_drop() {
+        let fa = allocator(200, 0x10_0000);
+        let mut v = Vec::new();
+        fa.alloc_bulk(150, Zone::Normal, &mut v).unwrap();
+        fa.get(v[0]).unwrap();
+        // More than one chunk, then dropped before `finish` (an unwinding caller): the frames
+        // whose last reference went are released all the same, the shared one keeps its other
+        // reference.
+        {
+            let mut b = FreeBatch::new(&fa, false);
+            for &f in &v {
+                b.put(f);
+            }
+        }
+        assert_eq!(fa.refcount(v[0]), 1);
+        assert_eq!((fa.stats().used, fa.stats().frees), (1, 149));
+        assert_conserved(&fa);
+        // A refusal is the first error, after every other frame was processed.
+        let mut b = FreeBatch::new(&fa, false);
+        b.put(v[1]);
+        b.put(frame(0x1000));
+        b.put(v[0]);
+        assert_eq!(
+            b.finish(),
+            Err(FrameError::DoubleFree {
+                frame: v[1].start_address()
+            })
+        );
+        assert_eq!(fa.stats().used, 0);
+        assert_conserved(&fa);
+    }
+
+    #[test]
+    fn free_batch_leaves_release_the_arena_frames_only() {
+        let base = 0x10_0000;
+        let fa = allocator(64, base);
+        let mut v = Vec::new();
+        fa.alloc_bulk(64, Zone::Normal, &mut v).unwrap();
+        v.sort_unstable();
+        let mut b = FreeBatch::new(&fa, false);
+        // A leaf of 8 frames, the first 8 of the arena.
+        b.put_leaf(base, 8 * PAGE_SIZE);
+        // Leaves outside the arena (below it, above it, straddling its end) are not the
+        // allocator's: left alone, not refused.
+        b.put_leaf(0, PAGE_SIZE);
+        b.put_leaf(base + 64 * PAGE_SIZE, PAGE_SIZE);
+        b.put_leaf(base + 60 * PAGE_SIZE, 8 * PAGE_SIZE);
+        b.put_leaf(!(PAGE_SIZE - 1), PAGE_SIZE);
+        // One 4 KiB leaf, the arena's last frame.
+        b.put_leaf(base + 63 * PAGE_SIZE, PAGE_SIZE);
+        assert_eq!(b.finish(), Ok(9));
+        assert!(v[..8].iter().all(|&f| fa.refcount(f) == 0));
+        assert!(v[8..63].iter().all(|&f| fa.refcount(f) == 1));
+        assert_eq!(fa.refcount(v[63]), 0);
+        assert_eq!(fa.stats().used, 55);
+        fa.free_bulk(&v[8..63]).unwrap();
+        assert_conserved(&fa);
+    }
+
+    #[test]
+    fn exclusive_drops_race_other_holders_and_release_each_frame_once() {
+        // Each frame has two references: one dropped through an exclusive batch (what vfree
+        // does), the other with `free` by another thread at the same time (a remap's user
+        // mapping going away). Whatever the interleaving, each frame is released exactly once.
+        let n: u64 = if cfg!(miri) { 8 } else { 2_000 };
+        for round in 0..if cfg!(miri) { 2 } else { 20 } {
+            let fa = Arc::new(allocator(n, 0x10_0000));
+            let mut v = Vec::new();
+            fa.alloc_bulk(n as usize, Zone::Normal, &mut v).unwrap();
+            for &f in &v {
+                fa.get(f).unwrap();
+            }
+            let other = {
+                let (fa, v) = (Arc::clone(&fa), v.clone());
+                thread::spawn(move || {
+                    crate::cpu::set_this_cpu(1);
+                    let order: Vec<_> = if round % 2 == 0 {
+                        v.into_iter().rev().collect()
+                    } else {
+                        v
+                    };
+                    order
+                        .into_iter()
+                        .filter(|&f| fa.free(f) == Ok(true))
+                        .count()
+                })
+            };
+            crate::cpu::set_this_cpu(0);
+            let mut b = FreeBatch::new(&fa, true);
+            for &f in &v {
+                b.put(f);
+            }
+            let mine = b.finish().unwrap();
+            let theirs = other.join().unwrap();
+            assert_eq!(mine + theirs, n as usize, "round {round}");
+            assert!(v.iter().all(|&f| fa.refcount(f) == 0));
+            let s = fa.stats();
+            assert_eq!((s.used, s.frees), (0, n));
+            assert_conserved(&fa);
+        }
+    }
+
+    #[test]
+    fn free_exclusive_and_free_bulk_exclusive() {
+        let fa = allocator(16, 0x10_0000);
+        let mut v = Vec::new();
+        fa.alloc_bulk(6, Zone::Normal, &mut v).unwrap();
+        fa.get(v[1]).unwrap();
+        // A sole reference goes, a shared one drops to 1.
+        assert_eq!(fa.free_exclusive(v[0]), Ok(true));
+        assert_eq!(fa.free_exclusive(v[1]), Ok(false));
+        assert_eq!(fa.refcount(v[1]), 1);
+        // Refused as `free` refuses: a sequential double free, a frame outside the arena.
+        assert_eq!(
+            fa.free_exclusive(v[0]),
+            Err(FrameError::DoubleFree {
+                frame: v[0].start_address()
+            })
+        );
+        assert_eq!(
+            fa.free_exclusive(frame(0x1000)),
+            Err(FrameError::NotOwned {
+                frame: PhysAddr::new(0x1000)
+            })
+        );
+        // The bulk form: every frame processed, the first refusal returned.
+        assert_eq!(
+            fa.free_bulk_exclusive(&[v[1], v[2], frame(0x1000), v[3], v[0]]),
+            Err(FrameError::NotOwned {
+                frame: PhysAddr::new(0x1000)
+            })
+        );
+        assert_eq!(fa.free_bulk_exclusive(&[v[4], v[5]]), Ok(2));
+        let s = fa.stats();
+        assert_eq!((s.used, s.frees), (0, 6));
+        assert_conserved(&fa);
+    }
+}

@@ -3,8 +3,8 @@
 //! How it works (range walks, the fast path, all-or-nothing maps, the shared kernel half)
 //! and the invariants: see [`AddressSpace`]'s documentation (what users rely on). For
 //! maintainers: `walk.rs` holds the recursive range walks and the fast path, `build.rs` the
-//! two walks of a map and its rollback, `modify.rs` protect, clean-up and teardown,
-//! `mappings.rs` the lock-free queries.
+//! two walks of a map and its rollback, `free.rs` the unmaps that free frames, `modify.rs`
+//! protect, clean-up and teardown, `mappings.rs` the lock-free queries.
 //!
 //! Locking and ordering rules:
 //! * Ownership rule (as for vmalloc): a caller maps, unmaps or protects only a range it owns;
@@ -29,6 +29,7 @@
 //!   on a space's leaves (see `fork`); map/unmap never take it.
 
 mod build;
+mod free;
 mod mappings;
 mod modify;
 #[cfg(all(test, not(feature = "loom")))]
@@ -44,7 +45,7 @@ use crossbeam_utils::CachePadded;
 use crate::addr::{AddrError, PhysAddr, VirtAddr};
 use crate::arena::{ArenaError, PhysArena};
 use crate::entry::{PageTable, PageTableFlags};
-use crate::frame::{FrameAllocator, FrameError, FreeBatch, Zone};
+use crate::frame::{FrameAllocator, FrameError, Zone};
 use crate::page::{PAGE_SIZE, PhysFrame};
 use crate::platform::{DefaultPlatform, Platform};
 use alloc::boxed::Box;
@@ -653,44 +654,6 @@ impl<P: Platform> AddressSpace<P> {
         let pages = walk::clear(self, s, e, f, &mut flush);
         self.sub_rss(pages);
         Ok(flush)
-    }
-
-    /// [`AddressSpace::unmap`] that drops one frame-allocator reference per 4 KiB frame of
-    /// every leaf inside the arena (frames outside it, e.g. device memory, are left alone).
-    /// If the allocator refuses a frame (not allocated: a caller bug), the unmap still
-    /// completes and the first refusal is returned as [`MapError::Frame`].
-    pub fn unmap_and_free(&self, va: VirtAddr, len: u64) -> Result<FlushRange, MapError> {
-        self.unmap_and_drop(va, len, false)
-    }
-
-    /// [`AddressSpace::unmap_and_free`] for a caller that frees the range's frames
-    /// exclusively: no other thread frees any of them at the same time unless it holds a
-    /// reference of its own (what `vfree` guarantees for an area's frames: the area's
-    /// removal from the busy index is exclusive). Each frame whose only reference is the
-    /// mapping's is then released without a read-modify-write (a load and a store, see
-    /// [`FrameAllocator`]'s *Reference counts*); shared frames (COW, remapped) drop theirs
-    /// as usual. A racing double free of such a frame is not refused here, as
-    /// [`FrameAllocator::free`] would refuse it; a sequential one still is.
-    pub fn unmap_and_free_exclusive(&self, va: VirtAddr, len: u64) -> Result<FlushRange, MapError> {
-        self.unmap_and_drop(va, len, true)
-    }
-
-    /// The two `unmap_and_free`s.
-    #[inline]
-    fn unmap_and_drop(
-        &self,
-        va: VirtAddr,
-        len: u64,
-        exclusive: bool,
-    ) -> Result<FlushRange, MapError> {
-        // Each cleared leaf's frames go straight into the batch (Linux's mmu_gather), which
-        // releases them to this CPU's cache 64 at a time.
-        let mut batch = FreeBatch::new(&self.frames, exclusive);
-        let flush = self.unmap(va, len, |pa, size| batch.put_leaf(pa.as_u64(), size))?;
-        match batch.finish() {
-            Ok(_) => Ok(flush),
-            Err(e) => Err(MapError::Frame(e)),
-        }
     }
 
     /// Set the flags of every leaf in `[va, va + len)` to `flags` (`PRESENT` is kept, and

@@ -6,34 +6,34 @@ use crate::frame::FrameStats;
 use crate::page::Size2MiB;
 use crate::sync::thread;
 
-const KB4: u64 = PAGE_SIZE;
+pub(super) const KB4: u64 = PAGE_SIZE;
 const MB2: u64 = 2 << 20;
 const GB1: u64 = 1 << 30;
-const RW: PageTableFlags = PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE);
+pub(super) const RW: PageTableFlags = PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE);
 
 fn allocator(frames: u64) -> Arc<FrameAllocator> {
     let arena = PhysArena::heap(frames * KB4, PhysAddr::new(0x100_0000)).unwrap();
     Arc::new(FrameAllocator::new(Arc::new(arena)))
 }
 
-fn space(frames: u64) -> (Arc<FrameAllocator>, AddressSpace) {
+pub(super) fn space(frames: u64) -> (Arc<FrameAllocator>, AddressSpace) {
     let a = allocator(frames);
     let s = AddressSpace::new(Arc::clone(&a)).unwrap();
     (a, s)
 }
 
-fn va(x: u64) -> VirtAddr {
+pub(super) fn va(x: u64) -> VirtAddr {
     VirtAddr::new(x)
 }
 
 /// Fake data frames above the arena (never touched by the mapper).
-fn data_frames(n: u64, base: u64) -> Vec<PhysFrame> {
+pub(super) fn data_frames(n: u64, base: u64) -> Vec<PhysFrame> {
     (0..n)
         .map(|i| PhysFrame::containing_address(PhysAddr::new(base + i * KB4)))
         .collect()
 }
 
-fn used(a: &FrameAllocator) -> u64 {
+pub(super) fn used(a: &FrameAllocator) -> u64 {
     a.stats().used
 }
 
@@ -544,78 +544,6 @@ fn kernel_half_is_shared_through_preallocated_tables() {
         0,
         "every table freed once the last sharer is gone"
     );
-}
-
-#[test]
-fn unmap_and_free_returns_frames() {
-    let (a, s) = space(64);
-    let mut frames = Vec::new();
-    for _ in 0..20 {
-        frames.push(a.alloc(Zone::Normal).unwrap());
-    }
-    s.map(va(0x1000_0000), &frames, RW).unwrap();
-    let before = used(&a);
-    let _ = s.unmap_and_free(va(0x1000_0000), 20 * KB4).unwrap();
-    assert_eq!(used(&a), before - 20);
-    // A frame that is not allocated is reported, and the unmap still happens.
-    s.map(va(0x1000_0000), &frames[..1], RW).unwrap();
-    assert!(matches!(
-        s.unmap_and_free(va(0x1000_0000), KB4),
-        Err(MapError::Frame(_))
-    ));
-    assert!(s.translate(va(0x1000_0000)).is_none());
-}
-
-#[test]
-fn unmap_and_free_leaves_memory_outside_the_arena_alone() {
-    let (a, s) = space(256);
-    let mut frames = Vec::new();
-    a.alloc_bulk(100, Zone::Normal, &mut frames).unwrap();
-    let n = frames.len();
-    // Arena frames, then device memory (above the arena), then arena frames again, across
-    // more than one 64-frame chunk of the batch when the arena allows.
-    let dev = data_frames(3, 0x9000_0000);
-    let mut all = frames[..n / 2].to_vec();
-    all.extend(&dev);
-    all.extend(&frames[n / 2..]);
-    s.map(va(0x1000_0000), &all, RW).unwrap();
-    let before = used(&a);
-    let flush = s
-        .unmap_and_free(va(0x1000_0000), all.len() as u64 * KB4)
-        .unwrap();
-    assert_eq!(flush.pages(), all.len() as u64);
-    assert_eq!(used(&a), before - n as u64);
-    assert!(frames.iter().all(|&f| a.refcount(f) == 0));
-    assert_eq!(s.rss(), 0);
-}
-
-#[test]
-fn unmap_and_free_exclusive_releases_sole_references_and_drops_shared_ones() {
-    let (a, s) = space(256);
-    let mut frames = Vec::new();
-    a.alloc_bulk(100, Zone::Normal, &mut frames).unwrap();
-    // Two frames shared (a second reference, as a remap or COW takes): they lose one.
-    a.get(frames[3]).unwrap();
-    a.get(frames[70]).unwrap();
-    s.map(va(0x1000_0000), &frames, RW).unwrap();
-    let before = used(&a);
-    let flush = s
-        .unmap_and_free_exclusive(va(0x1000_0000), 100 * KB4)
-        .unwrap();
-    assert_eq!(flush.pages(), 100);
-    assert_eq!(used(&a), before - 98);
-    assert_eq!((a.refcount(frames[3]), a.refcount(frames[70])), (1, 1));
-    assert_eq!(frames.iter().filter(|&&f| a.refcount(f) == 0).count(), 98);
-    // A frame with no reference left (a sequential double free) is still refused, and the
-    // unmap still happens.
-    s.map(va(0x1000_0000), &frames[..1], RW).unwrap();
-    assert!(matches!(
-        s.unmap_and_free_exclusive(va(0x1000_0000), KB4),
-        Err(MapError::Frame(FrameError::DoubleFree { .. }))
-    ));
-    assert!(s.translate(va(0x1000_0000)).is_none());
-    a.free_bulk(&[frames[3], frames[70]]).unwrap();
-    assert_eq!(used(&a), before - 100);
 }
 
 #[test]
