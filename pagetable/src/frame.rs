@@ -614,8 +614,19 @@ impl<P: Platform> FrameAllocator<P> {
     /// or with no reference left ([`FrameError::DoubleFree`]) is refused and nothing changes.
     #[inline]
     pub fn free(&self, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
+        self.free_one(frame, false)
+    }
+
+    /// The two single-frame frees (`exclusive` is a constant at both call sites).
+    #[inline(always)]
+    fn free_one(&self, frame: PhysFrame<Size4KiB>, exclusive: bool) -> Result<bool, FrameError> {
         let i = self.index(frame)?;
-        if !self.drop_ref(i)? {
+        let last = if exclusive {
+            self.drop_ref_exclusive(i)?
+        } else {
+            self.drop_ref(i)?
+        };
+        if !last {
             return Ok(false);
         }
         self.release(&[Tagged::new(i, false)]);
@@ -643,12 +654,7 @@ impl<P: Platform> FrameAllocator<P> {
     /// the frame). A sequential double free, or a frame outside the arena, is still refused.
     #[inline]
     pub fn free_exclusive(&self, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
-        let i = self.index(frame)?;
-        if !self.drop_ref_exclusive(i)? {
-            return Ok(false);
-        }
-        self.release(&[Tagged::new(i, false)]);
-        Ok(true)
+        self.free_one(frame, true)
     }
 
     /// [`FrameAllocator::free_bulk`] under [`FrameAllocator::free_exclusive`]'s contract: one
