@@ -554,7 +554,15 @@ fn background_mode_purges_on_a_worker() {
     for a in addrs {
         vfree(&k, &rec, a);
     }
-    assert!(wait_for(|| k.stats().lazy_pages == 0), "no worker purged");
+    // `lazy_pages` drops to 0 when a purge takes the areas off, before its flush; the purge
+    // is over (flushed, merged) when nothing is `pending` either.
+    assert!(
+        wait_for(|| {
+            let s = k.stats();
+            s.lazy_pages == 0 && s.pending == 0
+        }),
+        "no worker purged"
+    );
     assert!(rec.nr_flushes() >= 1);
     k.check_invariants().unwrap();
     drop(k); // joins the workers
