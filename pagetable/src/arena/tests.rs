@@ -121,7 +121,11 @@ fn round_trips_across_word_boundaries() {
     let base = a.base().as_u64();
     let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     for start in 0..17u64 {
-        for len in [0usize, 1, 3, 7, 8, 9, 15, 16, 17, 63, 1000] {
+        // Lengths around the 64-byte blocks `read_bytes` copies whole: none, one, one and
+        // some words, several.
+        for len in [
+            0usize, 1, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 72, 127, 128, 136, 1000,
+        ] {
             let at = PhysAddr::new(base + 100 + start);
             a.write(at, &data[..len]).unwrap();
             let mut back = vec![0xaa; len];
