@@ -470,5 +470,18 @@ mod tests {
         );
         assert!(!matches(&s, &extra, 0, PAGES));
         assert!(!matches(&s, &Model::new(), 0, PAGES));
+        // A removed page keeps its old entry in its slot: only the bitmap says it is gone
+        // (and with another page mapped instead, the page counts agree).
+        let mut gone = m.clone();
+        gone.remove(&5);
+        assert!(!matches(&s, &gone, 0, PAGES));
+        gone.insert(
+            9,
+            Entry {
+                leaf: (9, 1),
+                ..good
+            },
+        );
+        assert!(!matches(&s, &gone, 0, PAGES));
     }
 }
