@@ -36,16 +36,11 @@ const STAMP: [u8; 8] = *b"stamp-42";
 
 fn allocator(cache: bool) -> Arc<FrameAllocator> {
     let arena = PhysArena::heap(FRAMES * PAGE_SIZE, PhysAddr::zero()).expect("arena");
-    let cfg = if cache {
-        FrameConfig {
-            pcp_batch: 1,
-            pcp_high: 1,
-        }
-    } else {
-        FrameConfig {
-            pcp_batch: 0,
-            pcp_high: 0,
-        }
+    // `pcp_batch: 0, pcp_high: 0` turns the CPU caches off.
+    let n = usize::from(cache);
+    let cfg = FrameConfig {
+        pcp_batch: n,
+        pcp_high: n,
     };
     Arc::new(FrameAllocator::with_config(Arc::new(arena), cfg))
 }

@@ -675,6 +675,14 @@ fn store_masked(word: &AtomicU64, mask: u64, val: u64) {
 /// Words per 64-byte cache line.
 const LINE_WORDS: usize = 8;
 
+/// Copy whole words into `out` (`out.len() == 8 * words.len()`).
+#[inline(always)]
+fn load_words(out: &mut [u8], words: &[AtomicU64]) {
+    for (dst, word) in out.chunks_exact_mut(WORD).zip(words) {
+        dst.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+    }
+}
+
 /// Copy bytes `off .. off + buf.len()` of `words` into `buf` (range already checked).
 fn read_bytes(words: &[AtomicU64], off: usize, buf: &mut [u8]) {
     let mut w = off / WORD;
@@ -689,23 +697,16 @@ fn read_bytes(words: &[AtomicU64], off: usize, buf: &mut [u8]) {
     }
     let full = out.len() / WORD;
     let (mid, tail) = out.split_at_mut(full * WORD);
-    let src = &words[w..w + full];
     // Whole cache lines first, as one unrolled block of eight loads each: one loop branch
     // per 64 bytes instead of per word (the loads stay atomic, so LLVM cannot turn the loop
     // into a `memcpy`; coverage-instrumented builds pay their counter per branch).
-    let lines = full / LINE_WORDS;
-    let (line_bytes, rest) = mid.split_at_mut(lines * LINE_WORDS * WORD);
-    for (chunk, line) in line_bytes
-        .chunks_exact_mut(LINE_WORDS * WORD)
-        .zip(src.chunks_exact(LINE_WORDS))
-    {
-        for (dst, word) in chunk.chunks_exact_mut(WORD).zip(line) {
-            dst.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
-        }
+    let src = words[w..w + full].chunks_exact(LINE_WORDS);
+    let words_left = src.remainder();
+    let mut lines = mid.chunks_exact_mut(LINE_WORDS * WORD);
+    for (chunk, line) in (&mut lines).zip(src) {
+        load_words(chunk, line);
     }
-    for (chunk, word) in rest.chunks_exact_mut(WORD).zip(&src[lines * LINE_WORDS..]) {
-        chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
-    }
+    load_words(lines.into_remainder(), words_left);
     if !tail.is_empty() {
         let bytes = words[w + full].load(Ordering::Relaxed).to_ne_bytes();
         tail.copy_from_slice(&bytes[..tail.len()]);
