@@ -5,7 +5,8 @@
 # test_vmalloc; this script). It runs every test binary at the real CPU count, some at
 # simulated 64 and 1 CPUs, the concurrency tests 20 times, 1-page vmalloc+vfree scaling at
 # 1..16 threads, old against new, and issue 12's scaling figures: the KVA fixed and random
-# patterns on ours and every peer at 1..16 threads (kvapair, and kvapair_old if given),
+# patterns on ours and every peer at 1..16 threads (kvapair, and kvapair_old if given), the
+# one-thread lock floor with the peers behind their lock (kvapair --floor --locked),
 # bytes per live area (area_bytes), the runner's --compare (two charts in $OUT) and Linux's
 # vmap-nodes configuration (run_test_mask=7 nr_threads=64). Any binary missing from the
 # folder is skipped. THREADS (default "1 2 4 8 16") sets the counts of the scaling runs;
@@ -54,6 +55,12 @@ for k in kvapair kvapair_old; do
     done
   done
 done
+if [ -x ./kvapair ]; then
+  for pat in fixed random; do
+    echo "== kvapair $pat pattern, one thread: the lock floor, and the peers behind their lock"
+    ./kvapair --floor --locked --alloc $PEERS --pattern $pat --pairs 400000 2>/dev/null || { echo "kvapair --floor $pat: error"; fails=$((fails+1)); }
+  done
+fi
 if [ -x ./area_bytes ]; then
   echo "== bytes per live area (1,000,000 live 2-page areas)"
   ./area_bytes --areas 1000000 || fails=$((fails+1))

@@ -25,10 +25,10 @@ use crate::kva::allocate::Reclaim;
 use crate::kva::area::{AreaInfo, RemovedArea, VmArea};
 use crate::kva::config::{KvaConfig, PurgeMode, Resolved};
 use crate::kva::deferred::{Deferred, Notifiers};
-use crate::kva::node::PoolShape;
+use crate::kva::pools::PoolShape;
 #[cfg(feature = "std")]
 use crate::kva::purge::Work;
-use crate::kva::purge::{PurgeReport, PurgeState};
+use crate::kva::purge::{Pooling, PurgeReport, PurgeState};
 use crate::kva::shard::ShardSet;
 #[cfg(feature = "std")]
 use crate::kva::workers::{Sched, WorkerHost};
@@ -40,7 +40,7 @@ use crate::sync::thread;
 pub use crate::kva::deferred::NotifierId;
 pub use crate::kva::error::KvaError;
 pub use crate::kva::inspect::KvaStats;
-pub use crate::kva::node::MAX_CLASS_PAGES;
+pub use crate::kva::pools::MAX_CLASS_PAGES;
 
 /// Largest capacity of a node's lazy batch, in areas (the capacity is `lazy_max_pages`,
 /// capped here).
@@ -214,8 +214,9 @@ pub trait PurgeWork: Send + Sync {
 ///   running only asks it for one more round). Every node's lazy batch and every shard's
 ///   overflow list are taken (the lists with one `del_all`), the union range
 ///   `[min start, max end)` of everything taken gets ONE flush through the [`TlbFlush`] hook,
-///   and only after it returned are the areas pushed into their node's pools (pooled sizes,
-///   bounded) or merged back into the trees,
+///   and only after it returned are the areas returned to their node's pools (pooled sizes,
+///   bounded; a Background kick purge hands them back as one list that the node's next pool
+///   miss sorts in, on its own CPU) or merged back into the trees,
 ///   shard by shard, the purge workers helping. See [`PurgeReport`].
 /// * **find** ([`Kva::find`]) looks in the busy lookup of the shard containing the address,
 ///   then (only while some live area crosses a shard boundary) in the lower shards'.
@@ -569,7 +570,7 @@ impl<P: Platform> Kva<P> {
         // A worker may have taken the lists just before us: its frees must be done (and
         // their areas on the lazy lists) before this purge, or it would miss them.
         self.inner.wait_for_drains();
-        self.inner.purge_blocking(true, None)
+        self.inner.purge_blocking(Pooling::Push, None)
     }
 
     /// [`Kva::purge`] whose one TLB flush also covers `[start, end)` (Linux's
@@ -581,7 +582,7 @@ impl<P: Platform> Kva<P> {
     pub fn purge_range(&self, start: u64, end: u64) -> PurgeReport {
         self.inner.drain_deferred();
         self.inner.wait_for_drains();
-        self.inner.purge_blocking(true, Some((start, end)))
+        self.inner.purge_blocking(Pooling::Push, Some((start, end)))
     }
 
     /// Defer `free(addr)` to a purge worker (`vfree_atomic`): pushes on the calling CPU's
@@ -788,6 +789,7 @@ pub mod free_tree;
 mod inspect;
 pub mod llist;
 pub(crate) mod node;
+pub(crate) mod pools;
 pub(crate) mod purge;
 mod resize;
 pub(crate) mod shard;

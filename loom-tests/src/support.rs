@@ -6,6 +6,7 @@ use loom::sync::Mutex;
 use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use pagetable::PAGE_SIZE;
 use pagetable::VirtAddr;
+use pagetable::cpu;
 use pagetable::{TlbFlush, TlbStats};
 use vmalloc::{AreaInfo, Kva, KvaConfig, PurgeMode, VmFlags};
 
@@ -240,6 +241,20 @@ pub fn free_lazy(kva: &Kva, tlb: &StaleTlb, start: u64) {
     tlb.unmapped(area.start(), area.end());
     let pages = area.size() / PAGE_SIZE;
     kva.free_lazy(area, pages as usize - 1);
+}
+
+/// The pool models' setup, on CPU 0 of a [`Tiny`] of 128 pages, one shard, pools on (where a
+/// refill of the 1-page class carves 2 chunks): one 124-page area, then two 1-page areas (the
+/// refill carves `[124, 126)`, returns one chunk and pools the other, which the second takes),
+/// leaving 2 free pages in the tree and nothing pooled. Returns `(big, s1, s2)`.
+pub fn big_and_two_pages(kva: &Kva) -> (u64, u64, u64) {
+    cpu::set_this_cpu(0);
+    let big = alloc(kva, 124).expect("setup: 124 pages");
+    let s1 = alloc(kva, 1).expect("setup: 1 page");
+    let s2 = alloc(kva, 1).expect("setup: 1 page");
+    let s = kva.stats();
+    assert_eq!((s.cached, s.free), (0, pages(2)), "setup: {s:?}");
+    (big, s1, s2)
 }
 
 /// Panic unless the allocator's structures are consistent (no operation may be in flight).

@@ -28,7 +28,8 @@ use std::sync::Arc;
 
 use loom::thread;
 use loom_tests::{
-    BOUND_2_THREADS, StaleTlb, Tiny, alloc, assert_invariants, check, free_lazy, pages, tiny_kva,
+    BOUND_2_THREADS, StaleTlb, Tiny, alloc, assert_invariants, big_and_two_pages, check, free_lazy,
+    pages, tiny_kva,
 };
 use pagetable::cpu;
 use vmalloc::Kva;
@@ -51,13 +52,7 @@ fn pcpu_refill_vs_purge_to_caches() {
             pcpu_cache: true,
         };
         let (kva, tlb) = tiny_kva(shape);
-        cpu::set_this_cpu(0);
-        let big = alloc(&kva, 124).unwrap();
-        // Refill of CPU 0's 1-page class: carves [124, 126), returns one, caches the other.
-        let s1 = alloc(&kva, 1).unwrap();
-        let s2 = alloc(&kva, 1).unwrap();
-        let s = kva.stats();
-        assert_eq!((s.cached, s.free), (0, pages(2)), "setup: {s:?}");
+        let (big, s1, s2) = big_and_two_pages(&kva);
 
         let taker = {
             let (kva, tlb) = (Arc::clone(&kva), Arc::clone(&tlb));

@@ -1,6 +1,7 @@
 //! Loom models of the purge workers (`PurgeMode::Background`): threads spawned by `Kva::new`
 //! inside the model that run kicked purges, help split a purge's merge work across shards,
-//! and are shut down and joined by `Kva`'s `Drop` at the end of every execution.
+//! hand purged areas of pooled sizes back to their node as a ready list, and are shut down
+//! and joined by `Kva`'s `Drop` at the end of every execution.
 //!
 //! Asserted, as in `purge_vs_alloc`: an allocation that can only be satisfied from lazily
 //! freed space succeeds and is fresh (flushed after its lazy free), no two flushes overlap,
@@ -14,9 +15,10 @@ use std::sync::Arc;
 
 use loom::thread;
 use loom_tests::{
-    BOUND_2_THREADS, BOUND_3_THREADS, StaleTlb, Tiny, alloc, assert_invariants, check, free_lazy,
-    pages, tiny_kva_with,
+    BOUND_2_THREADS, BOUND_3_THREADS, StaleTlb, Tiny, alloc, assert_invariants, big_and_two_pages,
+    check, free_lazy, pages, tiny_kva_with,
 };
+use pagetable::cpu;
 use vmalloc::{Kva, PurgeMode};
 
 /// `n` pages must be found and be fresh.
@@ -140,4 +142,60 @@ fn background_kick_joins_running_purge() {
             assert_eq!((s.used, s.free, s.lazy_pages), (0, s.total, 0), "{s:?}");
         },
     );
+}
+
+/// The worker's kicked purge hands purged 1-page areas back to the node as a ready list
+/// while another thread allocates pages one by one from that node: the ready list is sorted
+/// in by a pool miss, or drained by the allocation-failure reclaim, whichever comes first.
+/// Setup ([`big_and_two_pages`]): one big area and two 1-page areas leave 2 free pages in the
+/// tree and nothing pooled. Both
+/// small areas are freed lazily before the race (2 pages: past the threshold of 1, so the
+/// second kick wakes the worker); then, while the worker purges, another thread allocates 4
+/// pages one at a time: 2 from the tree (a refill), the other 2 only from the freed pages,
+/// which it must get flushed. Afterwards the accounting is exact.
+#[test]
+fn background_hand_back_vs_alloc() {
+    check("background_hand_back_vs_alloc", BOUND_3_THREADS, || {
+        let shape = Tiny {
+            pages: 128,
+            shards: 1,
+            lazy_max_pages: 1,
+            pcpu_cache: true,
+        };
+        let (kva, tlb) = tiny_kva_with(shape, PurgeMode::Background, 1);
+        let (big, s1, s2) = big_and_two_pages(&kva);
+
+        free_lazy(&kva, &tlb, s1);
+        free_lazy(&kva, &tlb, s2);
+        let taker = {
+            let (kva, tlb) = (Arc::clone(&kva), Arc::clone(&tlb));
+            thread::spawn(move || {
+                cpu::set_this_cpu(1);
+                (0..4)
+                    .map(|_| alloc_fresh(&kva, &tlb, 1))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let got = taker.join().unwrap();
+
+        for x in [s1, s2] {
+            assert!(
+                got.contains(&x),
+                "freed page {x:#x} not handed out: {got:x?}"
+            );
+        }
+        for (i, &r) in got.iter().enumerate() {
+            assert!(!got[..i].contains(&r), "{r:#x} handed out twice");
+            assert!(!(big..big + pages(124)).contains(&r), "{r:#x} is live");
+        }
+        assert_invariants(&kva);
+        let s = kva.stats();
+        assert_eq!((s.used, s.free), (pages(128), 0), "{s:?}");
+        for x in got {
+            let area = kva.remove(pagetable::VirtAddr::new_truncate(x)).unwrap();
+            // SAFETY: a model of the KVA layer alone: nothing was ever mapped in the area.
+            unsafe { kva.free_unused(area) };
+        }
+        settle(&kva, &tlb, big, 124);
+    });
 }

@@ -30,7 +30,9 @@ use crate::kva::area::{AreaInfo, VmArea};
 use crate::kva::config::PurgeMode;
 use crate::kva::error::KvaError;
 use crate::kva::free_tree::{FreeTree, MaxSize};
-use crate::kva::node::{self, NodeState, REFILL_MAX_PAGES};
+use crate::kva::node::NodeState;
+use crate::kva::pools::{self, REFILL_MAX_PAGES};
+use crate::kva::purge::Pooling;
 use crate::sync::{AtomicUsize, Ordering};
 
 /// Rounds of "notifiers freed something, retry" before an allocation gives up.
@@ -195,7 +197,7 @@ impl<P: Platform> Inner<P> {
         hi: u64,
         info: &AreaInfo,
     ) -> Option<Result<u64, KvaError>> {
-        if let Some(class) = node::class_of(size, align) {
+        if let Some(class) = pools::class_of(size, align) {
             let sh = self.shards.get(home);
             if self.pools.enabled() && lo <= sh.base() && sh.end() <= hi {
                 let mut st = sh.lock_node();
@@ -228,12 +230,19 @@ impl<P: Platform> Inner<P> {
         Some(self.publish(addr, size, info))
     }
 
-    /// Refill class `class` of the pools in `st` (shard `shard`'s node, locked) from the
-    /// shard's tree: one batch carved in one go for small sizes, else just the one area;
-    /// returns an area for the caller. (Out of line: one pop in a batch comes here.)
+    /// Refill class `class` of the pools in `st` (shard `shard`'s node, locked): first by
+    /// sorting in what a background purge handed back, if anything, else from the shard's
+    /// tree: one batch carved in one go for small sizes, else just the one area; returns an
+    /// area for the caller. (Out of line: one pop in a batch comes here.)
     #[inline(never)]
     fn refill(&self, st: &mut NodeState, shard: usize, class: usize) -> Option<u64> {
-        let bytes = node::class_bytes(class);
+        if st.pools.has_ready() {
+            self.absorb_ready(st, shard);
+            if let Some(a) = st.pools.pop(class) {
+                return Some(a);
+            }
+        }
+        let bytes = pools::class_bytes(class);
         // While an allocation-failure reclaim runs, carve only what this allocation takes
         // (see `reclaim_then`). `Relaxed` suffices: the reclaimer raises the count before it
         // locks each node to drain it, so a refill that takes this node's lock after that
@@ -262,6 +271,20 @@ impl<P: Platform> Inner<P> {
             }
         }
         tree.alloc(bytes, PAGE_SIZE, s.base(), s.end())
+    }
+
+    /// Sort the ready list of `st` (shard `shard`'s node, locked) into its classes, on the
+    /// CPU that allocates from them; what full classes cannot take is merged into the
+    /// shard's tree (lock order: node, then tree), as the purge would have merged it.
+    fn absorb_ready(&self, st: &mut NodeState, shard: usize) {
+        let s = self.shards.get(shard);
+        let mut tree = None;
+        st.pools.absorb(|a, b| {
+            let t = tree.get_or_insert_with(|| s.lock_free());
+            if t.insert_merge(a, b).is_err() {
+                self.count_merge_error();
+            }
+        });
     }
 
     /// A fit in the home shard, then in the other shards of the window, then across shard
@@ -375,7 +398,7 @@ impl<P: Platform> Inner<P> {
         self.drain_deferred();
         self.wait_for_drains();
         let guard = self.purge.lock();
-        self.purge_locked(&guard, false, None);
+        self.purge_locked(&guard, Pooling::Trees, None);
         self.drain_caches();
         let found = search();
         drop(guard);

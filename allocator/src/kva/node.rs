@@ -9,12 +9,11 @@
 //!   info that does not pack (an `ioremap` area's physical address, flags or page counts
 //!   beyond 32 bits) is kept whole in a side map by start. This is the whole record of a live
 //!   area: there is no descriptor object.
-//! * **Pools** (vmem's quantum caches, Linux 6.9's per-node pools): for each size of 1 to
-//!   [`MAX_CLASS_PAGES`] pages (guard included, page alignment), a stack of free areas of
-//!   exactly that size inside the shard, in one flat array. Sizes up to
-//!   [`REFILL_MAX_PAGES`] are refilled in batches carved from the shard's free tree at once;
-//!   all sizes are fed by the purge, which pushes purged areas here (bounded) instead of
-//!   merging them into the tree.
+//! * **Pools** ([`Pools`], vmem's quantum caches, Linux 6.9's per-node pools): for each
+//!   size of 1 to [`MAX_CLASS_PAGES`] pages, a stack of free areas of exactly that size
+//!   inside the shard, refilled in batches from the shard's free tree for the smallest sizes
+//!   and fed by the purge for all (pushed by a purge on the freeing thread, handed back in
+//!   one piece by a background one and sorted in by the node's next pool miss).
 //! * **Lazy batch**: the `(start, end)` of areas removed from the busy index and freed
 //!   lazily, in an array of fixed capacity; a purge swaps it for an empty one under the lock.
 //!   Its page count sits beside the lock in an atomic (written only under the lock, read
@@ -28,8 +27,7 @@
 //!
 //! * Busy entries start inside the shard, are disjoint, and `busy_bytes` is their total.
 //! * A pooled area is free VA inside the shard (no tree, no busy entry, no lazy list holds
-//!   it), flushed since its last unmapping; `pool_bytes` is their total; a class never holds
-//!   more than its capacity.
+//!   it), flushed since its last unmapping (see [`Pools`] for the rest).
 //! * A lazy batch entry is an area removed and unmapped but not flushed: "pending", never
 //!   allocatable until the purge that takes it has flushed. The page counter is exactly the
 //!   batch's pages (both change under the lock).
@@ -44,7 +42,6 @@
 use crate::prelude::*;
 use alloc::collections::BTreeMap;
 use core::panic::Location;
-use pagetable::PAGE_SIZE;
 use pagetable::platform::Platform;
 
 use core::ptr::NonNull;
@@ -53,54 +50,9 @@ use crate::kva::area::{AreaInfo, VmArea};
 use crate::kva::bptree::{BpTree, InsertError};
 use crate::kva::flags::VmFlags;
 use crate::kva::llist::{Chain, Intrusive, LlistNode};
+#[allow(unused_imports)] // (MAX_CLASS_PAGES: the documentation's link)
+use crate::kva::pools::{MAX_CLASS_PAGES, PoolShape, Pools};
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
-
-/// Largest pooled size, in pages (guard page included): page-aligned requests of 1 to 256
-/// pages are served from a node's pools when they hold an area of exactly that size.
-///
-/// Why 256: Linux 6.9's `MAX_VA_SIZE_PAGES`. Sizes up to it are where a pool pays: a tree
-/// search and merge cost as much for them as for a huge area, and they are most of the calls
-/// (test_vmalloc's long-busy-list test maps 100 pages). Above it areas are rare and costly
-/// to map anyway; they go through the tree.
-pub const MAX_CLASS_PAGES: usize = 256;
-
-/// Largest size, in pages, whose pool is refilled in batches carved from the tree.
-///
-/// Why 16: batches are carved for sizes allocated back to back (one page, two with a guard);
-/// above that, areas reach the pools only from purges, so that pools never hold VA nobody
-/// freed in those sizes.
-pub(crate) const REFILL_MAX_PAGES: usize = 16;
-
-/// Largest number of areas carved per refill (a refilled pool then holds at most twice that).
-///
-/// Why 16: a refill takes the shard's free-tree lock once for up to 16 areas, so the small
-/// allocation path locks a tree at most once per 16 allocations of a size, while the pooled
-/// VA stays bounded: 32 × (1 + 2 + … + 16) = 4,352 pages (17 MiB) at most in the refilled
-/// sizes. Small shards get smaller batches (a refill carves at most 1/64 of a shard).
-const MAX_BATCH: usize = 16;
-
-/// Most areas a purge-fed pool (above [`REFILL_MAX_PAGES`]) keeps.
-///
-/// Why 16: a purge brings back a lazy backlog of about `lazy_max_pages` pages spread over the
-/// sizes freed; 16 areas per size cover a backlog of a few thousand areas of mixed sizes
-/// (the purge leaves the rest to the tree), while all 240 such pools together hold at most
-/// 16 × (17 + … + 256) pages (about 2 GiB of VA, not memory) per node, and at most 1/16 of
-/// the shard's pages on small shards (see [`Pools::new`]).
-const LARGE_CAP: usize = 16;
-
-/// The pool class (index) of a request of `size` bytes aligned to `align`, if pooled.
-#[inline]
-pub(crate) fn class_of(size: u64, align: u64) -> Option<usize> {
-    let pages = size / PAGE_SIZE;
-    (align <= PAGE_SIZE && pages >= 1 && pages as usize <= MAX_CLASS_PAGES)
-        .then(|| pages as usize - 1)
-}
-
-/// Bytes of an area of class `class`.
-#[inline]
-pub(crate) fn class_bytes(class: usize) -> u64 {
-    (class as u64 + 1) * PAGE_SIZE
-}
 
 /// Flags value of a [`Rec`] whose info lives in the side map.
 const EXT: u32 = u32::MAX;
@@ -145,152 +97,6 @@ impl Rec {
             caller: self.caller,
             phys_addr: None,
         }
-    }
-}
-
-/// The free areas of each pooled size, in one flat array (see the module documentation).
-#[derive(Debug)]
-pub(crate) struct Pools {
-    /// Stack of class `c` in `slots[classes[c].off ..][.. classes[c].len]`.
-    slots: Box<[u64]>,
-    classes: Box<[Class]>,
-    /// Bytes held.
-    bytes: u64,
-}
-
-/// Where a class's stack lives in [`Pools::slots`], and its fill (8 bytes: a pop or push
-/// reads one header).
-#[derive(Debug, Clone, Copy)]
-struct Class {
-    off: u32,
-    len: u16,
-    cap: u16,
-}
-
-impl Pools {
-    /// Pools with `caps[c]` slots for class `c` (at most `u16::MAX` each).
-    fn new(caps: &[usize]) -> Self {
-        let mut classes = Vec::with_capacity(caps.len());
-        let mut total = 0u32;
-        for &c in caps {
-            let cap = u16::try_from(c).unwrap_or(u16::MAX);
-            classes.push(Class {
-                off: total,
-                len: 0,
-                cap,
-            });
-            total += u32::from(cap);
-        }
-        Self {
-            slots: vec![0; total as usize].into_boxed_slice(),
-            classes: classes.into_boxed_slice(),
-            bytes: 0,
-        }
-    }
-
-    /// Take an area of class `c`.
-    #[inline]
-    pub(crate) fn pop(&mut self, c: usize) -> Option<u64> {
-        let k = self.classes.get_mut(c)?;
-        if k.len == 0 {
-            return None;
-        }
-        k.len -= 1;
-        let at = k.off as usize + k.len as usize;
-        self.bytes -= class_bytes(c);
-        Some(self.slots[at])
-    }
-
-    /// Keep an area of class `c`; `false` (nothing done) if the class is full.
-    #[inline]
-    pub(crate) fn push(&mut self, c: usize, start: u64) -> bool {
-        let Some(k) = self.classes.get_mut(c) else {
-            return false;
-        };
-        if k.len >= k.cap {
-            return false;
-        }
-        let at = k.off as usize + k.len as usize;
-        k.len += 1;
-        self.slots[at] = start;
-        self.bytes += class_bytes(c);
-        true
-    }
-
-    /// Bytes held.
-    #[inline]
-    pub(crate) fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// Empty every class, calling `f(start, end)` per area.
-    pub(crate) fn drain(&mut self, mut f: impl FnMut(u64, u64)) {
-        for (c, k) in self.classes.iter_mut().enumerate() {
-            let o = k.off as usize;
-            for &s in &self.slots[o..o + k.len as usize] {
-                f(s, s + class_bytes(c));
-            }
-            k.len = 0;
-        }
-        self.bytes = 0;
-    }
-
-    /// Every pooled area `(start, end)`.
-    pub(crate) fn areas(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.classes.iter().enumerate().flat_map(move |(c, k)| {
-            let o = k.off as usize;
-            self.slots[o..o + k.len as usize]
-                .iter()
-                .map(move |&s| (s, s + class_bytes(c)))
-        })
-    }
-}
-
-/// Pool capacities and refill batch sizes, the same for every node of a `Kva`.
-#[derive(Debug, Clone)]
-pub(crate) struct PoolShape {
-    /// Areas carved per refill, per refilled class (0 when pools are off).
-    batch: [usize; REFILL_MAX_PAGES],
-    caps: Vec<usize>,
-}
-
-impl PoolShape {
-    /// With `enabled`, pools sized for shards of `shard_bytes`: a refill carves at most 1/64
-    /// of a shard, the purge-fed pools together hold at most 1/16 of it.
-    pub(crate) fn new(enabled: bool, shard_bytes: u64) -> Self {
-        let shard_pages = (shard_bytes / PAGE_SIZE) as usize;
-        let mut batch = [0; REFILL_MAX_PAGES];
-        let mut caps = vec![0; if enabled { MAX_CLASS_PAGES } else { 0 }];
-        if enabled {
-            for (c, b) in batch.iter_mut().enumerate() {
-                *b = (shard_pages / (64 * (c + 1))).clamp(1, MAX_BATCH);
-                caps[c] = 2 * *b;
-            }
-            // 240 classes of at most shard_pages / (4096 * pages) areas each: below 1/16 of
-            // the shard in all.
-            for (c, cap) in caps.iter_mut().enumerate().skip(REFILL_MAX_PAGES) {
-                *cap = (shard_pages / (4096 * (c + 1))).min(LARGE_CAP);
-            }
-        }
-        Self { batch, caps }
-    }
-
-    /// Whether areas are pooled at all.
-    #[inline]
-    pub(crate) fn enabled(&self) -> bool {
-        self.batch[0] != 0
-    }
-
-    /// Areas to carve when refilling class `c` (0: not refilled).
-    #[inline]
-    pub(crate) fn batch(&self, c: usize) -> usize {
-        self.batch.get(c).copied().unwrap_or(0)
-    }
-
-    /// Capacity of class `c`.
-    #[cfg(all(test, not(feature = "loom")))]
-    pub(crate) fn cap(&self, c: usize) -> usize {
-        self.caps.get(c).copied().unwrap_or(0)
     }
 }
 
@@ -381,7 +187,7 @@ impl NodeState {
             ext: BTreeMap::new(),
             busy_bytes: 0,
             removed: 0,
-            pools: Pools::new(&shape.caps),
+            pools: Pools::new(shape),
             lazy: Vec::with_capacity(lazy_cap),
             lazy_cap,
             lazy_unmapped: 0,
@@ -754,33 +560,6 @@ mod tests {
         st.check_index().unwrap();
         assert!(!st.update_info(0x2000, |_| ()));
         assert!(st.slots() >= 2);
-    }
-
-    #[test]
-    fn pools_are_bounded_per_class() {
-        let shape = PoolShape::new(true, 1 << 40);
-        assert_eq!(shape.batch(1), MAX_BATCH);
-        assert_eq!(shape.cap(1), 2 * MAX_BATCH);
-        assert_eq!(shape.cap(100), LARGE_CAP);
-        let mut p = Pools::new(&shape.caps);
-        for k in 0..40u64 {
-            let pushed = p.push(1, k * 0x2000);
-            assert_eq!(pushed, k < 2 * MAX_BATCH as u64);
-        }
-        assert_eq!(p.bytes(), 32 * 0x2000);
-        assert_eq!(p.pop(1), Some(31 * 0x2000));
-        assert_eq!(p.pop(0), None);
-        assert!(!p.push(MAX_CLASS_PAGES, 0));
-        let mut seen = 0;
-        p.drain(|a, b| {
-            assert_eq!(b - a, 0x2000);
-            seen += 1;
-        });
-        assert_eq!((seen, p.bytes()), (31, 0));
-        // Small shards: batches of one, no purge-fed pools; off: nothing at all.
-        let small = PoolShape::new(true, 64 * PAGE_SIZE);
-        assert_eq!((small.batch(0), small.cap(0), small.cap(20)), (1, 2, 0));
-        assert!(!PoolShape::new(false, 1 << 30).enabled());
     }
 
     #[test]

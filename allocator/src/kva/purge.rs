@@ -22,8 +22,10 @@
 //!    after it returns does any purged range become allocatable again.
 //! 4. Each shard's share is one work item: areas of a pooled size go back to the node's
 //!    pools (bounded; when the purge comes from an allocation failure everything goes to the
-//!    trees), the rest is merged into the shard's free tree under its lock. With workers,
-//!    `helpers = clamp(backlog / lazy_max_pages, 1, shards with work) - 1` of them are woken
+//!    trees; see [`Pooling`]: pushed onto their classes, or, from a Background kick purge
+//!    running away from the nodes' CPUs, handed back as one ready list that the node's next
+//!    pool miss sorts in), the rest is merged into the shard's free tree under its lock.
+//!    With workers, `helpers = clamp(backlog / lazy_max_pages, 1, shards with work) - 1` of them are woken
 //!    to take items while the purger takes its share and then waits for the rest
 //!    (`purge_worker` module).
 //! 5. Adjacent areas are coalesced into runs before the shard's free-tree lock is taken.
@@ -34,7 +36,7 @@
 //!    (`cond_resched_lock`); above it, it keeps the lock and finishes first. Every
 //!    [`RESCHED_EVERY`] runs it raises the shard's `returned` bytes and re-reads the backlog
 //!    (a sum over every lazy counter). The push into the pools holds the node lock only
-//!    until every class it met is full.
+//!    until every class it met is full; a hand-back holds it for one swap.
 //!
 //! # Locking and ordering
 //!
@@ -53,8 +55,10 @@ use pagetable::VirtAddr;
 use pagetable::platform::Platform;
 
 use crate::kva::Inner;
+use crate::kva::config::PurgeMode;
 use crate::kva::free_tree::FreeTree;
-use crate::kva::node;
+use crate::kva::pools;
+use crate::kva::shard::Shard;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// `kick_state` bit: a kick-triggered purge is running.
@@ -199,14 +203,28 @@ impl<P: Platform> PurgeState<P> {
     }
 }
 
+/// Where a purge returns the purged areas of pooled sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pooling {
+    /// Nowhere: everything goes to the trees (the allocation-failure reclaim).
+    Trees,
+    /// Pushed onto their classes in the nodes' pools: a purge on the freeing thread (the
+    /// synchronous and inline modes) or on a thread that asked for it (`Kva::purge`).
+    Push,
+    /// Handed back to each node in one piece, for the node's next pool miss to sort in
+    /// (`Pools::hand_back`): a kick purge in Background mode, which runs on a worker or the
+    /// host's workqueue, away from the CPUs that will allocate them.
+    HandBack,
+}
+
 /// One shard's share of a purge: the areas taken from its node's batch and overflow list.
 #[derive(Debug)]
 pub(crate) struct Work {
     shard: usize,
     /// `(start, end)` of every area to merge: the overflow list's, then the node's batch.
     ranges: Vec<(u64, u64)>,
-    /// Whether areas of pooled sizes may go to the node's pools.
-    to_caches: bool,
+    /// Where areas of pooled sizes go.
+    pooling: Pooling,
 }
 
 /// Linux 6.9's helper count: one per `lazy_max_pages` of backlog, at most one per shard with
@@ -248,6 +266,14 @@ impl<P: Platform> Inner<P> {
         false
     }
 
+    /// Count a merge refused by a tree (an area freed twice: a bug, never expected).
+    pub(crate) fn count_merge_error(&self) {
+        self.purge
+            .counters
+            .merge_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Count a purge request posted to the host's hook or a worker.
     pub(crate) fn count_purge_request(&self) {
         self.purge.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -284,7 +310,14 @@ impl<P: Platform> Inner<P> {
         }
         let mut total = PurgeReport::default();
         loop {
-            let r = self.purge_locked(&self.purge.lock(), true, None);
+            // In Background mode this runs away from the nodes' CPUs: hand the pooled sizes
+            // back rather than push them (see `pools`).
+            let pooling = if self.cfg.purge_mode == PurgeMode::Background {
+                Pooling::HandBack
+            } else {
+                Pooling::Push
+            };
+            let r = self.purge_locked(&self.purge.lock(), pooling, None);
             total = PurgeReport {
                 areas: total.areas + r.areas,
                 pages: total.pages + r.pages,
@@ -322,8 +355,12 @@ impl<P: Platform> Inner<P> {
     /// range, and it is flushed even when nothing is lazy (Linux's
     /// `__purge_vmap_area_lazy(start, end)` as `_vm_unmap_aliases` uses it: one flush for
     /// the lazy areas and the caller's dirty range together).
-    pub(crate) fn purge_blocking(&self, to_caches: bool, extra: Option<(u64, u64)>) -> PurgeReport {
-        self.purge_locked(&self.purge.lock(), to_caches, extra)
+    pub(crate) fn purge_blocking(
+        &self,
+        pooling: Pooling,
+        extra: Option<(u64, u64)>,
+    ) -> PurgeReport {
+        self.purge_locked(&self.purge.lock(), pooling, extra)
     }
 
     /// The purge proper; `_guard` proves the purge lock is held (the caller may keep holding
@@ -331,7 +368,7 @@ impl<P: Platform> Inner<P> {
     pub(crate) fn purge_locked(
         &self,
         _guard: &MutexGuard<'_, P, ()>,
-        to_caches: bool,
+        pooling: Pooling,
         extra: Option<(u64, u64)>,
     ) -> PurgeReport {
         let (mut lo, mut hi) = match extra {
@@ -339,7 +376,11 @@ impl<P: Platform> Inner<P> {
             _ => (u64::MAX, 0u64),
         };
         let (mut areas, mut pages, mut unmapped) = (0usize, 0usize, 0u64);
-        let to_caches = to_caches && self.pools.enabled();
+        let pooling = if self.pools.enabled() {
+            pooling
+        } else {
+            Pooling::Trees
+        };
         // Each node's batch is swapped for an empty spare array under the node's lock (O(1):
         // the freeing CPUs wait for nothing; the page counter is zeroed there too), each
         // overflow list detached with one `del_all`.
@@ -377,7 +418,7 @@ impl<P: Platform> Inner<P> {
             work.push(Work {
                 shard: i,
                 ranges,
-                to_caches,
+                pooling,
             });
         }
         spares.extend(core::mem::take(&mut *self.purge.spares.lock()));
@@ -447,38 +488,29 @@ impl<P: Platform> Inner<P> {
     ) {
         let top = e.min(shard_end);
         if tree.insert_merge(s, top).is_err() {
-            self.purge
-                .counters
-                .merge_errors
-                .fetch_add(1, Ordering::Relaxed);
+            self.count_merge_error();
         }
         if top < e {
             spill.push((top, e));
         }
     }
 
-    /// Merge one shard's purged areas back (pools first, then the tree); returns how many
-    /// areas went to pools.
-    pub(crate) fn merge(&self, w: Work) -> usize {
-        let Work {
-            shard: si,
-            mut ranges,
-            to_caches,
-        } = w;
-        let shard = self.shards.get(si);
-        let mut done_bytes = 0u64;
-        let mut cached = 0;
-        if to_caches {
+    /// Push the areas of pooled sizes among `ranges` (purged areas of `shard`) onto their
+    /// classes in the node's pools, emptying each range pushed (`(s, s)`); returns the areas
+    /// and bytes pushed.
+    fn push_to_pools(&self, shard: &Shard<P>, ranges: &mut [(u64, u64)]) -> (usize, u64) {
+        let (mut cached, mut done_bytes) = (0, 0u64);
+        {
             let mut st = shard.lock_node();
             // Classes found full: no further push attempt for them (a purge usually carries
             // far more areas of a size than its pool holds), and once every class met so far
             // is full the scan stops: the node lock, which every allocation and free of the
             // shard takes, is held for a bounded number of areas, not for the whole purge.
-            let mut full = [0u64; node::MAX_CLASS_PAGES / 64];
-            let mut seen = [0u64; node::MAX_CLASS_PAGES / 64];
+            let mut full = [0u64; pools::MAX_CLASS_PAGES / 64];
+            let mut seen = [0u64; pools::MAX_CLASS_PAGES / 64];
             for r in ranges.iter_mut() {
                 let (s, e) = *r;
-                let Some(class) = node::class_of(e - s, PAGE_SIZE) else {
+                let Some(class) = pools::class_of(e - s, PAGE_SIZE) else {
                     continue;
                 };
                 let (w, bit) = (class / 64, 1u64 << (class % 64));
@@ -498,12 +530,70 @@ impl<P: Platform> Inner<P> {
                     }
                 }
             }
-            drop(st);
-            if cached > 0 {
+        }
+        (cached, done_bytes)
+    }
+
+    /// Hand the areas of pooled sizes among `ranges` (purged areas of `shard`) back to the
+    /// node in one piece (`Pools::hand_back`), at most a class's capacity of each size,
+    /// emptying each range handed back; returns the areas and bytes handed back. The list is
+    /// built without the node's lock and swapped in under it: the purger writes none of the
+    /// pools' class headers or slots. `None` (nothing changed) when the node has not sorted
+    /// in the previous hand-back yet.
+    fn hand_back(&self, shard: &Shard<P>, ranges: &mut Vec<(u64, u64)>) -> Option<(usize, u64)> {
+        let mut taken = [0u16; pools::MAX_CLASS_PAGES];
+        let mut ready = Vec::new();
+        let mut bytes = 0u64;
+        for r in ranges.iter_mut() {
+            let (s, e) = *r;
+            let Some(class) = pools::class_of(e - s, PAGE_SIZE) else {
+                continue;
+            };
+            if e > shard.end() || usize::from(taken[class]) >= self.pools.cap(class) {
+                continue;
+            }
+            taken[class] += 1;
+            ready.push((s, e));
+            bytes += e - s;
+            // Handed back: emptied here, dropped from the merge.
+            *r = (s, s);
+        }
+        if ready.is_empty() {
+            return Some((0, 0));
+        }
+        let n = ready.len();
+        let refused = shard.lock_node().pools.hand_back(ready, bytes);
+        match refused {
+            // The node's old (empty) list is dropped here, after the unlock.
+            Ok(_old) => Some((n, bytes)),
+            Err(ready) => {
+                // Restore the ranges: the caller pushes them instead.
                 ranges.retain(|&(s, e)| s < e);
+                ranges.extend(ready);
+                None
             }
         }
+    }
+
+    /// Merge one shard's purged areas back (pools first, then the tree); returns how many
+    /// areas went to pools.
+    pub(crate) fn merge(&self, w: Work) -> usize {
+        let Work {
+            shard: si,
+            mut ranges,
+            pooling,
+        } = w;
+        let shard = self.shards.get(si);
+        let (cached, mut done_bytes) = match pooling {
+            Pooling::Trees => (0, 0),
+            Pooling::Push => self.push_to_pools(shard, &mut ranges),
+            Pooling::HandBack => match self.hand_back(shard, &mut ranges) {
+                Some(done) => done,
+                None => self.push_to_pools(shard, &mut ranges),
+            },
+        };
         if cached > 0 {
+            ranges.retain(|&(s, e)| s < e);
             shard.add_returned(done_bytes);
             self.purge
                 .merging
@@ -568,10 +658,7 @@ impl<P: Platform> Inner<P> {
         // Pieces of boundary-crossing areas above this shard go to their own trees.
         for (a, b) in spill {
             if !self.shards.free_range(a, b) {
-                self.purge
-                    .counters
-                    .merge_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.count_merge_error();
             }
         }
         shard.add_returned(done_bytes);
@@ -647,7 +734,7 @@ mod tests {
                     k.remove(pagetable::VirtAddr::new_truncate(a)).unwrap(),
                 );
             }
-            let rep = inner.purge_blocking(true, None);
+            let rep = inner.purge_blocking(Pooling::Push, None);
             assert_eq!((rep.areas, rep.pages), (160, 640), "{mode:?}");
             assert_eq!(rep.helpers, 3, "{mode:?}");
             assert_eq!(rep.flushed, Some((s, s + (768 + 160) * P)));

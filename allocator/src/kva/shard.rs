@@ -48,7 +48,8 @@ use pagetable::platform::Platform;
 
 use crate::kva::free_tree::FreeTree;
 use crate::kva::llist::{Chain, Intrusive, LlistHead};
-use crate::kva::node::{LazyNode, Node, NodeState, PoolShape};
+use crate::kva::node::{LazyNode, Node, NodeState};
+use crate::kva::pools::PoolShape;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// A shard's free tree behind its lock, with a lock-free hint of its largest free area.

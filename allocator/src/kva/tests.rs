@@ -580,3 +580,93 @@ fn remove_free_lazy_is_remove_then_free_lazy_in_one_section() {
     assert_eq!((st.unmapped_pages, st.pending), (5, 0));
     k.check_invariants().unwrap();
 }
+
+/// Background mode with a threshold no test crosses: the workers are never kicked, and the
+/// only purges are the kick purges run where `purge_work` is called (as a host's workqueue
+/// would, on another CPU), which hand pooled sizes back (`Pooling::HandBack`).
+fn background_cfg(pages: u64) -> KvaConfig {
+    KvaConfig {
+        purge_mode: PurgeMode::Background,
+        ..sync_cfg(pages, 1, 1 << 20)
+    }
+}
+
+fn free_now(k: &Kva, addr: u64, unmapped: usize) {
+    let r = k.remove(pagetable::VirtAddr::new_truncate(addr)).unwrap();
+    k.free_lazy(r, unmapped);
+}
+
+fn has_ready(k: &Kva) -> bool {
+    k.inner.shards.get(0).lock_node().pools.has_ready()
+}
+
+#[test]
+fn a_background_purge_hands_pooled_sizes_back_for_the_owner_to_sort_in() {
+    // A shard of 2^24 pages: pools for every size up to 256 pages (none refilled in batches
+    // above 16 pages, so the pools hold only what purges return).
+    let k = new(background_cfg(1 << 24));
+    let (s, e) = k.range();
+    let a = k.alloc(100 * P, P, s, e, None, info()).unwrap().as_u64();
+    let b = k.alloc(100 * P, P, s, e, None, info()).unwrap().as_u64();
+    let c = k.alloc(20 * P, P, s, e, None, info()).unwrap().as_u64();
+    let big = k.alloc(300 * P, P, s, e, None, info()).unwrap().as_u64();
+    for (x, n) in [(a, 99), (b, 99), (c, 19), (big, 299)] {
+        free_now(&k, x, n);
+    }
+    let rep = k.purge_work().unwrap();
+    // The three pooled sizes went back to the node in one piece; the big one to the tree.
+    assert_eq!((rep.areas, rep.to_caches), (4, 3));
+    assert!(has_ready(&k));
+    let st = k.stats();
+    assert_eq!((st.cached, st.pending, st.lazy_pages), (220 * P, 0, 0));
+    k.check_invariants().unwrap();
+    // The owner's next pool miss sorts them in and pops: last handed back, first out.
+    assert_eq!(k.alloc(100 * P, P, s, e, None, info()).unwrap().as_u64(), b);
+    assert!(!has_ready(&k));
+    assert_eq!(k.stats().cached, 120 * P);
+    k.check_invariants().unwrap();
+    assert_eq!(k.alloc(20 * P, P, s, e, None, info()).unwrap().as_u64(), c);
+    // A hand-back not yet sorted in: the next purge pushes onto the classes instead.
+    free_now(&k, c, 19);
+    assert_eq!(k.purge_work().unwrap().to_caches, 1);
+    assert!(has_ready(&k));
+    free_now(&k, b, 99);
+    assert_eq!(k.purge_work().unwrap().to_caches, 1);
+    assert_eq!(k.stats().cached, 220 * P);
+    k.check_invariants().unwrap();
+    // Both ways back are served: b from its class, c after sorting the list in.
+    assert_eq!(k.alloc(100 * P, P, s, e, None, info()).unwrap().as_u64(), b);
+    assert_eq!(k.alloc(20 * P, P, s, e, None, info()).unwrap().as_u64(), c);
+    assert_eq!(k.alloc(100 * P, P, s, e, None, info()).unwrap().as_u64(), a);
+    assert_eq!(k.stats().cached, 0);
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn a_hand_back_is_sorted_in_or_reclaimed_when_space_runs_out() {
+    let k = new(background_cfg(1 << 24));
+    let (s, e) = k.range();
+    let a = k.alloc(100 * P, P, s, e, None, info()).unwrap().as_u64();
+    // Everything else in one area: the tree is empty.
+    let rest = k.alloc(e - s - 100 * P, P, s, e, None, info()).unwrap();
+    assert_eq!(k.stats().free, 0);
+    free_now(&k, a, 100);
+    assert_eq!(k.purge_work().unwrap().to_caches, 1);
+    assert!(has_ready(&k));
+    // 50 pages: its class is empty and so is the tree. The miss sorts `a` into its class
+    // (still no 50-page area), and the allocation-failure reclaim returns it to the tree,
+    // which then has the room.
+    let x = k.alloc(50 * P, P, s, e, None, info()).unwrap().as_u64();
+    assert_eq!(x, a);
+    assert!(!has_ready(&k));
+    let st = k.stats();
+    assert_eq!((st.cached, st.free, st.used), (0, 50 * P, e - s - 50 * P));
+    k.check_invariants().unwrap();
+    free_now(&k, x, 50);
+    free_now(&k, rest.as_u64(), 0);
+    k.purge();
+    let st = k.stats();
+    // (`free` counts the pooled bytes too: the 50-page area went back to its class.)
+    assert_eq!((st.used, st.free, st.cached), (0, e - s, 50 * P));
+    k.check_invariants().unwrap();
+}
