@@ -66,6 +66,8 @@ pub fn shared(name: &str) -> Result<Box<dyn SharedVaAllocator>, String> {
     Ok(match name {
         "kva" => Box::new(KvaPeer::sharded(span).map_err(|x| e(&x))?),
         "kva-sync" => Box::new(sync_kva(span).map_err(|x| e(&x))?),
+        #[cfg(feature = "spin-peer")]
+        "kva-spin-sync" => Box::new(crate::peers::SpinKvaPeer::new(span).map_err(|x| e(&x))?),
         "kva-single-lock" => Box::new(KvaPeer::single_lock(span).map_err(|x| e(&x))?),
         "range-alloc" => Box::new(Locked::new(RangeAllocPeer::new(span))),
         "offset-allocator" => Box::new(Locked::new(
