@@ -379,12 +379,12 @@ impl<P: Platform> Inner<P> {
     /// 1. announce the reclaim (`reclaiming`): from the moment each node is drained below,
     ///    its refills carve single areas, not batches;
     /// 2. run the deferred frees queued so far and wait for drains in flight (a worker may
-    ///    have just taken some), as [`Kva::purge`](crate::kva::Kva::purge) does, so that `vfree_atomic`s made before
-    ///    the failure are lazy areas by now;
+    ///    have just taken some), as [`Kva::purge`](crate::kva::Kva::purge) does, so that
+    ///    `vfree_atomic`s made before the failure are lazy areas by now;
     /// 3. take the purge lock (waiting for a purge in progress: its areas are merged when it
     ///    returns), purge everything lazy into the TREES (no pool refill), then drain every
-    ///    node's pools into the trees, still under the purge lock, so that no purge can push
-    ///    areas into some pool between the drain and the search (Linux 6.9 drains its node
+    ///    node's pools (their ready lists too) into the trees, still under the purge lock, so
+    ///    that no purge can push or hand back areas between the drain and the search (Linux 6.9 drains its node
     ///    pools inside `__purge_vmap_area_lazy`, under `vmap_purge_lock`, for the same
     ///    reason);
     /// 4. run `search` under the purge lock (lock order purge -> node -> shard free).

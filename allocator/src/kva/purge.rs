@@ -25,9 +25,9 @@
 //!    trees; see [`Pooling`]: pushed onto their classes, or, from a Background kick purge
 //!    running away from the nodes' CPUs, handed back as one ready list that the node's next
 //!    pool miss sorts in), the rest is merged into the shard's free tree under its lock.
-//!    With workers, `helpers = clamp(backlog / lazy_max_pages, 1, shards with work) - 1` of them are woken
-//!    to take items while the purger takes its share and then waits for the rest
-//!    (`purge_worker` module).
+//!    With workers, `helpers = clamp(backlog / lazy_max_pages, 1, shards with work) - 1` of
+//!    them are woken to take items while the purger takes its share and then waits for the
+//!    rest (`purge_worker` module).
 //! 5. Adjacent areas are coalesced into runs before the shard's free-tree lock is taken.
 //!    Detached pages stay counted in `merging` until their run is merged (the seed lowers
 //!    `vmap_lazy_nr` per merged area, not at `llist_del_all`); after each run, while the
