@@ -188,7 +188,9 @@ impl Pools {
     }
 
     /// Sort the ready list into the classes; what a full class cannot take goes to
-    /// `overflow(start, end)` (no longer held here). The list keeps its capacity.
+    /// `overflow(start, end)` (no longer held here). The emptied list keeps its buffer, so
+    /// nothing is freed under the node's lock: the next `hand_back` returns it to the purger,
+    /// which drops it after unlocking.
     pub(crate) fn absorb(&mut self, mut overflow: impl FnMut(u64, u64)) {
         let mut ready = core::mem::take(&mut self.ready);
         for &(s, e) in &ready {

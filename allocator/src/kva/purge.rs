@@ -308,15 +308,15 @@ impl<P: Platform> Inner<P> {
                 break;
             }
         }
+        // In Background mode this runs away from the nodes' CPUs: hand the pooled sizes back
+        // rather than push them (see `pools`).
+        let pooling = if self.cfg.purge_mode == PurgeMode::Background {
+            Pooling::HandBack
+        } else {
+            Pooling::Push
+        };
         let mut total = PurgeReport::default();
         loop {
-            // In Background mode this runs away from the nodes' CPUs: hand the pooled sizes
-            // back rather than push them (see `pools`).
-            let pooling = if self.cfg.purge_mode == PurgeMode::Background {
-                Pooling::HandBack
-            } else {
-                Pooling::Push
-            };
             let r = self.purge_locked(&self.purge.lock(), pooling, None);
             total = PurgeReport {
                 areas: total.areas + r.areas,
@@ -500,34 +500,32 @@ impl<P: Platform> Inner<P> {
     /// and bytes pushed.
     fn push_to_pools(&self, shard: &Shard<P>, ranges: &mut [(u64, u64)]) -> (usize, u64) {
         let (mut cached, mut done_bytes) = (0, 0u64);
-        {
-            let mut st = shard.lock_node();
-            // Classes found full: no further push attempt for them (a purge usually carries
-            // far more areas of a size than its pool holds), and once every class met so far
-            // is full the scan stops: the node lock, which every allocation and free of the
-            // shard takes, is held for a bounded number of areas, not for the whole purge.
-            let mut full = [0u64; pools::MAX_CLASS_PAGES / 64];
-            let mut seen = [0u64; pools::MAX_CLASS_PAGES / 64];
-            for r in ranges.iter_mut() {
-                let (s, e) = *r;
-                let Some(class) = pools::class_of(e - s, PAGE_SIZE) else {
-                    continue;
-                };
-                let (w, bit) = (class / 64, 1u64 << (class % 64));
-                if e > shard.end() || full[w] & bit != 0 {
-                    continue;
-                }
-                seen[w] |= bit;
-                if st.pools.push(class, s) {
-                    cached += 1;
-                    done_bytes += e - s;
-                    // Pooled: emptied here, dropped from the merge below.
-                    *r = (s, s);
-                } else {
-                    full[w] |= bit;
-                    if full == seen {
-                        break;
-                    }
+        let mut st = shard.lock_node();
+        // Classes found full: no further push attempt for them (a purge usually carries far
+        // more areas of a size than its pool holds), and once every class met so far is full
+        // the scan stops: the node lock, which every allocation and free of the shard takes,
+        // is held for a bounded number of areas, not for the whole purge.
+        let mut full = [0u64; pools::MAX_CLASS_PAGES / 64];
+        let mut seen = [0u64; pools::MAX_CLASS_PAGES / 64];
+        for r in ranges.iter_mut() {
+            let (s, e) = *r;
+            let Some(class) = pools::class_of(e - s, PAGE_SIZE) else {
+                continue;
+            };
+            let (w, bit) = (class / 64, 1u64 << (class % 64));
+            if e > shard.end() || full[w] & bit != 0 {
+                continue;
+            }
+            seen[w] |= bit;
+            if st.pools.push(class, s) {
+                cached += 1;
+                done_bytes += e - s;
+                // Pooled: emptied here, dropped from the merge.
+                *r = (s, s);
+            } else {
+                full[w] |= bit;
+                if full == seen {
+                    break;
                 }
             }
         }

@@ -591,9 +591,10 @@ fn background_cfg(pages: u64) -> KvaConfig {
     }
 }
 
+/// Remove the live area at `addr` and free it lazily (one node-lock section).
 fn free_now(k: &Kva, addr: u64, unmapped: usize) {
-    let r = k.remove(pagetable::VirtAddr::new_truncate(addr)).unwrap();
-    k.free_lazy(r, unmapped);
+    k.remove_free_lazy(pagetable::VirtAddr::new_truncate(addr), unmapped)
+        .unwrap();
 }
 
 fn has_ready(k: &Kva) -> bool {
